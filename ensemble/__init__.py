@@ -1,0 +1,1 @@
+"""Four-backbone classification ensemble with a stacked meta-learner."""
