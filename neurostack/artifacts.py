@@ -1,0 +1,120 @@
+"""Self-describing model artifacts: compact weights, config, metrics, checksums.
+
+Layout of one model folder::
+
+    <folder>/
+        weights.npz        float16 arrays, one per model weight, in model.weights order
+        config.json        what is needed to rebuild inference (see each package's loader)
+        metrics.json       evaluation record (optional at load time)
+        training_log.csv   per-epoch log (optional)
+
+``config.json`` carries ``"weights_sha256"`` for ``weights.npz``; loaders call
+:func:`verify_sha256` before using the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurostack.errors import ArtifactError
+
+WEIGHTS_FILE = "weights.npz"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+TRAINING_LOG_FILE = "training_log.csv"
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Return the hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: str | Path, expected: str) -> None:
+    """Raise :class:`ArtifactError` unless ``path`` exists and hashes to ``expected``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Missing weight file: {path}")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ArtifactError(
+            f"Checksum mismatch for {path}: expected SHA-256 {expected}, found {actual}. "
+            "The file is corrupt or was modified; restore it from the repository."
+        )
+
+
+def save_weights_compact(model: Any, path: str | Path) -> str:
+    """Save a Keras model's weights as float16 arrays in an ``.npz``; return its SHA-256.
+
+    Float weights are stored as float16 (halving the size); integer weights
+    (e.g. counters) keep their dtype. Names are kept to check the architecture at load.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    names = []
+    for i, w in enumerate(model.weights):
+        value = np.asarray(w.numpy())
+        if np.issubdtype(value.dtype, np.floating):
+            value = value.astype(np.float16)
+        arrays[f"w{i:04d}"] = value
+        names.append(w.path if hasattr(w, "path") else w.name)
+    arrays["__names__"] = np.array(names)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return sha256_file(path)
+
+
+def load_weights_compact(model: Any, path: str | Path) -> None:
+    """Load weights written by :func:`save_weights_compact` into a built model (as float32).
+
+    Raises:
+        ArtifactError: If the number or shapes of the arrays do not match the model.
+    """
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as data:
+        n = len([k for k in data.files if k.startswith("w")])
+        if n != len(model.weights):
+            raise ArtifactError(
+                f"{path} holds {n} weight arrays but the model has {len(model.weights)}; "
+                "the config and the weights belong to different architectures"
+            )
+        values = []
+        for i, w in enumerate(model.weights):
+            value = data[f"w{i:04d}"]
+            if tuple(value.shape) != tuple(w.shape):
+                raise ArtifactError(
+                    f"{path}: weight {i} ({w.path}) has shape {value.shape}, "
+                    f"model expects {tuple(w.shape)}"
+                )
+            values.append(value.astype(w.dtype) if np.issubdtype(value.dtype, np.floating) else value)
+    for w, value in zip(model.weights, values, strict=True):
+        w.assign(value)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON (atomically, via a temporary file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read JSON, raising :class:`ArtifactError` with the path when missing or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"Missing file: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
