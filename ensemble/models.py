@@ -1,0 +1,108 @@
+"""Model builders: base classifiers on ``keras.applications`` and the stacking meta-learner."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+
+from ensemble.registry import get_backbone
+from neurostack import CLASS_NAMES
+
+log = logging.getLogger(__name__)
+
+N_CLASSES = len(CLASS_NAMES)
+IMAGENET_UNAVAILABLE = (
+    "ImageNet weights for {name} could not be loaded ({error}); this machine cannot reach "
+    "the Keras weight server. Continuing with randomly initialised weights (weights=None). "
+    "To use ImageNet weights offline, pass the path of a local '*_notop.h5' file."
+)
+
+
+def build_classifier(
+    backbone: str,
+    *,
+    weights: str | Path | None = None,
+    input_size: int | None = None,
+    head_dropout: tuple[float, float] = (0.3, 0.25),
+    head_units: int = 128,
+) -> keras.Model:
+    """Build a base classifier: backbone (max pooling) -> Flatten -> Dropout -> Dense -> Dropout -> softmax.
+
+    Args:
+        backbone: Registry name (``xception``, ``inceptionv3``, ``resnet50``, ``vgg19``).
+        weights: ``None`` (random init), ``"imagenet"`` (falls back to ``None`` with a
+            logged warning when unreachable) or a path to a local backbone weights file.
+        input_size: Square input side; defaults to the backbone's native size.
+        head_dropout: Dropout rates before and after the hidden dense layer.
+        head_units: Width of the hidden dense layer.
+
+    Returns:
+        An uncompiled ``keras.Model`` mapping ``(B, S, S, 3)`` preprocessed images to
+        ``(B, 4)`` class probabilities (float32) in :data:`CLASS_NAMES` order.
+
+    Raises:
+        ValueError: For an unknown backbone, a too small input size, a weights value
+            that is neither None, "imagenet" nor an existing file.
+    """
+    spec = get_backbone(backbone)
+    size = spec.native_size if input_size is None else int(input_size)
+    if size < spec.min_size:
+        raise ValueError(
+            f"input_size for {spec.name} must be at least {spec.min_size}; received {size}"
+        )
+    if weights is not None and weights != "imagenet" and not Path(weights).is_file():
+        raise ValueError(
+            f"weights must be None, 'imagenet' or an existing file path; received {weights!r}"
+        )
+    ctor = spec.constructor()
+    kwargs = dict(include_top=False, input_shape=(size, size, 3), pooling="max")
+    try:
+        base = ctor(weights=None if weights is None else str(weights), **kwargs)
+    except Exception as exc:  # network errors surface as many types (URLError, OSError, ...)
+        if weights != "imagenet":
+            raise
+        log.warning(IMAGENET_UNAVAILABLE.format(name=spec.name, error=type(exc).__name__))
+        base = ctor(weights=None, **kwargs)
+    x = keras.layers.Flatten(name="flatten")(base.output)
+    x = keras.layers.Dropout(head_dropout[0], name="head_dropout_1")(x)
+    x = keras.layers.Dense(head_units, activation="relu", name="head_dense")(x)
+    x = keras.layers.Dropout(head_dropout[1], name="head_dropout_2")(x)
+    out = keras.layers.Dense(N_CLASSES, activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(base.input, out, name=spec.name)
+
+
+def build_meta_learner(n_models: int = 4, n_classes: int = N_CLASSES) -> keras.Model:
+    """Build the stacking meta-learner: 16 probabilities -> Dense 64 -> Dense 32 -> softmax.
+
+    Args:
+        n_models: Number of base models whose probabilities are concatenated.
+        n_classes: Number of classes per model.
+
+    Returns:
+        ``keras.Model`` mapping ``(B, n_models * n_classes)`` to ``(B, n_classes)``.
+    """
+    if n_models < 1 or n_classes < 2:
+        raise ValueError(
+            f"n_models must be >= 1 and n_classes >= 2; received {n_models} and {n_classes}"
+        )
+    inp = keras.Input((n_models * n_classes,), name="base_probabilities")
+    x = keras.layers.Dense(64, activation="relu", name="meta_dense_64")(inp)
+    x = keras.layers.Dense(32, activation="relu", name="meta_dense_32")(x)
+    out = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inp, out, name="meta_learner")
+
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
+    """Set the momentum of every BatchNormalization layer; return how many were changed.
+
+    From-scratch training moves the weights fast; a lower momentum lets the moving
+    statistics used at validation time keep up.
+    """
+    n = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+            n += 1
+    return n

@@ -1,0 +1,439 @@
+"""Train the base classifiers: resumable, logged, checkpointed every epoch.
+
+Recipe (from scratch, the default here since ImageNet weights are unreachable):
+one phase at ``--image-size`` with a linear warm-up and cosine decay of the
+learning rate, plateau halving on top, batch-norm momentum lowered to 0.9,
+early stopping on validation accuracy with the best weights kept, then an
+optional short phase at the backbone's native size (``--native-epochs``) so
+that inference at the native size sees the scale it was tuned on. With
+``--weights imagenet`` the first phase trains the head on a frozen base and
+the second unfreezes the upper part of the base.
+
+State lives in ``RUN_DIR/<model>/``: ``last.keras`` (model and optimizer,
+written every epoch), ``best.weights.h5``, ``state.json`` and
+``training_log.csv``. ``--resume`` continues from the last finished epoch.
+
+Example::
+
+    python -m ensemble.train --models resnet50 --image-size 160 --epochs 40 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ensemble.registry import BACKBONES, get_backbone
+from neurostack import CLASS_NAMES
+
+DEFAULT_DATA = Path("../shared/datasets/brain-tumor-mri/Training")
+DEFAULT_SPLIT = Path("artifacts/splits/classification_split.csv")
+
+
+@dataclass
+class Phase:
+    """One training phase."""
+
+    name: str
+    image_size: int
+    epochs: int
+    lr: float
+    warmup_epochs: int = 0
+    trainable: str = "all"  # "all", "head", or "top:<fraction>"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run of one backbone."""
+
+    model: str
+    data_dir: str
+    split_csv: str
+    run_dir: str
+    phases: list[Phase]
+    batch_size: int = 32
+    weights: str | None = None
+    optimizer: str = "adam"
+    label_smoothing: float = 0.05
+    bn_momentum: float | None = 0.9
+    patience: int = 8
+    plateau_patience: int = 3
+    mixed_precision: str = "bfloat16"
+    seed: int = 42
+    cache_dir: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def plan_phases(
+    model: str,
+    *,
+    weights: str | None,
+    image_size: int | None,
+    epochs: int,
+    lr: float,
+    warmup_epochs: int,
+    native_epochs: int,
+    native_lr: float | None = None,
+) -> list[Phase]:
+    """Return the phase plan for a backbone and starting weights."""
+    spec = get_backbone(model)
+    size = image_size or spec.native_size
+    if weights == "imagenet" or (weights and weights != "none"):
+        head = Phase("head", size, max(1, epochs // 5), lr, 0, "head")
+        tune = Phase("finetune", size, epochs - head.epochs, lr / 10, 1, "top:0.3")
+        phases = [head, tune]
+    else:
+        phases = [Phase("scratch", size, epochs, lr, warmup_epochs, "all")]
+    if native_epochs > 0 and size != spec.native_size:
+        phases.append(
+            Phase("native", spec.native_size, native_epochs, native_lr or lr / 10, 0, "all")
+        )
+    return phases
+
+
+def _set_threads(n: int | None) -> None:
+    import tensorflow as tf
+
+    if n:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
+
+
+def _apply_trainable(model, base_layers: int, scope: str) -> None:
+    """Freeze according to ``scope``; head layers are always trainable."""
+    layers = model.layers
+    if scope == "all":
+        for layer in layers:
+            layer.trainable = True
+        return
+    frac = 0.0 if scope == "head" else float(scope.split(":")[1])
+    first_trainable = int(base_layers * (1 - frac))
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= first_trainable or i >= base_layers
+    for layer in layers[:base_layers]:
+        if layer.__class__.__name__ == "BatchNormalization":
+            layer.trainable = False  # keep BN statistics frozen while fine-tuning
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, mode: str, batch_size: int, *, train: bool, seed: int):
+    """Build a ``tf.data`` pipeline from ``(N, S, S)`` uint8 crops and integer labels."""
+    import tensorflow as tf
+
+    from ensemble.augment import build_augmenter, random_brightness
+    from ensemble.registry import _CAFFE_MEAN_BGR
+
+    onehot = np.eye(len(CLASS_NAMES), dtype=np.float32)[y]
+    ds = tf.data.Dataset.from_tensor_slices((x, onehot))
+    if train:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    aug = build_augmenter(seed) if train else None
+    mean = tf.constant(_CAFFE_MEAN_BGR)
+
+    def prep(images, labels):
+        images = tf.cast(images, tf.float32)[..., None]
+        if train:
+            images = aug(images, training=True)
+            images = random_brightness(images)
+        images = tf.repeat(images, 3, axis=-1)
+        images = images / 127.5 - 1.0 if mode == "tf" else images - mean  # grey: RGB == BGR
+        return images, labels
+
+    return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+class _State:
+    """Training state persisted to ``state.json`` after every epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = {
+            "phase": 0,
+            "epoch_in_phase": 0,
+            "global_epoch": 0,
+            "best_val_accuracy": -1.0,
+            "best_val_loss": math.inf,
+            "best_epoch": -1,
+            "wait": 0,
+            "plateau_wait": 0,
+            "plateau_scale": 1.0,
+            "plateau_best_loss": math.inf,
+            "done": False,
+            "wall_time_s": 0.0,
+        }
+        if path.exists():
+            self.data.update(json.loads(path.read_text()))
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+
+
+def _lr_for_epoch(phase: Phase, e: int, scale: float) -> float:
+    if e < phase.warmup_epochs:
+        return phase.lr * (e + 1) / (phase.warmup_epochs + 1)
+    span = max(1, phase.epochs - phase.warmup_epochs)
+    t = (e - phase.warmup_epochs) / span
+    return scale * (0.02 * phase.lr + 0.98 * phase.lr * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _build(cfg: TrainConfig, phase: Phase):
+    import keras
+
+    from ensemble.models import build_classifier, set_batchnorm_momentum
+
+    weights = None if cfg.weights in (None, "none") else cfg.weights
+    model = build_classifier(cfg.model, weights=weights, input_size=phase.image_size)
+    if cfg.bn_momentum:
+        set_batchnorm_momentum(model, cfg.bn_momentum)
+    base_layers = len(model.layers) - 5
+    _apply_trainable(model, base_layers, phase.trainable)
+    opt_cls = {"adam": keras.optimizers.Adam, "adamax": keras.optimizers.Adamax}[cfg.optimizer]
+    model.compile(
+        optimizer=opt_cls(learning_rate=phase.lr),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None = None) -> dict:
+    """Train one backbone through its phases; return the final state.
+
+    Args:
+        cfg: Run configuration (saved to ``config.json`` in the run folder).
+        resume: Continue from ``state.json``/``last.keras`` if present.
+        threads: TensorFlow intra-op threads (None: TensorFlow's default).
+
+    Returns:
+        The state dictionary (best epoch, accuracies, wall time).
+    """
+    import keras
+
+    from ensemble.data import cached_arrays, label_indices, load_split
+
+    _set_threads(threads)
+    if cfg.mixed_precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(cfg.seed)
+
+    out = Path(cfg.run_dir) / cfg.model
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.json"
+    if not resume and state_path.exists():
+        raise FileExistsError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --run-dir"
+        )
+    state = _State(state_path)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    log_path = out / "training_log.csv"
+    spec = get_backbone(cfg.model)
+    cache_kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
+    train_df = load_split(cfg.split_csv, "train")
+    val_df = load_split(cfg.split_csv, "val")
+    y_train = label_indices(train_df["label"])
+    y_val = label_indices(val_df["label"])
+
+    while state.data["phase"] < len(cfg.phases) and not state.data["done"]:
+        p_idx = state.data["phase"]
+        phase = cfg.phases[p_idx]
+        x_train = np.asarray(cached_arrays(cfg.data_dir, train_df["path"].tolist(), phase.image_size, **cache_kw))
+        x_val = np.asarray(cached_arrays(cfg.data_dir, val_df["path"].tolist(), phase.image_size, **cache_kw))
+        train_ds = make_dataset(x_train, y_train, spec.preprocess_mode, cfg.batch_size, train=True, seed=cfg.seed + state.data["global_epoch"])
+        val_ds = make_dataset(x_val, y_val, spec.preprocess_mode, 64, train=False, seed=0)
+
+        last = out / "last.keras"
+        if state.data["epoch_in_phase"] > 0 and last.exists():
+            model = keras.saving.load_model(last)
+            print(f"[{cfg.model}] resumed phase {phase.name} at epoch {state.data['epoch_in_phase']}")
+        else:
+            model = _build(cfg, phase)
+            best = out / "best.weights.h5"
+            if p_idx > 0 and best.exists():
+                model.load_weights(best)  # carry the best weights into the next phase
+                print(f"[{cfg.model}] phase {phase.name}: starting from best weights of the previous phase")
+        n_params = model.count_params()
+        print(f"[{cfg.model}] phase {phase.name}: {phase.image_size}px, {n_params:,} parameters, "
+              f"{len(x_train)} train / {len(x_val)} val images")
+
+        while state.data["epoch_in_phase"] < phase.epochs:
+            e = state.data["epoch_in_phase"]
+            lr = _lr_for_epoch(phase, e, state.data["plateau_scale"])
+            model.optimizer.learning_rate.assign(lr)
+            t0 = time.time()
+            hist = model.fit(train_ds, epochs=1, verbose=1 if os.isatty(1) else 2)
+            val_loss, val_acc = model.evaluate(val_ds, verbose=0)
+            dt = time.time() - t0
+            row = {
+                "epoch": state.data["global_epoch"],
+                "phase": phase.name,
+                "image_size": phase.image_size,
+                "lr": lr,
+                "loss": float(hist.history["loss"][0]),
+                "accuracy": float(hist.history["accuracy"][0]),
+                "val_loss": float(val_loss),
+                "val_accuracy": float(val_acc),
+                "seconds": round(dt, 1),
+            }
+            write_header = not log_path.exists()
+            with open(log_path, "a") as fh:
+                if write_header:
+                    fh.write(",".join(row) + "\n")
+                fh.write(",".join(str(v) for v in row.values()) + "\n")
+            print(f"[{cfg.model}] epoch {row['epoch']} ({phase.name} {e + 1}/{phase.epochs}) "
+                  f"lr={lr:.2e} loss={row['loss']:.4f} acc={row['accuracy']:.4f} "
+                  f"val_loss={val_loss:.4f} val_acc={val_acc:.4f} [{dt:.0f}s]", flush=True)
+
+            d = state.data
+            improved = val_acc > d["best_val_accuracy"] or (
+                val_acc == d["best_val_accuracy"] and val_loss < d["best_val_loss"]
+            )
+            # the native-size phase must beat the best so far *at native size*
+            if phase.name == "native" and e == 0:
+                improved = True
+            if improved:
+                d.update(best_val_accuracy=float(val_acc), best_val_loss=float(val_loss),
+                         best_epoch=d["global_epoch"], best_phase=phase.name,
+                         best_image_size=phase.image_size, wait=0)
+                model.save_weights(out / "best.weights.h5")
+            else:
+                d["wait"] += 1
+            if val_loss < d["plateau_best_loss"] - 1e-4:
+                d["plateau_best_loss"] = float(val_loss)
+                d["plateau_wait"] = 0
+            else:
+                d["plateau_wait"] += 1
+                if d["plateau_wait"] >= cfg.plateau_patience:
+                    d["plateau_scale"] *= 0.5
+                    d["plateau_wait"] = 0
+            d["epoch_in_phase"] += 1
+            d["global_epoch"] += 1
+            d["wall_time_s"] += dt
+            tmp = out / "last.tmp.keras"
+            model.save(tmp)
+            tmp.replace(last)
+            state.save()
+            if d["wait"] >= cfg.patience and e >= phase.warmup_epochs:
+                print(f"[{cfg.model}] early stop in phase {phase.name}: no val gain for {d['wait']} epochs")
+                break
+        state.data.update(phase=p_idx + 1, epoch_in_phase=0, wait=0, plateau_wait=0,
+                          plateau_scale=1.0, plateau_best_loss=math.inf)
+        if p_idx + 1 < len(cfg.phases) and cfg.phases[p_idx + 1].name == "native":
+            state.data["best_val_accuracy"] = -1.0  # compare native-size epochs among themselves
+        state.save()
+        keras.backend.clear_session()
+    state.data["done"] = True
+    state.save()
+    return state.data
+
+
+def export_model(run_dir: Path, model_name: str, dest: Path) -> Path:
+    """Write the best weights of a run as a self-describing artifact folder.
+
+    Works on a finished or still-running run (it reads ``best.weights.h5``).
+    """
+    from ensemble.models import build_classifier
+    from neurostack.artifacts import save_weights_compact, write_json
+
+    src = Path(run_dir) / model_name
+    cfg = json.loads((src / "config.json").read_text())
+    state = json.loads((src / "state.json").read_text())
+    spec = get_backbone(model_name)
+    model = build_classifier(model_name, weights=None, input_size=spec.native_size)
+    model.load_weights(src / "best.weights.h5")
+    dest.mkdir(parents=True, exist_ok=True)
+    sha = save_weights_compact(model, dest / "weights.npz")
+    write_json(dest / "config.json", {
+        "kind": "classifier",
+        "backbone": model_name,
+        "keras_application": spec.keras_name,
+        "input_size": spec.native_size,
+        "class_names": list(CLASS_NAMES),
+        "preprocessing": {
+            "geometry": "brain crop (threshold 45, largest component) -> resize to input_size",
+            "channels": "greyscale repeated to 3 channels",
+            "keras_preprocess_mode": spec.preprocess_mode,
+        },
+        "head": "GlobalMaxPool -> Flatten -> Dropout 0.3 -> Dense 128 ReLU -> Dropout 0.25 -> Dense 4 softmax",
+        "weights_file": "weights.npz",
+        "weights_dtype": "float16 (loaded as float32)",
+        "weights_sha256": sha,
+        "training": {
+            "recipe": cfg,
+            "best_epoch": state.get("best_epoch"),
+            "best_phase": state.get("best_phase"),
+            "best_image_size": state.get("best_image_size"),
+            "best_val_accuracy": state.get("best_val_accuracy"),
+            "epochs_run": state.get("global_epoch"),
+            "wall_time_s": round(state.get("wall_time_s", 0.0), 1),
+            "finished": bool(state.get("done")),
+            "hardware": "2 CPU cores, no GPU",
+        },
+    })
+    if (src / "training_log.csv").exists():
+        shutil.copy(src / "training_log.csv", dest / "training_log.csv")
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and train (or export) the requested backbones."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--split", type=Path, default=DEFAULT_SPLIT, help="split CSV from ensemble.split")
+    p.add_argument("--models", default=",".join(BACKBONES), help="comma-separated backbone names")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/classification"))
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--image-size", type=int, default=None, help="training size (default native)")
+    p.add_argument("--native-epochs", type=int, default=0, help="epochs at native size after")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--native-lr", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=int, default=2)
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--optimizer", choices=["adam", "adamax"], default="adam")
+    p.add_argument("--weights", default="none", help="none | imagenet | path to backbone weights")
+    p.add_argument("--mixed-precision", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--export", type=Path, default=None,
+                   help="write best weights of each model to EXPORT/<model>/ instead of training")
+    a = p.parse_args(argv)
+    names = [get_backbone(n).name for n in a.models.split(",") if n]
+    if a.export:
+        for name in names:
+            print(export_model(a.run_dir, name, a.export / name))
+        return 0
+    for name in names:
+        weights = None if a.weights == "none" else a.weights
+        cfg = TrainConfig(
+            model=name, data_dir=str(a.data_dir), split_csv=str(a.split), run_dir=str(a.run_dir),
+            phases=plan_phases(name, weights=weights, image_size=a.image_size, epochs=a.epochs,
+                               lr=a.lr, warmup_epochs=a.warmup_epochs, native_epochs=a.native_epochs,
+                               native_lr=a.native_lr),
+            batch_size=a.batch_size, weights=weights, optimizer=a.optimizer, patience=a.patience,
+            mixed_precision=a.mixed_precision, cache_dir=a.cache_dir,
+        )
+        state_file = a.run_dir / name / "state.json"
+        resume = a.resume and state_file.exists()
+        if resume and json.loads(state_file.read_text()).get("done"):
+            print(f"[{name}] already finished; skipping")
+            continue
+        if resume:
+            old = json.loads((a.run_dir / name / "config.json").read_text())
+            cfg.phases = [Phase(**ph) for ph in old["phases"]]
+        train_model(cfg, resume=resume, threads=a.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
