@@ -19,6 +19,7 @@ class Backbone:
         preprocess_mode: ``"tf"`` (scale to [-1, 1]) or ``"caffe"`` (BGR, ImageNet
             mean subtracted), as in ``keras.applications``.
         min_size: Smallest input side the architecture accepts.
+        gradcam_layer: Name of the last convolutional feature map, for Grad-CAM.
     """
 
     name: str
@@ -26,6 +27,7 @@ class Backbone:
     native_size: int
     preprocess_mode: str
     min_size: int
+    gradcam_layer: str
 
     def constructor(self) -> Callable[..., object]:
         """Return the ``keras.applications`` constructor."""
@@ -55,10 +57,10 @@ def preprocess_array(x: np.ndarray, mode: str) -> np.ndarray:
 
 
 BACKBONES: dict[str, Backbone] = {
-    "xception": Backbone("xception", "Xception", 299, "tf", 71),
-    "inceptionv3": Backbone("inceptionv3", "InceptionV3", 299, "tf", 75),
-    "resnet50": Backbone("resnet50", "ResNet50", 224, "caffe", 32),
-    "vgg19": Backbone("vgg19", "VGG19", 224, "caffe", 32),
+    "xception": Backbone("xception", "Xception", 299, "tf", 71, "block14_sepconv2_act"),
+    "inceptionv3": Backbone("inceptionv3", "InceptionV3", 299, "tf", 75, "mixed10"),
+    "resnet50": Backbone("resnet50", "ResNet50", 224, "caffe", 32, "conv5_block3_out"),
+    "vgg19": Backbone("vgg19", "VGG19", 224, "caffe", 32, "block5_conv4"),
 }
 """Registry of the four base classifiers, in ensemble order."""
 

@@ -1,0 +1,151 @@
+"""Evaluate the shipped classifiers on a folder of class subfolders.
+
+Writes ``predictions.csv`` (one row per image: ``path, label, pred`` and the
+probability columns ``<model>_<class>`` for every base model and
+``ensemble``), ``metrics.json`` and, when files could not be read,
+``failures.csv``. Unreadable files are reported and skipped; the command
+exits 0 when at least one image was evaluated.
+
+Example::
+
+    python -m ensemble.evaluate ../shared/datasets/brain-tumor-mri/Training \
+        --split artifacts/splits/classification_split.csv --part test \
+        --out artifacts/evaluation/classification/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ensemble.data import label_indices, list_class_folder, load_split
+from ensemble.inference import Ensemble, load_ensemble
+from ensemble.metrics import classification_metrics
+from neurostack import CLASS_NAMES
+from neurostack.errors import InputImageError
+from neurostack.imaging import load_image
+from neurostack.preprocess import crop, find_brain_box
+
+ENSEMBLE_COLUMN = "ensemble"
+
+
+def probability_columns(model: str) -> list[str]:
+    """Column names ``<model>_<class>`` in class order."""
+    return [f"{model}_{c}" for c in CLASS_NAMES]
+
+
+def predict_files(
+    ensemble: Ensemble, root: Path, rows: pd.DataFrame, batch_size: int = 32
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Predict every file in ``rows`` (columns ``path``, ``label``); collect failures.
+
+    Returns:
+        ``(predictions, failures)``: one row per readable image; one dict
+        ``{path, error}`` per file that could not be read.
+    """
+    out_rows: list[dict] = []
+    failures: list[dict] = []
+    names = list(ensemble.members)
+    for start in tqdm(range(0, len(rows), batch_size), desc="evaluating", unit="batch"):
+        chunk = rows.iloc[start : start + batch_size]
+        crops, kept = [], []
+        for rec in chunk.itertuples(index=False):
+            try:
+                gray = load_image(root / rec.path).gray
+            except InputImageError as exc:
+                failures.append({"path": rec.path, "error": str(exc)})
+                continue
+            crops.append(crop(gray, find_brain_box(gray)))
+            kept.append(rec)
+        if not crops:
+            continue
+        pred = ensemble.predict_crops(crops)
+        for i, rec in enumerate(kept):
+            row = {"path": rec.path, "label": rec.label,
+                   "pred": CLASS_NAMES[int(pred.ensemble[i].argmax())]}
+            for name in names:
+                row.update(zip(probability_columns(name), pred.per_model[name][i].tolist(), strict=True))
+            row.update(zip(probability_columns(ENSEMBLE_COLUMN), pred.ensemble[i].tolist(), strict=True))
+            out_rows.append(row)
+    return pd.DataFrame(out_rows), failures
+
+
+def metrics_from_predictions(df: pd.DataFrame) -> dict:
+    """Compute ``{"models": {...}, "n_images"}`` from a predictions table."""
+    y = label_indices(df["label"])
+    models = {}
+    for model in [*[m for m in ("xception", "inceptionv3", "resnet50", "vgg19")
+                    if probability_columns(m)[0] in df], ENSEMBLE_COLUMN]:
+        proba = df[probability_columns(model)].to_numpy(dtype=np.float64)
+        models[model] = classification_metrics(y, proba, CLASS_NAMES)
+    return {"models": models, "n_images": int(len(df))}
+
+
+def evaluate(
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    artifacts: Path = Path("artifacts/classification"),
+    split_csv: Path | None = None,
+    part: str | None = None,
+    strict: bool = True,
+    batch_size: int = 32,
+) -> dict:
+    """Run the ensemble over a dataset and write predictions, metrics and failures."""
+    rows = load_split(split_csv, part) if split_csv else list_class_folder(data_dir)
+    t0 = time.time()
+    ensemble = load_ensemble(artifacts, strict=strict)
+    preds, failures = predict_files(ensemble, Path(data_dir), rows, batch_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preds.to_csv(out_dir / "predictions.csv", index=False)
+    if failures:
+        pd.DataFrame(failures).to_csv(out_dir / "failures.csv", index=False)
+    metrics = metrics_from_predictions(preds) if len(preds) else {"models": {}, "n_images": 0}
+    metrics.update(
+        n_failed=len(failures),
+        ensemble_method=ensemble.method,
+        missing_artifacts=ensemble.missing,
+        split={"csv": str(split_csv) if split_csv else None, "part": part},
+        artifacts={name: clf.config["weights_sha256"] for name, clf in ensemble.members.items()}
+        | ({"meta": ensemble.meta.config["weights_sha256"]} if ensemble.meta else {}),
+        wall_time_s=round(time.time() - t0, 1),
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, evaluate, print a summary."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("data_dir", type=Path, help="folder with class subfolders")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts/classification"))
+    p.add_argument("--split", type=Path, default=None, help="split CSV; evaluates --part only")
+    p.add_argument("--part", default=None, help="train | val | test (with --split)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="evaluate whichever base models exist (final = their mean)")
+    p.add_argument("--batch-size", type=int, default=32)
+    a = p.parse_args(argv)
+    if a.part and not a.split:
+        p.error("--part needs --split")
+    m = evaluate(a.data_dir, a.out, artifacts=a.artifacts, split_csv=a.split, part=a.part,
+                 strict=not a.allow_missing, batch_size=a.batch_size)
+    for name, rec in m["models"].items():
+        print(f"{name:12s} accuracy={rec['accuracy']:.4f} macro_f1={rec['macro_f1']:.4f} "
+              f"auc={rec['roc_auc']['macro']}")
+    print(f"{m['n_images']} images evaluated, {m['n_failed']} failed -> {a.out}")
+    if m["n_images"] == 0:
+        print("no image could be evaluated", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

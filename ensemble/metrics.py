@@ -1,0 +1,144 @@
+"""Classification metrics as pure NumPy functions.
+
+Shapes: ``y_true`` is ``(N,)`` integer class indices, ``proba`` is ``(N, K)``
+probabilities whose rows sum to 1, ``y_pred`` is ``(N,)`` indices. Classes
+absent from ``y_true`` get ``None`` for metrics that need positives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Return the ``(K, K)`` count matrix, rows = true class, columns = predicted class."""
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = np.asarray(y_pred, dtype=int)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred shapes differ: {y_true.shape} vs {y_pred.shape}")
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def per_class_report(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 when undefined)."""
+    out = {}
+    for k, name in enumerate(class_names):
+        tp = float(cm[k, k])
+        pred = float(cm[:, k].sum())
+        true = float(cm[k, :].sum())
+        precision = tp / pred if pred else 0.0
+        recall = tp / true if true else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(true)}
+    return out
+
+
+def roc_curve(y_binary: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-vs-rest ROC curve; returns ``(fpr, tpr, thresholds)`` starting at (0, 0)."""
+    y = np.asarray(y_binary, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tps = np.cumsum(y)[distinct]
+    fps = (distinct + 1) - tps
+    p, n = y.sum(), (~y).sum()
+    tpr = np.r_[0.0, tps / p] if p else np.full(len(tps) + 1, np.nan)
+    fpr = np.r_[0.0, fps / n] if n else np.full(len(fps) + 1, np.nan)
+    return fpr, tpr, np.r_[np.inf, s[distinct]]
+
+
+def auc(x: np.ndarray, y: np.ndarray) -> float:
+    """Trapezoidal area under a curve given by increasing ``x``."""
+    return float(np.trapezoid(y, x))
+
+
+def precision_recall_curve(
+    y_binary: np.ndarray, score: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Return ``(precision, recall, average_precision)`` for one class vs rest."""
+    y = np.asarray(y_binary, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tps = np.cumsum(y)[distinct].astype(float)
+    predicted = (distinct + 1).astype(float)
+    p = float(y.sum())
+    precision = tps / predicted
+    recall = tps / p if p else np.zeros_like(tps)
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision)) if p else float("nan")
+    return np.r_[1.0, precision], np.r_[0.0, recall], ap
+
+
+def expected_calibration_error(
+    proba: np.ndarray, y_true: np.ndarray, n_bins: int = 10
+) -> tuple[float, list[dict[str, float]]]:
+    """Top-label ECE with equal-width confidence bins.
+
+    Returns:
+        ``(ece, bins)``; each bin has ``lo, hi, count, confidence, accuracy``
+        (confidence and accuracy are ``None`` for empty bins).
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    bins = []
+    for b in range(n_bins):
+        sel = idx == b
+        count = int(sel.sum())
+        if count:
+            c, a = float(conf[sel].mean()), float(correct[sel].mean())
+            ece += count / len(conf) * abs(c - a)
+        else:
+            c = a = None
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": count,
+                     "confidence": c, "accuracy": a})
+    return float(ece), bins
+
+
+def classification_metrics(
+    y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str]
+) -> dict:
+    """All headline metrics for one model.
+
+    Returns:
+        ``{"accuracy", "macro_f1", "per_class", "confusion_matrix", "roc_auc", "ece"}``;
+        ``roc_auc`` maps each class to its one-vs-rest AUC (None if the class has no
+        positives or no negatives) plus ``"macro"``, the mean over defined classes.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    proba = np.asarray(proba, dtype=np.float64)
+    k = len(class_names)
+    if proba.ndim != 2 or proba.shape != (len(y_true), k):
+        raise ValueError(f"proba must have shape ({len(y_true)}, {k}); received {proba.shape}")
+    y_pred = proba.argmax(axis=1)
+    cm = confusion_matrix(y_true, y_pred, k)
+    report = per_class_report(cm, class_names)
+    aucs: dict[str, float | None] = {}
+    for c, name in enumerate(class_names):
+        pos = y_true == c
+        if pos.all() or not pos.any():
+            aucs[name] = None
+            continue
+        fpr, tpr, _ = roc_curve(pos, proba[:, c])
+        aucs[name] = auc(fpr, tpr)
+    defined = [v for v in aucs.values() if v is not None]
+    aucs["macro"] = float(np.mean(defined)) if defined else None
+    present = [report[n]["f1"] for n in class_names if report[n]["support"] > 0]
+    ece, _ = expected_calibration_error(proba, y_true)
+    return {
+        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else float("nan"),
+        "macro_f1": float(np.mean(present)) if present else float("nan"),
+        "per_class": report,
+        "confusion_matrix": cm.tolist(),
+        "roc_auc": aucs,
+        "ece": ece,
+    }

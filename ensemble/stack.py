@@ -1,0 +1,141 @@
+"""Fit the stacking meta-learner on saved held-out base-model probabilities.
+
+The input is a ``predictions.csv`` written by ``python -m ensemble.evaluate``
+on images the base models never trained on (the validation split). The
+test split is refused. The number of epochs is chosen by stratified K-fold
+cross-validation on the held-out rows, then the model is refitted on all of them.
+
+Example::
+
+    python -m ensemble.evaluate ../shared/datasets/brain-tumor-mri/Training \
+        --split artifacts/splits/classification_split.csv --part val \
+        --out artifacts/evaluation/classification/val
+    python -m ensemble.stack artifacts/evaluation/classification/val/predictions.csv \
+        --out artifacts/classification/meta
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ensemble.data import label_indices
+from ensemble.evaluate import probability_columns
+from ensemble.registry import BACKBONES
+from neurostack import CLASS_NAMES
+from neurostack.artifacts import save_weights_compact, write_json
+
+
+def stacked_features(df: pd.DataFrame, models: list[str]) -> np.ndarray:
+    """``(N, len(models) * 4)`` matrix of base probabilities in ``models`` order."""
+    cols = [c for m in models for c in probability_columns(m)]
+    missing = [c for c in cols if c not in df]
+    if missing:
+        raise ValueError(f"held-out predictions lack columns {missing}")
+    return df[cols].to_numpy(dtype=np.float32)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, x_val=None, y_val=None):
+    import keras
+
+    from ensemble.models import build_meta_learner
+
+    keras.utils.set_random_seed(seed)
+    model = build_meta_learner(x.shape[1] // len(CLASS_NAMES), len(CLASS_NAMES))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    hist = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0,
+                     validation_data=(x_val, y_val) if x_val is not None else None)
+    return model, hist.history
+
+
+def fit_meta_learner(
+    heldout_csv: Path,
+    out: Path,
+    *,
+    models: list[str] | None = None,
+    folds: int = 5,
+    max_epochs: int = 150,
+    seed: int = 42,
+) -> dict:
+    """Choose epochs by K-fold CV, refit on all held-out rows, write the artifact folder.
+
+    Raises:
+        ValueError: If the predictions come from the test split or lack columns.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    heldout_csv = Path(heldout_csv)
+    src_metrics = heldout_csv.parent / "metrics.json"
+    if src_metrics.exists():
+        part = json.loads(src_metrics.read_text()).get("split", {}).get("part")
+        if part == "test":
+            raise ValueError("refusing to fit the meta-learner on test-split predictions")
+        if part not in ("val", None):
+            raise ValueError(f"held-out predictions must come from the 'val' split; got {part!r}")
+    models = models or list(BACKBONES)
+    df = pd.read_csv(heldout_csv)
+    x = stacked_features(df, models)
+    y = label_indices(df["label"])
+    t0 = time.time()
+    curves = []
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (tr, va) in enumerate(skf.split(x, y)):
+        _, hist = _fit(x[tr], y[tr], max_epochs, seed + k, x[va], y[va])
+        curves.append(hist["val_loss"])
+    mean_curve = np.mean(curves, axis=0)
+    best_epochs = int(np.argmin(mean_curve)) + 1
+    # cross-validated accuracy at the chosen epoch count, refitting each fold
+    accs = []
+    for k, (tr, va) in enumerate(skf.split(x, y)):
+        m, _ = _fit(x[tr], y[tr], best_epochs, seed + k)
+        accs.append(float((m.predict(x[va], verbose=0).argmax(1) == y[va]).mean()))
+    cv_acc = float(np.mean(accs))
+    model, _ = _fit(x, y, best_epochs, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    sha = save_weights_compact(model, out / "weights.npz")
+    write_json(out / "config.json", {
+        "kind": "meta_learner",
+        "inputs": models,
+        "input_features": [c for m in models for c in probability_columns(m)],
+        "class_names": list(CLASS_NAMES),
+        "architecture": "Dense 64 ReLU -> Dense 32 ReLU -> Dense 4 softmax",
+        "weights_file": "weights.npz",
+        "weights_sha256": sha,
+        "training": {
+            "heldout_predictions": str(heldout_csv),
+            "n_rows": int(len(df)),
+            "epochs": best_epochs,
+            "epochs_chosen_by": f"{folds}-fold CV minimum of mean validation loss",
+            "optimizer": "Adam 1e-3, batch 32",
+            "seed": seed,
+            "wall_time_s": round(time.time() - t0, 1),
+        },
+    })
+    metrics = {"cv_accuracy": cv_acc, "cv_fold_accuracies": accs, "epochs": best_epochs,
+               "n_rows": int(len(df))}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and fit the meta-learner."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("heldout_csv", type=Path, help="predictions.csv of the validation split")
+    p.add_argument("--out", type=Path, default=Path("artifacts/classification/meta"))
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--max-epochs", type=int, default=150)
+    p.add_argument("--seed", type=int, default=42)
+    a = p.parse_args(argv)
+    m = fit_meta_learner(a.heldout_csv, a.out, folds=a.folds, max_epochs=a.max_epochs, seed=a.seed)
+    print(json.dumps(m, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

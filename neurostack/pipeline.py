@@ -1,0 +1,283 @@
+"""The end-to-end analysis of one slice: classify, segment, measure.
+
+:func:`load_pipeline` rebuilds every model from ``artifacts/`` alone (checking
+each weight file's SHA-256); :meth:`Pipeline.analyse` runs one slice and
+returns a :class:`CaseResult` with per-model and ensemble probabilities, the
+mask, a green overlay, the black-and-white mask image, the morphology record,
+per-stage timings and the versions/checksums of the models used.
+
+Models are only read after loading, never mutated, so one pipeline can serve
+several threads (dashboard sessions) at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurostack import CLASS_NAMES, __version__
+from neurostack.errors import ArtifactError, InputImageError
+from neurostack.imaging import InputLimits, LoadedImage, load_image
+from neurostack.preprocess import crop, find_brain_box
+from neurostack.render import colourfulness, mask_image, overlay_mask
+
+NO_TUMOR = "notumor"
+LOW_CONFIDENCE = 0.6
+"""Below this ensemble probability a prediction is flagged as low confidence."""
+COLOUR_LIMIT = 8.0
+"""Mean channel difference above which an image is flagged as not a greyscale MRI."""
+SPACING_SOURCES = ("dicom", "user", "assumed", "none")
+
+
+@dataclass
+class CaseResult:
+    """Everything computed for one slice.
+
+    Arrays are on the original image grid: ``mask`` and ``probability`` are
+    ``(H, W)``; ``overlay`` is ``(H, W, 3)`` uint8 RGB; ``mask_png`` is
+    ``(H, W)`` uint8 with tumour = 255.
+    """
+
+    image_sha256: str
+    shape: tuple[int, int]
+    per_model: dict[str, dict[str, float]]
+    ensemble: dict[str, float]
+    predicted_class: str
+    confidence: float
+    method: str
+    models_agree: bool
+    warnings: list[str]
+    tumor_found: bool
+    segmented: bool
+    threshold: float
+    spacing_cm: tuple[float, float] | None
+    spacing_source: str
+    morphology: dict[str, Any] | None = None
+    mask: np.ndarray | None = None
+    probability: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    mask_png: np.ndarray | None = None
+    crop_box: tuple[int, int, int, int] | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        """Flat, identifier-free record for CSV export and the case database."""
+        rec: dict[str, Any] = {
+            "image_sha256": self.image_sha256,
+            "height_px_image": self.shape[0],
+            "width_px_image": self.shape[1],
+            "predicted_class": self.predicted_class,
+            "confidence": round(self.confidence, 6),
+            "method": self.method,
+            "models_agree": self.models_agree,
+            "tumor_found": self.tumor_found,
+            "segmented": self.segmented,
+            "mask_threshold": self.threshold,
+            "warnings": "; ".join(self.warnings),
+        }
+        for c in CLASS_NAMES:
+            rec[f"ensemble_{c}"] = round(self.ensemble[c], 6)
+        for model, probs in self.per_model.items():
+            for c in CLASS_NAMES:
+                rec[f"{model}_{c}"] = round(probs[c], 6)
+        if self.morphology:
+            rec.update(self.morphology)
+        else:
+            rec["spacing_source"] = self.spacing_source
+        rec["spacing_source"] = self.spacing_source
+        rec["model_versions"] = ";".join(
+            f"{k}:{v['sha256'][:12]}" for k, v in sorted(self.models.items())
+        )
+        return rec
+
+
+class Pipeline:
+    """Classifier ensemble + segmenter + morphology, loaded once and shared."""
+
+    def __init__(self, ensemble: Any, segmenter: Any | None, *, missing: list[str] | None = None,
+                 limits: InputLimits | None = None) -> None:
+        self.ensemble = ensemble
+        self.segmenter = segmenter
+        self.missing = list(missing or [])
+        self.limits = limits or InputLimits()
+
+    # ------------------------------------------------------------------ info
+    @property
+    def model_info(self) -> dict[str, dict[str, Any]]:
+        """Name -> ``{"sha256", "folder", "input_size"}`` for every loaded model."""
+        info = {
+            name: {"sha256": clf.config["weights_sha256"], "folder": str(clf.folder),
+                   "input_size": clf.input_size}
+            for name, clf in self.ensemble.members.items()
+        }
+        if self.ensemble.meta is not None:
+            info["meta"] = {"sha256": self.ensemble.meta.config["weights_sha256"],
+                            "folder": str(self.ensemble.meta.folder)}
+        if self.segmenter is not None:
+            info["resunet"] = {"sha256": self.segmenter.config["weights_sha256"],
+                               "folder": str(self.segmenter.folder),
+                               "input_size": self.segmenter.input_size}
+        return info
+
+    # --------------------------------------------------------------- analyse
+    def analyse(
+        self,
+        source: LoadedImage | str | Path | bytes,
+        *,
+        spacing_cm: tuple[float, float] | None = None,
+        spacing_source: str | None = None,
+        threshold: float = 0.5,
+        force_segmentation: bool = False,
+        frame: int | None = None,
+    ) -> CaseResult:
+        """Analyse one slice.
+
+        Args:
+            source: A decoded image, a path or the file's bytes.
+            spacing_cm: ``(row, col)`` pixel spacing in cm given by the user; a DICOM
+                file's own spacing is used when this is ``None``.
+            spacing_source: Where ``spacing_cm`` came from: ``"user"`` or ``"assumed"``.
+            threshold: Probability threshold of the tumour mask, in (0, 1).
+            force_segmentation: Segment even when the ensemble says "notumor".
+            frame: Frame of a multi-frame file.
+
+        Raises:
+            InputImageError: For unreadable input (message says why).
+            ValueError: For invalid options.
+        """
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1); received {threshold}")
+        t: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if isinstance(source, LoadedImage):
+            img = source
+        else:
+            img = load_image(source, frame=frame, limits=self.limits)
+        t["decode"] = time.perf_counter() - t0
+        spacing, s_source = _resolve_spacing(img, spacing_cm, spacing_source)
+
+        t0 = time.perf_counter()
+        box = find_brain_box(img.gray)
+        brain = crop(img.gray, box)
+        t["preprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = self.ensemble.predict_crops([brain])
+        t["classify"] = time.perf_counter() - t0
+
+        probs = pred.ensemble[0]
+        k = int(probs.argmax())
+        per_model = {m: dict(zip(CLASS_NAMES, map(float, p[0]), strict=True))
+                     for m, p in pred.per_model.items()}
+        votes = {CLASS_NAMES[int(np.argmax(p[0]))] for p in pred.per_model.values()}
+        warnings = []
+        if float(probs[k]) < LOW_CONFIDENCE:
+            warnings.append(f"low confidence ({float(probs[k]):.2f} < {LOW_CONFIDENCE})")
+        if len(votes) > 1:
+            warnings.append("base models disagree: " + ", ".join(sorted(votes)))
+        if colourfulness(img.display) > COLOUR_LIMIT:
+            warnings.append("colour image: this does not look like a greyscale MRI slice; "
+                            "the prediction is unreliable")
+        if self.ensemble.meta is None:
+            warnings.append(pred.method)
+        gray_share = float((img.gray > 20).mean())
+        if gray_share < 0.02:
+            warnings.append("almost blank image")
+
+        predicted = CLASS_NAMES[k]
+        tumor_found = predicted != NO_TUMOR
+        result = CaseResult(
+            image_sha256=hashlib.sha256(np.ascontiguousarray(img.gray).tobytes()).hexdigest(),
+            shape=img.shape, per_model=per_model,
+            ensemble=dict(zip(CLASS_NAMES, map(float, probs), strict=True)),
+            predicted_class=predicted, confidence=float(probs[k]), method=pred.method,
+            models_agree=len(votes) == 1, warnings=warnings, tumor_found=tumor_found,
+            segmented=False, threshold=threshold, spacing_cm=spacing, spacing_source=s_source,
+            crop_box=box.as_tuple(), models=self.model_info,
+        )
+        if (tumor_found or force_segmentation) and self.segmenter is not None:
+            self._segment(img, result, threshold, t)
+        elif (tumor_found or force_segmentation) and self.segmenter is None:
+            result.warnings.append("segmentation model not available")
+        result.timings_s = {k2: round(v, 4) for k2, v in t.items()}
+        result.timings_s["total"] = round(sum(t.values()), 4)
+        return result
+
+    def _segment(self, img: LoadedImage, result: CaseResult, threshold: float,
+                 t: dict[str, float]) -> None:
+        from morphology import measure
+
+        t0 = time.perf_counter()
+        seg = self.segmenter.predict(img.gray, threshold=threshold)
+        t["segment"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result.segmented = True
+        result.mask = seg.mask
+        result.probability = seg.probability
+        result.morphology = measure(
+            seg.mask, spacing_cm=result.spacing_cm, image=img.gray,
+            spacing_source=result.spacing_source if result.spacing_cm else None,
+        )
+        t["morphology"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result.overlay = overlay_mask(img.display, seg.mask)
+        result.mask_png = mask_image(seg.mask)
+        t["render"] = time.perf_counter() - t0
+        if not seg.mask.any():
+            result.warnings.append("segmentation found no tumour pixels at this threshold")
+
+
+def _resolve_spacing(
+    img: LoadedImage, spacing_cm: tuple[float, float] | None, source: str | None
+) -> tuple[tuple[float, float] | None, str]:
+    if spacing_cm is not None:
+        if source not in ("user", "assumed"):
+            raise ValueError(
+                f"spacing_source for a given spacing must be one of ['assumed', 'user']; "
+                f"received {source!r}"
+            )
+        r, c = (float(v) for v in spacing_cm)
+        if not (np.isfinite(r) and np.isfinite(c) and r > 0 and c > 0):
+            raise ValueError(f"spacing_cm must be two positive finite numbers; received {spacing_cm}")
+        return (r, c), source
+    if img.spacing_cm is not None:
+        return img.spacing_cm, "dicom"
+    return None, "none"
+
+
+def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = False,
+                  limits: InputLimits | None = None) -> Pipeline:
+    """Load every model from ``artifacts_dir`` (``classification/`` and ``segmentation/resunet``).
+
+    Args:
+        artifacts_dir: Root of the artifact tree.
+        strict: Raise if anything is missing; otherwise work with what is present
+            and list the rest in ``Pipeline.missing``. Corrupt files always raise.
+
+    Raises:
+        ArtifactError: Naming missing (strict) or corrupt artifacts.
+    """
+    from ensemble.inference import load_ensemble
+
+    root = Path(artifacts_dir)
+    ensemble = load_ensemble(root / "classification", strict=strict)
+    missing = list(ensemble.missing)
+    segmenter = None
+    seg_dir = root / "segmentation" / "resunet"
+    if (seg_dir / "config.json").exists():
+        from segmentation.predict import load_segmenter
+
+        segmenter = load_segmenter(seg_dir)
+    else:
+        missing.append(f"{seg_dir} (segmentation model)")
+        if strict:
+            raise ArtifactError("Missing artifacts: " + "; ".join(missing))
+    return Pipeline(ensemble, segmenter, missing=missing, limits=limits)
+
+
+__all__ = ["CaseResult", "InputImageError", "Pipeline", "load_pipeline", "__version__"]
