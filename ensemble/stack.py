@@ -26,9 +26,10 @@ import pandas as pd
 
 from ensemble.data import label_indices
 from ensemble.evaluate import probability_columns
+from ensemble.export import write_meta_artifact
 from ensemble.registry import BACKBONES
 from neurostack import CLASS_NAMES
-from neurostack.artifacts import save_weights_compact, write_json
+from neurostack.artifacts import write_json
 
 
 def stacked_features(df: pd.DataFrame, models: list[str]) -> np.ndarray:
@@ -98,24 +99,14 @@ def fit_meta_learner(
     cv_acc = float(np.mean(accs))
     model, _ = _fit(x, y, best_epochs, seed)
     out.mkdir(parents=True, exist_ok=True)
-    sha = save_weights_compact(model, out / "weights.npz")
-    write_json(out / "config.json", {
-        "kind": "meta_learner",
-        "inputs": models,
-        "input_features": [c for m in models for c in probability_columns(m)],
-        "class_names": list(CLASS_NAMES),
-        "architecture": "Dense 64 ReLU -> Dense 32 ReLU -> Dense 4 softmax",
-        "weights_file": "weights.npz",
-        "weights_sha256": sha,
-        "training": {
-            "heldout_predictions": str(heldout_csv),
-            "n_rows": int(len(df)),
-            "epochs": best_epochs,
-            "epochs_chosen_by": f"{folds}-fold CV minimum of mean validation loss",
-            "optimizer": "Adam 1e-3, batch 32",
-            "seed": seed,
-            "wall_time_s": round(time.time() - t0, 1),
-        },
+    write_meta_artifact(model, out, inputs=models, training={
+        "heldout_predictions": str(heldout_csv),
+        "n_rows": int(len(df)),
+        "epochs": best_epochs,
+        "epochs_chosen_by": f"{folds}-fold CV minimum of mean validation loss",
+        "optimizer": "Adam 1e-3, batch 32",
+        "seed": seed,
+        "wall_time_s": round(time.time() - t0, 1),
     })
     metrics = {"cv_accuracy": cv_acc, "cv_fold_accuracies": accs, "epochs": best_epochs,
                "n_rows": int(len(df))}

@@ -341,8 +341,8 @@ def export_model(run_dir: Path, model_name: str, dest: Path) -> Path:
 
     Works on a finished or still-running run (it reads ``best.weights.h5``).
     """
+    from ensemble.export import write_classifier_artifact
     from ensemble.models import build_classifier
-    from neurostack.artifacts import save_weights_compact, write_json
 
     src = Path(run_dir) / model_name
     cfg = json.loads((src / "config.json").read_text())
@@ -350,34 +350,16 @@ def export_model(run_dir: Path, model_name: str, dest: Path) -> Path:
     spec = get_backbone(model_name)
     model = build_classifier(model_name, weights=None, input_size=spec.native_size)
     model.load_weights(src / "best.weights.h5")
-    dest.mkdir(parents=True, exist_ok=True)
-    sha = save_weights_compact(model, dest / "weights.npz")
-    write_json(dest / "config.json", {
-        "kind": "classifier",
-        "backbone": model_name,
-        "keras_application": spec.keras_name,
-        "input_size": spec.native_size,
-        "class_names": list(CLASS_NAMES),
-        "preprocessing": {
-            "geometry": "brain crop (threshold 45, largest component) -> resize to input_size",
-            "channels": "greyscale repeated to 3 channels",
-            "keras_preprocess_mode": spec.preprocess_mode,
-        },
-        "head": "GlobalMaxPool -> Flatten -> Dropout 0.3 -> Dense 128 ReLU -> Dropout 0.25 -> Dense 4 softmax",
-        "weights_file": "weights.npz",
-        "weights_dtype": "float16 (loaded as float32)",
-        "weights_sha256": sha,
-        "training": {
-            "recipe": cfg,
-            "best_epoch": state.get("best_epoch"),
-            "best_phase": state.get("best_phase"),
-            "best_image_size": state.get("best_image_size"),
-            "best_val_accuracy": state.get("best_val_accuracy"),
-            "epochs_run": state.get("global_epoch"),
-            "wall_time_s": round(state.get("wall_time_s", 0.0), 1),
-            "finished": bool(state.get("done")),
-            "hardware": "2 CPU cores, no GPU",
-        },
+    write_classifier_artifact(model, dest, backbone=model_name, input_size=spec.native_size, training={
+        "recipe": cfg,
+        "best_epoch": state.get("best_epoch"),
+        "best_phase": state.get("best_phase"),
+        "best_image_size": state.get("best_image_size"),
+        "best_val_accuracy": state.get("best_val_accuracy"),
+        "epochs_run": state.get("global_epoch"),
+        "wall_time_s": round(state.get("wall_time_s", 0.0), 1),
+        "finished": bool(state.get("done")),
+        "hardware": "2 CPU cores, no GPU",
     })
     if (src / "training_log.csv").exists():
         shutil.copy(src / "training_log.csv", dest / "training_log.csv")

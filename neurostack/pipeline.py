@@ -121,7 +121,6 @@ class Pipeline:
                             "folder": str(self.ensemble.meta.folder)}
         if self.segmenter is not None:
             info["resunet"] = {"sha256": self.segmenter.config["weights_sha256"],
-                               "folder": str(self.segmenter.folder),
                                "input_size": self.segmenter.input_size}
         return info
 

@@ -1,0 +1,91 @@
+"""Tiny, randomly initialised artifact trees for tests and demos of the plumbing.
+
+The backbones are the real ``keras.applications`` architectures, only run at
+small input sizes; predictions are meaningless. Evaluation records are
+computed by the real evaluation code on generated images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+TINY_SIZES = {"xception": 71, "inceptionv3": 75, "resnet50": 32, "vgg19": 32}
+TINY_SEG = {"input_size": 64, "base_filters": 4, "depth": 3}
+
+
+def make_tiny_artifacts(root: str | Path, *, seed: int = 0, with_evaluation: bool = True) -> Path:
+    """Build a complete artifact tree under ``root`` and return ``root``.
+
+    Holds ``classification/<backbone>/``, ``classification/meta/``,
+    ``segmentation/resunet/`` and, with ``with_evaluation``, classification and
+    segmentation evaluation records plus training logs.
+    """
+    import keras
+
+    from ensemble.export import write_classifier_artifact, write_meta_artifact
+    from ensemble.models import build_classifier, build_meta_learner
+    from ensemble.registry import BACKBONES
+    from neurostack import CLASS_NAMES
+    from neurostack.artifacts import save_weights_compact, write_json
+    from segmentation.model import build_resunet
+
+    root = Path(root)
+    keras.utils.set_random_seed(seed)
+    cls_dir = root / "classification"
+    for name in BACKBONES:
+        model = build_classifier(name, weights=None, input_size=TINY_SIZES[name])
+        write_classifier_artifact(model, cls_dir / name, backbone=name,
+                                  input_size=TINY_SIZES[name], training={"tiny_test_artifact": True})
+        log = "epoch,phase,image_size,lr,loss,accuracy,val_loss,val_accuracy,seconds\n" + "".join(
+            f"{e},scratch,{TINY_SIZES[name]},0.001,{1.4 - 0.1 * e},{0.3 + 0.1 * e},"
+            f"{1.5 - 0.1 * e},{0.3 + 0.08 * e},1.0\n" for e in range(4)
+        )
+        (cls_dir / name / "training_log.csv").write_text(log)
+        keras.backend.clear_session()
+    write_meta_artifact(build_meta_learner(), cls_dir / "meta", inputs=list(BACKBONES),
+                        training={"tiny_test_artifact": True})
+    seg_dir = root / "segmentation" / "resunet"
+    seg = build_resunet(**TINY_SEG)
+    sha = save_weights_compact(seg, seg_dir / "weights.npz")
+    write_json(seg_dir / "config.json", {
+        "model": "resunet", "architecture": TINY_SEG, "input_size": TINY_SEG["input_size"],
+        "preprocessing": "brain crop -> resize -> /255", "threshold": 0.5,
+        "weights_file": "weights.npz", "weights_sha256": sha, "tiny_test_artifact": True,
+    })
+    if with_evaluation:
+        _tiny_evaluation(root, CLASS_NAMES, seed)
+    return root
+
+
+def _tiny_evaluation(root: Path, class_names: tuple[str, ...], seed: int) -> None:
+    from ensemble.evaluate import evaluate
+    from neurostack.artifacts import write_json
+
+    rng = np.random.default_rng(seed)
+    data = root / "_tiny_data"
+    from PIL import Image
+
+    for label in class_names:
+        (data / label).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            img = np.zeros((96, 96), np.uint8)
+            img[16:80, 16:80] = rng.integers(60, 200, (64, 64), dtype=np.uint8)
+            Image.fromarray(img).save(data / label / f"{label}_{i}.png")
+    evaluate(data, root / "evaluation" / "classification" / "test", artifacts=root / "classification")
+    seg_eval = root / "evaluation" / "segmentation" / "test"
+    seg_eval.mkdir(parents=True, exist_ok=True)
+    dice = rng.uniform(0.3, 0.95, 9)
+    rows = ["id,label,dice,iou"] + [
+        f"{i:04d},{class_names[i % 3 if i % 3 != 2 else 3]},{d:.4f},{d / (2 - d):.4f}"
+        for i, d in enumerate(dice)
+    ]
+    (seg_eval / "per_image.csv").write_text("\n".join(rows) + "\n")
+    write_json(seg_eval / "metrics.json", {
+        "mean_dice": float(dice.mean()), "median_dice": float(np.median(dice)),
+        "mean_iou": float((dice / (2 - dice)).mean()), "n_images": int(len(dice)),
+        "tiny_test_artifact": True,
+    })
+    (root / "evaluation" / "README.json").write_text(json.dumps({"tiny": True}))
