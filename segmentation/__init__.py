@@ -1,0 +1,1 @@
+"""Tumour segmentation of brain-MRI slices with a residual U-Net (ResUNet)."""

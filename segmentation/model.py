@@ -1,0 +1,154 @@
+"""Residual U-Net (ResUNet) for binary tumour segmentation.
+
+Architecture (after Zhang, Liu & Wang, "Road Extraction by Deep Residual U-Net",
+IEEE GRSL 2018):
+
+* **Residual unit** (pre-activation): ``BN -> ReLU -> Conv3x3(stride s) -> BN ->
+  ReLU -> Conv3x3``, added to a shortcut. The shortcut is the identity when the
+  shape is unchanged, otherwise a ``Conv1x1(stride s) -> BN`` projection.
+* **Downsampling** uses a stride of 2 in the *first* convolution of each encoder
+  unit (and of its projection shortcut), as in Zhang et al.; there is no
+  max-pooling. The first (stem) unit works at full resolution and, as in the
+  paper, starts with a plain convolution because its input is the raw image.
+* **Encoder**: ``depth`` units; unit ``i`` has ``base_filters * 2**i`` filters;
+  units ``1 .. depth - 1`` halve the resolution.
+* **Bridge**: one more stride-2 residual unit with ``base_filters * 2**depth``
+  filters, so the bottleneck is ``input_size / 2**depth`` pixels wide.
+* **Decoder**: ``depth`` stages of 2x nearest upsampling, concatenation with the
+  encoder feature map of the same resolution, and a residual unit.
+* **Head**: ``Conv1x1 -> sigmoid`` computed in float32 (so the output stays
+  float32 under a ``mixed_bfloat16`` / ``mixed_float16`` policy).
+
+Input: ``(S, S, 1)`` greyscale scaled to ``[0, 1]``. Output: ``(S, S, 1)``
+per-pixel tumour probability.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+MIN_DEPTH = 1
+MAX_DEPTH = 6
+
+
+def _validate(input_size: int, base_filters: int, depth: int, dropout: float) -> None:
+    if isinstance(depth, bool) or not isinstance(depth, int) or not MIN_DEPTH <= depth <= MAX_DEPTH:
+        raise ValueError(
+            f"depth must be an integer in {MIN_DEPTH}..{MAX_DEPTH}; received {depth!r}"
+        )
+    if isinstance(base_filters, bool) or not isinstance(base_filters, int) or base_filters < 1:
+        raise ValueError(f"base_filters must be an integer >= 1; received {base_filters!r}")
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(f"input_size must be a positive integer; received {input_size!r}")
+    if input_size % (2**depth) != 0:
+        raise ValueError(
+            f"input_size must be divisible by 2**depth = {2**depth} for depth={depth}; "
+            f"received input_size={input_size}"
+        )
+    if (
+        not isinstance(dropout, (int, float))
+        or isinstance(dropout, bool)
+        or not 0.0 <= dropout < 1.0
+    ):
+        raise ValueError(f"dropout must be a float in [0, 1); received {dropout!r}")
+
+
+def _residual_unit(
+    x: keras.KerasTensor,
+    filters: int,
+    *,
+    strides: int = 1,
+    first: bool = False,
+    name: str,
+) -> keras.KerasTensor:
+    """One pre-activation residual unit.
+
+    Args:
+        x: Input tensor ``(B, H, W, C)``.
+        filters: Output channels.
+        strides: 1 or 2; applied in the first convolution and the projection.
+        first: Stem unit: the first convolution is applied to the raw input
+            without a preceding BN/ReLU (Zhang et al. 2018, Fig. 2).
+        name: Prefix of the layer names.
+
+    Returns:
+        Tensor ``(B, H / strides, W / strides, filters)``.
+    """
+    if first:
+        y = x
+    else:
+        y = layers.BatchNormalization(name=f"{name}_bn1")(x)
+        y = layers.Activation("relu", name=f"{name}_relu1")(y)
+    y = layers.Conv2D(
+        filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv1"
+    )(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.Activation("relu", name=f"{name}_relu2")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(
+            x
+        )
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    else:
+        shortcut = x
+    return layers.Add(name=f"{name}_add")([y, shortcut])
+
+
+def build_resunet(
+    input_size: int = 256,
+    base_filters: int = 16,
+    depth: int = 4,
+    dropout: float = 0.0,
+    name: str = "resunet",
+) -> keras.Model:
+    """Build a ResUNet for ``(input_size, input_size, 1)`` images.
+
+    Args:
+        input_size: Side ``S`` of the square input in pixels; must be divisible
+            by ``2**depth``.
+        base_filters: Filters of the first encoder unit (doubled per level).
+        depth: Number of 2x downsamplings (encoder levels incl. the bridge), 1..6.
+        dropout: Spatial dropout rate applied after the bridge, in ``[0, 1)``;
+            0 disables it.
+        name: Keras model name.
+
+    Returns:
+        An uncompiled ``keras.Model`` mapping ``(B, S, S, 1)`` float inputs in
+        ``[0, 1]`` to ``(B, S, S, 1)`` float32 probabilities.
+
+    Raises:
+        ValueError: If an option is out of range; the message names the
+            allowed and the received values.
+    """
+    _validate(input_size, base_filters, depth, dropout)
+
+    inputs = keras.Input((input_size, input_size, 1), name="image")
+    skips = []
+    x = inputs
+    for level in range(depth):
+        x = _residual_unit(
+            x,
+            base_filters * 2**level,
+            strides=1 if level == 0 else 2,
+            first=level == 0,
+            name=f"enc{level}",
+        )
+        skips.append(x)
+
+    x = _residual_unit(x, base_filters * 2**depth, strides=2, name="bridge")
+    if dropout > 0:
+        x = layers.SpatialDropout2D(dropout, name="bridge_dropout")(x)
+
+    for level in reversed(range(depth)):
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = _residual_unit(x, base_filters * 2**level, name=f"dec{level}")
+
+    # Head in float32: the probabilities must not be rounded to bfloat16.
+    x = layers.BatchNormalization(name="head_bn")(x)
+    x = layers.Activation("relu", name="head_relu")(x)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+    return keras.Model(inputs, outputs, name=name)
