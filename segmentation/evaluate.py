@@ -1,0 +1,291 @@
+r"""Evaluate an exported segmenter on a folder of images and ground-truth masks.
+
+Usage::
+
+    python -m segmentation.evaluate IMAGES_DIR MASKS_DIR --out OUT_DIR \\
+        [--artifacts artifacts/segmentation/resunet] \\
+        [--ids-from artifacts/splits/segmentation_split.csv --split test] \\
+        [--metadata metadata.csv] [--threshold 0.5]
+
+Masks are matched to images by file stem (``0001.jpg`` <-> ``0001.png``); a mask
+pixel > 127 is tumour. Scores are computed per image at the ORIGINAL image
+resolution (the prediction is mapped back from the brain crop) with the
+empty-mask policy of :mod:`segmentation.metrics`.
+
+Outputs in ``OUT_DIR``:
+
+* ``per_image.csv``: ``id, [label,] dice, iou, gt_area_px, pred_area_px``.
+* ``metrics.json``: mean/median Dice and IoU, ``n_images``, per-class scores
+  when labels are known, the threshold, the artifact's weight SHA-256, and
+  every skipped file with its reason.
+
+Unreadable or unmatched files are reported and skipped; the exit status is 0
+when at least one image was evaluated, 1 otherwise, 2 for a bad artifact or
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from neurostack.artifacts import write_json
+from neurostack.errors import ArtifactError, InputImageError
+from neurostack.imaging import load_image
+from segmentation.metrics import dice_coefficient, iou
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
+DEFAULT_ARTIFACTS = "artifacts/segmentation/resunet"
+
+
+def _index_folder(folder: Path, skipped: list[dict[str, str]], kind: str) -> dict[str, Path]:
+    """Map file stem -> path for the image files of a folder; report duplicates."""
+    index: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append({"file": str(path), "reason": f"not an image file ({kind})"})
+            continue
+        if path.stem in index:
+            skipped.append(
+                {
+                    "file": str(path),
+                    "reason": f"duplicate {kind} stem; using {index[path.stem].name}",
+                }
+            )
+            continue
+        index[path.stem] = path
+    return index
+
+
+def _summary(df: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "n_images": len(df),
+        "mean_dice": float(df["dice"].mean()),
+        "median_dice": float(df["dice"].median()),
+        "mean_iou": float(df["iou"].mean()),
+        "median_iou": float(df["iou"].median()),
+    }
+
+
+def evaluate(
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    artifacts: str | Path = DEFAULT_ARTIFACTS,
+    ids_from: str | Path | None = None,
+    split: str | None = None,
+    metadata: str | Path | None = None,
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the segmenter in ``artifacts`` and write ``per_image.csv`` and ``metrics.json``.
+
+    Args:
+        images_dir: Folder of slices.
+        masks_dir: Folder of ground-truth masks (same stems).
+        out_dir: Output folder (created).
+        artifacts: Exported segmenter folder.
+        ids_from: Optional CSV with an ``id`` column restricting the images
+            (e.g. the split file); with ``split``, only rows of that split.
+        split: Value of the ``split`` column to keep.
+        metadata: Optional CSV with ``id`` and ``label`` for per-class scores
+            (labels are also taken from ``ids_from`` when it has them).
+        threshold: Probability at or above which a pixel is tumour.
+        batch_size: Slices per network call.
+        progress: Show a tqdm bar.
+
+    Returns:
+        The content written to ``metrics.json``.
+
+    Raises:
+        ArtifactError: If the artifact cannot be loaded.
+        FileNotFoundError: If an input folder or CSV does not exist.
+    """
+    from tqdm import tqdm
+
+    from segmentation.predict import load_segmenter
+
+    images_dir, masks_dir, out_dir = Path(images_dir), Path(masks_dir), Path(out_dir)
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"folder not found: {folder}")
+    segmenter = load_segmenter(artifacts)
+
+    skipped: list[dict[str, str]] = []
+    images = _index_folder(images_dir, skipped, "image")
+    masks = _index_folder(masks_dir, skipped, "mask")
+
+    labels: dict[str, str] = {}
+    wanted: list[str] | None = None
+    if ids_from is not None:
+        table = pd.read_csv(ids_from, dtype=str)
+        if "id" not in table.columns:
+            raise ValueError(f"{ids_from} has no 'id' column; found {list(table.columns)}")
+        if split is not None:
+            if "split" not in table.columns:
+                raise ValueError(f"{ids_from} has no 'split' column to select {split!r}")
+            table = table[table["split"] == split]
+        wanted = table["id"].tolist()
+        if "label" in table.columns:
+            labels.update(zip(table["id"], table["label"], strict=True))
+    if metadata is not None:
+        meta = pd.read_csv(metadata, dtype=str)
+        if {"id", "label"} <= set(meta.columns):
+            labels.update(zip(meta["id"], meta["label"], strict=True))
+        else:
+            print(
+                f"warning: {metadata} lacks id/label columns; no per-class scores", file=sys.stderr
+            )
+
+    if wanted is None:
+        candidates = sorted(images)
+        for stem in sorted(set(masks) - set(images)):
+            skipped.append({"file": str(masks[stem]), "reason": "mask without a matching image"})
+    else:
+        candidates = []
+        for stem in wanted:
+            if stem not in images:
+                skipped.append({"file": stem, "reason": f"id listed in {ids_from} but no image"})
+            else:
+                candidates.append(stem)
+    pairs = []
+    for stem in candidates:
+        if stem not in masks:
+            skipped.append({"file": str(images[stem]), "reason": "no mask with the same stem"})
+        else:
+            pairs.append(stem)
+
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(pairs), desc="evaluate", disable=not progress)
+    for start in range(0, len(pairs), batch_size):
+        grays, gts, stems = [], [], []
+        for stem in pairs[start : start + batch_size]:
+            try:
+                gray = load_image(images[stem]).gray
+                gt = load_image(masks[stem]).gray > 127
+            except InputImageError as exc:
+                skipped.append({"file": stem, "reason": f"unreadable: {exc}"})
+                continue
+            if gt.shape != gray.shape:
+                skipped.append(
+                    {"file": stem, "reason": f"mask shape {gt.shape} != image shape {gray.shape}"}
+                )
+                continue
+            grays.append(gray)
+            gts.append(gt)
+            stems.append(stem)
+        results = segmenter.predict_batch(grays, threshold=threshold, batch_size=batch_size)
+        for stem, gt, res in zip(stems, gts, results, strict=True):
+            row: dict[str, Any] = {"id": stem}
+            if labels:
+                row["label"] = labels.get(stem, "")
+            row["dice"] = dice_coefficient(gt, res.mask)
+            row["iou"] = iou(gt, res.mask)
+            row["gt_area_px"] = int(gt.sum())
+            row["pred_area_px"] = res.area_px
+            rows.append(row)
+        bar.update(len(pairs[start : start + batch_size]))
+    bar.close()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["id"] + (["label"] if labels else []) + ["dice", "iou", "gt_area_px", "pred_area_px"]
+    df = pd.DataFrame(rows, columns=columns)
+    df.to_csv(out_dir / "per_image.csv", index=False, float_format="%.6f")
+
+    config = segmenter.config
+    result: dict[str, Any] = (
+        _summary(df) if len(df) else {"n_images": 0, "mean_dice": None, "median_dice": None}
+    )
+    if labels and len(df):
+        result["per_class"] = {
+            label: _summary(group) for label, group in df.groupby("label") if label != ""
+        }
+    result.update(
+        {
+            "threshold": threshold,
+            "resolution": "original image grid (prediction mapped back from the brain crop)",
+            "empty_mask_policy": "both empty -> 1.0, exactly one empty -> 0.0",
+            "artifact": {
+                "path": str(artifacts),
+                "weights_sha256": config.get("weights_sha256"),
+                "best_epoch": config.get("best_epoch"),
+                "epochs_completed": config.get("epochs_completed"),
+                "run_finished": config.get("run_finished"),
+            },
+            "images_dir": str(images_dir),
+            "masks_dir": str(masks_dir),
+            "ids_from": None if ids_from is None else str(ids_from),
+            "split": split,
+            "n_skipped": len(skipped),
+            "skipped": skipped,
+        }
+    )
+    write_json(out_dir / "metrics.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(
+        prog="python -m segmentation.evaluate", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("images_dir")
+    p.add_argument("masks_dir")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS)
+    p.add_argument("--ids-from", default=None, help="CSV with an id column (e.g. the split file)")
+    p.add_argument("--split", default=None, help="keep rows of this split (with --ids-from)")
+    p.add_argument("--metadata", default=None, help="CSV with id,label for per-class scores")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.split and not args.ids_from:
+        p.error("--split needs --ids-from")
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    try:
+        result = evaluate(
+            args.images_dir,
+            args.masks_dir,
+            args.out,
+            artifacts=args.artifacts,
+            ids_from=args.ids_from,
+            split=args.split,
+            metadata=args.metadata,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for item in result["skipped"]:
+        print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
+    n = result["n_images"]
+    if n == 0:
+        print("no image could be evaluated", file=sys.stderr)
+        return 1
+    print(
+        f"{n} images: mean Dice {result['mean_dice']:.4f} (median {result['median_dice']:.4f}), "
+        f"mean IoU {result['mean_iou']:.4f}; wrote {Path(args.out) / 'metrics.json'}"
+    )
+    for label, s in result.get("per_class", {}).items():
+        print(f"  {label}: n={s['n_images']} mean Dice {s['mean_dice']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

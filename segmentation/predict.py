@@ -1,0 +1,185 @@
+"""Inference with an exported ResUNet artifact, mapped back to the original image grid.
+
+Example::
+
+    seg = load_segmenter("artifacts/segmentation/resunet")
+    result = seg.predict(load_image("slice.jpg").gray)
+    result.mask.sum()  # tumour area in pixels of the original image
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurostack.artifacts import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    load_weights_compact,
+    read_json,
+    verify_sha256,
+)
+from neurostack.errors import ArtifactError
+from neurostack.preprocess import CropBox, paste_crop
+from segmentation.data import preprocess_slice
+
+REQUIRED_KEYS = ("architecture", "input_size", "weights_sha256")
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """Segmentation of one slice, on the original image grid.
+
+    Attributes:
+        probability: ``(H, W)`` float32 tumour probability in ``[0, 1]``
+            (0 outside the brain crop box).
+        mask: ``(H, W)`` bool, ``probability >= threshold``.
+        box: The brain crop box the model saw, in original pixel coordinates.
+        threshold: The threshold used for ``mask``.
+    """
+
+    probability: np.ndarray
+    mask: np.ndarray
+    box: CropBox
+    threshold: float
+
+    @property
+    def area_px(self) -> int:
+        """Tumour area in pixels of the original image."""
+        return int(self.mask.sum())
+
+
+class Segmenter:
+    """A loaded ResUNet plus its preprocessing; build it with :func:`load_segmenter`.
+
+    Args:
+        model: Keras model mapping ``(B, S, S, 1)`` in ``[0, 1]`` to probabilities.
+        config: The artifact's ``config.json`` content.
+    """
+
+    def __init__(self, model: Any, config: dict[str, Any]) -> None:
+        import tensorflow as tf
+
+        self.model = model
+        self.config = config
+        self.input_size = int(config["input_size"])
+        self.default_threshold = float(config.get("threshold", 0.5))
+        spec = tf.TensorSpec([None, self.input_size, self.input_size, 1], tf.float32)
+        # One trace for every batch size: fixed signature, no per-call retracing.
+        self._infer = tf.function(
+            lambda x: self.model(x, training=False), input_signature=[spec], reduce_retracing=True
+        )
+
+    def predict_crops(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network on preprocessed crops.
+
+        Args:
+            batch: ``(B, S, S)`` or ``(B, S, S, 1)`` float32 in ``[0, 1]``.
+
+        Returns:
+            ``(B, S, S)`` float32 probabilities.
+        """
+        x = np.asarray(batch, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[..., None]
+        s = self.input_size
+        if x.ndim != 4 or x.shape[1:] != (s, s, 1):
+            raise ValueError(f"batch must be (B, {s}, {s}[, 1]); received shape {batch.shape}")
+        return np.asarray(self._infer(x))[..., 0].astype(np.float32)
+
+    @staticmethod
+    def _check_gray(gray: np.ndarray) -> np.ndarray:
+        gray = np.asarray(gray)
+        if gray.ndim != 2:
+            raise ValueError(f"gray must be a 2-D (H, W) array; received shape {gray.shape}")
+        if gray.dtype != np.uint8:
+            raise ValueError(f"gray must be uint8 (LoadedImage.gray); received {gray.dtype}")
+        return gray
+
+    def predict(self, gray: np.ndarray, threshold: float = 0.5) -> SegmentationResult:
+        """Segment one greyscale slice.
+
+        Args:
+            gray: ``(H, W)`` uint8 slice (e.g. ``LoadedImage.gray``), any size.
+            threshold: Probability at or above which a pixel is tumour.
+
+        Returns:
+            Probability and mask at the original ``(H, W)`` resolution, and the crop box.
+        """
+        return self.predict_batch([gray], threshold=threshold)[0]
+
+    def predict_batch(
+        self, grays: Sequence[np.ndarray], threshold: float = 0.5, batch_size: int = 8
+    ) -> list[SegmentationResult]:
+        """Segment several slices (any sizes), running the network ``batch_size`` crops at a time.
+
+        Args:
+            grays: ``(H_i, W_i)`` uint8 slices.
+            threshold: Probability at or above which a pixel is tumour.
+            batch_size: Crops per network call.
+
+        Returns:
+            One :class:`SegmentationResult` per input, in order.
+        """
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1]; received {threshold!r}")
+        grays = [self._check_gray(g) for g in grays]
+        results: list[SegmentationResult] = []
+        for start in range(0, len(grays), batch_size):
+            chunk = grays[start : start + batch_size]
+            crops, boxes = [], []
+            for gray in chunk:
+                image, box = preprocess_slice(gray, self.input_size)
+                crops.append(image)
+                boxes.append(box)
+            probs = self.predict_crops(np.stack(crops).astype(np.float32) / 255.0)
+            for gray, box, prob in zip(chunk, boxes, probs, strict=True):
+                full = np.clip(paste_crop(prob, box, gray.shape, fill=0.0), 0.0, 1.0)
+                results.append(SegmentationResult(full, full >= threshold, box, float(threshold)))
+        return results
+
+
+def load_segmenter(folder: str | Path) -> Segmenter:
+    """Load an exported artifact folder (``config.json`` + ``weights.npz``).
+
+    The model is rebuilt from ``config.json`` alone (float32 policy) and the
+    weight file's SHA-256 is verified before any weight is read.
+
+    Raises:
+        ArtifactError: If the folder, ``config.json`` or a required key is
+            missing, the weights fail their checksum, or they do not fit the
+            architecture; the message names the file or key.
+    """
+    import keras
+
+    from segmentation.model import build_resunet
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"Segmentation artifact folder not found: {folder}")
+    config = read_json(folder / CONFIG_FILE)
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ArtifactError(f"{folder / CONFIG_FILE} lacks required keys {missing}")
+    weights = folder / config.get("weights_file", WEIGHTS_FILE)
+    verify_sha256(weights, config["weights_sha256"])
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = build_resunet(**config["architecture"])
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{folder / CONFIG_FILE}: invalid architecture: {exc}") from None
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    if model.input_shape[1] != int(config["input_size"]):
+        raise ArtifactError(
+            f"{folder / CONFIG_FILE}: input_size {config['input_size']} does not match "
+            f"architecture input {model.input_shape[1]}"
+        )
+    load_weights_compact(model, weights)
+    return Segmenter(model, config)
