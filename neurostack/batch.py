@@ -1,0 +1,874 @@
+"""Batch analysis of many slices into a crash-safe, resumable CSV.
+
+:func:`run_batch` analyses every item, records each failure with its reason
+and goes on; one bad file never stops a batch. Each finished row is appended
+to ``out_csv`` and flushed to disk (``fsync``) at once, so a killed process
+loses at most the row in flight; ``resume=True`` repairs a truncated last line
+and skips the items already done (same name *and* same file content).
+
+The CSV header is fixed before the first row (see :func:`result_columns`):
+rows with or without segmentation, in cm or in pixels, all share it and
+missing values are empty. Records are identifier-free
+(:meth:`~neurostack.pipeline.CaseResult.to_record`), but the ``item`` column
+holds file names *as given*; pass ``rename=anonymise_name`` (CLI:
+``--anonymise-names``) when file names may identify a patient.
+
+CLI::
+
+    python -m neurostack.batch INPUT [INPUT ...] --out results.csv [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from morphology.measure import FEATURE_UNITS
+from neurostack import CLASS_NAMES
+from neurostack.errors import InputImageError
+from neurostack.imaging import DICOM_SUFFIXES, InputLimits, _looks_like_raw_dicom, load_image
+
+if TYPE_CHECKING:
+    from neurostack.pipeline import CaseResult
+
+try:  # POSIX only; elsewhere the results file is simply not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | set(DICOM_SUFFIXES)
+)
+"""File suffixes collected from folders (besides extension-less DICOM files and ZIPs)."""
+
+ZIP_SUFFIX = ".zip"
+MAX_ZIP_MEMBERS = 5000
+MAX_ZIP_TOTAL_BYTES = 512 * 1024 * 1024
+"""Default limit on the summed uncompressed size of one ZIP archive's members."""
+
+KEY_COLUMNS: tuple[str, ...] = ("item", "n", "file_sha256")
+"""Leading columns of the results CSV: item name, running index (1-based), file hash."""
+RECORD_HEAD: tuple[str, ...] = (
+    "image_sha256", "height_px_image", "width_px_image", "predicted_class", "confidence",
+    "method", "models_agree", "tumor_found", "segmented", "mask_threshold", "warnings",
+)
+ENSEMBLE_COLUMNS: tuple[str, ...] = tuple(f"ensemble_{c}" for c in CLASS_NAMES)
+SPACING_COLUMNS: tuple[str, ...] = ("spacing_source", "row_spacing_cm", "col_spacing_cm")
+MORPHOLOGY_COLUMNS: tuple[str, ...] = tuple(k for k in FEATURE_UNITS if k not in SPACING_COLUMNS)
+TAIL_COLUMNS: tuple[str, ...] = ("model_versions", "extra_json")
+"""``extra_json`` holds any record key the header does not know (normally empty)."""
+FAILURE_COLUMNS: tuple[str, ...] = ("item", "n", "error", "error_type", "file_sha256")
+TEXT_COLUMNS: tuple[str, ...] = (
+    "item", "file_sha256", "image_sha256", "predicted_class", "method", "warnings",
+    "spacing_source", "model_versions", "extra_json",
+)
+BOOL_COLUMNS: tuple[str, ...] = ("models_agree", "tumor_found", "segmented")
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def result_columns(model_names: Iterable[str]) -> list[str]:
+    """Return the fixed results-CSV header for an ensemble with these base models.
+
+    Order: :data:`KEY_COLUMNS`, the record head, ensemble and per-model
+    probabilities, spacing, every morphology feature (cm and px), the model
+    versions and ``extra_json``.
+    """
+    per_model = [f"{m}_{c}" for m in model_names for c in CLASS_NAMES]
+    return [*KEY_COLUMNS, *RECORD_HEAD, *ENSEMBLE_COLUMNS, *per_model, *SPACING_COLUMNS,
+            *MORPHOLOGY_COLUMNS, *TAIL_COLUMNS]
+
+
+def anonymise_name(name: str, key: str = "") -> str:
+    """Replace an item name by ``anon-`` and 16 hex digits of a (keyed) SHA-256.
+
+    Deterministic, so resuming still matches items. Without ``key`` anyone who
+    can guess a name can confirm it; pass a secret ``key`` to prevent that.
+    """
+    digest = hashlib.sha256(f"{key}\0{name}".encode("utf-8", "backslashreplace")).hexdigest()
+    return f"anon-{digest[:16]}"
+
+
+# --------------------------------------------------------------------------- inputs
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _sniff_dicom(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(1024)
+    except OSError:
+        return False
+    return (len(head) >= 132 and head[128:132] == b"DICM") or _looks_like_raw_dicom(head)
+
+
+def _wanted_file(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix == ZIP_SUFFIX:
+        return True
+    return suffix == "" and _sniff_dicom(path)
+
+
+def collect_inputs(paths: list[Path]) -> list[Path]:
+    """Expand files and folders into the sorted, de-duplicated list of inputs.
+
+    Files given explicitly are always kept. Folders are searched recursively
+    (symlinked folders are not followed; hidden files and ``__MACOSX`` are
+    skipped) for :data:`IMAGE_SUFFIXES`, ``.zip`` archives and extension-less
+    DICOM files (recognised by content). Duplicates (same real path) are
+    dropped; the result is sorted by path.
+
+    Raises:
+        InputImageError: If a path does not exist.
+    """
+    found: dict[str, Path] = {}
+
+    def add(path: Path) -> None:
+        found.setdefault(os.path.realpath(path), path)
+
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+                for name in files:
+                    candidate = Path(root) / name
+                    if not _is_hidden(name) and candidate.is_file() and _wanted_file(candidate):
+                        add(candidate)
+        elif path.is_file():
+            add(path)
+        else:
+            raise InputImageError(f"Input not found: {path}")
+    return sorted(found.values(), key=str)
+
+
+def _member_name_ok(name: str) -> bool:
+    clean = name.replace("\\", "/")
+    if "\0" in clean or clean.startswith("/") or _DRIVE.match(clean):
+        return False
+    return ".." not in clean.split("/")
+
+
+def read_zip(
+    data: bytes,
+    *,
+    max_members: int = MAX_ZIP_MEMBERS,
+    max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
+    max_member_bytes: int | None = None,
+) -> list[tuple[str, bytes]]:
+    """Read a ZIP archive's files into memory, defensively.
+
+    Directories, hidden files and ``__MACOSX`` are skipped. The archive is
+    refused if it has more than ``max_members`` entries, if a member's name is
+    absolute or contains ``..``, if it is encrypted, or if the declared *or*
+    actually decompressed size of a member exceeds ``max_member_bytes``
+    (default: ``InputLimits().max_bytes``) or of all members together
+    ``max_total_bytes`` (zip bombs). Nothing is written to disk.
+
+    Returns:
+        ``(member name, bytes)`` pairs in archive order.
+
+    Raises:
+        InputImageError: For any unreadable or unsafe archive; the message says why.
+    """
+    member_limit = InputLimits().max_bytes if max_member_bytes is None else max_member_bytes
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as exc:
+        raise InputImageError(f"Not a valid ZIP archive ({exc})") from None
+    except (OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise InputImageError(f"The ZIP archive is corrupt ({type(exc).__name__}: {exc})") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > max_members:
+            raise InputImageError(
+                f"The ZIP archive has {len(infos):,} entries; the limit is {max_members:,}"
+            )
+        chosen: list[zipfile.ZipInfo] = []
+        declared = 0
+        for info in infos:
+            if not _member_name_ok(info.filename):
+                raise InputImageError(
+                    f"The ZIP archive contains an unsafe member name {info.filename[:120]!r} "
+                    "(absolute path or '..'); refused"
+                )
+            parts = info.filename.replace("\\", "/").split("/")
+            if info.is_dir() or any(_is_hidden(p) for p in parts if p):
+                continue
+            if info.flag_bits & 0x1:
+                raise InputImageError("The ZIP archive is encrypted; refused")
+            if info.file_size > member_limit:
+                raise InputImageError(
+                    f"ZIP member {len(chosen) + 1} declares {info.file_size / 1e6:.1f} MB "
+                    f"uncompressed; the limit is {member_limit / 1e6:.0f} MB per file"
+                )
+            declared += info.file_size
+            if declared > max_total_bytes:
+                raise InputImageError(
+                    f"The ZIP archive declares more than {max_total_bytes / 1e6:.0f} MB "
+                    "uncompressed; refused as a possible zip bomb"
+                )
+            chosen.append(info)
+        out: list[tuple[str, bytes]] = []
+        total = 0
+        for info in chosen:
+            try:
+                body = _read_member(zf, info, min(member_limit, max_total_bytes - total))
+            except InputImageError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+                    NotImplementedError) as exc:
+                raise InputImageError(
+                    f"ZIP member {info.filename[:120]!r} is corrupt ({type(exc).__name__}: {exc})"
+                ) from None
+            total += len(body)
+            out.append((info.filename, body))
+    return out
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
+    """Decompress one member in chunks, refusing more than declared or than ``budget``."""
+    allowed = min(info.file_size, budget)
+    chunks: list[bytes] = []
+    size = 0
+    with zf.open(info) as fh:
+        while chunk := fh.read(min(1 << 20, allowed + 1 - size)):
+            size += len(chunk)
+            if size > allowed:
+                raise InputImageError(
+                    f"ZIP member {info.filename[:120]!r} decompresses to more than its declared "
+                    "size or the archive limit; refused as a possible zip bomb"
+                )
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --------------------------------------------------------------------------- CSV files
+def _clean(text: str) -> str:
+    """One-line, UTF-8 encodable text (CSV records are exactly one line each)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return _clean(str(value))
+
+
+def _csv_line(values: Iterable[str]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(list(values))
+    return buf.getvalue().encode("utf-8")
+
+
+def _write_line(fh: IO[bytes], line: bytes) -> None:
+    """Append one CSV line and force it to disk."""
+    fh.write(line)
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_table(fh: IO[bytes], path: Path, required: Iterable[str]) -> tuple[
+        list[str] | None, list[dict[str, str]], bool]:
+    """Read a CSV written by this module, cutting off a truncated last line.
+
+    Returns:
+        ``(header or None when empty, rows, repaired)``.
+
+    Raises:
+        ValueError: If the file is not such a CSV or is damaged before its last line.
+    """
+    fh.seek(0)
+    data = fh.read()
+    repaired = False
+    keep = len(data)
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        repaired = True
+    lines = data[:keep].split(b"\n")[:-1] if keep else []
+    parsed: list[list[str]] = []
+    for i, raw in enumerate(lines):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        row = next(csv.reader([text]), []) if text is not None and "\0" not in text else None
+        if row is None or (parsed and len(row) != len(parsed[0])):
+            if i != len(lines) - 1:
+                raise ValueError(f"{path} line {i + 1} is malformed; fix or remove it to resume")
+            keep -= len(raw) + 1  # a damaged last line is dropped like a truncated one
+            repaired = True
+            break
+        parsed.append(row)
+    if repaired:
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if not parsed:
+        return None, [], repaired
+    header = parsed[0]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ValueError(f"{path} is not a NeuroStack batch file (missing columns {missing})")
+    return header, [dict(zip(header, row, strict=True)) for row in parsed[1:]], repaired
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """Load a results CSV with text columns as ``str`` and flags as ``bool``."""
+    present = pd.read_csv(path, nrows=0).columns
+    dtypes = {c: str for c in TEXT_COLUMNS if c in present}
+    df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+    for col in dtypes:
+        df[col] = df[col].fillna("")
+    for col in BOOL_COLUMNS:
+        if col in df.columns:
+            df[col] = df[col].map({"True": True, "False": False, True: True, False: False})
+            df[col] = df[col].astype("boolean")
+    return df
+
+
+# --------------------------------------------------------------------------- batch
+@dataclass
+class BatchResult:
+    """Outcome of :func:`run_batch`.
+
+    Attributes:
+        rows: One row per analysed image of this batch (including rows done by an
+            earlier run when resuming), columns as in :func:`result_columns`.
+        failures: One row per failed item: ``item, n, error, error_type, file_sha256``.
+        analysed: Images analysed by this call.
+        failed: Items that failed in this call.
+        skipped: Items already done (or failed on bad input) in an earlier run,
+            or repeated in this batch.
+        repaired: Whether a truncated last CSV line was removed on resume.
+        elapsed_s: Wall time of the call.
+    """
+
+    rows: pd.DataFrame
+    failures: pd.DataFrame
+    analysed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    repaired: bool = False
+    elapsed_s: float = 0.0
+    out_csv: Path | None = None
+    failures_csv: Path | None = None
+
+    def summary(self) -> str:
+        """One human-readable paragraph."""
+        text = (f"{len(self.rows)} image(s) in the results, {len(self.failures)} failure(s); "
+                f"this run analysed {self.analysed}, failed {self.failed}, skipped {self.skipped} "
+                f"already done, in {self.elapsed_s:.1f} s.")
+        if self.repaired:
+            text += " A truncated last line left by an interrupted run was removed."
+        if self.out_csv is not None:
+            text += f"\nResults: {self.out_csv}"
+        if self.failures_csv is not None and len(self.failures):
+            text += f"\nFailures: {self.failures_csv}"
+        return text
+
+
+@dataclass
+class _Unit:
+    name: str  # original name (suffix used for decoding)
+    out_name: str  # name written to the CSV
+    source: Path | bytes | None = None
+    error: InputImageError | None = None
+    sha: str = ""
+
+
+@dataclass
+class _State:
+    header: list[str] | None = None
+    done: set[tuple[str, str]] = field(default_factory=set)
+    carried: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    repaired: bool = False
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_source(source: Path | bytes, max_bytes: int) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        try:
+            size = Path(source).stat().st_size
+            if size > max_bytes:
+                raise InputImageError(f"File is {size / 1e6:.1f} MB; the limit is "
+                                      f"{max_bytes / 1e6:.0f} MB")
+            with Path(source).open("rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except FileNotFoundError:
+            raise InputImageError("File not found") from None
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, InputImageError):
+                raise
+            raise InputImageError(f"Could not read the file ({type(exc).__name__})") from None
+    if len(data) > max_bytes:
+        raise InputImageError(f"File is larger than the limit of {max_bytes / 1e6:.0f} MB")
+    return data
+
+
+def _is_zip(name: str, source: Path | bytes) -> bool:
+    if name.lower().endswith(ZIP_SUFFIX):
+        return True
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source[:4]) in _ZIP_MAGIC
+    return False
+
+
+def _member_wanted(name: str, data: bytes) -> bool:
+    suffix = Path(name).suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix == ZIP_SUFFIX:
+        return True
+    head = data[:1024]
+    return suffix == "" and ((len(head) >= 132 and head[128:132] == b"DICM")
+                             or _looks_like_raw_dicom(head))
+
+
+def _expand(items: Iterable[tuple[str, Path | bytes]], rename: Callable[[str], str] | None,
+            max_zip_bytes: int) -> list[_Unit]:
+    """Turn items into units, expanding ZIP archives into their members."""
+    def out_name(name: str) -> str:
+        return _clean(rename(name)) if rename is not None else _clean(name)
+
+    units: list[_Unit] = []
+    for name, source in items:
+        name = str(name)
+        if not _is_zip(name, source):
+            units.append(_Unit(name, out_name(name), source))
+            continue
+        try:
+            data = _read_source(source, max_zip_bytes)
+        except InputImageError as exc:
+            units.append(_Unit(name, out_name(name), error=exc))
+            continue
+        sha = _sha(data)
+        try:
+            members = read_zip(data, max_total_bytes=max_zip_bytes)
+            members = [(m, b) for m, b in members if _member_wanted(m, b)]
+            if not members:
+                raise InputImageError("The ZIP archive contains no image files")
+        except InputImageError as exc:
+            units.append(_Unit(name, out_name(name), error=exc, sha=sha))
+            continue
+        for member, body in sorted(members, key=lambda mb: mb[0]):
+            full = f"{name}/{member}"
+            if Path(member).suffix.lower() == ZIP_SUFFIX:
+                err = InputImageError("Nested ZIP archives are not expanded")
+                units.append(_Unit(full, out_name(full), error=err, sha=_sha(body)))
+            else:
+                units.append(_Unit(full, out_name(full), body))
+    return units
+
+
+def _check_options(threshold: float, spacing_cm: tuple[float, float] | None,
+                   spacing_source: str | None) -> tuple[tuple[float, float] | None, str | None]:
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must be in (0, 1); received {threshold}")
+    if spacing_cm is None:
+        return None, None
+    try:
+        r, c = (float(v) for v in spacing_cm)
+    except (TypeError, ValueError):
+        raise ValueError(f"spacing_cm must be a (row, col) pair; received {spacing_cm!r}") from None
+    if not (math.isfinite(r) and math.isfinite(c) and r > 0 and c > 0):
+        raise ValueError(f"spacing_cm must be two positive finite numbers; received {spacing_cm}")
+    source = spacing_source or "user"
+    if source not in ("user", "assumed"):
+        raise ValueError(f"spacing_source must be 'user' or 'assumed'; received {spacing_source!r}")
+    return (r, c), source
+
+
+class _Appender:
+    """An append-only CSV file whose every line is fsynced when written."""
+
+    def __init__(self, path: Path, *, lock: bool) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        self.fh: IO[bytes] = path.open("a+b")
+        if lock and fcntl is not None:
+            try:
+                fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.fh.close()
+                raise RuntimeError(f"{path} is being written by another batch process") from None
+        if not existed:
+            _fsync_dir(path)
+        self.header: list[str] | None = None
+
+    def reset(self) -> None:
+        self.fh.truncate(0)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def write(self, values: dict[str, Any], columns: list[str]) -> None:
+        line = _csv_line(_fmt(values.get(c)) for c in columns)
+        if self.header is None:
+            self.header = list(columns)
+            line = _csv_line(columns) + line  # header and first row in one write
+        _write_line(self.fh, line)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _rewrite_failures(path: Path, rows: list[dict[str, str]]) -> None:
+    """Atomically replace the failures file by ``rows`` (header only when empty)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        data = _csv_line(FAILURE_COLUMNS) if rows else b""
+        data += b"".join(_csv_line(r.get(c, "") for c in FAILURE_COLUMNS) for r in rows)
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path)
+
+
+def _record(result: CaseResult) -> dict[str, Any]:
+    rec = result.to_record()
+    if result.spacing_cm is not None:
+        rec.setdefault("row_spacing_cm", result.spacing_cm[0])
+        rec.setdefault("col_spacing_cm", result.spacing_cm[1])
+    return rec
+
+
+def _row(unit: _Unit, n: int, rec: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"item": unit.out_name, "n": n, "file_sha256": unit.sha}
+    known = set(columns)
+    extra = {k: v for k, v in rec.items() if k not in known and k not in row}
+    row.update({k: v for k, v in rec.items() if k in known and k not in KEY_COLUMNS})
+    if extra:
+        row["extra_json"] = json.dumps(extra, sort_keys=True, default=str)
+    return row
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, InputImageError) else f"{type(exc).__name__}: {exc}"
+    text = _clean(text.strip() or type(exc).__name__)
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def run_batch(
+    pipeline: Any,
+    items: Iterable[tuple[str, Path | bytes]],
+    *,
+    out_csv: Path | None = None,
+    failures_csv: Path | None = None,
+    resume: bool = False,
+    threshold: float = 0.5,
+    spacing_cm: tuple[float, float] | None = None,
+    spacing_source: str | None = None,
+    force_segmentation: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+    rename: Callable[[str], str] | None = None,
+) -> BatchResult:
+    """Analyse many slices; never stop on a bad one.
+
+    Each item is ``(name, path or bytes)``. ZIP archives (``.zip`` name or ZIP
+    signature) are expanded with :func:`read_zip` into items named
+    ``<archive name>/<member>``. Every item is read and hashed (SHA-256 of the
+    file bytes), decoded with :func:`~neurostack.imaging.load_image` and passed
+    to ``pipeline.analyse``; any exception in one item becomes a failure row.
+
+    Args:
+        pipeline: An object with ``analyse(LoadedImage, **options) -> CaseResult``
+            and optionally ``limits`` (:class:`InputLimits`).
+        items: ``(name, source)`` pairs; names are written as given (one line).
+        out_csv: Results CSV; each row is appended and fsynced as soon as it is
+            done. Without ``resume`` an existing file is replaced.
+        failures_csv: Failures CSV, written the same way.
+        resume: Continue ``out_csv``/``failures_csv``: a truncated last line is
+            removed, items whose ``(item, file_sha256)`` is already in the results
+            (or failed on bad input, :class:`InputImageError`) are skipped; other
+            failures are retried.
+        threshold: Tumour-mask probability threshold, in (0, 1).
+        spacing_cm: ``(row, col)`` pixel spacing in cm for every image (DICOM's own
+            spacing is used when ``None``).
+        spacing_source: ``"user"`` (default with a spacing) or ``"assumed"``.
+        force_segmentation: Segment even "notumor" predictions.
+        progress: Called as ``progress(done, total, item_name)`` after each item.
+        rename: Maps every item name before it is written, e.g. :func:`anonymise_name`.
+
+    Returns:
+        The :class:`BatchResult`.
+
+    Raises:
+        ValueError: For invalid options or a results file damaged before its last line.
+        RuntimeError: If another process is writing ``out_csv``.
+        OSError: If a CSV cannot be written (the batch stops; rows written so far are safe).
+    """
+    t_start = time.perf_counter()
+    spacing, s_source = _check_options(threshold, spacing_cm, spacing_source)
+    limits = getattr(pipeline, "limits", None) or InputLimits()
+    units = _expand(items, rename, MAX_ZIP_TOTAL_BYTES)
+    total = len(units)
+
+    state = _State()
+    out = _Appender(Path(out_csv), lock=True) if out_csv is not None else None
+    fails = None
+    try:
+        if out is not None:
+            if resume:
+                state.header, rows, state.repaired = _read_table(out.fh, out.path, KEY_COLUMNS)
+                out.header = state.header
+                state.done = {(r["item"], r["file_sha256"]) for r in rows}
+            else:
+                out.reset()
+        if failures_csv is not None:
+            failures_path = Path(failures_csv)
+            failures_path.parent.mkdir(parents=True, exist_ok=True)
+            kept: list[dict[str, str]] = []
+            if resume and failures_path.exists():
+                with failures_path.open("r+b") as fh:
+                    _, old, fixed = _read_table(fh, failures_path, FAILURE_COLUMNS)
+                state.repaired |= fixed
+                kept = [r for r in old if r["error_type"] == "InputImageError" and r["file_sha256"]]
+            _rewrite_failures(failures_path, kept)
+            fails = _Appender(failures_path, lock=False)
+            fails.header = list(FAILURE_COLUMNS) if kept else None
+            state.carried = {(r["item"], r["file_sha256"]): r for r in kept}
+        return _run(pipeline, units, total, state, out, fails, limits, spacing, s_source,
+                    threshold, force_segmentation, progress, t_start)
+    finally:
+        for appender in (out, fails):
+            if appender is not None:
+                appender.close()
+
+
+def _run(pipeline: Any, units: list[_Unit], total: int, state: _State, out: _Appender | None,
+         fails: _Appender | None, limits: InputLimits, spacing: tuple[float, float] | None,
+         s_source: str | None, threshold: float, force_segmentation: bool,
+         progress: Callable[[int, int, str], None] | None, t_start: float) -> BatchResult:
+    columns = state.header
+    records: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    batch_keys: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str]] = set()
+    analysed = failed = skipped = 0
+
+    def fail(unit: _Unit, n: int, exc: BaseException) -> None:
+        nonlocal failed
+        row = {"item": unit.out_name, "n": n, "error": _error_text(exc),
+               "error_type": type(exc).__name__, "file_sha256": unit.sha}
+        failures.append(row)
+        failed += 1
+        if fails is not None:
+            fails.write(row, list(FAILURE_COLUMNS))
+
+    for n, unit in enumerate(units, start=1):
+        try:
+            if unit.error is None:
+                try:
+                    data = _read_source(unit.source, limits.max_bytes)
+                except InputImageError as exc:
+                    fail(unit, n, exc)
+                    continue
+                unit.sha = _sha(data)
+            key = (unit.out_name, unit.sha)
+            batch_keys.add(key)
+            if key in state.done or key in seen:
+                skipped += 1
+                continue
+            if key in state.carried:
+                old = state.carried[key]
+                failures.append({**old, "n": n})
+                skipped += 1
+                continue
+            seen.add(key)
+            if unit.error is not None:
+                fail(unit, n, unit.error)
+                continue
+            try:
+                buf = io.BytesIO(data)
+                buf.name = unit.name  # suffix-based DICOM detection
+                img = load_image(buf, limits=limits)
+                result = pipeline.analyse(img, spacing_cm=spacing, spacing_source=s_source,
+                                          threshold=threshold,
+                                          force_segmentation=force_segmentation)
+                rec = _record(result)
+                if columns is None:
+                    columns = result_columns(result.per_model)
+                row = _row(unit, n, rec, columns)
+            except Exception as exc:  # noqa: BLE001 - one bad item never stops the batch
+                fail(unit, n, exc)
+                continue
+            if out is not None:
+                out.write(row, columns)
+            records.append(row)
+            analysed += 1
+        finally:
+            if progress is not None:
+                progress(n, total, unit.out_name)
+
+    if out is not None and out.header is not None:
+        out.fh.flush()
+        rows_df = read_results(out.path)
+        keys = list(zip(rows_df["item"], rows_df["file_sha256"], strict=True))
+        rows_df = rows_df[[k in batch_keys for k in keys]].reset_index(drop=True)
+    else:
+        cols = columns or result_columns([])
+        rows_df = pd.DataFrame([{c: r.get(c) for c in cols} for r in records], columns=cols)
+    fail_df = pd.DataFrame(failures, columns=list(FAILURE_COLUMNS))
+    if len(fail_df):
+        fail_df["n"] = fail_df["n"].astype(int)
+    return BatchResult(
+        rows=rows_df, failures=fail_df, analysed=analysed, failed=failed, skipped=skipped,
+        repaired=state.repaired, elapsed_s=time.perf_counter() - t_start,
+        out_csv=out.path if out is not None else None,
+        failures_csv=fails.path if fails is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m neurostack.batch",
+        description="Analyse many MRI slices (files, folders, ZIP archives) into a CSV. "
+                    "Item names are file paths as given; use --anonymise-names when file "
+                    "names may identify a patient. DICOM identifiers are never written.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or .zip")
+    p.add_argument("--out", required=True, type=Path, help="results CSV")
+    p.add_argument("--failures", type=Path, default=None,
+                   help="failures CSV (default: <out stem>_failures.csv next to --out)")
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="model artifacts")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold in (0, 1)")
+    p.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"), default=None,
+                   help="pixel spacing in mm for every image (DICOM spacing is used otherwise)")
+    p.add_argument("--force-segmentation", action="store_true",
+                   help="segment even when the ensemble predicts no tumour")
+    p.add_argument("--anonymise-names", action="store_true",
+                   help="write anon-<hash> instead of file names (keyed by the environment "
+                        "variable NEUROSTACK_NAME_KEY when set)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the batch CLI; returns 0 when at least one image was analysed, else 1."""
+    args = _parser().parse_args(argv)
+    out: Path = args.out
+    failures = args.failures or out.with_name(f"{out.stem}_failures.csv")
+    if out.exists() and out.stat().st_size > 0 and not (args.resume or args.overwrite):
+        print(f"error: {out} exists; pass --resume to continue it or --overwrite to replace it",
+              file=sys.stderr)
+        return 1
+    spacing = None
+    if args.spacing_mm is not None:
+        if not all(math.isfinite(v) and v > 0 for v in args.spacing_mm):
+            print("error: --spacing-mm needs two positive numbers", file=sys.stderr)
+            return 1
+        spacing = (args.spacing_mm[0] / 10.0, args.spacing_mm[1] / 10.0)
+    try:
+        _check_options(args.threshold, spacing, "user" if spacing else None)
+        paths = collect_inputs([Path(p) for p in args.inputs])
+    except (InputImageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not paths:
+        print("error: no image files found in the inputs", file=sys.stderr)
+        return 1
+
+    from neurostack.errors import ArtifactError
+    from neurostack.pipeline import load_pipeline
+
+    try:
+        pipeline = load_pipeline(args.artifacts)
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for missing in getattr(pipeline, "missing", []):
+        print(f"warning: not available: {missing}", file=sys.stderr)
+
+    rename = None
+    if args.anonymise_names:
+        key = os.environ.get("NEUROSTACK_NAME_KEY", "")
+
+        def rename(name: str) -> str:
+            return anonymise_name(name, key)
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(paths), unit="img", dynamic_ncols=True) as bar:
+
+        def progress(done: int, total: int, _name: str) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            result = run_batch(
+                pipeline, [(str(p), p) for p in paths], out_csv=out, failures_csv=failures,
+                resume=args.resume, threshold=args.threshold, spacing_cm=spacing,
+                spacing_source="user" if spacing else None,
+                force_segmentation=args.force_segmentation, progress=progress, rename=rename,
+            )
+        except (ValueError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(result.summary())
+    return 0 if len(result.rows) else 1
+
+
+__all__ = [
+    "BatchResult",
+    "FAILURE_COLUMNS",
+    "IMAGE_SUFFIXES",
+    "anonymise_name",
+    "collect_inputs",
+    "main",
+    "read_results",
+    "read_zip",
+    "result_columns",
+    "run_batch",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,568 @@
+"""Batch analysis: inputs, ZIP safety, failures, crash-safe CSV, resume after SIGKILL, CLI.
+
+No model is loaded: :class:`FakePipeline` returns real :class:`CaseResult` objects
+whose morphology comes from the real :func:`morphology.measure` on a thresholded
+slice. Child processes import it from this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from neurostack_samples import IDENTIFIERS, make_dicom
+from PIL import Image
+
+from morphology import measure
+from neurostack import CLASS_NAMES
+from neurostack import batch as nb
+from neurostack.batch import (
+    FAILURE_COLUMNS,
+    anonymise_name,
+    collect_inputs,
+    read_results,
+    read_zip,
+    result_columns,
+    run_batch,
+)
+from neurostack.errors import InputImageError
+from neurostack.imaging import InputLimits, LoadedImage, load_image
+from neurostack.pipeline import CaseResult
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO = TESTS_DIR.parents[1]
+MODELS = ("m1", "m2")
+HEADER = result_columns(MODELS)
+
+
+# --------------------------------------------------------------------------- fake pipeline
+class FakePipeline:
+    """Stands in for :class:`neurostack.pipeline.Pipeline` (same ``analyse`` contract).
+
+    Bright pixels (> 200) are the "tumour"; no bright pixel means "notumor".
+    A slice whose pixel (0, 0) is 255 makes ``analyse`` raise ``RuntimeError``.
+    """
+
+    def __init__(self, *, delay: float = 0.0, log: Path | None = None) -> None:
+        self.limits = InputLimits()
+        self.delay = delay
+        self.log = log
+        self.seen: list[str] = []  # gray hashes of every analysed slice, in order
+
+    @property
+    def calls(self) -> int:
+        return len(self.seen)
+
+    def analyse(self, source: Any, *, spacing_cm: tuple[float, float] | None = None,
+                spacing_source: str | None = None, threshold: float = 0.5,
+                force_segmentation: bool = False, frame: int | None = None) -> CaseResult:
+        img = source if isinstance(source, LoadedImage) else load_image(source, frame=frame)
+        gray = img.gray
+        digest = hashlib.sha256(np.ascontiguousarray(gray).tobytes()).hexdigest()
+        self.seen.append(digest)
+        if self.log is not None:
+            with self.log.open("a") as fh:
+                fh.write(digest + "\n")
+        if self.delay:
+            time.sleep(self.delay)
+        if gray[0, 0] == 255:
+            raise RuntimeError("simulated model crash")
+        mask = gray > 200
+        k = [0, 1, 3][int(digest[:2], 16) % 3] if mask.any() else CLASS_NAMES.index("notumor")
+        probs = np.full(4, 0.05)
+        probs[k] = 0.85
+        if spacing_cm is not None:
+            spacing, src = spacing_cm, spacing_source or "user"
+        elif img.spacing_cm is not None:
+            spacing, src = img.spacing_cm, "dicom"
+        else:
+            spacing, src = None, "none"
+        tumor = CLASS_NAMES[k] != "notumor"
+        result = CaseResult(
+            image_sha256=digest, shape=img.shape,
+            per_model={m: dict(zip(CLASS_NAMES, map(float, probs), strict=True)) for m in MODELS},
+            ensemble=dict(zip(CLASS_NAMES, map(float, probs), strict=True)),
+            predicted_class=CLASS_NAMES[k], confidence=float(probs[k]), method="fake mean",
+            models_agree=True, warnings=[], tumor_found=tumor, segmented=False,
+            threshold=threshold, spacing_cm=spacing, spacing_source=src,
+            models={m: {"sha256": hashlib.sha256(m.encode()).hexdigest()} for m in MODELS},
+        )
+        if tumor or force_segmentation:
+            result.segmented = True
+            result.mask = mask
+            result.morphology = measure(mask, spacing_cm=spacing, image=gray,
+                                        spacing_source=src if spacing else None)
+        return result
+
+
+def slice_png(i: int, *, crash: bool = False) -> bytes:
+    """A 64x64 synthetic slice; every third one has no bright "tumour"."""
+    rng = np.random.default_rng(i)
+    img = rng.integers(0, 60, (64, 64), dtype=np.uint8)
+    if i % 3:
+        yy, xx = np.mgrid[0:64, 0:64]
+        cy, cx = 18 + i % 28, 18 + (i * 7) % 28
+        img[((yy - cy) / (4 + i % 6)) ** 2 + ((xx - cx) / (3 + i % 5)) ** 2 <= 1] = 230
+    if crash:
+        img[0, 0] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img, "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_slices(folder: Path, n: int, *, every: int = 10) -> tuple[list[str], dict[str, str]]:
+    """Write ``n`` PNG slices, every ``every``-th one corrupt (empty, truncated or text).
+
+    Returns:
+        ``(good item names, {bad item name: expected reason fragment})``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    good: list[str] = []
+    bad: dict[str, str] = {}
+    for i in range(n):
+        path = folder / f"slice_{i:03d}.png"
+        data = slice_png(i)
+        if i % every == every - 1:
+            kind = (i // every) % 3
+            if kind == 0:
+                data, reason = b"", "empty"
+            elif kind == 1:
+                data, reason = data[: len(data) // 2], "truncated"
+            else:
+                data, reason = b"<html>502 Bad Gateway</html>\n", "text"
+            bad[str(path)] = reason
+        else:
+            good.append(str(path))
+        path.write_bytes(data)
+    return good, bad
+
+
+def items_of(folder: Path) -> list[tuple[str, Path]]:
+    return [(str(p), p) for p in collect_inputs([folder])]
+
+
+def csv_lines(path: Path) -> list[list[str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))
+
+
+def gray_sha(path: Path) -> str:
+    return hashlib.sha256(np.ascontiguousarray(load_image(path).gray).tobytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- inputs
+def test_collect_inputs_recurses_filters_sorts_and_dedupes(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "__MACOSX").mkdir()
+    (root / ".hidden_dir").mkdir()
+    png = slice_png(1)
+    for rel in ("b/deep/z.png", "a.JPG", "b/c.tiff", "b/d.bmp", "e.jpeg", "f.tif", "g.dcm",
+                "__MACOSX/x.png", ".hidden_dir/y.png", ".hidden.png", "notes.txt", "README"):
+        (root / rel).write_bytes(png)
+    (root / "scan0001").write_bytes(make_dicom(np.zeros((40, 40), np.uint8)))
+    (root / "pack.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    odd = tmp_path / "explicit.weird"
+    odd.write_bytes(b"x")
+
+    found = collect_inputs([root, root / "a.JPG", odd, root / "b" / ".." / "e.jpeg"])
+    names = [p.relative_to(tmp_path).as_posix() for p in found]
+    assert names == sorted(names, key=lambda s: str(tmp_path / s))
+    assert set(names) == {
+        "in/a.JPG", "in/b/c.tiff", "in/b/d.bmp", "in/b/deep/z.png", "in/e.jpeg", "in/f.tif",
+        "in/g.dcm", "in/scan0001", "in/pack.zip", "explicit.weird",
+    }
+    with pytest.raises(InputImageError, match="not found"):
+        collect_inputs([tmp_path / "missing"])
+
+
+# --------------------------------------------------------------------------- ZIP
+def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, data in members.items():
+            if name.endswith("/"):
+                zf.writestr(zipfile.ZipInfo(name), b"")
+            else:
+                zf.writestr(zipfile.ZipInfo(name), data, compress_type=compression)
+    return buf.getvalue()
+
+
+def _patch_sizes(data: bytes, *, central: int | None = None, local: int | None = None,
+                 flags: int | None = None) -> bytes:
+    """Rewrite the declared uncompressed size (and flags) of every ZIP entry."""
+    out = bytearray(data)
+    pos = 0
+    while (pos := out.find(b"PK\x01\x02", pos)) != -1:
+        if central is not None:
+            out[pos + 24:pos + 28] = struct.pack("<I", central)
+        if flags is not None:
+            out[pos + 8:pos + 10] = struct.pack("<H", flags)
+        pos += 4
+    pos = 0
+    while local is not None and (pos := out.find(b"PK\x03\x04", pos)) != -1:
+        out[pos + 22:pos + 26] = struct.pack("<I", local)
+        pos += 4
+    return bytes(out)
+
+
+def test_read_zip_skips_junk_and_keeps_files() -> None:
+    data = _zip({"scans/": b"", "scans/a.png": b"A", "scans/b.dcm": b"B",
+                 "__MACOSX/scans/._a.png": b"junk", "scans/.DS_Store": b"junk", "c": b"C"})
+    assert read_zip(data) == [("scans/a.png", b"A"), ("scans/b.dcm", b"B"), ("c", b"C")]
+    assert read_zip(_zip({})) == []
+
+
+@pytest.mark.parametrize("name", ["../evil.png", "a/../../evil.png", "/etc/passwd",
+                                  "C:/win.png", "..\\evil.png"])
+def test_read_zip_rejects_path_traversal(name: str) -> None:
+    data = _zip({"ok.png": b"A", name: b"B"})
+    with pytest.raises(InputImageError, match="unsafe member name"):
+        read_zip(data)
+
+
+def test_read_zip_refuses_bombs_and_garbage() -> None:
+    zeros = b"\0" * 400_000
+    three = _zip({f"{i}.png": zeros for i in range(3)})
+    assert len(three) < 10_000  # highly compressed
+    with pytest.raises(InputImageError, match="zip bomb"):
+        read_zip(three, max_total_bytes=1_000_000)  # declared 1.2 MB > 1 MB
+    with pytest.raises(InputImageError, match="per file"):
+        read_zip(three, max_member_bytes=100_000)
+    # A header declaring ~4 GB is refused with the default limits, before decompressing.
+    with pytest.raises(InputImageError, match="MB"):
+        read_zip(_patch_sizes(_zip({"a.png": b"x" * 100}), central=0xF000_0000))
+    # Lying headers: declared 1000 bytes, actually 400 kB of zeros.
+    liar = _patch_sizes(_zip({"a.png": zeros}), central=1000, local=1000)
+    with pytest.raises(InputImageError):
+        read_zip(liar)
+    with pytest.raises(InputImageError, match="entries"):
+        read_zip(_zip({f"{i}.png": b"x" for i in range(11)}), max_members=10)
+    with pytest.raises(InputImageError, match="encrypted"):
+        read_zip(_patch_sizes(_zip({"a.png": b"x"}), flags=1))
+    with pytest.raises(InputImageError, match="Not a valid ZIP"):
+        read_zip(b"PK\x03\x04 this is not really a zip")
+    with pytest.raises(InputImageError, match="Not a valid ZIP"):
+        read_zip(b"")
+
+
+def test_run_batch_expands_zips_and_records_bad_archives(tmp_path: Path) -> None:
+    good = {f"scans/s{i}.png": slice_png(i) for i in range(1, 6)}
+    archive = _zip({**good, "scans/broken.png": slice_png(9)[:40], "scans/readme.txt": b"hi",
+                    "__MACOSX/scans/._s1.png": b"junk", "inner.zip": _zip({"x.png": b"1"})})
+    (tmp_path / "pack.zip").write_bytes(archive)
+    bomb = _patch_sizes(_zip({"a.png": slice_png(1)}), central=0xF000_0000)
+    traversal = _zip({"../../etc/cron.d/evil.png": slice_png(2)})
+    items: list[tuple[str, Path | bytes]] = [
+        ("pack.zip", tmp_path / "pack.zip"), ("bomb.zip", bomb), ("upload", traversal),
+        ("empty.zip", _zip({"notes.txt": b"no images"})),
+    ]
+    pipe = FakePipeline()
+    out, fails = tmp_path / "r.csv", tmp_path / "f.csv"
+    res = run_batch(pipe, items, out_csv=out, failures_csv=fails)
+    assert sorted(res.rows["item"]) == sorted(f"pack.zip/{m}" for m in good)
+    reasons = dict(zip(res.failures["item"], res.failures["error"], strict=True))
+    assert set(reasons) == {"pack.zip/scans/broken.png", "pack.zip/inner.zip", "bomb.zip",
+                            "upload", "empty.zip"}
+    assert "truncated" in reasons["pack.zip/scans/broken.png"]
+    assert "Nested ZIP" in reasons["pack.zip/inner.zip"]
+    assert "MB" in reasons["bomb.zip"] and "unsafe member name" in reasons["upload"]
+    assert "no image files" in reasons["empty.zip"]
+    assert pipe.calls == 5
+
+    again = FakePipeline()
+    res2 = run_batch(again, items, out_csv=out, failures_csv=fails, resume=True)
+    assert again.calls == 0 and res2.skipped == 10 and res2.analysed == 0
+    assert len(res2.rows) == 5 and len(res2.failures) == 5
+    assert len(csv_lines(out)) == 1 + 5 and len(csv_lines(fails)) == 1 + 5
+
+
+# --------------------------------------------------------------------------- one batch
+def test_batch_of_200_with_10_percent_corrupt_files(tmp_path: Path) -> None:
+    good, bad = make_slices(tmp_path / "in", 200)
+    assert len(good) == 180 and len(bad) == 20
+    crash = tmp_path / "in" / "slice_crash.png"  # a model exception, not an input error
+    crash.write_bytes(slice_png(5, crash=True))
+    out, fails = tmp_path / "out" / "results.csv", tmp_path / "out" / "failures.csv"
+    seen: list[tuple[int, int]] = []
+    pipe = FakePipeline()
+    res = run_batch(pipe, items_of(tmp_path / "in"), out_csv=out, failures_csv=fails,
+                    progress=lambda d, t, _n: seen.append((d, t)))
+
+    assert seen[-1] == (201, 201) and len(seen) == 201
+    assert res.analysed == 180 and res.failed == 21 and res.skipped == 0
+    assert pipe.calls == 181  # every readable slice reached the model once
+    assert sorted(res.rows["item"]) == sorted(good)
+    assert res.rows["n"].is_unique
+    reasons = dict(zip(res.failures["item"], res.failures["error"], strict=True))
+    assert set(reasons) == {*bad, str(crash)}
+    for name, fragment in bad.items():
+        assert fragment in reasons[name].lower(), (name, reasons[name])
+    assert reasons[str(crash)] == "RuntimeError: simulated model crash"
+    assert list(res.failures.columns) == list(FAILURE_COLUMNS)
+
+    lines = csv_lines(out)
+    assert lines[0] == HEADER
+    assert len(lines) == 181 and all(len(row) == len(HEADER) for row in lines)
+    assert len(csv_lines(fails)) == 22
+    df = read_results(out)
+    seg, plain = df[df["segmented"]], df[~df["segmented"]]
+    assert len(seg) and len(plain)
+    assert seg["area_px"].gt(0).all() and seg["circularity"].notna().all()
+    assert plain["area_px"].isna().all() and plain["predicted_class"].eq("notumor").all()
+    assert df["area_cm2"].isna().all()  # no spacing: pixel units only, cm columns empty
+    assert df["spacing_source"].eq("none").all()
+    assert df["file_sha256"].str.len().eq(64).all()
+
+
+def test_stable_header_with_cm_and_px_rows_and_no_identifiers(tmp_path: Path) -> None:
+    img = np.zeros((48, 48), np.uint8)
+    img[10:30, 12:28] = 240
+    dicom = make_dicom(img, spacing=(0.5, 0.8))  # carries PatientName etc.
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(dicom)
+    (folder / "b.png").write_bytes(slice_png(4))
+    (folder / "c.png").write_bytes(slice_png(3))  # notumor
+    (folder / "d").write_bytes(dicom)  # extension-less DICOM
+    out = tmp_path / "r.csv"
+    res = run_batch(FakePipeline(), items_of(folder), out_csv=out)
+    assert res.failed == 0 and len(res.rows) == 4
+    lines = csv_lines(out)
+    assert lines[0] == HEADER and all(len(r) == len(HEADER) for r in lines)
+    rows = {r["item"]: r for _, r in res.rows.iterrows()}
+    a = rows[str(folder / "a.dcm")]
+    assert a["spacing_source"] == "dicom" and a["area_cm2"] == pytest.approx(320 * 0.05 * 0.08)
+    assert a["row_spacing_cm"] == pytest.approx(0.05) and a["area_px"] == 320
+    b = rows[str(folder / "b.png")]
+    assert np.isnan(b["area_cm2"]) and b["area_px"] > 0
+    text = out.read_bytes()
+    for value in IDENTIFIERS.values():
+        assert value.encode() not in text
+
+    user = run_batch(FakePipeline(), items_of(folder), spacing_cm=(0.1, 0.1))
+    assert user.rows["spacing_source"].tolist() == ["user"] * 4
+    assert user.rows["row_spacing_cm"].tolist() == [0.1] * 4
+    assert list(user.rows.columns) == HEADER
+    with pytest.raises(ValueError, match="threshold"):
+        run_batch(FakePipeline(), [], threshold=1.0)
+    with pytest.raises(ValueError, match="spacing"):
+        run_batch(FakePipeline(), [], spacing_cm=(0.1, -1))
+
+
+def test_rename_keeps_file_names_out_of_the_csv(tmp_path: Path) -> None:
+    patient = IDENTIFIERS["PatientName"].replace("^", "_")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / f"{patient}.png").write_bytes(slice_png(1))
+    (folder / f"{patient}.zip").write_bytes(_zip({f"{patient}/x.png": slice_png(2)}))
+    out, fails = tmp_path / "r.csv", tmp_path / "f.csv"
+    res = run_batch(FakePipeline(), items_of(folder), out_csv=out, failures_csv=fails,
+                    rename=anonymise_name)
+    assert len(res.rows) == 2 and res.rows["item"].str.fullmatch(r"anon-[0-9a-f]{16}").all()
+    for path in (out, fails):
+        assert patient.encode() not in path.read_bytes()
+    again = FakePipeline()
+    run_batch(again, items_of(folder), out_csv=out, resume=True, rename=anonymise_name)
+    assert again.calls == 0
+    assert anonymise_name("x") != anonymise_name("x", "secret")
+
+
+# --------------------------------------------------------------------------- resume
+def test_resume_repairs_truncated_line_and_skips_done_items(tmp_path: Path) -> None:
+    good, bad = make_slices(tmp_path / "in", 12, every=6)
+    (tmp_path / "in" / "boom.png").write_bytes(slice_png(7, crash=True))
+    out, fails = tmp_path / "r.csv", tmp_path / "f.csv"
+    first = FakePipeline()
+    run_batch(first, items_of(tmp_path / "in"), out_csv=out, failures_csv=fails)
+    assert first.calls == 11
+    data = out.read_bytes()
+    out.write_bytes(data[:-25])  # kill mid-write of the last row
+    last_item = csv_lines(out)[-1][0]
+
+    second = FakePipeline()
+    res = run_batch(second, items_of(tmp_path / "in"), out_csv=out, failures_csv=fails,
+                    resume=True)
+    assert res.repaired and res.analysed == 1 and second.calls == 2  # lost row + crash retry
+    assert res.skipped == 10 + len(bad) - 1  # done rows and input failures
+    assert out.read_bytes() == data  # byte-identical repair
+    assert res.rows["item"].tolist() == sorted(good) and last_item in set(res.rows["item"])
+    assert sorted(res.failures["item"]) == sorted([*bad, str(tmp_path / "in" / "boom.png")])
+    assert len(csv_lines(fails)) == 1 + len(bad) + 1
+
+    # Same name, new content: analysed again (a new row, not a duplicate).
+    Path(good[0]).write_bytes(slice_png(100))
+    third = FakePipeline()
+    res3 = run_batch(third, items_of(tmp_path / "in"), out_csv=out, failures_csv=fails,
+                     resume=True)
+    assert third.calls == 2 and res3.analysed == 1  # the changed file + the crash retry
+    assert len(res3.rows) == 10 and res3.rows["item"].is_unique
+    assert len(csv_lines(out)) == 1 + 11
+
+
+def test_resume_refuses_damage_before_the_last_line_and_concurrent_writers(tmp_path: Path) -> None:
+    make_slices(tmp_path / "in", 4, every=100)
+    out = tmp_path / "r.csv"
+    items = items_of(tmp_path / "in")
+    run_batch(FakePipeline(), items, out_csv=out)
+    lines = out.read_bytes().split(b"\n")
+    lines[2] = lines[2][:30]
+    out.write_bytes(b"\n".join(lines))
+    with pytest.raises(ValueError, match="line 3 is malformed"):
+        run_batch(FakePipeline(), items, out_csv=out, resume=True)
+
+    other = tmp_path / "other.csv"
+
+    def nested(*_: object) -> None:
+        run_batch(FakePipeline(), items, out_csv=other)
+
+    with pytest.raises(RuntimeError, match="another batch process"):
+        run_batch(FakePipeline(), items[:1], out_csv=other, progress=nested)
+
+
+CHILD = """
+import json, os, signal, sys
+from pathlib import Path
+args = json.loads(sys.argv[1])
+sys.path[:0] = [args["tests"], args["repo"]]
+import neurostack.batch as nb
+from test_batch import FakePipeline, items_of
+if args.get("kill_at_row"):
+    original, rows = nb._write_line, [0]
+    def killer(fh, line):
+        if fh.name == args["out"]:
+            rows[0] += line.count(b"\\n")
+            if rows[0] >= args["kill_at_row"] + 1:  # + header
+                fh.write(line[: len(line) // 2]); fh.flush(); os.fsync(fh.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+        original(fh, line)
+    nb._write_line = killer
+pipe = FakePipeline(delay=args["delay"], log=Path(args["log"]))
+nb.run_batch(pipe, items_of(Path(args["folder"])), out_csv=Path(args["out"]),
+             failures_csv=Path(args["fail"]))
+"""
+
+
+def _start_child(tmp_path: Path, *, delay: float, kill_at_row: int = 0) -> subprocess.Popen:
+    args = {"tests": str(TESTS_DIR), "repo": str(REPO), "folder": str(tmp_path / "in"),
+            "out": str(tmp_path / "r.csv"), "fail": str(tmp_path / "f.csv"),
+            "log": str(tmp_path / "child.log"), "delay": delay, "kill_at_row": kill_at_row}
+    return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _complete_rows(path: Path) -> int:
+    return max(0, path.read_bytes().count(b"\n") - 1) if path.exists() else 0
+
+
+def _check_resume_after_kill(tmp_path: Path, good: list[str], bad: dict[str, str]) -> dict:
+    """Resume in-process and check: no lost row, no duplicate, finished items not redone."""
+    out = tmp_path / "r.csv"
+    data = out.read_bytes() if out.exists() else b""
+    complete = data[: data.rfind(b"\n") + 1].decode()
+    done_before = {row[0] for row in list(csv.reader(io.StringIO(complete)))[1:]}
+    child_log = (tmp_path / "child.log").read_text().split()
+    hashes = {gray_sha(Path(name)): name for name in good}
+    analysed_by_child = {hashes[h] for h in child_log}
+
+    pipe = FakePipeline()
+    res = run_batch(pipe, items_of(tmp_path / "in"), out_csv=out,
+                    failures_csv=tmp_path / "f.csv", resume=True)
+    redone = {hashes[h] for h in pipe.seen}
+    final = csv_lines(out)
+    items = [row[0] for row in final[1:]]
+    stats = {
+        "rows_before_resume": len(done_before),
+        "analysed_in_resume": pipe.calls,
+        "in_flight_redone": len(redone & analysed_by_child),
+        "lost": len(set(good) - set(items)),
+        "duplicates": len(items) - len(set(items)),
+        "repaired": res.repaired,
+    }
+    assert final[0] == HEADER and all(len(r) == len(HEADER) for r in final)
+    assert stats["lost"] == 0 and stats["duplicates"] == 0, stats
+    assert not (redone & done_before), "finished items were analysed again"
+    assert pipe.calls == len(good) - len(done_before)
+    assert stats["in_flight_redone"] <= 1, stats
+    assert sorted(res.rows["item"]) == sorted(good)
+    fail_items = [row[0] for row in csv_lines(tmp_path / "f.csv")[1:]]
+    assert sorted(fail_items) == sorted(bad)  # each failure exactly once
+    return stats
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_batch(tmp_path: Path) -> None:
+    good, bad = make_slices(tmp_path / "in", 80)
+    child = _start_child(tmp_path, delay=0.04)
+    deadline = time.monotonic() + 90
+    try:
+        while _complete_rows(tmp_path / "r.csv") < 20:
+            assert child.poll() is None, child.stderr.read().decode()
+            assert time.monotonic() < deadline, "child made no progress"
+            time.sleep(0.005)
+        time.sleep(0.02)  # land inside the next item's analysis (delay 0.04 s)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert _complete_rows(tmp_path / "r.csv") < len(good)  # really killed mid-batch
+    stats = _check_resume_after_kill(tmp_path, good, bad)
+    print("external SIGKILL:", stats)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_in_the_middle_of_a_row_write(tmp_path: Path) -> None:
+    good, bad = make_slices(tmp_path / "in", 30)
+    child = _start_child(tmp_path, delay=0.0, kill_at_row=11)
+    child.wait(timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()
+    data = (tmp_path / "r.csv").read_bytes()
+    assert not data.endswith(b"\n") and data.count(b"\n") == 11  # header + 10 rows + half
+    stats = _check_resume_after_kill(tmp_path, good, bad)
+    assert stats["repaired"] and stats["rows_before_resume"] == 10
+    assert stats["in_flight_redone"] == 1
+    print("SIGKILL mid-write:", stats)
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             capsys: pytest.CaptureFixture[str]) -> None:
+    import neurostack.pipeline
+
+    monkeypatch.setattr(neurostack.pipeline, "load_pipeline", lambda *_a, **_k: FakePipeline())
+    good, bad = make_slices(tmp_path / "in", 10, every=5)
+    out = tmp_path / "res" / "results.csv"
+    assert nb.main([str(tmp_path / "in"), "--out", str(out), "--spacing-mm", "0.5", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 image(s) in the results, 2 failure(s)" in printed
+    df = read_results(out)
+    assert df["spacing_source"].eq("user").all() and df["row_spacing_cm"].eq(0.05).all()
+    assert len(csv_lines(tmp_path / "res" / "results_failures.csv")) == 3
+
+    assert nb.main([str(tmp_path / "in"), "--out", str(out)]) == 1  # would overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert nb.main([str(tmp_path / "in"), "--out", str(out), "--resume"]) == 0
+    assert "skipped 10 already done" in capsys.readouterr().out
+
+    anon = tmp_path / "anon.csv"
+    assert nb.main([str(tmp_path / "in"), "--out", str(anon), "--anonymise-names"]) == 0
+    assert b"slice_" not in anon.read_bytes()
+
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"")
+    assert nb.main([str(only_bad), "--out", str(tmp_path / "b.csv")]) == 1
+    assert nb.main([str(tmp_path / "nope"), "--out", str(tmp_path / "c.csv")]) == 1
+    assert nb.main([str(only_bad), "--out", str(tmp_path / "d.csv"), "--threshold", "2"]) == 1
