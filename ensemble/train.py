@@ -69,6 +69,7 @@ class TrainConfig:
     mixed_precision: str = "bfloat16"
     seed: int = 42
     cache_dir: str | None = None
+    init_from: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -148,6 +149,24 @@ def make_dataset(x: np.ndarray, y: np.ndarray, mode: str, batch_size: int, *, tr
         return images, labels
 
     return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def _progress_callback(every: int = 20):
+    """A Keras callback printing one line every ``every`` batches (for log files)."""
+    import keras
+
+    class _Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % every == 0:
+                logs = logs or {}
+                rate = (batch + 1) / max(1e-9, time.time() - self.t0)
+                print(f"  batch {batch + 1}: loss={logs.get('loss', float('nan')):.4f} "
+                      f"acc={logs.get('accuracy', float('nan')):.4f} ({rate:.2f} batch/s)", flush=True)
+
+    return _Progress()
 
 
 class _State:
@@ -258,7 +277,12 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None =
         else:
             model = _build(cfg, phase)
             best = out / "best.weights.h5"
-            if p_idx > 0 and best.exists():
+            if p_idx == 0 and cfg.init_from:
+                from neurostack.artifacts import load_weights_compact
+
+                load_weights_compact(model, Path(cfg.init_from) / "weights.npz")
+                print(f"[{cfg.model}] initialised from {cfg.init_from}")
+            elif p_idx > 0 and best.exists():
                 model.load_weights(best)  # carry the best weights into the next phase
                 print(f"[{cfg.model}] phase {phase.name}: starting from best weights of the previous phase")
         n_params = model.count_params()
@@ -270,7 +294,9 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None =
             lr = _lr_for_epoch(phase, e, state.data["plateau_scale"])
             model.optimizer.learning_rate.assign(lr)
             t0 = time.time()
-            hist = model.fit(train_ds, epochs=1, verbose=1 if os.isatty(1) else 2)
+            tty = os.isatty(1)
+            hist = model.fit(train_ds, epochs=1, verbose=1 if tty else 0,
+                             callbacks=[] if tty else [_progress_callback()])
             val_loss, val_acc = model.evaluate(val_ds, verbose=0)
             dt = time.time() - t0
             row = {
@@ -387,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init-from", default=None,
+                   help="artifact folder whose weights.npz initialises the first phase "
+                        "(e.g. to continue from shipped weights when the run folder was lost)")
     p.add_argument("--export", type=Path, default=None,
                    help="write best weights of each model to EXPORT/<model>/ instead of training")
     a = p.parse_args(argv)
@@ -403,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                                lr=a.lr, warmup_epochs=a.warmup_epochs, native_epochs=a.native_epochs,
                                native_lr=a.native_lr),
             batch_size=a.batch_size, weights=weights, optimizer=a.optimizer, patience=a.patience,
-            mixed_precision=a.mixed_precision, cache_dir=a.cache_dir,
+            mixed_precision=a.mixed_precision, cache_dir=a.cache_dir, init_from=a.init_from,
         )
         state_file = a.run_dir / name / "state.json"
         resume = a.resume and state_file.exists()
