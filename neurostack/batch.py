@@ -740,7 +740,8 @@ def _run(pipeline: Any, units: list[_Unit], total: int, state: _State, out: _App
                 continue
             if out is not None:
                 out.write(row, columns)
-            records.append(row)
+            else:
+                records.append(row)  # with a CSV the rows are read back from it at the end
             analysed += 1
         finally:
             if progress is not None:
