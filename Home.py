@@ -1,0 +1,162 @@
+"""NeuroStack dashboard — home page: what the tool is, which models are loaded, how well they do."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import cache, components, paths
+from dashboard.evaluation import model_label
+from neurostack.artifacts import sha256_file
+
+components.page_setup("Home", "🧠")
+
+st.title("🧠 NeuroStack")
+st.markdown(
+    "#### Brain MRI slice analysis: tumour classification, segmentation and morphometry"
+)
+components.research_notice()
+
+left, right = st.columns([3, 2])
+with left:
+    st.markdown(
+        """
+**What it does.** For one axial MRI slice (PNG, JPEG, TIFF, BMP or DICOM) NeuroStack
+
+1. classifies it as **glioma, meningioma, pituitary tumour or no tumour** with four
+   ImageNet backbones (Xception, InceptionV3, ResNet50, VGG19) stacked by a meta-learner;
+2. segments the tumour with a **Res-UNet** and overlays it in green;
+3. measures the mask — area, perimeter, axes, Feret diameter, shape and intensity — in
+   cm when the pixel spacing is known (DICOM, user-entered or a labelled assumption),
+   otherwise in pixels;
+4. explains each base model with **Grad-CAM** heatmaps.
+"""
+    )
+with right:
+    st.markdown(
+        """
+**Who it is for**
+
+- **Radiologists / clinicians-in-research** — inspect single cases in *Case Explorer*.
+- **Analysts** — run folders or ZIPs in *Batch Analysis*; query and export the
+  feature table in *Cases & Features*.
+- **Thesis examiners** — audit the models in *Model Evaluation* and
+  *Segmentation Quality*; every number there is computed from the stored records.
+"""
+    )
+
+st.subheader("Pages")
+link_cols = st.columns(len(components.PAGES))
+for col, (page, label, icon, help_text) in zip(link_cols, components.PAGES, strict=True):
+    with col, st.container(border=True):
+        st.page_link(page, label=label, icon=icon)
+        st.caption(help_text)
+
+# ------------------------------------------------------------------ models
+st.subheader("Loaded models")
+st.caption(f"Artifacts: `{paths.artifacts_root()}`")
+pipeline_error = None
+try:
+    pipeline = cache.get_pipeline()
+except Exception as exc:  # noqa: BLE001 - shown to the user, the page keeps working
+    pipeline, pipeline_error = None, exc
+
+cls_runs = cache.classification_runs()
+cls_metrics = (cache.json_record(paths.classification_eval_dir() / cls_runs[0] / "metrics.json")
+               if cls_runs else None)
+eval_models = (cls_metrics or {}).get("models", {})
+
+if pipeline_error is not None:
+    st.error(f"The models could not be loaded: {pipeline_error}")
+if pipeline is not None:
+    rows = []
+    tiny = False
+    for name, info in pipeline.model_info.items():
+        folder = paths.segmenter_dir() if name == "resunet" else paths.classifier_dir(name)
+        config = cache.json_record(folder / "config.json") or {}
+        training = config.get("training") or {}
+        tiny = tiny or bool(training.get("tiny_test_artifact") or config.get("tiny_test_artifact"))
+        role = {"meta": "meta-learner (stacking)", "resunet": "segmentation"}.get(
+            name, "base classifier")
+        test_key = "ensemble" if name == "meta" else name
+        test = eval_models.get(test_key, {})
+        rows.append({
+            "model": model_label(name),
+            "role": role,
+            "input size": info.get("input_size"),
+            "weights sha256": components.sha_prefix(info.get("sha256")),
+            "checksum": "✅ verified at load",
+            "test accuracy": test.get("accuracy"),
+            "test macro F1": test.get("macro_f1"),
+            "epochs trained": training.get("epochs_run", config.get("epochs_completed")),
+        })
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        "test accuracy": st.column_config.NumberColumn(format="%.3f"),
+        "test macro F1": st.column_config.NumberColumn(format="%.3f"),
+    })
+    st.caption(f"Final decision: {pipeline.ensemble.method}. Each weight file's SHA-256 is "
+               "checked against its config.json before the model is built.")
+    if tiny:
+        st.error("These are **tiny, randomly initialised test artifacts**: every prediction "
+                 "is meaningless. Point NEUROSTACK_ARTIFACTS at the trained models.", icon="🧪")
+    components.missing_artifacts(pipeline)
+    if st.button("Re-check checksums now", key="home_recheck",
+                 help="Hash every weight file on disk again"):
+        checks = []
+        for name in pipeline.model_info:
+            folder = paths.segmenter_dir() if name == "resunet" else paths.classifier_dir(name)
+            config = cache.json_record(folder / "config.json") or {}
+            weights = folder / config.get("weights_file", "weights.npz")
+            if not weights.is_file():
+                status = "❌ weight file missing"
+            else:
+                status = ("✅ matches" if sha256_file(weights) == config.get("weights_sha256")
+                          else "❌ MISMATCH — restart after restoring the artifact")
+            checks.append({"model": model_label(name), "status": status})
+        st.dataframe(checks, hide_index=True)
+
+# ----------------------------------------------------------------- metrics
+st.subheader("Headline test metrics")
+metric_cols = st.columns(2)
+with metric_cols[0]:
+    ens = eval_models.get("ensemble")
+    if ens:
+        st.markdown(f"**Classification — meta-learner** (run `{cls_runs[0]}`, "
+                    f"{cls_metrics.get('n_images', '?')} held-out images)")
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Accuracy", f"{ens['accuracy']:.3f}")
+        c2.metric("Macro F1", f"{ens['macro_f1']:.3f}")
+        auc_macro = (ens.get("roc_auc") or {}).get("macro")
+        c3.metric("Macro ROC AUC", "—" if auc_macro is None else f"{auc_macro:.3f}")
+        c4.metric("ECE", f"{ens['ece']:.3f}")
+    else:
+        st.info("No classification evaluation record found under "
+                f"`{paths.classification_eval_dir()}`.")
+with metric_cols[1]:
+    seg_runs = cache.segmentation_runs()
+    seg = (cache.json_record(paths.segmentation_eval_dir() / seg_runs[0] / "metrics.json")
+           if seg_runs else None)
+    if seg and seg.get("mean_dice") is not None:
+        st.markdown(f"**Segmentation — Res-UNet** (run `{seg_runs[0]}`, "
+                    f"{seg.get('n_images', '?')} held-out images)")
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Mean Dice", f"{seg['mean_dice']:.3f}")
+        c2.metric("Median Dice", f"{seg['median_dice']:.3f}")
+        c3.metric("Mean IoU", f"{seg['mean_iou']:.3f}" if seg.get("mean_iou") is not None else "—")
+    else:
+        st.info("No segmentation evaluation record found under "
+                f"`{paths.segmentation_eval_dir()}`.")
+
+missing_records = []
+if not cls_runs:
+    missing_records.append(f"`{paths.classification_eval_dir()}/<run>/predictions.csv`")
+if not seg_runs:
+    missing_records.append(f"`{paths.segmentation_eval_dir()}/<run>/per_image.csv`")
+if missing_records:
+    st.warning("**Missing evaluation records:** " + ", ".join(missing_records), icon="🧩")
+
+st.divider()
+st.caption(
+    "Data: Brain Tumor MRI Dataset (M. Nickparvar, 2021, CC0) for classification; figshare "
+    "brain tumour dataset (J. Cheng et al., PLoS ONE 2015, CC BY 4.0) for segmentation. "
+    "No patient identifiers are displayed or stored by this dashboard."
+)

@@ -1,0 +1,221 @@
+"""Every cached loader of the dashboard.
+
+Models are loaded once per server process (``st.cache_resource``) and shared by
+all sessions; analysis results and records are cached per input
+(``st.cache_data``). File-backed loaders take the file's modification time as
+an argument so a rewritten record is re-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import evaluation as ev
+from dashboard import paths
+from neurostack.imaging import InputLimits, LoadedImage, load_image
+from neurostack.pipeline import CaseResult, Pipeline, load_pipeline
+
+_ANALYSIS_CACHE_ENTRIES = 48
+
+
+# -------------------------------------------------------------------- models
+@st.cache_resource(show_spinner="Loading the models (once per server process)…")
+def _pipeline_for(artifacts_dir: str) -> Pipeline:
+    return load_pipeline(artifacts_dir, strict=False)
+
+
+def get_pipeline() -> Pipeline:
+    """Return the shared pipeline for the configured artifacts root.
+
+    Raises:
+        ArtifactError: When no classifier can be loaded or a weight file is corrupt.
+    """
+    return _pipeline_for(str(paths.artifacts_root()))
+
+
+def input_limits() -> InputLimits:
+    """Return the upload limits the pipeline enforces."""
+    return InputLimits()
+
+
+# ---------------------------------------------------------------- case store
+@st.cache_resource(show_spinner=False)
+def _store_for(url: str | None, data_dir: str | None) -> Any:
+    from neurostack.cases import CaseStore
+
+    if url:
+        return CaseStore(url)
+    return CaseStore(data_dir=Path(data_dir) if data_dir else None)
+
+
+def get_case_store() -> Any:
+    """Return the case registry (``neurostack.cases.CaseStore``) for the configured location.
+
+    Raises:
+        ImportError: While ``neurostack.cases`` is not available.
+    """
+    url, data_dir = paths.store_location()
+    return _store_for(url, data_dir)
+
+
+# ------------------------------------------------------------------- images
+def digest(data: bytes) -> str:
+    """Short SHA-256 of uploaded bytes, used as a widget/session key."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def decode(data: bytes, frame: int | None = None) -> LoadedImage:
+    """Decode an image (raises ``InputImageError`` with the reason)."""
+    return load_image(data, frame=frame, limits=input_limits())
+
+
+@st.cache_data(max_entries=_ANALYSIS_CACHE_ENTRIES, show_spinner=False)
+def analyse(
+    data: bytes,
+    frame: int | None,
+    spacing_cm: tuple[float, float] | None,
+    spacing_source: str | None,
+    threshold: float,
+    force_segmentation: bool,
+) -> CaseResult:
+    """Run the full pipeline on one file's bytes (cached per input and options)."""
+    return get_pipeline().analyse(
+        data, spacing_cm=spacing_cm, spacing_source=spacing_source, threshold=threshold,
+        force_segmentation=force_segmentation, frame=frame,
+    )
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def gradcam_overlays(data: bytes, frame: int | None, class_index: int) -> dict[str, np.ndarray]:
+    """Grad-CAM heatmap overlay of ``class_index`` for every loaded base model."""
+    from ensemble.gradcam import gradcam_on_image, heatmap_overlay
+    from neurostack.preprocess import find_brain_box
+
+    img = decode(data, frame)
+    box = find_brain_box(img.gray)
+    out = {}
+    for name, clf in get_pipeline().ensemble.members.items():
+        heat = gradcam_on_image(clf, img.gray, box, class_index)
+        out[name] = heatmap_overlay(img.display, heat)
+    return out
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def read_bytes(path: str, mtime: float) -> bytes:
+    """Read a file's bytes (``mtime`` invalidates the entry when the file changes)."""
+    return Path(path).read_bytes()
+
+
+def file_bytes(path: Path) -> bytes:
+    """Return the cached bytes of ``path``."""
+    return read_bytes(str(path), path.stat().st_mtime)
+
+
+# ------------------------------------------------------------------ samples
+@st.cache_data(show_spinner=False)
+def _samples(folder: str, mtime: float) -> pd.DataFrame:
+    folder_p = Path(folder)
+    csv = folder_p / "samples.csv"
+    if csv.is_file():
+        df = pd.read_csv(csv, dtype=str)
+    else:
+        files = sorted(p.name for p in folder_p.glob("*") if p.suffix.lower() in
+                       {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"})
+        df = pd.DataFrame({"file": files, "label": ""})
+    df = df[df["file"].map(lambda f: (folder_p / f).is_file())]
+    return df.sort_values(["label", "file"]).reset_index(drop=True)
+
+
+def samples() -> pd.DataFrame:
+    """Bundled demo slices: ``file`` and ``label`` (empty table when none ship)."""
+    folder = paths.samples_dir()
+    if not folder.is_dir():
+        return pd.DataFrame(columns=["file", "label"])
+    return _samples(str(folder), folder.stat().st_mtime)
+
+
+# --------------------------------------------------------------- evaluation
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+def classification_runs() -> list[str]:
+    """Classification evaluation runs with predictions, newest first."""
+    return ev.list_runs(paths.classification_eval_dir(), "predictions.csv")
+
+
+def segmentation_runs() -> list[str]:
+    """Segmentation evaluation runs with per-image scores, newest first."""
+    return ev.list_runs(paths.segmentation_eval_dir(), "per_image.csv")
+
+
+@st.cache_data(show_spinner=False)
+def _json(path: str, mtime: float) -> dict[str, Any] | None:
+    return ev.read_json_file(Path(path))
+
+
+def json_record(path: Path) -> dict[str, Any] | None:
+    """Return a JSON record (``None`` when absent or unreadable)."""
+    return _json(str(path), _mtime(path))
+
+
+@st.cache_data(show_spinner="Computing curves from the stored predictions…")
+def _evaluations(path: str, mtime: float) -> list[ev.ModelEvaluation]:
+    df = ev.read_predictions(Path(path))
+    return [ev.evaluate_model(df, m) for m in ev.models_in_predictions(df)]
+
+
+def model_evaluations(run: str) -> list[ev.ModelEvaluation]:
+    """Per-model evaluation (curves, matrices, bins) of a classification run."""
+    path = paths.classification_eval_dir() / run / "predictions.csv"
+    return _evaluations(str(path), _mtime(path))
+
+
+@st.cache_data(show_spinner=False)
+def _training_log(path: str, mtime: float) -> pd.DataFrame | None:
+    return ev.read_training_log(Path(path))
+
+
+def training_log(folder: Path) -> pd.DataFrame | None:
+    """``training_log.csv`` of an artifact folder, or ``None``."""
+    path = folder / "training_log.csv"
+    return _training_log(str(path), _mtime(path))
+
+
+@st.cache_data(show_spinner=False)
+def _per_image(path: str, mtime: float) -> pd.DataFrame:
+    return ev.read_per_image(Path(path))
+
+
+def per_image(run: str) -> pd.DataFrame:
+    """Return a segmentation run's ``per_image.csv``."""
+    path = paths.segmentation_eval_dir() / run / "per_image.csv"
+    return _per_image(str(path), _mtime(path))
+
+
+def segmentation_test_ids() -> list[str] | None:
+    """Held-out ids of the segmentation split (``None`` without a split file)."""
+    path = paths.splits_dir() / "segmentation_split.csv"
+    return _test_ids(str(path), _mtime(path))
+
+
+@st.cache_data(show_spinner=False)
+def _test_ids(path: str, mtime: float) -> list[str] | None:
+    return ev.test_ids(Path(path))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def segment_file(path: str, mtime: float, threshold: float) -> tuple[LoadedImage, np.ndarray]:
+    """Decode a dataset slice and run the segmenter on it: ``(image, predicted mask)``."""
+    pipeline = get_pipeline()
+    if pipeline.segmenter is None:
+        raise RuntimeError("The segmentation model is not loaded")
+    img = load_image(path, limits=input_limits())
+    return img, pipeline.segmenter.predict(img.gray, threshold=threshold).mask

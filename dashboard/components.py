@@ -1,0 +1,178 @@
+"""Small render helpers shared by the pages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import cache, paths
+from morphology import format_record
+from neurostack import __version__
+from neurostack.errors import ArtifactError
+from neurostack.pipeline import CaseResult, Pipeline
+
+DISCLAIMER = (
+    "**Research tool — not a diagnostic device.** NeuroStack's predictions, masks and "
+    "measurements are produced by machine-learning models for research and teaching. They "
+    "have not been validated for clinical use and must not be used to diagnose, treat or "
+    "triage patients."
+)
+SPACING_LABELS = {
+    "dicom": "read from the DICOM file (Pixel Spacing)",
+    "user": "entered by the user",
+    "assumed": f"assumed: figshare acquisitions, {paths.FIGSHARE_SPACING_MM} mm per pixel "
+               "(an assumption, not a measurement)",
+    "none": "unknown — measurements in pixel units",
+}
+PAGES: list[tuple[str, str, str, str]] = [
+    ("pages/1_Case_Explorer.py", "Case Explorer", "🔬",
+     "Radiologists: analyse one slice — class, tumour mask, measurements, Grad-CAM."),
+    ("pages/2_Batch_Analysis.py", "Batch Analysis", "🗂️",
+     "Analysts: many images or a ZIP, one row per image, CSV export."),
+    ("pages/3_Model_Evaluation.py", "Model Evaluation", "📊",
+     "Examiners: confusion matrices, ROC/PR curves, calibration, training curves."),
+    ("pages/4_Segmentation_Quality.py", "Segmentation Quality", "🎯",
+     "Dice/IoU distributions and a browser of held-out cases, worst first."),
+    ("pages/5_Cases_and_Features.py", "Cases & Features", "🧮",
+     "The case registry: filter, sort, plot features, export."),
+]
+
+
+def page_setup(title: str, icon: str) -> None:
+    """Page config and the sidebar notice every page shows."""
+    st.set_page_config(page_title=f"{title} · NeuroStack", page_icon=icon, layout="wide")
+    with st.sidebar:
+        st.caption(f"NeuroStack {__version__} · research use only, not a diagnostic device")
+
+
+def research_notice() -> None:
+    """Show the prominent 'not a diagnostic device' notice."""
+    st.warning(DISCLAIMER, icon="⚠️")
+
+
+def require_pipeline() -> Pipeline:
+    """Return the loaded pipeline; show the reason and stop the page when it cannot load."""
+    try:
+        return cache.get_pipeline()
+    except ArtifactError as exc:
+        st.error(f"The models could not be loaded from `{paths.artifacts_root()}`: {exc}")
+        st.info("Set NEUROSTACK_ARTIFACTS to an artifact tree, or train and export the models.")
+        st.stop()
+        raise  # unreachable: st.stop() raises
+
+
+def missing_artifacts(pipeline: Pipeline) -> None:
+    """List missing artifacts (the pipeline still works with what is present)."""
+    if pipeline.missing:
+        items = "\n".join(f"- `{m}`" for m in pipeline.missing)
+        st.warning(f"**Missing artifacts** — running with what is present:\n{items}", icon="🧩")
+
+
+def not_available(feature: str, module: str, exc: BaseException | None = None) -> None:
+    """Explain that a library module this page needs is not available yet."""
+    detail = f" ({type(exc).__name__}: {exc})" if exc else ""
+    st.info(f"**{feature} is not available yet**: the library module `{module}` could not be "
+            f"imported{detail}. The rest of the dashboard works without it.", icon="🚧")
+
+
+def sha_prefix(sha: str | None, n: int = 12) -> str:
+    """First ``n`` hex digits of a checksum (``—`` when unknown)."""
+    return sha[:n] if sha else "—"
+
+
+# ------------------------------------------------------------------- spacing
+def spacing_controls(
+    key: str, dicom_spacing_cm: tuple[float, float] | None = None
+) -> tuple[tuple[float, float] | None, str | None]:
+    """Pixel-spacing widgets; returns ``(spacing_cm, source)`` for ``Pipeline.analyse``.
+
+    ``(None, None)`` means: the file's own spacing (DICOM) or none (pixel units).
+    """
+    st.markdown("**Pixel spacing**")
+    if dicom_spacing_cm is not None:
+        r, c = dicom_spacing_cm
+        st.caption(f"From the DICOM file: {r * 10:.4g} × {c * 10:.4g} mm per pixel (row × column).")
+        if not st.checkbox("Override the DICOM spacing", key=f"{key}_override"):
+            return None, None
+    assumed = st.checkbox(
+        f"Use the figshare assumption {paths.FIGSHARE_SPACING_MM} mm (assumed)",
+        key=f"{key}_assumed",
+        help="The figshare slices are usually reported as 512×512 matrices of about 0.49 mm "
+             "pixels. Results are labelled 'assumed', not measured.",
+    )
+    if assumed:
+        mm = paths.FIGSHARE_SPACING_MM
+        return (mm / 10.0, mm / 10.0), "assumed"
+    col1, col2 = st.columns(2)
+    row_mm = col1.number_input("Row (mm/pixel)", min_value=0.0, max_value=50.0, value=0.0,
+                               step=0.01, format="%.4f", key=f"{key}_row_mm",
+                               help="Vertical pixel size; 0 = unknown.")
+    col_mm = col2.number_input("Column (mm/pixel)", min_value=0.0, max_value=50.0, value=0.0,
+                               step=0.01, format="%.4f", key=f"{key}_col_mm",
+                               help="Horizontal pixel size; 0 = unknown.")
+    if row_mm > 0 and col_mm > 0:
+        return (row_mm / 10.0, col_mm / 10.0), "user"
+    if (row_mm > 0) != (col_mm > 0):
+        st.caption("⚠️ Enter both pixel sizes to get physical units.")
+    else:
+        st.caption("No spacing entered: measurements will be in pixel units.")
+    return None, None
+
+
+def spacing_sentence(spacing_cm: tuple[float, float] | None, source: str) -> str:
+    """One line saying which spacing the measurements use and where it came from."""
+    if not spacing_cm:
+        return f"Pixel spacing {SPACING_LABELS['none']}."
+    r, c = spacing_cm
+    return (f"Pixel spacing {r * 10:.4g} × {c * 10:.4g} mm (row × column), "
+            f"{SPACING_LABELS.get(source, source)}.")
+
+
+# ---------------------------------------------------------------- results
+def morphology_frame(record: dict[str, Any]) -> pd.DataFrame:
+    """Morphology record as a ``feature / value / unit`` table."""
+    rows = [{"feature": name, "value": _fmt_value(value), "unit": unit}
+            for name, value, unit in format_record(record)]
+    return pd.DataFrame(rows, columns=["feature", "value", "unit"])
+
+
+def _fmt_value(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def record_downloads(result: CaseResult) -> tuple[bytes, bytes]:
+    """``(CSV bytes, JSON bytes)`` of the case's identifier-free record."""
+    record = result.to_record()
+    csv = pd.DataFrame([record]).to_csv(index=False).encode()
+    js = json.dumps(record, indent=2, default=str).encode()
+    return csv, js
+
+
+def timings_frame(result: CaseResult) -> pd.DataFrame:
+    """Stage timings in milliseconds."""
+    return pd.DataFrame([{"stage": k, "milliseconds": round(v * 1000, 1)}
+                         for k, v in result.timings_s.items()])
+
+
+def versions_frame(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Model name, SHA-256 prefix and input size of every model used."""
+    return pd.DataFrame([{"model": k, "weights sha256": sha_prefix(v.get("sha256")),
+                          "input size": v.get("input_size")}
+                         for k, v in models.items()])
+
+
+def model_votes(result: CaseResult) -> dict[str, str]:
+    """Each base model's top class."""
+    return {name: max(probs, key=probs.__getitem__) for name, probs in result.per_model.items()}
+

@@ -1,0 +1,282 @@
+"""Read stored evaluation records and training logs into chart-ready data (no Streamlit).
+
+Every number comes from the files under ``artifacts/``; curves and bins are
+computed with :mod:`ensemble.metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ensemble.metrics import (
+    auc,
+    classification_metrics,
+    expected_calibration_error,
+    precision_recall_curve,
+    roc_curve,
+)
+from neurostack import CLASS_NAMES
+
+ENSEMBLE = "ensemble"
+BASE_MODELS: tuple[str, ...] = ("xception", "inceptionv3", "resnet50", "vgg19")
+MODEL_LABELS: dict[str, str] = {
+    "xception": "Xception",
+    "inceptionv3": "InceptionV3",
+    "resnet50": "ResNet50",
+    "vgg19": "VGG19",
+    "ensemble": "Meta-learner (ensemble)",
+    "meta": "Meta-learner",
+    "resunet": "Res-UNet",
+}
+RELIABILITY_BINS = 10
+
+
+def model_label(name: str) -> str:
+    """Human-readable model name."""
+    return MODEL_LABELS.get(name, name)
+
+
+# --------------------------------------------------------------------- files
+def list_runs(folder: Path, required: str) -> list[str]:
+    """Names of the run subfolders of ``folder`` holding ``required``, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    runs = [p for p in folder.iterdir() if p.is_dir() and (p / required).is_file()]
+    runs.sort(key=lambda p: ((p / required).stat().st_mtime, p.name), reverse=True)
+    return [p.name for p in runs]
+
+
+def read_json_file(path: Path) -> dict[str, Any] | None:
+    """Read a JSON object from ``path``; ``None`` when it is absent or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """Read a classification ``predictions.csv`` (``path, label, pred, <model>_<class>``)."""
+    df = pd.read_csv(path)
+    missing = {"label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{Path(path).name} has no {sorted(missing)} column")
+    return df
+
+
+def models_in_predictions(df: pd.DataFrame) -> list[str]:
+    """Models with a full set of probability columns: base models, others, ensemble last."""
+    prefixes: list[str] = []
+    for col in df.columns:
+        model, _, cls = str(col).rpartition("_")
+        if model and cls in CLASS_NAMES and model not in prefixes:
+            prefixes.append(model)
+    complete = [m for m in prefixes if all(f"{m}_{c}" in df.columns for c in CLASS_NAMES)]
+
+    def _key(m: str) -> tuple[int, int]:
+        if m == ENSEMBLE:
+            return (2, 0)
+        if m in BASE_MODELS:
+            return (0, BASE_MODELS.index(m))
+        return (1, prefixes.index(m))
+
+    return sorted(complete, key=_key)
+
+
+def labels_and_proba(df: pd.DataFrame, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(y_true indices, (N, 4) probabilities)`` for ``model``; unknown labels are dropped."""
+    index = {c: i for i, c in enumerate(CLASS_NAMES)}
+    known = df["label"].isin(list(CLASS_NAMES))
+    sub = df.loc[known]
+    y = sub["label"].map(index).to_numpy(dtype=int)
+    proba = sub[[f"{model}_{c}" for c in CLASS_NAMES]].to_numpy(dtype=np.float64)
+    return y, proba
+
+
+# ---------------------------------------------------------------- evaluation
+@dataclass
+class Curve:
+    """One curve with its summary score (AUC or average precision)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    score: float | None
+
+
+@dataclass
+class ModelEvaluation:
+    """Everything the evaluation page draws for one model."""
+
+    name: str
+    n: int
+    metrics: dict[str, Any]
+    confusion: np.ndarray
+    confusion_normalised: np.ndarray
+    roc: dict[str, Curve] = field(default_factory=dict)
+    pr: dict[str, Curve] = field(default_factory=dict)
+    reliability: list[dict[str, Any]] = field(default_factory=list)
+    ece: float = float("nan")
+
+
+def row_normalise(cm: np.ndarray) -> np.ndarray:
+    """Divide each row by its sum (rows without samples stay 0)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    sums = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
+
+
+def evaluate_model(df: pd.DataFrame, model: str) -> ModelEvaluation:
+    """Confusion matrices, ROC/PR curves, report and reliability bins for ``model``."""
+    y, proba = labels_and_proba(df, model)
+    metrics = classification_metrics(y, proba, CLASS_NAMES)
+    cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
+    ev = ModelEvaluation(model, int(len(y)), metrics, cm, row_normalise(cm))
+    grid = np.linspace(0.0, 1.0, 201)
+    interpolated = []
+    for k, cls in enumerate(CLASS_NAMES):
+        pos = y == k
+        if pos.any() and not pos.all():
+            fpr, tpr, _ = roc_curve(pos, proba[:, k])
+            ev.roc[cls] = Curve(fpr, tpr, auc(fpr, tpr))
+            interpolated.append(np.interp(grid, fpr, tpr))
+        if pos.any():
+            precision, recall, ap = precision_recall_curve(pos, proba[:, k])
+            ev.pr[cls] = Curve(recall, precision, ap)
+    if interpolated:
+        mean_tpr = np.mean(interpolated, axis=0)
+        mean_tpr[0] = 0.0
+        ev.roc["macro"] = Curve(grid, mean_tpr, metrics["roc_auc"].get("macro"))
+    if len(y):
+        ev.ece, ev.reliability = expected_calibration_error(proba, y, n_bins=RELIABILITY_BINS)
+    return ev
+
+
+def comparison_table(evals: list[ModelEvaluation]) -> pd.DataFrame:
+    """One row per model: accuracy, macro F1, macro AUC, ECE and per-class recall."""
+    rows = []
+    for ev in evals:
+        m = ev.metrics
+        row: dict[str, Any] = {
+            "model": model_label(ev.name),
+            "images": ev.n,
+            "accuracy": m["accuracy"],
+            "macro F1": m["macro_f1"],
+            "macro ROC AUC": m["roc_auc"].get("macro"),
+            "ECE": m["ece"],
+        }
+        for cls in CLASS_NAMES:
+            row[f"recall {cls}"] = m["per_class"][cls]["recall"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def report_table(ev: ModelEvaluation) -> pd.DataFrame:
+    """Classification report: precision, recall, F1, support, AUC per class + macro row."""
+    rows = []
+    for cls in CLASS_NAMES:
+        r = ev.metrics["per_class"][cls]
+        rows.append({"class": cls, "precision": r["precision"], "recall": r["recall"],
+                     "F1": r["f1"], "ROC AUC": ev.metrics["roc_auc"].get(cls),
+                     "average precision": ev.pr[cls].score if cls in ev.pr else None,
+                     "support": r["support"]})
+    present = [r for r in rows if r["support"] > 0]
+
+    def _mean(key: str) -> float | None:
+        vals = [r[key] for r in present if r[key] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    rows.append({"class": "macro average", "precision": _mean("precision"),
+                 "recall": _mean("recall"), "F1": ev.metrics["macro_f1"],
+                 "ROC AUC": ev.metrics["roc_auc"].get("macro"),
+                 "average precision": _mean("average precision"),
+                 "support": int(sum(r["support"] for r in rows))})
+    rows.append({"class": "accuracy", "precision": None, "recall": None,
+                 "F1": ev.metrics["accuracy"], "ROC AUC": None, "average precision": None,
+                 "support": ev.n})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------- training logs
+def read_training_log(path: Path) -> pd.DataFrame | None:
+    """Read a ``training_log.csv`` (classification or segmentation); ``None`` if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+    if df.empty or "epoch" not in df.columns:
+        return None
+    return df.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- segmentation
+def read_per_image(path: Path) -> pd.DataFrame:
+    """Read a segmentation ``per_image.csv``, ``id`` kept as text (``0006`` stays ``0006``)."""
+    df = pd.read_csv(path, dtype={"id": str, "label": str})
+    for col in ("dice", "iou"):
+        if col not in df.columns:
+            raise ValueError(f"{Path(path).name} has no {col!r} column")
+    if "label" not in df.columns:
+        df["label"] = "unknown"
+    df["label"] = df["label"].fillna("unknown")
+    return df
+
+
+def seg_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean / median / min Dice and IoU, overall and per tumour class."""
+    def _row(name: str, part: pd.DataFrame) -> dict[str, Any]:
+        return {"class": name, "images": len(part),
+                "mean Dice": part["dice"].mean(), "median Dice": part["dice"].median(),
+                "min Dice": part["dice"].min(), "mean IoU": part["iou"].mean(),
+                "median IoU": part["iou"].median()}
+
+    rows = [_row("all", df)]
+    rows += [_row(str(label), part) for label, part in df.groupby("label", sort=True)]
+    return pd.DataFrame(rows)
+
+
+def test_ids(split_csv: Path) -> list[str] | None:
+    """Ids of the ``split == "test"`` rows of a segmentation split CSV (``None`` if absent)."""
+    split_csv = Path(split_csv)
+    if not split_csv.is_file():
+        return None
+    df = pd.read_csv(split_csv, dtype=str)
+    if "id" not in df.columns or "split" not in df.columns:
+        return None
+    return df.loc[df["split"] == "test", "id"].tolist()
+
+
+def browser_cases(per_image: pd.DataFrame, ids: list[str] | None) -> pd.DataFrame:
+    """Held-out cases to browse, worst Dice first (restricted to ``ids`` when given)."""
+    df = per_image if ids is None else per_image[per_image["id"].isin(set(ids))]
+    keep = [c for c in ("id", "label", "dice", "iou", "gt_area_px", "pred_area_px")
+            if c in df.columns]
+    return df[keep].sort_values(["dice", "id"], kind="stable").reset_index(drop=True)
+
+
+def with_files(cases: pd.DataFrame, images_dir: Path, masks_dir: Path) -> pd.DataFrame:
+    """Keep the cases whose image and mask exist; adds ``image_path`` and ``mask_path``."""
+    out = cases.copy()
+    out["image_path"] = [find_image(images_dir, i) for i in out["id"]]
+    out["mask_path"] = [find_image(masks_dir, i) for i in out["id"]]
+    keep = out["image_path"].notna() & out["mask_path"].notna()
+    return out[keep].reset_index(drop=True)
+
+
+def find_image(folder: Path, image_id: str) -> Path | None:
+    """Find the file ``<image_id>.<ext>`` in ``folder`` (first match), or ``None``."""
+    folder = Path(folder)
+    for ext in (".jpg", ".png", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"):
+        p = folder / f"{image_id}{ext}"
+        if p.is_file():
+            return p
+    return None

@@ -1,0 +1,240 @@
+"""Case Explorer: analyse one slice — class, tumour overlay, mask, measurements, Grad-CAM."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from dashboard import cache, charts, components, paths
+from dashboard.evaluation import model_label
+from neurostack import CLASS_NAMES
+from neurostack.errors import InputImageError
+from neurostack.imaging import window_to_uint8
+from neurostack.render import encode_png, overlay_mask
+
+components.page_setup("Case Explorer", "🔬")
+st.title("🔬 Case Explorer")
+st.caption("Analyse one MRI slice: tumour class, segmentation and morphometry. "
+           "Research use only — not a diagnostic device.")
+
+pipeline = components.require_pipeline()
+components.missing_artifacts(pipeline)
+limits = cache.input_limits()
+samples = cache.samples()
+
+# ------------------------------------------------------------------ input
+data: bytes | None = None
+reference_label = ""
+with st.sidebar:
+    st.header("Input")
+    source = st.radio("Image source", ["Bundled sample", "Upload a file"], key="ce_source",
+                      horizontal=True)
+    if source == "Bundled sample":
+        if samples.empty:
+            st.info(f"No bundled samples in `{paths.samples_dir()}`.")
+        else:
+            files = samples["file"].tolist()
+            wanted = st.query_params.get("sample")
+            choice = st.selectbox(
+                "Sample slice", files, index=files.index(wanted) if wanted in files else 0,
+                key="ce_sample", format_func=lambda f: f.rsplit(".", 1)[0],
+                help="Public dataset slices shipped with NeuroStack (reference label known).",
+            )
+            data = cache.file_bytes(paths.samples_dir() / choice)
+            reference_label = str(samples.set_index("file").loc[choice, "label"] or "")
+    else:
+        upload = st.file_uploader(
+            "MRI slice", key="ce_upload",
+            help=f"PNG, JPEG, TIFF, BMP or DICOM (also without extension); "
+                 f"at most {limits.max_bytes // (1024 * 1024)} MB.",
+        )
+        if upload is not None:
+            data = upload.getvalue()
+
+if data is None:
+    st.info("Pick a bundled sample or upload a slice in the sidebar to begin.")
+    st.stop()
+
+try:
+    image = cache.decode(data, None)
+except InputImageError as exc:
+    st.error(f"**This file cannot be analysed:** {exc}")
+    st.stop()
+
+frame: int | None = None
+with st.sidebar:
+    if image.n_frames > 1:
+        frame = st.slider("Frame", 0, image.n_frames - 1, image.frame_index,
+                          key=f"ce_frame_{cache.digest(data)}",
+                          help=f"This file holds {image.n_frames} frames.")
+        try:
+            image = cache.decode(data, frame)
+        except InputImageError as exc:
+            st.error(f"**Frame {frame} cannot be decoded:** {exc}")
+            st.stop()
+
+    st.header("Options")
+    default_thr = pipeline.segmenter.default_threshold if pipeline.segmenter else 0.5
+    threshold = st.slider("Mask threshold", 0.05, 0.95, float(default_thr), 0.05,
+                          key="ce_threshold",
+                          help="Tumour probability at or above which a pixel is in the mask.")
+    spacing_cm, spacing_source = components.spacing_controls("ce_spacing", image.spacing_cm)
+
+    display = image.display
+    if image.raw is not None:
+        st.header("Display window")
+        lo, hi = float(np.min(image.raw)), float(np.max(image.raw))
+        if hi - lo >= 2:
+            meta = image.metadata
+            centre0 = meta.get("window_center") or (lo + hi) / 2
+            width0 = meta.get("window_width") or (hi - lo)
+            span = hi - lo
+            centre = st.slider("Level (window centre)", lo - span / 2, hi + span / 2,
+                               float(np.clip(centre0, lo - span / 2, hi + span / 2)),
+                               key="ce_level")
+            width = st.slider("Window width", 1.0, 2.0 * span,
+                              float(np.clip(width0, 1.0, 2.0 * span)), key="ce_width")
+            display = window_to_uint8(image.raw, centre, width)
+            st.caption("Changes the display only; the models always see the file's own "
+                       "window.")
+
+input_key = f"{cache.digest(data)}:{frame}"
+
+top = st.columns([1, 3])
+with top[0]:
+    if st.button("Analyse", type="primary", key="ce_analyse", width="stretch"):
+        st.session_state["ce_active"] = input_key
+with top[1]:
+    info = f"{image.format or 'image'} · {image.shape[1]}×{image.shape[0]} px"
+    if image.n_frames > 1:
+        info += f" · frame {image.frame_index + 1} of {image.n_frames}"
+    if reference_label:
+        info += f" · dataset reference label: **{reference_label}**"
+    st.markdown(info)
+
+if st.session_state.get("ce_active") != input_key:
+    st.image(display, caption="Original", width=420)
+    st.info("Press **Analyse** to classify this slice.")
+    st.stop()
+
+# ---------------------------------------------------------------- analysis
+force = st.session_state.get("ce_force") == input_key
+with st.spinner("Analysing…"):
+    try:
+        result = cache.analyse(data, frame, spacing_cm, spacing_source, threshold, force)
+    except InputImageError as exc:
+        st.error(f"**This file cannot be analysed:** {exc}")
+        st.stop()
+    except ValueError as exc:
+        st.error(f"**Invalid option:** {exc}")
+        st.stop()
+
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Predicted class", result.predicted_class)
+m2.metric("Confidence", f"{result.confidence:.1%}")
+m3.metric("Base models agree", "yes" if result.models_agree else "NO")
+area = (result.morphology or {}).get("area_cm2")
+if area is None and result.morphology:
+    m4.metric("Tumour area", f"{result.morphology.get('area_px', 0):,} px²")
+else:
+    m4.metric("Tumour area", "—" if area is None else f"{area:.2f} cm²")
+
+if not result.models_agree:
+    votes = ", ".join(f"{model_label(m)} → {c}" for m, c in components.model_votes(result).items())
+    st.warning(f"**Base models disagree:** {votes}. Treat this prediction with extra care.",
+               icon="⚠️")
+for warning in result.warnings:
+    if not warning.startswith("base models disagree"):
+        st.warning(warning, icon="⚠️")
+if reference_label and reference_label != result.predicted_class:
+    st.caption(f"Note: the dataset's reference label for this sample is *{reference_label}*.")
+
+shown = result.overlay
+if result.segmented and result.mask is not None and image.raw is not None:
+    shown = overlay_mask(display, result.mask)  # same window as the original on screen
+
+c1, c2, c3 = st.columns(3)
+c1.image(display, caption="Original", width="stretch")
+if result.segmented:
+    c2.image(shown, caption="Tumour overlay (green)", width="stretch")
+    c3.image(result.mask_png, caption="Mask (white = tumour)", width="stretch")
+else:
+    with c2:
+        if not result.tumor_found:
+            st.info("**No tumour predicted** — segmentation was skipped.")
+            if st.button("Segment anyway", key="ce_segment_anyway",
+                         help="Run the segmenter even though the classifier says no tumour."):
+                st.session_state["ce_force"] = input_key
+                st.rerun()
+        else:
+            st.warning("Segmentation is not available (model not loaded).")
+
+left, right = st.columns([1, 1])
+with left:
+    st.plotly_chart(charts.probability_bars(result.per_model, result.ensemble,
+                                            ensemble_label=model_label("ensemble")),
+                    width="stretch", key="ce_probs")
+    st.caption(f"Final decision: {result.method}.")
+with right:
+    st.markdown("**Measurements**")
+    if result.morphology:
+        st.caption(components.spacing_sentence(result.spacing_cm, result.spacing_source))
+        st.table(components.morphology_frame(result.morphology).set_index("feature"))
+    elif result.segmented:
+        st.caption("The mask is empty at this threshold.")
+    else:
+        st.caption("No measurements: the slice was not segmented.")
+
+with st.expander("Grad-CAM heatmaps per base model",
+                 expanded=st.session_state.get("ce_cam", ("",))[0] == input_key):
+    cam_cls = st.selectbox("Explain the evidence for class", CLASS_NAMES,
+                           index=CLASS_NAMES.index(result.predicted_class), key="ce_cam_class")
+    if st.button("Compute Grad-CAM", key="ce_cam_button"):
+        st.session_state["ce_cam"] = (input_key, cam_cls)
+    if st.session_state.get("ce_cam") == (input_key, cam_cls):
+        with st.spinner("Computing Grad-CAM for every base model…"):
+            overlays = cache.gradcam_overlays(data, frame, CLASS_NAMES.index(cam_cls))
+        cols = st.columns(max(1, len(overlays)))
+        for col, (name, heat) in zip(cols, overlays.items(), strict=True):
+            col.image(heat, width="stretch",
+                      caption=f"{model_label(name)} — P({cam_cls}) = "
+                              f"{result.per_model[name][cam_cls]:.2f}")
+        st.caption("Red = regions that most increase the class score (last convolutional "
+                   "block). Heatmaps show where a model looks, not why it is right.")
+
+st.markdown("**Downloads**")
+stem = f"neurostack_{result.image_sha256[:12]}"
+csv_bytes, json_bytes = components.record_downloads(result)
+d1, d2, d3, d4 = st.columns(4)
+d1.download_button("Overlay PNG", encode_png(shown) if result.segmented else b"",
+                   f"{stem}_overlay.png", "image/png", disabled=not result.segmented,
+                   key="ce_dl_overlay", on_click="ignore")
+d2.download_button("Mask PNG", encode_png(result.mask_png) if result.segmented else b"",
+                   f"{stem}_mask.png", "image/png", disabled=not result.segmented,
+                   key="ce_dl_mask", on_click="ignore")
+d3.download_button("Features CSV", csv_bytes, f"{stem}_features.csv", "text/csv",
+                   key="ce_dl_csv", on_click="ignore")
+d4.download_button("Features JSON", json_bytes, f"{stem}_features.json", "application/json",
+                   key="ce_dl_json", on_click="ignore")
+
+with st.container(border=True):
+    st.markdown("**Case registry**")
+    saved: dict[str, object] = st.session_state.setdefault("ce_saved", {})
+    save_key = f"{input_key}:{threshold}:{force}:{spacing_cm}:{spacing_source}"
+    if save_key in saved:
+        st.success(f"Saved to the registry as case {saved[save_key]}.")
+    elif st.button("Save this case to the registry", key="ce_save"):
+        try:
+            store = cache.get_case_store()
+        except ImportError as exc:
+            components.not_available("The case registry", "neurostack.cases", exc)
+        else:
+            saved[save_key] = store.add(result)
+            st.success(f"Saved to the registry as case {saved[save_key]}.")
+    st.caption("Only the identifier-free record is stored: probabilities, measurements, "
+               "model versions and the image checksum — no file name, no DICOM tags.")
+
+with st.expander("Stage timings and model versions"):
+    t1, t2 = st.columns(2)
+    t1.dataframe(components.timings_frame(result), hide_index=True, width="stretch")
+    t2.dataframe(components.versions_frame(result.models), hide_index=True, width="stretch")

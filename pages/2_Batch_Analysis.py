@@ -1,0 +1,124 @@
+"""Batch Analysis: many slices or ZIP archives, one row per image, failures with reasons."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import cache, charts, components
+
+components.page_setup("Batch Analysis", "🗂️")
+st.title("🗂️ Batch Analysis")
+st.caption("Analyse many slices at once: one results row per image, every failure listed "
+           "with its reason. Research use only — not a diagnostic device.")
+
+try:
+    from neurostack.batch import anonymise_name, run_batch
+except ImportError as exc:
+    components.not_available("Batch analysis", "neurostack.batch", exc)
+    st.stop()
+
+pipeline = components.require_pipeline()
+components.missing_artifacts(pipeline)
+limits = cache.input_limits()
+
+uploads = st.file_uploader(
+    "Images (PNG, JPEG, TIFF, BMP, DICOM) and/or ZIP archives of images",
+    accept_multiple_files=True, key="ba_files",
+    help=f"Each file at most {limits.max_bytes // (1024 * 1024)} MB; ZIP archives are "
+         "expanded (folders inside are kept in the item name).",
+)
+
+with st.expander("Options", expanded=True):
+    o1, o2 = st.columns(2)
+    with o1:
+        default_thr = pipeline.segmenter.default_threshold if pipeline.segmenter else 0.5
+        threshold = st.slider("Mask threshold", 0.05, 0.95, float(default_thr), 0.05,
+                              key="ba_threshold")
+        force = st.checkbox("Segment every image (also when 'no tumour' is predicted)",
+                            key="ba_force")
+        anonymise = st.checkbox(
+            "Anonymise file names in the results", value=True, key="ba_anonymise",
+            help="Replace each file name by anon-<hash>; keep this on when names may "
+                 "identify a patient. Rows can still be matched by file_sha256.")
+        store = st.checkbox("Store the results in the case registry", key="ba_store",
+                            help="Only identifier-free records are stored (no file names).")
+    with o2:
+        spacing_cm, spacing_source = components.spacing_controls("ba_spacing")
+        st.caption("DICOM files use their own Pixel Spacing unless a spacing is set here.")
+
+run = st.button("Run batch", type="primary", key="ba_run", disabled=not uploads)
+
+if run and uploads:
+    items = [(f.name, f.getvalue()) for f in uploads]
+    bar = st.progress(0.0, text="Starting…")
+
+    def _progress(done: int, total: int, name: str) -> None:
+        bar.progress(done / max(total, 1), text=f"{done} / {total} · {name}")
+
+    try:
+        result = run_batch(
+            pipeline, items, threshold=threshold, spacing_cm=spacing_cm,
+            spacing_source=spacing_source, force_segmentation=force, progress=_progress,
+            rename=anonymise_name if anonymise else None,
+        )
+    except ValueError as exc:
+        bar.empty()
+        st.error(f"**The batch could not run:** {exc}")
+        st.stop()
+    bar.progress(1.0, text=f"Done in {result.elapsed_s:.1f} s")
+    stored: list[int] | None = None
+    if store and len(result.rows):
+        try:
+            stored = cache.get_case_store().add_many(result.rows.to_dict("records"))
+        except ImportError as exc:
+            components.not_available("The case registry", "neurostack.cases", exc)
+    st.session_state["ba_result"] = {
+        "rows": result.rows, "failures": result.failures, "elapsed_s": result.elapsed_s,
+        "stored": stored,
+    }
+
+outcome = st.session_state.get("ba_result")
+if outcome is None:
+    st.info("Upload images or ZIP archives, choose the options and press **Run batch**.")
+    st.stop()
+
+rows, failures = outcome["rows"], outcome["failures"]
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Images analysed", len(rows))
+m2.metric("Failed", len(failures))
+m3.metric("Tumour predicted", int(rows["tumor_found"].fillna(False).astype(bool).sum())
+          if len(rows) else 0)
+m4.metric("Time", f"{outcome['elapsed_s']:.1f} s")
+if outcome["stored"]:
+    st.success(f"Stored {len(outcome['stored'])} case(s) in the registry "
+               f"(ids {outcome['stored'][0]}–{outcome['stored'][-1]}).")
+
+if len(failures):
+    st.error(f"**{len(failures)} item(s) could not be analysed** — the others were processed:")
+    st.dataframe(failures[["item", "error", "error_type"]], hide_index=True, width="stretch")
+
+if len(rows):
+    st.subheader("Results")
+    lead = [c for c in ("item", "predicted_class", "confidence", "models_agree", "tumor_found",
+                        "segmented", "area_cm2", "area_px", "spacing_source", "warnings")
+            if c in rows.columns]
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_order=[*lead, *[c for c in rows.columns if c not in lead]])
+    ch1, ch2 = st.columns(2)
+    ch1.plotly_chart(charts.class_counts(rows["predicted_class"]), width="stretch",
+                     key="ba_counts")
+    for col, unit in (("area_cm2", "cm²"), ("area_px", "px²")):
+        if col in rows.columns and rows[col].notna().any():
+            ch2.plotly_chart(charts.area_histogram(rows[col], unit, rows["predicted_class"]),
+                             width="stretch", key="ba_area")
+            break
+    else:
+        ch2.info("No tumour areas: no image was segmented.")
+
+d1, d2 = st.columns(2)
+d1.download_button("Download results CSV", rows.to_csv(index=False).encode(),
+                   "neurostack_batch_results.csv", "text/csv", disabled=not len(rows),
+                   key="ba_dl_rows", on_click="ignore")
+d2.download_button("Download failures CSV", failures.to_csv(index=False).encode(),
+                   "neurostack_batch_failures.csv", "text/csv", disabled=not len(failures),
+                   key="ba_dl_failures", on_click="ignore")

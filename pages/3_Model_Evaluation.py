@@ -1,0 +1,109 @@
+"""Model Evaluation: every figure computed from the stored evaluation records."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import cache, charts, components, paths
+from dashboard.evaluation import BASE_MODELS, comparison_table, model_label, report_table
+
+components.page_setup("Model Evaluation", "📊")
+st.title("📊 Model Evaluation")
+st.caption("Every number and curve on this page is computed from the stored evaluation "
+           "records (`predictions.csv`, `metrics.json`, `training_log.csv`) — none is typed in.")
+
+runs = cache.classification_runs()
+if not runs:
+    st.warning(f"No classification evaluation run found: expected "
+               f"`{paths.classification_eval_dir()}/<run>/predictions.csv`. Run "
+               "`python -m ensemble.evaluate … --out artifacts/evaluation/classification/<run>`.",
+               icon="🧩")
+    st.stop()
+
+run = st.selectbox("Evaluation run", runs, key="me_run") if len(runs) > 1 else runs[0]
+run_dir = paths.classification_eval_dir() / run
+record = cache.json_record(run_dir / "metrics.json") or {}
+try:
+    evals = cache.model_evaluations(run)
+except (OSError, ValueError, KeyError) as exc:
+    st.error(f"`{run_dir / 'predictions.csv'}` could not be read: {exc}")
+    st.stop()
+if not evals:
+    st.error("The predictions file has no complete set of probability columns.")
+    st.stop()
+
+facts = [f"run **{run}**", f"**{evals[0].n}** images with known labels"]
+if record.get("split"):
+    facts.append(f"split: {record['split']}")
+if record.get("n_failed"):
+    facts.append(f"{record['n_failed']} unreadable file(s) skipped")
+if record.get("ensemble_method"):
+    facts.append(f"ensemble: {record['ensemble_method']}")
+st.markdown(" · ".join(facts))
+
+st.subheader("Comparison of all models")
+table = comparison_table(evals)
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(format="%.3f")
+                            for c in table.columns if c not in ("model", "images")})
+st.plotly_chart(charts.comparison_bars(table, ["accuracy", "macro F1", "macro ROC AUC"]),
+                width="stretch", key="me_compare")
+
+st.subheader("Per-model results")
+tabs = st.tabs([model_label(e.name) for e in evals])
+for tab, ev in zip(tabs, evals, strict=True):
+    with tab:
+        k1, k2, k3, k4 = st.columns(4)
+        k1.metric("Accuracy", f"{ev.metrics['accuracy']:.3f}")
+        k2.metric("Macro F1", f"{ev.metrics['macro_f1']:.3f}")
+        macro_auc = ev.metrics["roc_auc"].get("macro")
+        k3.metric("Macro ROC AUC", "—" if macro_auc is None else f"{macro_auc:.3f}")
+        k4.metric("ECE (10 bins)", f"{ev.ece:.3f}")
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(charts.confusion_heatmap(ev.confusion, ev.name), width="stretch",
+                        key=f"me_cm_{ev.name}")
+        c2.plotly_chart(charts.confusion_heatmap(ev.confusion_normalised, ev.name,
+                                                 normalised=True),
+                        width="stretch", key=f"me_cmn_{ev.name}")
+        c3, c4 = st.columns(2)
+        c3.plotly_chart(charts.roc_figure(ev), width="stretch", key=f"me_roc_{ev.name}")
+        c4.plotly_chart(charts.pr_figure(ev), width="stretch", key=f"me_pr_{ev.name}")
+        c5, c6 = st.columns([3, 2])
+        with c5:
+            st.markdown("**Classification report**")
+            st.dataframe(report_table(ev), hide_index=True, width="stretch",
+                         column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                        for c in ("precision", "recall", "F1", "ROC AUC",
+                                                  "average precision")})
+            stored = (record.get("models") or {}).get(ev.name)
+            if stored and abs(stored.get("accuracy", ev.metrics["accuracy"])
+                              - ev.metrics["accuracy"]) > 1e-6:
+                st.warning("metrics.json disagrees with predictions.csv for this model; "
+                           "the page shows values recomputed from predictions.csv.")
+        c6.plotly_chart(charts.reliability_figure(ev), width="stretch",
+                        key=f"me_rel_{ev.name}")
+
+st.subheader("Training curves")
+logs = {name: cache.training_log(paths.classifier_dir(name)) for name in BASE_MODELS}
+meta_log = cache.training_log(paths.classifier_dir("meta"))
+if meta_log is not None:
+    logs["meta"] = meta_log
+available = {k: v for k, v in logs.items() if v is not None}
+if not available:
+    st.info("No training logs found (`artifacts/classification/<model>/training_log.csv`).")
+else:
+    log_tabs = st.tabs([model_label(k) for k in available])
+    for tab, (name, log) in zip(log_tabs, available.items(), strict=True):
+        with tab:
+            st.plotly_chart(
+                charts.training_curves(log, f"Training curves — {model_label(name)}", [
+                    ("Accuracy", "accuracy", "val_accuracy"), ("Loss", "loss", "val_loss")]),
+                width="stretch", key=f"me_log_{name}")
+            if "phase" in log.columns:
+                phases = log.groupby("phase", sort=False)["epoch"].agg(["min", "max"])
+                st.caption("Phases: " + "; ".join(
+                    f"{p} (epochs {r['min']}–{r['max']})" for p, r in phases.iterrows()
+                ) + ". Dotted lines mark phase changes.")
+missing = [model_label(k) for k, v in logs.items() if v is None and k in BASE_MODELS]
+if missing and available:
+    st.caption("No training log for: " + ", ".join(missing) + ".")

@@ -1,0 +1,142 @@
+"""Segmentation Quality: Dice/IoU distributions and a browser of held-out cases, worst first."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import cache, charts, components, paths
+from dashboard.evaluation import browser_cases, seg_summary, with_files
+from neurostack.errors import InputImageError
+from neurostack.imaging import load_image
+from neurostack.render import overlay_mask
+from segmentation.metrics import dice_coefficient, iou
+
+GT_COLOUR = (255, 0, 255)  # magenta: ground truth; green: prediction (render.GREEN)
+
+components.page_setup("Segmentation Quality", "🎯")
+st.title("🎯 Segmentation Quality")
+st.caption("Res-UNet tumour masks on held-out figshare slices: score distributions from the "
+           "stored evaluation and a case browser, worst cases first.")
+
+runs = cache.segmentation_runs()
+if not runs:
+    st.warning(f"No segmentation evaluation run found: expected "
+               f"`{paths.segmentation_eval_dir()}/<run>/per_image.csv`. Run "
+               "`python -m segmentation.evaluate …`.", icon="🧩")
+    st.stop()
+run = st.selectbox("Evaluation run", runs, key="sq_run") if len(runs) > 1 else runs[0]
+try:
+    scores = cache.per_image(run)
+except (OSError, ValueError) as exc:
+    st.error(f"The per-image scores of run {run} could not be read: {exc}")
+    st.stop()
+record = cache.json_record(paths.segmentation_eval_dir() / run / "metrics.json") or {}
+
+k1, k2, k3, k4 = st.columns(4)
+k1.metric("Images", record.get("n_images", len(scores)))
+for col, key, label in ((k2, "mean_dice", "Mean Dice"), (k3, "median_dice", "Median Dice"),
+                        (k4, "mean_iou", "Mean IoU")):
+    value = record.get(key)
+    col.metric(label, "—" if value is None else f"{value:.3f}")
+if record.get("threshold") is not None:
+    st.caption(f"Threshold {record['threshold']} · {record.get('resolution', '')} · "
+               f"empty masks: {record.get('empty_mask_policy', 'n/a')}")
+
+if len(scores):
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(charts.score_histograms(scores), width="stretch", key="sq_hist")
+    c2.plotly_chart(charts.scores_by_class(scores), width="stretch", key="sq_box")
+    st.dataframe(seg_summary(scores), hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("mean Dice", "median Dice", "min Dice", "mean IoU",
+                                          "median IoU")})
+
+seg_log = cache.training_log(paths.segmenter_dir())
+if seg_log is not None:
+    with st.expander("Res-UNet training curves"):
+        st.plotly_chart(charts.training_curves(seg_log, "Training curves — Res-UNet", [
+            ("Dice", "dice", "val_dice"), ("Loss", "loss", "val_loss")]),
+            width="stretch", key="sq_log")
+
+# ----------------------------------------------------------------- browser
+st.subheader("Held-out case browser")
+dataset = paths.figshare_dir()
+if not (dataset / "images").is_dir() or not (dataset / "masks").is_dir():
+    st.warning(f"The figshare-seg dataset is not available at `{dataset}` (needs `images/` and "
+               "`masks/`); set NEUROSTACK_FIGSHARE_SEG to browse the held-out cases.",
+               icon="📁")
+    st.stop()
+
+ids = cache.segmentation_test_ids()
+cases = browser_cases(scores, None)
+if ids is None:
+    st.caption("No `segmentation_split.csv` found: browsing every image of the evaluation run.")
+else:
+    held_out = browser_cases(scores, ids)
+    outside = len(cases) - len(held_out)
+    if outside and len(held_out):
+        st.warning(f"{outside} evaluated image(s) are not in the test split of "
+                   "`segmentation_split.csv`; they are left out of the browser.", icon="⚠️")
+        cases = held_out
+    elif outside:
+        st.warning("None of the evaluated images is in the test split of "
+                   "`segmentation_split.csv`; showing every evaluated image.", icon="⚠️")
+classes = sorted(cases["label"].unique())
+f1, f2 = st.columns([2, 1])
+chosen = f1.multiselect("Tumour classes", classes, default=classes, key="sq_classes")
+threshold = f2.slider("Mask threshold", 0.05, 0.95, float(record.get("threshold") or 0.5), 0.05,
+                      key="sq_threshold")
+n_cases = len(cases)
+cases = with_files(cases, dataset / "images", dataset / "masks")
+if len(cases) < n_cases:
+    st.warning(f"{n_cases - len(cases)} evaluated image(s) have no image or mask file in "
+               f"`{dataset}` and are left out.", icon="📁")
+cases = cases[cases["label"].isin(chosen)].reset_index(drop=True)
+if cases.empty:
+    st.info("No held-out case matches the filter.")
+    st.stop()
+
+picked = st.selectbox(
+    f"Case ({len(cases)} held-out images, worst Dice first)", cases.index.tolist(),
+    format_func=lambda i: (f"#{i + 1} · image {cases.at[i, 'id']} · {cases.at[i, 'label']} · "
+                           f"Dice {cases.at[i, 'dice']:.3f}"),
+    key="sq_case",
+)
+case = cases.loc[picked]
+image_path, mask_path = case["image_path"], case["mask_path"]
+
+pipeline = components.require_pipeline()
+if pipeline.segmenter is None:
+    st.error("The segmentation model is not loaded; the browser cannot run it.")
+    st.stop()
+try:
+    with st.spinner("Segmenting…"):
+        img, pred = cache.segment_file(str(image_path), image_path.stat().st_mtime, threshold)
+    truth = load_image(mask_path).gray > 127
+except InputImageError as exc:
+    st.error(f"Case {case['id']} could not be read: {exc}")
+    st.stop()
+if truth.shape != pred.shape:
+    st.error(f"The mask of case {case['id']} has shape {truth.shape}, the image {pred.shape}.")
+    st.stop()
+
+both = overlay_mask(overlay_mask(img.display, truth, color=GT_COLOUR, alpha=0.0), pred,
+                    alpha=0.0)
+v1, v2 = st.columns([3, 2])
+v1.image(both, width="stretch",
+         caption="Ground truth: magenta contour · prediction: green contour")
+with v2:
+    st.markdown(f"**Image {case['id']}** — {case['label']}")
+    s1, s2 = st.columns(2)
+    s1.metric("Dice (this view)", f"{float(dice_coefficient(truth, pred)):.3f}")
+    s2.metric("IoU (this view)", f"{float(iou(truth, pred)):.3f}")
+    s1.metric("Dice (stored)", f"{case['dice']:.3f}")
+    s2.metric("IoU (stored)", f"{case['iou']:.3f}")
+    s1.metric("Ground-truth area", f"{int(truth.sum()):,} px")
+    s2.metric("Predicted area", f"{int(pred.sum()):,} px")
+    st.caption("'This view' is recomputed at the threshold above with the loaded model; "
+               "'stored' comes from the evaluation record.")
+    g1, g2 = st.columns(2)
+    g1.image(overlay_mask(img.display, truth, color=GT_COLOUR), caption="Ground truth",
+             width="stretch")
+    g2.image(overlay_mask(img.display, pred), caption="Prediction", width="stretch")

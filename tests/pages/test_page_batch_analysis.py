@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import io
+import zipfile
+
+from page_helpers import sample_bytes
+
+
+def _upload_and_run(at, files, *, store=False, anonymise=False):
+    at.file_uploader(key="ba_files").set_value(files)
+    at.run()
+    if not anonymise:
+        at.checkbox(key="ba_anonymise").uncheck()
+    if store:
+        at.checkbox(key="ba_store").check()
+    at.button(key="ba_run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def _metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_batch_reports_corrupt_file_and_finishes_the_rest(make_app):
+    a, b = sample_bytes(), sorted_second()
+    files = [(a[0], a[1], "image/jpeg"), ("corrupt.png", b"\x89PNG\r\n\x1a\n garbage", "image/png"),
+             (b[0], b[1], "image/jpeg")]
+    at = _upload_and_run(make_app("pages/2_Batch_Analysis.py").run(), files)
+    assert _metric(at, "Images analysed") == "2"
+    assert _metric(at, "Failed") == "1"
+    assert any("could not be analysed" in e.value for e in at.error)
+    failures, results = at.dataframe[0].value, at.dataframe[1].value
+    assert list(failures["item"]) == ["corrupt.png"]
+    assert failures["error"].str.len().gt(10).all()
+    assert sorted(results["item"]) == sorted([a[0], b[0]])
+    assert len(at.get("plotly_chart")) == 2  # class counts + area distribution
+    assert len(at.get("download_button")) == 2
+
+
+def sorted_second():
+    from page_helpers import SAMPLES
+
+    path = sorted(SAMPLES.glob("*.jpg"))[-1]
+    return path.name, path.read_bytes()
+
+
+def test_batch_zip_with_anonymised_names_and_registry(make_app, app_env):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        name, data = sample_bytes()
+        zf.writestr(f"patient_smith/{name}", data)
+        zf.writestr("notes.txt", b"not an image")
+    files = [("cases.zip", buf.getvalue(), "application/zip")]
+    at = _upload_and_run(make_app("pages/2_Batch_Analysis.py").run(), files, store=True,
+                         anonymise=True)
+    assert _metric(at, "Images analysed") == "1"
+    results = at.dataframe[-1].value
+    assert results["item"].str.startswith("anon-").all()
+    assert "smith" not in str(at).lower()
+    assert any("Stored 1 case" in s.value for s in at.success)
+    from neurostack.cases import CaseStore
+
+    assert CaseStore(data_dir=app_env).count() == 1
+
+
+def test_batch_page_idle_state(make_app):
+    at = make_app("pages/2_Batch_Analysis.py").run()
+    assert not at.exception
+    assert at.button(key="ba_run").disabled

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from page_helpers import PATIENT_ID
+
+
+def test_home_shows_purpose_models_metrics_and_links(make_app):
+    at = make_app("Home.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.title[0].value.startswith("🧠 NeuroStack")
+    assert any("not a diagnostic device" in w.value for w in at.warning)
+    links = at.get("page_link")
+    assert len(links) == 5
+    models = at.dataframe[0].value
+    assert {"Xception", "InceptionV3", "ResNet50", "VGG19", "Meta-learner", "Res-UNet"} <= set(
+        models["model"])
+    assert models["weights sha256"].str.len().eq(12).all()
+    assert models["checksum"].str.contains("verified").all()
+    labels = {m.label for m in at.metric}
+    assert {"Accuracy", "Macro F1", "Macro ROC AUC", "Mean Dice"} <= labels
+    # the tiny test artifacts are flagged as meaningless
+    assert any("tiny" in e.value for e in at.error)
+    assert PATIENT_ID not in str(at)
+
+
+def test_home_recheck_checksums(make_app):
+    at = make_app("Home.py").run()
+    at.button(key="home_recheck").click().run()
+    assert not at.exception
+    checks = at.dataframe[-1].value
+    assert checks["status"].str.contains("matches").all()
+
+
+def test_home_lists_missing_artifacts(make_app, dashboard_artifacts, tmp_path, monkeypatch):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(dashboard_artifacts / "classification", partial / "classification")
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(partial))
+    at = make_app("Home.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    text = " ".join(w.value for w in at.warning)
+    assert "Missing artifacts" in text and "segmentation model" in text
+    assert "Missing evaluation records" in text

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import shutil
+
+from page_helpers import chart_titles
+
+MODELS = ["Xception", "InceptionV3", "ResNet50", "VGG19", "Meta-learner (ensemble)"]
+
+
+def test_one_confusion_matrix_and_roc_per_model(make_app):
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    titles = chart_titles(at)
+    for model in MODELS:
+        assert titles.count(f"Confusion matrix (counts) — {model}") == 1, model
+        assert titles.count(f"Confusion matrix (row-normalised) — {model}") == 1, model
+        assert titles.count(f"ROC curves (one-vs-rest) — {model}") == 1, model
+        assert titles.count(f"Precision-recall curves — {model}") == 1, model
+        assert sum(t.startswith(f"Reliability diagram — {model} (ECE") for t in titles) == 1
+    for model in MODELS[:4]:
+        assert titles.count(f"Training curves — {model}") == 1
+    comparison = at.dataframe[0].value
+    assert list(comparison["model"]) == MODELS
+    assert len(at.tabs) >= 5
+
+
+def test_numbers_come_from_the_records(make_app, dashboard_artifacts):
+    import json
+
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    stored = json.loads((dashboard_artifacts / "evaluation" / "classification" / "test"
+                         / "metrics.json").read_text())["models"]
+    comparison = at.dataframe[0].value.set_index("model")
+    assert abs(comparison.loc["Meta-learner (ensemble)", "accuracy"]
+               - stored["ensemble"]["accuracy"]) < 1e-9
+    assert abs(comparison.loc["Xception", "macro F1"] - stored["xception"]["macro_f1"]) < 1e-9
+
+
+def test_run_selector_with_two_runs(make_app, dashboard_artifacts, tmp_path, monkeypatch):
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts / "evaluation", root / "evaluation")
+    shutil.copytree(root / "evaluation" / "classification" / "test",
+                    root / "evaluation" / "classification" / "test_b")
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert sorted(at.selectbox(key="me_run").options) == ["test", "test_b"]
+    assert any("No training logs" in i.value for i in at.info)
+
+
+def test_no_records_is_explained(make_app, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(tmp_path / "empty"))
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception
+    assert "No classification evaluation run" in at.warning[0].value
