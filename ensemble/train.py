@@ -362,10 +362,12 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None =
     return state.data
 
 
-def export_model(run_dir: Path, model_name: str, dest: Path) -> Path:
+def export_model(run_dir: Path, model_name: str, dest: Path, input_size: int | None = None) -> Path:
     """Write the best weights of a run as a self-describing artifact folder.
 
     Works on a finished or still-running run (it reads ``best.weights.h5``).
+    ``input_size`` overrides the native size (for diagnostics only: shipped
+    artifacts always use the native size).
     """
     from ensemble.export import write_classifier_artifact
     from ensemble.models import build_classifier
@@ -374,9 +376,10 @@ def export_model(run_dir: Path, model_name: str, dest: Path) -> Path:
     cfg = json.loads((src / "config.json").read_text())
     state = json.loads((src / "state.json").read_text())
     spec = get_backbone(model_name)
-    model = build_classifier(model_name, weights=None, input_size=spec.native_size)
+    size = input_size or spec.native_size
+    model = build_classifier(model_name, weights=None, input_size=size)
     model.load_weights(src / "best.weights.h5")
-    write_classifier_artifact(model, dest, backbone=model_name, input_size=spec.native_size, training={
+    write_classifier_artifact(model, dest, backbone=model_name, input_size=size, training={
         "recipe": cfg,
         "best_epoch": state.get("best_epoch"),
         "best_phase": state.get("best_phase"),
@@ -418,11 +421,13 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. to continue from shipped weights when the run folder was lost)")
     p.add_argument("--export", type=Path, default=None,
                    help="write best weights of each model to EXPORT/<model>/ instead of training")
+    p.add_argument("--export-size", type=int, default=None,
+                   help="diagnostics only: export at this input size instead of the native one")
     a = p.parse_args(argv)
     names = [get_backbone(n).name for n in a.models.split(",") if n]
     if a.export:
         for name in names:
-            print(export_model(a.run_dir, name, a.export / name))
+            print(export_model(a.run_dir, name, a.export / name, a.export_size))
         return 0
     for name in names:
         weights = None if a.weights == "none" else a.weights
