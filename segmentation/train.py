@@ -107,7 +107,7 @@ class TrainConfig:
     base_filters: int = 16
     depth: int = 4
     dropout: float = 0.0
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 8
     learning_rate: float = 1e-3
     warmup_epochs: int = 2
@@ -304,7 +304,12 @@ def _load_or_make_split(cfg: TrainConfig):
 
 
 def train(
-    cfg: TrainConfig, *, resume: bool = False, threads: int | None = None, verbose: str = "auto"
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    threads: int | None = None,
+    verbose: str = "auto",
+    max_epochs_this_call: int | None = None,
 ) -> RunState:
     """Train (or resume) a run; returns the final committed state.
 
@@ -316,6 +321,8 @@ def train(
         verbose: ``"bar"`` (Keras progress bar), ``"lines"`` (a plain line every
             30 s, for log files), ``"epoch"`` (one line per epoch) or ``"auto"``
             (bar on a terminal, otherwise lines).
+        max_epochs_this_call: Stop (unfinished, resumable) after this many
+            epochs of this call, e.g. to train in slices of a time budget.
 
     Returns:
         The :class:`RunState` after the last epoch (weights of the best epoch
@@ -331,11 +338,12 @@ def train(
         stored = read_json(run_dir / RUN_CONFIG)
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         stored_cfg = TrainConfig(**{k: v for k, v in stored.items() if k in known})
-        diffs = {
+        defaults = TrainConfig(data_dir="", run_dir="")
+        diffs = {  # options that were given (differ from the defaults) and differ from the run
             k: (getattr(cfg, k), getattr(stored_cfg, k))
             for k in known
-            if k not in {"run_dir", "extra"}
-            and getattr(cfg, k) not in ("", None)
+            if k not in {"run_dir", "data_dir", "extra"}
+            and getattr(cfg, k) != getattr(defaults, k)
             and getattr(cfg, k) != getattr(stored_cfg, k)
         }
         if diffs:
@@ -349,9 +357,13 @@ def train(
 
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     lock = _lock_run_dir(run_dir)
+    import keras
+
+    previous_policy = keras.mixed_precision.global_policy()
     try:
-        return _train_locked(cfg, state, run_dir, threads, verbose)
+        return _train_locked(cfg, state, run_dir, threads, verbose, max_epochs_this_call)
     finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
         lock.close()
 
 
@@ -369,7 +381,12 @@ def _lock_run_dir(run_dir: Path):
 
 
 def _train_locked(
-    cfg: TrainConfig, state: RunState | None, run_dir: Path, threads: int | None, verbose: str
+    cfg: TrainConfig,
+    state: RunState | None,
+    run_dir: Path,
+    threads: int | None,
+    verbose: str,
+    max_epochs_this_call: int | None,
 ) -> RunState:
     configure_runtime(threads, cfg.mixed_precision)
     import keras
@@ -412,7 +429,10 @@ def _train_locked(
     val_ds = make_eval_dataset(val_data, cfg.batch_size, threads=threads)
     mode = verbose if verbose != "auto" else ("bar" if sys.stdout.isatty() else "lines")
 
-    for epoch in range(state.epochs_done, cfg.epochs):
+    end = cfg.epochs
+    if max_epochs_this_call is not None:
+        end = min(end, state.epochs_done + max_epochs_this_call)
+    for epoch in range(state.epochs_done, end):
         t0 = time.perf_counter()
         ds = make_train_dataset(
             train_data,
