@@ -8,9 +8,9 @@ from dashboard import cache, components, paths
 from dashboard.evaluation import model_label
 from neurostack.artifacts import sha256_file
 
-components.page_setup("Home", "🧠")
+components.page_setup("Home", ":material/neurology:")
 
-st.title("🧠 NeuroStack")
+st.title(":material/neurology: NeuroStack")
 st.markdown(
     "#### Brain MRI slice analysis: tumour classification, segmentation and morphometry"
 )
@@ -45,9 +45,9 @@ with right:
     )
 
 st.subheader("Pages")
-link_cols = st.columns(len(components.PAGES))
-for col, (page, label, icon, help_text) in zip(link_cols, components.PAGES, strict=True):
-    with col, st.container(border=True):
+link_cols = st.columns(3)
+for i, (page, label, icon, help_text) in enumerate(components.PAGES):
+    with link_cols[i % 3], st.container(border=True):
         st.page_link(page, label=label, icon=icon)
         st.caption(help_text)
 
@@ -84,7 +84,7 @@ if pipeline is not None:
             "role": role,
             "input size": info.get("input_size"),
             "weights sha256": components.sha_prefix(info.get("sha256")),
-            "checksum": "✅ verified at load",
+            "checksum": "verified at load",
             "test accuracy": test.get("accuracy"),
             "test macro F1": test.get("macro_f1"),
             "epochs trained": training.get("epochs_run", config.get("epochs_completed")),
@@ -97,7 +97,8 @@ if pipeline is not None:
                "checked against its config.json before the model is built.")
     if tiny:
         st.error("These are **tiny, randomly initialised test artifacts**: every prediction "
-                 "is meaningless. Point NEUROSTACK_ARTIFACTS at the trained models.", icon="🧪")
+                 "is meaningless. Point NEUROSTACK_ARTIFACTS at the trained models.",
+                 icon=":material/science:")
     components.missing_artifacts(pipeline)
     if st.button("Re-check checksums now", key="home_recheck",
                  help="Hash every weight file on disk again"):
@@ -107,10 +108,10 @@ if pipeline is not None:
             config = cache.json_record(folder / "config.json") or {}
             weights = folder / config.get("weights_file", "weights.npz")
             if not weights.is_file():
-                status = "❌ weight file missing"
+                status = "weight file missing"
             else:
-                status = ("✅ matches" if sha256_file(weights) == config.get("weights_sha256")
-                          else "❌ MISMATCH — restart after restoring the artifact")
+                status = ("matches" if sha256_file(weights) == config.get("weights_sha256")
+                          else "MISMATCH — restart after restoring the artifact")
             checks.append({"model": model_label(name), "status": status})
         st.dataframe(checks, hide_index=True)
 
@@ -152,7 +153,8 @@ if not cls_runs:
 if not seg_runs:
     missing_records.append(f"`{paths.segmentation_eval_dir()}/<run>/per_image.csv`")
 if missing_records:
-    st.warning("**Missing evaluation records:** " + ", ".join(missing_records), icon="🧩")
+    st.warning("**Missing evaluation records:** " + ", ".join(missing_records),
+               icon=":material/extension_off:")
 
 st.divider()
 st.caption(

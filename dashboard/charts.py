@@ -127,7 +127,7 @@ def reliability_figure(ev: ModelEvaluation) -> go.Figure:
     fig.update_xaxes(range=[0, 1], title="confidence (top-class probability)", row=2, col=1)
     fig.update_yaxes(range=[0, 1.02], title="accuracy", row=1, col=1)
     fig.update_yaxes(title="images", row=2, col=1)
-    fig.update_layout(legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0.35})
+    fig.update_layout(legend={"x": 0.01, "y": 0.99, "bgcolor": "rgba(255,255,255,0.7)"})
     title = f"Reliability diagram — {model_label(ev.name)} (ECE {ev.ece:.3f})"
     return _finish(fig, title, height=420)
 
@@ -153,11 +153,13 @@ def training_curves(
     panels = [p for p in panels if p[1] in log.columns or p[2] in log.columns]
     fig = make_subplots(rows=1, cols=max(1, len(panels)),
                         subplot_titles=[p[0] for p in panels] or [""])
+    styles = (("train", "#1f77b4", None), ("validation", "#ff7f0e", "dash"))
     for i, (_, train_col, val_col) in enumerate(panels, start=1):
-        for col, name, dash in ((train_col, "train", None), (val_col, "validation", "dash")):
+        for col, (name, colour, dash) in zip((train_col, val_col), styles, strict=True):
             if col in log.columns:
-                fig.add_scatter(x=log["epoch"], y=log[col], mode="lines+markers",
-                                name=f"{name} {col}", line={"dash": dash}, row=1, col=i)
+                fig.add_scatter(x=log["epoch"], y=log[col], mode="lines+markers", name=name,
+                                legendgroup=name, showlegend=i == 1,
+                                line={"dash": dash, "color": colour}, row=1, col=i)
         if "phase" in log.columns:
             changes = log.index[log["phase"].ne(log["phase"].shift())][1:]
             for idx in changes:
@@ -211,11 +213,12 @@ def area_histogram(values: pd.Series, unit: str, by: pd.Series | None = None) ->
     """Histogram of tumour areas (coloured by class when ``by`` is given)."""
     fig = go.Figure()
     if by is None:
-        fig.add_histogram(x=values, marker_color="#1f77b4", name="area")
+        fig.add_histogram(x=values, marker_color="#1f77b4", name="area", nbinsx=30)
     else:
         for label in sorted(set(by.dropna())):
-            fig.add_histogram(x=values[by == label], name=str(label), opacity=0.75,
+            fig.add_histogram(x=values[by == label], name=str(label), opacity=0.75, nbinsx=30,
                               marker_color=CLASS_COLOURS.get(str(label)))
+        fig.update_layout(showlegend=True)
         fig.update_layout(barmode="overlay")
     fig.update_xaxes(title=f"tumour area ({unit})")
     fig.update_yaxes(title="images")
@@ -231,6 +234,7 @@ def feature_scatter(df: pd.DataFrame, x: str, y: str, colour: str | None) -> go.
                         name="cases" if label is None else str(label),
                         marker={"size": 9, "opacity": 0.8,
                                 "color": CLASS_COLOURS.get(str(label)) if label else None})
+    fig.update_layout(showlegend=colour is not None)
     fig.update_xaxes(title=x)
     fig.update_yaxes(title=y)
     return _finish(fig, f"{y} vs {x}", height=420)

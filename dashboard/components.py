@@ -28,15 +28,15 @@ SPACING_LABELS = {
     "none": "unknown — measurements in pixel units",
 }
 PAGES: list[tuple[str, str, str, str]] = [
-    ("pages/1_Case_Explorer.py", "Case Explorer", "🔬",
+    ("pages/1_Case_Explorer.py", "Case Explorer", ":material/biotech:",
      "Radiologists: analyse one slice — class, tumour mask, measurements, Grad-CAM."),
-    ("pages/2_Batch_Analysis.py", "Batch Analysis", "🗂️",
+    ("pages/2_Batch_Analysis.py", "Batch Analysis", ":material/stacks:",
      "Analysts: many images or a ZIP, one row per image, CSV export."),
-    ("pages/3_Model_Evaluation.py", "Model Evaluation", "📊",
+    ("pages/3_Model_Evaluation.py", "Model Evaluation", ":material/monitoring:",
      "Examiners: confusion matrices, ROC/PR curves, calibration, training curves."),
-    ("pages/4_Segmentation_Quality.py", "Segmentation Quality", "🎯",
+    ("pages/4_Segmentation_Quality.py", "Segmentation Quality", ":material/target:",
      "Dice/IoU distributions and a browser of held-out cases, worst first."),
-    ("pages/5_Cases_and_Features.py", "Cases & Features", "🧮",
+    ("pages/5_Cases_and_Features.py", "Cases & Features", ":material/table_chart:",
      "The case registry: filter, sort, plot features, export."),
 ]
 
@@ -48,9 +48,23 @@ def page_setup(title: str, icon: str) -> None:
         st.caption(f"NeuroStack {__version__} · research use only, not a diagnostic device")
 
 
+PLOTLY_CONFIG: dict[str, Any] = {
+    "displaylogo": False,
+    "modeBarButtonsToRemove": ["zoom2d", "pan2d", "select2d", "lasso2d", "zoomIn2d",
+                               "zoomOut2d", "autoScale2d"],
+    "toImageButtonOptions": {"format": "png", "scale": 2},
+}
+"""Plotly toolbar: keep 'download as PNG' (for reports) and 'reset axes' only."""
+
+
+def chart(fig: Any, key: str, where: Any = None) -> None:
+    """Render a plotly figure full-width with the dashboard's toolbar settings."""
+    (where or st).plotly_chart(fig, width="stretch", key=key, config=PLOTLY_CONFIG)
+
+
 def research_notice() -> None:
     """Show the prominent 'not a diagnostic device' notice."""
-    st.warning(DISCLAIMER, icon="⚠️")
+    st.warning(DISCLAIMER, icon=":material/warning:")
 
 
 def require_pipeline() -> Pipeline:
@@ -68,14 +82,16 @@ def missing_artifacts(pipeline: Pipeline) -> None:
     """List missing artifacts (the pipeline still works with what is present)."""
     if pipeline.missing:
         items = "\n".join(f"- `{m}`" for m in pipeline.missing)
-        st.warning(f"**Missing artifacts** — running with what is present:\n{items}", icon="🧩")
+        st.warning(f"**Missing artifacts** — running with what is present:\n{items}",
+                   icon=":material/extension_off:")
 
 
 def not_available(feature: str, module: str, exc: BaseException | None = None) -> None:
     """Explain that a library module this page needs is not available yet."""
     detail = f" ({type(exc).__name__}: {exc})" if exc else ""
     st.info(f"**{feature} is not available yet**: the library module `{module}` could not be "
-            f"imported{detail}. The rest of the dashboard works without it.", icon="🚧")
+            f"imported{detail}. The rest of the dashboard works without it.",
+            icon=":material/construction:")
 
 
 def sha_prefix(sha: str | None, n: int = 12) -> str:
@@ -85,11 +101,12 @@ def sha_prefix(sha: str | None, n: int = 12) -> str:
 
 # ------------------------------------------------------------------- spacing
 def spacing_controls(
-    key: str, dicom_spacing_cm: tuple[float, float] | None = None
+    key: str, dicom_spacing_cm: tuple[float, float] | None = None, *, stacked: bool = False
 ) -> tuple[tuple[float, float] | None, str | None]:
     """Pixel-spacing widgets; returns ``(spacing_cm, source)`` for ``Pipeline.analyse``.
 
     ``(None, None)`` means: the file's own spacing (DICOM) or none (pixel units).
+    ``stacked`` puts the two inputs under each other (narrow sidebars).
     """
     st.markdown("**Pixel spacing**")
     if dicom_spacing_cm is not None:
@@ -106,7 +123,7 @@ def spacing_controls(
     if assumed:
         mm = paths.FIGSHARE_SPACING_MM
         return (mm / 10.0, mm / 10.0), "assumed"
-    col1, col2 = st.columns(2)
+    col1, col2 = (st, st) if stacked else st.columns(2)
     row_mm = col1.number_input("Row (mm/pixel)", min_value=0.0, max_value=50.0, value=0.0,
                                step=0.01, format="%.4f", key=f"{key}_row_mm",
                                help="Vertical pixel size; 0 = unknown.")
@@ -116,7 +133,7 @@ def spacing_controls(
     if row_mm > 0 and col_mm > 0:
         return (row_mm / 10.0, col_mm / 10.0), "user"
     if (row_mm > 0) != (col_mm > 0):
-        st.caption("⚠️ Enter both pixel sizes to get physical units.")
+        st.caption("Enter both pixel sizes to get physical units.")
     else:
         st.caption("No spacing entered: measurements will be in pixel units.")
     return None, None

@@ -12,8 +12,8 @@ from neurostack.errors import InputImageError
 from neurostack.imaging import window_to_uint8
 from neurostack.render import encode_png, overlay_mask
 
-components.page_setup("Case Explorer", "🔬")
-st.title("🔬 Case Explorer")
+components.page_setup("Case Explorer", ":material/biotech:")
+st.title(":material/biotech: Case Explorer")
 st.caption("Analyse one MRI slice: tumour class, segmentation and morphometry. "
            "Research use only — not a diagnostic device.")
 
@@ -78,7 +78,8 @@ with st.sidebar:
     threshold = st.slider("Mask threshold", 0.05, 0.95, float(default_thr), 0.05,
                           key="ce_threshold",
                           help="Tumour probability at or above which a pixel is in the mask.")
-    spacing_cm, spacing_source = components.spacing_controls("ce_spacing", image.spacing_cm)
+    spacing_cm, spacing_source = components.spacing_controls("ce_spacing", image.spacing_cm,
+                                                                 stacked=True)
 
     display = image.display
     if image.raw is not None:
@@ -142,10 +143,10 @@ else:
 if not result.models_agree:
     votes = ", ".join(f"{model_label(m)} → {c}" for m, c in components.model_votes(result).items())
     st.warning(f"**Base models disagree:** {votes}. Treat this prediction with extra care.",
-               icon="⚠️")
+               icon=":material/warning:")
 for warning in result.warnings:
     if not warning.startswith("base models disagree"):
-        st.warning(warning, icon="⚠️")
+        st.warning(warning, icon=":material/warning:")
 if reference_label and reference_label != result.predicted_class:
     st.caption(f"Note: the dataset's reference label for this sample is *{reference_label}*.")
 
@@ -171,9 +172,9 @@ else:
 
 left, right = st.columns([1, 1])
 with left:
-    st.plotly_chart(charts.probability_bars(result.per_model, result.ensemble,
-                                            ensemble_label=model_label("ensemble")),
-                    width="stretch", key="ce_probs")
+    probs = charts.probability_bars(result.per_model, result.ensemble,
+                                    ensemble_label=model_label("ensemble"))
+    components.chart(probs, "ce_probs")
     st.caption(f"Final decision: {result.method}.")
 with right:
     st.markdown("**Measurements**")

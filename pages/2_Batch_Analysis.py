@@ -6,8 +6,8 @@ import streamlit as st
 
 from dashboard import cache, charts, components
 
-components.page_setup("Batch Analysis", "🗂️")
-st.title("🗂️ Batch Analysis")
+components.page_setup("Batch Analysis", ":material/stacks:")
+st.title(":material/stacks: Batch Analysis")
 st.caption("Analyse many slices at once: one results row per image, every failure listed "
            "with its reason. Research use only — not a diagnostic device.")
 
@@ -95,22 +95,27 @@ if outcome["stored"]:
 
 if len(failures):
     st.error(f"**{len(failures)} item(s) could not be analysed** — the others were processed:")
-    st.dataframe(failures[["item", "error", "error_type"]], hide_index=True, width="stretch")
+    st.dataframe(failures[["n", "item", "error", "error_type"]], hide_index=True,
+                 width="stretch", column_config={"n": st.column_config.NumberColumn("#")})
+
+if anonymise and (len(rows) or len(failures)):
+    st.caption("File names are anonymised (anon-<hash>); # is the position in the upload list "
+               "(ZIP members in name order) and file_sha256 identifies each file.")
 
 if len(rows):
     st.subheader("Results")
-    lead = [c for c in ("item", "predicted_class", "confidence", "models_agree", "tumor_found",
+    lead = [c for c in ("n", "item", "predicted_class", "confidence", "models_agree", "tumor_found",
                         "segmented", "area_cm2", "area_px", "spacing_source", "warnings")
             if c in rows.columns]
     st.dataframe(rows, hide_index=True, width="stretch",
-                 column_order=[*lead, *[c for c in rows.columns if c not in lead]])
+                 column_order=[*lead, *[c for c in rows.columns if c not in lead]],
+                 column_config={"n": st.column_config.NumberColumn("#")})
     ch1, ch2 = st.columns(2)
-    ch1.plotly_chart(charts.class_counts(rows["predicted_class"]), width="stretch",
-                     key="ba_counts")
+    components.chart(charts.class_counts(rows["predicted_class"]), "ba_counts", ch1)
     for col, unit in (("area_cm2", "cm²"), ("area_px", "px²")):
         if col in rows.columns and rows[col].notna().any():
-            ch2.plotly_chart(charts.area_histogram(rows[col], unit, rows["predicted_class"]),
-                             width="stretch", key="ba_area")
+            areas = charts.area_histogram(rows[col], unit, rows["predicted_class"])
+            components.chart(areas, "ba_area", ch2)
             break
     else:
         ch2.info("No tumour areas: no image was segmented.")

@@ -7,8 +7,8 @@ import streamlit as st
 from dashboard import cache, charts, components, paths
 from dashboard.evaluation import BASE_MODELS, comparison_table, model_label, report_table
 
-components.page_setup("Model Evaluation", "📊")
-st.title("📊 Model Evaluation")
+components.page_setup("Model Evaluation", ":material/monitoring:")
+st.title(":material/monitoring: Model Evaluation")
 st.caption("Every number and curve on this page is computed from the stored evaluation "
            "records (`predictions.csv`, `metrics.json`, `training_log.csv`) — none is typed in.")
 
@@ -17,7 +17,7 @@ if not runs:
     st.warning(f"No classification evaluation run found: expected "
                f"`{paths.classification_eval_dir()}/<run>/predictions.csv`. Run "
                "`python -m ensemble.evaluate … --out artifacts/evaluation/classification/<run>`.",
-               icon="🧩")
+               icon=":material/extension_off:")
     st.stop()
 
 run = st.selectbox("Evaluation run", runs, key="me_run") if len(runs) > 1 else runs[0]
@@ -33,8 +33,11 @@ if not evals:
     st.stop()
 
 facts = [f"run **{run}**", f"**{evals[0].n}** images with known labels"]
-if record.get("split"):
-    facts.append(f"split: {record['split']}")
+split = record.get("split")
+if isinstance(split, dict):
+    split = ", ".join(f"{k} {v}" for k, v in split.items() if v not in (None, ""))
+if split:
+    facts.append(f"split: {split}")
 if record.get("n_failed"):
     facts.append(f"{record['n_failed']} unreadable file(s) skipped")
 if record.get("ensemble_method"):
@@ -46,8 +49,8 @@ table = comparison_table(evals)
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in table.columns if c not in ("model", "images")})
-st.plotly_chart(charts.comparison_bars(table, ["accuracy", "macro F1", "macro ROC AUC"]),
-                width="stretch", key="me_compare")
+components.chart(charts.comparison_bars(table, ["accuracy", "macro F1", "macro ROC AUC"]),
+                 "me_compare")
 
 st.subheader("Per-model results")
 tabs = st.tabs([model_label(e.name) for e in evals])
@@ -60,14 +63,12 @@ for tab, ev in zip(tabs, evals, strict=True):
         k3.metric("Macro ROC AUC", "—" if macro_auc is None else f"{macro_auc:.3f}")
         k4.metric("ECE (10 bins)", f"{ev.ece:.3f}")
         c1, c2 = st.columns(2)
-        c1.plotly_chart(charts.confusion_heatmap(ev.confusion, ev.name), width="stretch",
-                        key=f"me_cm_{ev.name}")
-        c2.plotly_chart(charts.confusion_heatmap(ev.confusion_normalised, ev.name,
-                                                 normalised=True),
-                        width="stretch", key=f"me_cmn_{ev.name}")
+        components.chart(charts.confusion_heatmap(ev.confusion, ev.name), f"me_cm_{ev.name}", c1)
+        components.chart(charts.confusion_heatmap(ev.confusion_normalised, ev.name,
+                                                  normalised=True), f"me_cmn_{ev.name}", c2)
         c3, c4 = st.columns(2)
-        c3.plotly_chart(charts.roc_figure(ev), width="stretch", key=f"me_roc_{ev.name}")
-        c4.plotly_chart(charts.pr_figure(ev), width="stretch", key=f"me_pr_{ev.name}")
+        components.chart(charts.roc_figure(ev), f"me_roc_{ev.name}", c3)
+        components.chart(charts.pr_figure(ev), f"me_pr_{ev.name}", c4)
         c5, c6 = st.columns([3, 2])
         with c5:
             st.markdown("**Classification report**")
@@ -80,8 +81,7 @@ for tab, ev in zip(tabs, evals, strict=True):
                               - ev.metrics["accuracy"]) > 1e-6:
                 st.warning("metrics.json disagrees with predictions.csv for this model; "
                            "the page shows values recomputed from predictions.csv.")
-        c6.plotly_chart(charts.reliability_figure(ev), width="stretch",
-                        key=f"me_rel_{ev.name}")
+        components.chart(charts.reliability_figure(ev), f"me_rel_{ev.name}", c6)
 
 st.subheader("Training curves")
 logs = {name: cache.training_log(paths.classifier_dir(name)) for name in BASE_MODELS}
@@ -95,10 +95,9 @@ else:
     log_tabs = st.tabs([model_label(k) for k in available])
     for tab, (name, log) in zip(log_tabs, available.items(), strict=True):
         with tab:
-            st.plotly_chart(
-                charts.training_curves(log, f"Training curves — {model_label(name)}", [
-                    ("Accuracy", "accuracy", "val_accuracy"), ("Loss", "loss", "val_loss")]),
-                width="stretch", key=f"me_log_{name}")
+            curves = charts.training_curves(log, f"Training curves — {model_label(name)}", [
+                ("Accuracy", "accuracy", "val_accuracy"), ("Loss", "loss", "val_loss")])
+            components.chart(curves, f"me_log_{name}")
             if "phase" in log.columns:
                 phases = log.groupby("phase", sort=False)["epoch"].agg(["min", "max"])
                 st.caption("Phases: " + "; ".join(

@@ -13,8 +13,8 @@ from segmentation.metrics import dice_coefficient, iou
 
 GT_COLOUR = (255, 0, 255)  # magenta: ground truth; green: prediction (render.GREEN)
 
-components.page_setup("Segmentation Quality", "🎯")
-st.title("🎯 Segmentation Quality")
+components.page_setup("Segmentation Quality", ":material/target:")
+st.title(":material/target: Segmentation Quality")
 st.caption("Res-UNet tumour masks on held-out figshare slices: score distributions from the "
            "stored evaluation and a case browser, worst cases first.")
 
@@ -22,7 +22,7 @@ runs = cache.segmentation_runs()
 if not runs:
     st.warning(f"No segmentation evaluation run found: expected "
                f"`{paths.segmentation_eval_dir()}/<run>/per_image.csv`. Run "
-               "`python -m segmentation.evaluate …`.", icon="🧩")
+               "`python -m segmentation.evaluate …`.", icon=":material/extension_off:")
     st.stop()
 run = st.selectbox("Evaluation run", runs, key="sq_run") if len(runs) > 1 else runs[0]
 try:
@@ -44,8 +44,8 @@ if record.get("threshold") is not None:
 
 if len(scores):
     c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.score_histograms(scores), width="stretch", key="sq_hist")
-    c2.plotly_chart(charts.scores_by_class(scores), width="stretch", key="sq_box")
+    components.chart(charts.score_histograms(scores), "sq_hist", c1)
+    components.chart(charts.scores_by_class(scores), "sq_box", c2)
     st.dataframe(seg_summary(scores), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in ("mean Dice", "median Dice", "min Dice", "mean IoU",
@@ -54,9 +54,9 @@ if len(scores):
 seg_log = cache.training_log(paths.segmenter_dir())
 if seg_log is not None:
     with st.expander("Res-UNet training curves"):
-        st.plotly_chart(charts.training_curves(seg_log, "Training curves — Res-UNet", [
-            ("Dice", "dice", "val_dice"), ("Loss", "loss", "val_loss")]),
-            width="stretch", key="sq_log")
+        curves = charts.training_curves(seg_log, "Training curves — Res-UNet", [
+            ("Dice", "dice", "val_dice"), ("Loss", "loss", "val_loss")])
+        components.chart(curves, "sq_log")
 
 # ----------------------------------------------------------------- browser
 st.subheader("Held-out case browser")
@@ -64,7 +64,7 @@ dataset = paths.figshare_dir()
 if not (dataset / "images").is_dir() or not (dataset / "masks").is_dir():
     st.warning(f"The figshare-seg dataset is not available at `{dataset}` (needs `images/` and "
                "`masks/`); set NEUROSTACK_FIGSHARE_SEG to browse the held-out cases.",
-               icon="📁")
+               icon=":material/folder_off:")
     st.stop()
 
 ids = cache.segmentation_test_ids()
@@ -76,11 +76,13 @@ else:
     outside = len(cases) - len(held_out)
     if outside and len(held_out):
         st.warning(f"{outside} evaluated image(s) are not in the test split of "
-                   "`segmentation_split.csv`; they are left out of the browser.", icon="⚠️")
+                   "`segmentation_split.csv`; they are left out of the browser.",
+                   icon=":material/warning:")
         cases = held_out
     elif outside:
         st.warning("None of the evaluated images is in the test split of "
-                   "`segmentation_split.csv`; showing every evaluated image.", icon="⚠️")
+                   "`segmentation_split.csv`; showing every evaluated image.",
+                   icon=":material/warning:")
 classes = sorted(cases["label"].unique())
 f1, f2 = st.columns([2, 1])
 chosen = f1.multiselect("Tumour classes", classes, default=classes, key="sq_classes")
@@ -90,7 +92,7 @@ n_cases = len(cases)
 cases = with_files(cases, dataset / "images", dataset / "masks")
 if len(cases) < n_cases:
     st.warning(f"{n_cases - len(cases)} evaluated image(s) have no image or mask file in "
-               f"`{dataset}` and are left out.", icon="📁")
+               f"`{dataset}` and are left out.", icon=":material/folder_off:")
 cases = cases[cases["label"].isin(chosen)].reset_index(drop=True)
 if cases.empty:
     st.info("No held-out case matches the filter.")

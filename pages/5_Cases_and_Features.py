@@ -11,10 +11,13 @@ from neurostack import CLASS_NAMES
 
 ORDER_COLUMNS = ["created_utc", "confidence", "predicted_class", "area_cm2", "area_px",
                  "max_feret_cm", "max_feret_px", "circularity", "solidity", "id"]
+LEAD_COLUMNS = ["id", "created_utc", "predicted_class", "confidence", "tumor_found", "segmented",
+                "area_cm2", "area_px", "max_feret_cm", "circularity", "spacing_source",
+                "warnings"]
 HIDDEN_FROM_PLOTS = {"id", "mask_threshold", "height_px_image", "width_px_image"}
 
-components.page_setup("Cases & Features", "🧮")
-st.title("🧮 Cases & Features")
+components.page_setup("Cases & Features", ":material/table_chart:")
+st.title(":material/table_chart: Cases & Features")
 st.caption("Every case saved from Case Explorer or Batch Analysis. The registry holds "
            "identifier-free records only: no file names, no DICOM tags.")
 
@@ -51,7 +54,9 @@ df = store.to_frame(class_in=classes, min_confidence=min_conf or None, tumor_onl
                     since=since, order_by=order_by, descending=descending,
                     limit=int(limit) or None)
 st.markdown(f"**{len(df)}** of {total} case(s) match the filters.")
-st.dataframe(df, hide_index=True, width="stretch", height=360)
+lead = [c for c in LEAD_COLUMNS if c in df.columns]
+st.dataframe(df, hide_index=True, width="stretch",
+             column_order=[*lead, *[c for c in df.columns if c not in lead]])
 st.download_button("Download the filtered table (CSV)", df.to_csv(index=False).encode(),
                    "neurostack_cases.csv", "text/csv", disabled=df.empty, key="cf_download",
                    on_click="ignore")
@@ -76,12 +81,11 @@ with scatter_tab:
     y = p2.selectbox("y", numeric, index=numeric.index(default_y), key="cf_y")
     colour = p3.selectbox("Colour by", ["predicted_class", "spacing_source", "segmented",
                                         "(none)"], key="cf_colour")
-    st.plotly_chart(charts.feature_scatter(df, x, y, None if colour == "(none)" else colour),
-                    width="stretch", key="cf_scatter")
+    scatter = charts.feature_scatter(df, x, y, None if colour == "(none)" else colour)
+    components.chart(scatter, "cf_scatter")
 with box_tab:
     feature = st.selectbox("Feature", numeric, index=numeric.index(default_x), key="cf_box")
-    st.plotly_chart(charts.feature_box(df, feature, "predicted_class"), width="stretch",
-                    key="cf_boxplot")
+    components.chart(charts.feature_box(df, feature, "predicted_class"), "cf_boxplot")
 if "spacing_source" in df.columns and df["spacing_source"].nunique() > 1:
-    st.caption("⚠️ The table mixes spacing sources; cm features exist only for cases with a "
+    st.caption("Note: the table mixes spacing sources; cm features exist only for cases with a "
                "spacing, and 'assumed' spacings are not measurements.")

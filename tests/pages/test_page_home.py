@@ -6,7 +6,7 @@ from page_helpers import PATIENT_ID
 def test_home_shows_purpose_models_metrics_and_links(make_app):
     at = make_app("Home.py").run()
     assert not at.exception, [e.message for e in at.exception]
-    assert at.title[0].value.startswith("🧠 NeuroStack")
+    assert at.title[0].value.endswith("NeuroStack")
     assert any("not a diagnostic device" in w.value for w in at.warning)
     links = at.get("page_link")
     assert len(links) == 5

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dashboard import charts
+from dashboard import evaluation as ev
+from neurostack import CLASS_NAMES
+
+
+def _title(fig) -> str:
+    return fig.layout.title.text
+
+
+def _evaluation() -> ev.ModelEvaluation:
+    rng = np.random.default_rng(1)
+    rows = []
+    for k, cls in enumerate(CLASS_NAMES):
+        for _ in range(6):
+            p = rng.dirichlet(np.ones(4)) * 0.5
+            p[k] += 0.5
+            rows.append({"label": cls, **{f"vgg19_{c}": v for c, v in zip(CLASS_NAMES, p,
+                                                                          strict=True)}})
+    return ev.evaluate_model(pd.DataFrame(rows), "vgg19")
+
+
+def test_probability_bars_groups_models_and_ensemble():
+    per_model = {m: dict.fromkeys(CLASS_NAMES, 0.25) for m in ("xception", "vgg19")}
+    fig = charts.probability_bars(per_model, dict.fromkeys(CLASS_NAMES, 0.25))
+    assert fig.layout.barmode == "group"
+    assert [t.name for t in fig.data] == ["Xception", "VGG19", "Meta-learner (ensemble)"]
+    assert all(list(t.x) == list(CLASS_NAMES) for t in fig.data)
+
+
+def test_evaluation_figures_are_titled_per_model():
+    e = _evaluation()
+    counts = charts.confusion_heatmap(e.confusion, "vgg19")
+    assert _title(counts) == "Confusion matrix (counts) — VGG19"
+    norm = charts.confusion_heatmap(e.confusion_normalised, "vgg19", normalised=True)
+    assert _title(norm) == "Confusion matrix (row-normalised) — VGG19"
+    assert norm.data[0].text[0][0].endswith("%")
+    roc = charts.roc_figure(e)
+    assert _title(roc) == "ROC curves (one-vs-rest) — VGG19"
+    assert any(t.name.startswith("macro average (AUC") for t in roc.data)
+    assert len(charts.pr_figure(e).data) == 4
+    rel = charts.reliability_figure(e)
+    assert _title(rel).startswith("Reliability diagram — VGG19 (ECE ")
+
+
+def test_training_curves_mark_phase_changes():
+    log = pd.DataFrame({"epoch": [0, 1, 2, 3], "phase": ["head", "head", "fine", "fine"],
+                        "accuracy": [0.5, 0.6, 0.7, 0.8], "val_accuracy": [0.4, 0.5, 0.6, 0.7],
+                        "loss": [1.0, 0.8, 0.6, 0.5], "val_loss": [1.1, 0.9, 0.7, 0.6]})
+    fig = charts.training_curves(log, "t", [("Accuracy", "accuracy", "val_accuracy"),
+                                            ("Loss", "loss", "val_loss")])
+    assert len(fig.data) == 4
+    assert len(fig.layout.shapes) == 2  # one phase change, drawn in both panels
+    assert sum(bool(t.showlegend) for t in fig.data) == 2
+
+
+def test_segmentation_and_batch_figures():
+    df = pd.DataFrame({"dice": [0.2, 0.8, 0.9], "iou": [0.1, 0.7, 0.8],
+                       "label": ["glioma", "glioma", "pituitary"]})
+    assert _title(charts.score_histograms(df)).startswith("Score distributions over 3")
+    assert len(charts.scores_by_class(df).data) == 4
+    counts = charts.class_counts(pd.Series(["glioma", "glioma", "notumor"]))
+    assert list(counts.data[0].x) == list(CLASS_NAMES)
+    assert list(counts.data[0].y) == [2, 0, 1, 0]
+    area = charts.area_histogram(pd.Series([1.0, 2.0]), "cm²", pd.Series(["glioma", "pituitary"]))
+    assert len(area.data) == 2
+    cases = pd.DataFrame({"a": [1, 2], "b": [3, 4], "predicted_class": ["glioma", "notumor"]})
+    assert len(charts.feature_scatter(cases, "a", "b", "predicted_class").data) == 2
+    assert len(charts.feature_scatter(cases, "a", "b", None).data) == 1
+    assert len(charts.feature_box(cases, "a", "predicted_class").data) == 2

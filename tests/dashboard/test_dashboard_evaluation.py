@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard import evaluation as ev
+from neurostack import CLASS_NAMES
+
+
+def _predictions(n_per_class: int = 5, *, perfect: bool = True, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, cls in enumerate(CLASS_NAMES):
+        for i in range(n_per_class):
+            row = {"path": f"{cls}/{i}.png", "label": cls}
+            for model in ("ensemble", "vgg19", "xception", "custom"):
+                p = rng.dirichlet(np.ones(4))
+                if perfect or model == "ensemble":
+                    p = np.full(4, 0.05)
+                    p[k] = 0.85
+                row.update({f"{model}_{c}": float(v) for c, v in zip(CLASS_NAMES, p, strict=True)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_models_order_base_then_others_then_ensemble():
+    assert ev.models_in_predictions(_predictions()) == ["xception", "vgg19", "custom", "ensemble"]
+
+
+def test_incomplete_probability_columns_are_ignored():
+    df = _predictions().drop(columns=["custom_glioma"])
+    assert "custom" not in ev.models_in_predictions(df)
+
+
+def test_perfect_model_curves_and_matrices():
+    result = ev.evaluate_model(_predictions(), "ensemble")
+    assert result.n == 20
+    assert np.array_equal(result.confusion, np.eye(4, dtype=int) * 5)
+    np.testing.assert_allclose(result.confusion_normalised.sum(axis=1), 1.0)
+    for cls in CLASS_NAMES:
+        assert result.roc[cls].score == pytest.approx(1.0)
+        assert result.pr[cls].score == pytest.approx(1.0)
+    assert result.roc["macro"].score == pytest.approx(1.0)
+    assert result.roc["macro"].y[-1] == pytest.approx(1.0)
+    assert sum(b["count"] for b in result.reliability) == 20
+    assert result.ece == pytest.approx(0.15)  # confidence 0.85, accuracy 1.0
+
+
+def test_tables_match_metrics():
+    df = _predictions(perfect=False)
+    evals = [ev.evaluate_model(df, m) for m in ev.models_in_predictions(df)]
+    table = ev.comparison_table(evals)
+    assert list(table["model"]) == ["Xception", "VGG19", "custom", "Meta-learner (ensemble)"]
+    assert table.loc[3, "accuracy"] == pytest.approx(1.0)
+    report = ev.report_table(evals[0])
+    assert list(report["class"]) == [*CLASS_NAMES, "macro average", "accuracy"]
+    assert report.loc[4, "support"] == 20
+    assert report.loc[5, "F1"] == pytest.approx(evals[0].metrics["accuracy"])
+
+
+def test_class_without_samples_has_no_roc():
+    df = _predictions()
+    df = df[df["label"] != "pituitary"]
+    result = ev.evaluate_model(df, "ensemble")
+    assert "pituitary" not in result.roc and "pituitary" not in result.pr
+    assert result.metrics["roc_auc"]["pituitary"] is None
+
+
+def test_row_normalise_keeps_empty_rows_zero():
+    out = ev.row_normalise(np.array([[2, 2], [0, 0]]))
+    np.testing.assert_allclose(out, [[0.5, 0.5], [0, 0]])
+
+
+def test_per_image_keeps_leading_zeros_and_browser_sorts_worst_first(tmp_path):
+    csv = tmp_path / "per_image.csv"
+    csv.write_text("id,label,dice,iou\n0007,glioma,0.9,0.8\n0012,pituitary,0.1,0.05\n"
+                   "0100,glioma,0.5,0.33\n")
+    df = ev.read_per_image(csv)
+    assert list(df["id"]) == ["0007", "0012", "0100"]
+    cases = ev.browser_cases(df, None)
+    assert list(cases["id"]) == ["0012", "0100", "0007"]
+    assert list(ev.browser_cases(df, ["0007", "0100"])["id"]) == ["0100", "0007"]
+    summary = ev.seg_summary(df)
+    assert list(summary["class"]) == ["all", "glioma", "pituitary"]
+    assert summary.loc[1, "mean Dice"] == pytest.approx(0.7)
+
+
+def test_per_image_without_scores_is_refused(tmp_path):
+    csv = tmp_path / "per_image.csv"
+    csv.write_text("id,dice\n1,0.5\n")
+    with pytest.raises(ValueError, match="iou"):
+        ev.read_per_image(csv)
+
+
+def test_split_ids_and_files(tmp_path):
+    split = tmp_path / "split.csv"
+    split.write_text("id,patient_id,label,fold,split\n0001,9,glioma,1,train\n0002,9,glioma,4,test\n")
+    assert ev.test_ids(split) == ["0002"]
+    assert ev.test_ids(tmp_path / "missing.csv") is None
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "images" / "0002.jpg").write_bytes(b"x")
+    (tmp_path / "masks" / "0002.png").write_bytes(b"x")
+    (tmp_path / "images" / "0003.jpg").write_bytes(b"x")
+    cases = pd.DataFrame({"id": ["0002", "0003"], "label": ["glioma"] * 2, "dice": [0.1, 0.2],
+                          "iou": [0.1, 0.2]})
+    kept = ev.with_files(cases, tmp_path / "images", tmp_path / "masks")
+    assert list(kept["id"]) == ["0002"] and kept.loc[0, "mask_path"].name == "0002.png"
+
+
+def test_list_runs_newest_first_and_requires_file(tmp_path):
+    for name in ("old", "new", "empty"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "old" / "predictions.csv").write_text("x")
+    (tmp_path / "new" / "predictions.csv").write_text("x")
+    past = time.time() - 100
+    os.utime(tmp_path / "old" / "predictions.csv", (past, past))
+    assert ev.list_runs(tmp_path, "predictions.csv") == ["new", "old"]
+    assert ev.list_runs(tmp_path / "nowhere", "predictions.csv") == []
+
+
+def test_training_log_reading(tmp_path):
+    assert ev.read_training_log(tmp_path / "none.csv") is None
+    (tmp_path / "empty.csv").write_text("")
+    assert ev.read_training_log(tmp_path / "empty.csv") is None
+    (tmp_path / "log.csv").write_text("epoch,loss\n1,0.5\n0,0.9\n")
+    assert list(ev.read_training_log(tmp_path / "log.csv")["epoch"]) == [0, 1]
+
+
+def test_read_json_file(tmp_path):
+    (tmp_path / "a.json").write_text('{"x": 1}')
+    (tmp_path / "b.json").write_text("[1]")
+    (tmp_path / "c.json").write_text("{broken")
+    assert ev.read_json_file(tmp_path / "a.json") == {"x": 1}
+    assert ev.read_json_file(tmp_path / "b.json") is None
+    assert ev.read_json_file(tmp_path / "c.json") is None
+    assert ev.read_json_file(tmp_path / "d.json") is None
