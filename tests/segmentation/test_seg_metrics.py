@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from segmentation.metrics import (
+    DiceMetric,
+    bce_dice_loss,
+    dice_coefficient,
+    dice_loss,
+    dice_metric,
+    iou,
+)
+
+
+def square(shape=(40, 40), top=10, left=10, size=10) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    m[top : top + size, left : left + size] = 255
+    return m
+
+
+def test_identical_masks():
+    m = square()
+    assert dice_coefficient(m, m) == 1.0
+    assert iou(m, m) == 1.0
+
+
+def test_half_overlap_squares_exact():
+    a = square(left=10)  # 100 px
+    b = square(left=15)  # 100 px, 50 px shared
+    assert dice_coefficient(a, b) == pytest.approx(2 * 50 / 200)
+    assert iou(a, b) == pytest.approx(50 / 150)
+
+
+def test_disjoint_and_contained():
+    a = square(left=0, top=0)
+    b = square(left=20, top=20)
+    assert dice_coefficient(a, b) == 0.0
+    small = square(size=5)  # 25 px inside a 100 px square at the same corner
+    big = square(size=10)
+    assert dice_coefficient(big, small) == pytest.approx(2 * 25 / 125)
+    assert iou(big, small) == pytest.approx(25 / 100)
+
+
+def test_empty_mask_policy():
+    empty = np.zeros((20, 20), bool)
+    full = square((20, 20), 2, 2, 5)
+    assert dice_coefficient(empty, empty) == 1.0
+    assert iou(empty, empty) == 1.0
+    assert dice_coefficient(empty, full) == 0.0
+    assert dice_coefficient(full, empty) == 0.0
+    assert iou(full, empty) == 0.0
+
+
+def test_batch_gives_per_image_scores():
+    a, b = square(left=10), square(left=15)
+    empty = np.zeros_like(a)
+    t = np.stack([a, a, empty, empty])
+    p = np.stack([a, b, empty, a])
+    np.testing.assert_allclose(dice_coefficient(t, p), [1.0, 0.5, 1.0, 0.0])
+    np.testing.assert_allclose(iou(t, p), [1.0, 1 / 3, 1.0, 0.0])
+    # trailing channel axis accepted
+    np.testing.assert_allclose(dice_coefficient(t[..., None], p[..., None]), [1.0, 0.5, 1.0, 0.0])
+
+
+def test_threshold_on_probabilities():
+    t = square()
+    prob = t.astype(np.float32) / 255 * 0.7  # 0.7 inside, 0 outside
+    assert dice_coefficient(t, prob, threshold=0.5) == 1.0
+    assert dice_coefficient(t, prob, threshold=0.7) == 1.0  # ">= threshold"
+    assert dice_coefficient(t, prob, threshold=0.8) == 0.0
+    with pytest.raises(ValueError, match="non-binary values"):
+        dice_coefficient(t, prob)
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        dice_coefficient(np.zeros((4, 4)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(N, H, W\)"):
+        iou(np.zeros(4), np.zeros(4))
+
+
+def _numpy_soft_dice_loss(t, p, smooth):
+    t = t.reshape(len(t), -1).astype(np.float64)
+    p = p.reshape(len(p), -1).astype(np.float64)
+    return 1 - (2 * (t * p).sum(1) + smooth) / (t.sum(1) + p.sum(1) + smooth)
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    t = np.stack([square(left=10), square(left=15), np.zeros((40, 40), np.uint8)]) > 0
+    t = t[..., None].astype(np.float32)
+    p = rng.uniform(0.01, 0.99, t.shape).astype(np.float32)
+    return t, p
+
+
+def test_keras_dice_loss_matches_numpy_soft_dice():
+    t, p = _batch()
+    got = np.asarray(dice_loss(t, p, smooth=1.0))
+    np.testing.assert_allclose(got, _numpy_soft_dice_loss(t, p, 1.0), rtol=1e-5)
+
+
+def test_keras_dice_loss_on_binary_equals_one_minus_numpy_dice():
+    t, _ = _batch()
+    p = np.stack([square(left=10), square(left=10), square(left=10)])[..., None] / 255.0
+    got = np.asarray(dice_loss(t, p.astype(np.float32), smooth=1e-6))
+    np.testing.assert_allclose(
+        got[:2], 1 - dice_coefficient(t[:2, ..., 0], p[:2, ..., 0] > 0), atol=1e-5
+    )
+    # empty truth vs non-empty prediction: loss 1 (Dice 0)
+    assert got[2] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_keras_bce_dice_loss_matches_numpy():
+    t, p = _batch()
+    eps = keras.config.epsilon()
+    pc = np.clip(p.astype(np.float64), eps, 1 - eps)
+    bce = -(t * np.log(pc) + (1 - t) * np.log(1 - pc)).reshape(len(t), -1).mean(1)
+    expected = bce + _numpy_soft_dice_loss(t, p, 1.0)
+    np.testing.assert_allclose(np.asarray(bce_dice_loss(t, p)), expected, rtol=1e-4)
+
+
+def test_dice_metric_matches_numpy_with_empty_policy():
+    t, p = _batch()
+    expected = dice_coefficient(t[..., 0], p[..., 0], threshold=0.5)
+    np.testing.assert_allclose(np.asarray(dice_metric(t, p)), expected, rtol=1e-6)
+    empty = np.zeros((2, 8, 8, 1), np.float32)
+    np.testing.assert_allclose(np.asarray(dice_metric(empty, empty)), [1.0, 1.0])
+
+    metric = DiceMetric()
+    metric.update_state(t[:2], p[:2])
+    metric.update_state(t[2:], p[2:])
+    assert float(metric.result()) == pytest.approx(expected.mean(), rel=1e-6)
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
+    assert DiceMetric.from_config(DiceMetric(threshold=0.3).get_config()).threshold == 0.3
+
+
+@pytest.mark.slow
+def test_usable_in_compile(float32_policy):
+    from segmentation.model import build_resunet
+
+    model = build_resunet(input_size=16, base_filters=2, depth=2)
+    model.compile(optimizer="adam", loss=bce_dice_loss, metrics=[DiceMetric(), dice_metric])
+    x = np.random.default_rng(1).random((4, 16, 16, 1), dtype=np.float32)
+    y = (x > 0.7).astype(np.float32)
+    logs = model.fit(x, y, epochs=1, batch_size=2, verbose=0).history
+    assert {"loss", "dice", "dice_metric"} <= set(logs)

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segmentation.train import TrainConfig, export_run, main, train
+
+
+def _cfg(figshare_like, tmp_path, run="run", **kw) -> TrainConfig:
+    base = dict(
+        data_dir=str(figshare_like),
+        run_dir=str(tmp_path / run),
+        image_size=32,
+        base_filters=2,
+        depth=2,
+        epochs=3,
+        batch_size=4,
+        warmup_epochs=1,
+        patience=5,
+        split_path=str(tmp_path / "split.csv"),
+        cache_dir=str(tmp_path / "cache"),
+        mixed_precision="float32",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_equals_uninterrupted(figshare_like, tmp_path):
+    full = train(_cfg(figshare_like, tmp_path, "full"), verbose="epoch")
+    assert full.finished and full.epochs_done == 3
+
+    cfg = _cfg(figshare_like, tmp_path, "cut")
+    part = train(cfg, verbose="epoch", max_epochs_this_call=1)
+    assert part.epochs_done == 1 and not part.finished
+    run = tmp_path / "cut"
+    state = json.loads((run / "state.json").read_text())
+    assert state["epochs_done"] == 1 and (run / state["last_checkpoint"]).is_file()
+    assert (run / "last.keras").is_file() and (run / "best.weights.npz").is_file()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, verbose="epoch")
+    # Simulate a kill -9 in epoch 2: a half-written log row and a stray checkpoint file.
+    with open(run / "training_log.csv", "a") as fh:
+        fh.write("1,9.9,0.1,9.9,0.1,0.001,1.0\n")
+    (run / "checkpoints" / "last_e002.keras").write_bytes(b"partial")
+    resumed = train(cfg, resume=True, verbose="epoch")
+    assert resumed.finished and resumed.epochs_done == 3
+
+    log_full = pd.read_csv(tmp_path / "full" / "training_log.csv")
+    log_cut = pd.read_csv(run / "training_log.csv")
+    assert log_cut["epoch"].tolist() == [0, 1, 2]
+    cols = ["loss", "dice", "val_loss", "val_dice", "lr"]
+    np.testing.assert_allclose(log_cut[cols].to_numpy(), log_full[cols].to_numpy(), rtol=1e-4)
+    assert resumed.best_epoch == full.best_epoch
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
+        {resumed.last_checkpoint.split("/")[-1], resumed.best_weights.split("/")[-1]}
+    )
+
+    split = pd.read_csv(tmp_path / "split.csv", dtype=str)
+    assert split.groupby("patient_id")["split"].nunique().max() == 1
+
+    out = export_run(run, tmp_path / "artifact")
+    config = json.loads((out / "config.json").read_text())
+    assert config["best_epoch"] == resumed.best_epoch and config["run_finished"] is True
+    assert config["split"]["train"]["patients"] > 0
+    assert (out / "training_log.csv").is_file()
+
+
+@pytest.mark.slow
+def test_cli_export_only_and_errors(figshare_like, tmp_path, capsys):
+    assert main(["--export-only"]) == 2
+    assert (
+        main(
+            ["--run-dir", str(tmp_path / "none"), "--export", str(tmp_path / "a"), "--export-only"]
+        )
+        == 1
+    )
+    cfg = _cfg(figshare_like, tmp_path, epochs=1)
+    args = [
+        "--data-dir",
+        cfg.data_dir,
+        "--run-dir",
+        cfg.run_dir,
+        "--image-size",
+        "32",
+        "--base-filters",
+        "2",
+        "--depth",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--split",
+        cfg.split_path,
+        "--cache-dir",
+        cfg.cache_dir,
+        "--mixed-precision",
+        "float32",
+        "--verbose",
+        "epoch",
+        "--export",
+        str(tmp_path / "art"),
+    ]
+    assert main(args) == 0
+    assert (tmp_path / "art" / "weights.npz").is_file()
+    assert main(args) == 2  # run exists, no --resume
+    assert (
+        main(["--run-dir", cfg.run_dir, "--export", str(tmp_path / "art2"), "--export-only"]) == 0
+    )
+    assert "already holds a run" in capsys.readouterr().err
