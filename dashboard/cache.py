@@ -21,7 +21,8 @@ from dashboard import paths
 from neurostack.imaging import InputLimits, LoadedImage, load_image
 from neurostack.pipeline import CaseResult, Pipeline, load_pipeline
 
-_ANALYSIS_CACHE_ENTRIES = 48
+_ANALYSIS_CACHE_ENTRIES = 16
+_CACHE_TTL_S = 3600
 
 
 # -------------------------------------------------------------------- models
@@ -70,13 +71,13 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_data(max_entries=8, ttl=_CACHE_TTL_S, show_spinner=False)
 def decode(data: bytes, frame: int | None = None) -> LoadedImage:
     """Decode an image (raises ``InputImageError`` with the reason)."""
     return load_image(data, frame=frame, limits=input_limits())
 
 
-@st.cache_data(max_entries=_ANALYSIS_CACHE_ENTRIES, show_spinner=False)
+@st.cache_data(max_entries=_ANALYSIS_CACHE_ENTRIES, ttl=_CACHE_TTL_S, show_spinner=False)
 def analyse(
     data: bytes,
     frame: int | None,
@@ -92,7 +93,7 @@ def analyse(
     )
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+@st.cache_data(max_entries=16, ttl=_CACHE_TTL_S, show_spinner=False)
 def gradcam_overlays(data: bytes, frame: int | None, class_index: int) -> dict[str, np.ndarray]:
     """Grad-CAM heatmap overlay of ``class_index`` for every loaded base model."""
     from ensemble.gradcam import gradcam_on_image, heatmap_overlay

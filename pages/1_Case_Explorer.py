@@ -64,9 +64,9 @@ except InputImageError as exc:
 frame: int | None = None
 with st.sidebar:
     if image.n_frames > 1:
-        frame = st.slider("Frame", 0, image.n_frames - 1, image.frame_index,
+        frame = st.slider("Frame", 1, image.n_frames, image.frame_index + 1,
                           key=f"ce_frame_{cache.digest(data)}",
-                          help=f"This file holds {image.n_frames} frames.")
+                          help=f"This file holds {image.n_frames} frames (numbered from 1).") - 1
         try:
             image = cache.decode(data, frame)
         except InputImageError as exc:
@@ -90,11 +90,12 @@ with st.sidebar:
             centre0 = meta.get("window_center") or (lo + hi) / 2
             width0 = meta.get("window_width") or (hi - lo)
             span = hi - lo
+            view_key = f"{cache.digest(data)}_{frame}"
             centre = st.slider("Level (window centre)", lo - span / 2, hi + span / 2,
                                float(np.clip(centre0, lo - span / 2, hi + span / 2)),
-                               key="ce_level")
+                               key=f"ce_level_{view_key}")
             width = st.slider("Window width", 1.0, 2.0 * span,
-                              float(np.clip(width0, 1.0, 2.0 * span)), key="ce_width")
+                              float(np.clip(width0, 1.0, 2.0 * span)), key=f"ce_width_{view_key}")
             display = window_to_uint8(image.raw, centre, width)
             st.caption("Changes the display only; the models always see the file's own "
                        "window.")

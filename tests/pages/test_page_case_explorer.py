@@ -134,10 +134,10 @@ def test_multiframe_dicom_has_frames_window_and_spacing_and_no_identifiers(make_
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     frame = next(s for s in at.slider if s.label == "Frame")
-    assert frame.value == 1 and frame.max == 2  # middle frame by default
+    assert frame.value == 2 and frame.max == 3  # middle frame by default, numbered from 1
     assert {"Level (window centre)", "Window width"} <= {s.label for s in at.slider}
     assert any("From the DICOM file: 0.5 × 0.5 mm" in c.value for c in at.caption)
-    frame.set_value(2).run()
+    frame.set_value(3).run()
     at.button(key="ce_analyse").click().run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("frame 3 of 3" in m.value for m in at.markdown)
