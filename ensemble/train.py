@@ -225,6 +225,30 @@ def _build(cfg: TrainConfig, phase: Phase):
     return model
 
 
+def _drop_unsaved_log_rows(log_path: Path, n_epochs: int) -> None:
+    """Keep only log rows of the ``n_epochs`` epochs recorded in ``state.json``.
+
+    A run killed after an epoch's row was appended but before its state was saved
+    (e.g. while writing ``last.keras``) repeats that epoch on resume; without this
+    the log would hold the epoch twice. Incomplete lines are dropped too.
+    """
+    if not log_path.exists():
+        return
+    lines = log_path.read_text().splitlines(keepends=True)
+    if not lines:
+        return
+    n_fields = lines[0].count(",")
+
+    def kept(line: str) -> bool:
+        head = line.split(",", 1)[0]
+        return (line.endswith("\n") and line.count(",") == n_fields and head.isdigit()
+                and int(head) < n_epochs)
+
+    rows = [line for line in lines[1:] if kept(line)]
+    if len(rows) != len(lines) - 1:
+        log_path.write_text("".join([lines[0], *rows]))
+
+
 def train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None = None) -> dict:
     """Train one backbone through its phases; return the final state.
 
@@ -255,6 +279,7 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None =
     state = _State(state_path)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     log_path = out / "training_log.csv"
+    _drop_unsaved_log_rows(log_path, state.data["global_epoch"])
     spec = get_backbone(cfg.model)
     cache_kw = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
     train_df = load_split(cfg.split_csv, "train")
