@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, components, paths
-from dashboard.evaluation import model_label
+from dashboard.evaluation import BASE_MODELS, model_label
 from neurostack.artifacts import sha256_file
 
 components.page_setup("Home", ":material/neurology:")
@@ -67,6 +67,12 @@ eval_models = (cls_metrics or {}).get("models", {})
 
 if pipeline_error is not None:
     st.error(f"The models could not be loaded: {pipeline_error}")
+    expected = [(model_label(m), paths.classifier_dir(m)) for m in (*BASE_MODELS, "meta")]
+    expected.append((model_label("resunet"), paths.segmenter_dir()))
+    st.markdown("**Expected artifacts**\n" + "\n".join(
+        f"- {label}: `{folder}` — "
+        + ("present" if (folder / "config.json").is_file() else "**missing**")
+        for label, folder in expected))
 if pipeline is not None:
     rows = []
     tiny = False

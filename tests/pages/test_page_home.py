@@ -41,3 +41,12 @@ def test_home_lists_missing_artifacts(make_app, dashboard_artifacts, tmp_path, m
     text = " ".join(w.value for w in at.warning)
     assert "Missing artifacts" in text and "segmentation model" in text
     assert "Missing evaluation records" in text
+
+
+def test_home_without_models_lists_every_missing_artifact(make_app, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(tmp_path / "empty"))
+    at = make_app("Home.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "could not be loaded" in at.error[0].value
+    listing = next(m.value for m in at.markdown if m.value.startswith("**Expected artifacts**"))
+    assert listing.count("**missing**") == 6
