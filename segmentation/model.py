@@ -32,7 +32,9 @@ MIN_DEPTH = 1
 MAX_DEPTH = 6
 
 
-def _validate(input_size: int, base_filters: int, depth: int, dropout: float) -> None:
+def _validate(
+    input_size: int, base_filters: int, depth: int, dropout: float, bn_momentum: float
+) -> None:
     if isinstance(depth, bool) or not isinstance(depth, int) or not MIN_DEPTH <= depth <= MAX_DEPTH:
         raise ValueError(
             f"depth must be an integer in {MIN_DEPTH}..{MAX_DEPTH}; received {depth!r}"
@@ -52,6 +54,12 @@ def _validate(input_size: int, base_filters: int, depth: int, dropout: float) ->
         or not 0.0 <= dropout < 1.0
     ):
         raise ValueError(f"dropout must be a float in [0, 1); received {dropout!r}")
+    if (
+        not isinstance(bn_momentum, (int, float))
+        or isinstance(bn_momentum, bool)
+        or not 0.0 < bn_momentum < 1.0
+    ):
+        raise ValueError(f"bn_momentum must be a float in (0, 1); received {bn_momentum!r}")
 
 
 def _residual_unit(
@@ -60,6 +68,7 @@ def _residual_unit(
     *,
     strides: int = 1,
     first: bool = False,
+    bn_momentum: float = 0.9,
     name: str,
 ) -> keras.KerasTensor:
     """One pre-activation residual unit.
@@ -70,6 +79,7 @@ def _residual_unit(
         strides: 1 or 2; applied in the first convolution and the projection.
         first: Stem unit: the first convolution is applied to the raw input
             without a preceding BN/ReLU (Zhang et al. 2018, Fig. 2).
+        bn_momentum: Momentum of the BatchNormalization moving statistics.
         name: Prefix of the layer names.
 
     Returns:
@@ -78,12 +88,12 @@ def _residual_unit(
     if first:
         y = x
     else:
-        y = layers.BatchNormalization(name=f"{name}_bn1")(x)
+        y = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn1")(x)
         y = layers.Activation("relu", name=f"{name}_relu1")(y)
     y = layers.Conv2D(
         filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv1"
     )(y)
-    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn2")(y)
     y = layers.Activation("relu", name=f"{name}_relu2")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
 
@@ -91,7 +101,7 @@ def _residual_unit(
         shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj")(
             x
         )
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_proj_bn")(shortcut)
     else:
         shortcut = x
     return layers.Add(name=f"{name}_add")([y, shortcut])
@@ -103,6 +113,7 @@ def build_resunet(
     depth: int = 4,
     dropout: float = 0.0,
     name: str = "resunet",
+    bn_momentum: float = 0.9,
 ) -> keras.Model:
     """Build a ResUNet for ``(input_size, input_size, 1)`` images.
 
@@ -114,6 +125,12 @@ def build_resunet(
         dropout: Spatial dropout rate applied after the bridge, in ``[0, 1)``;
             0 disables it.
         name: Keras model name.
+        bn_momentum: Momentum of every BatchNormalization's moving mean and
+            variance, in ``(0, 1)``. 0.9 (PyTorch's default) instead of Keras'
+            0.99: with 0.99 the moving statistics lagged so far behind the
+            weights early in training (Adam, lr 1e-3, ~220 steps per epoch)
+            that inference-mode validation Dice was 0.09 while the same
+            weights with freshly estimated statistics gave 0.41.
 
     Returns:
         An uncompiled ``keras.Model`` mapping ``(B, S, S, 1)`` float inputs in
@@ -123,7 +140,7 @@ def build_resunet(
         ValueError: If an option is out of range; the message names the
             allowed and the received values.
     """
-    _validate(input_size, base_filters, depth, dropout)
+    _validate(input_size, base_filters, depth, dropout, bn_momentum)
 
     inputs = keras.Input((input_size, input_size, 1), name="image")
     skips = []
@@ -134,21 +151,24 @@ def build_resunet(
             base_filters * 2**level,
             strides=1 if level == 0 else 2,
             first=level == 0,
+            bn_momentum=bn_momentum,
             name=f"enc{level}",
         )
         skips.append(x)
 
-    x = _residual_unit(x, base_filters * 2**depth, strides=2, name="bridge")
+    x = _residual_unit(
+        x, base_filters * 2**depth, strides=2, bn_momentum=bn_momentum, name="bridge"
+    )
     if dropout > 0:
         x = layers.SpatialDropout2D(dropout, name="bridge_dropout")(x)
 
     for level in reversed(range(depth)):
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
-        x = _residual_unit(x, base_filters * 2**level, name=f"dec{level}")
+        x = _residual_unit(x, base_filters * 2**level, bn_momentum=bn_momentum, name=f"dec{level}")
 
     # Head in float32: the probabilities must not be rounded to bfloat16.
-    x = layers.BatchNormalization(name="head_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name="head_bn")(x)
     x = layers.Activation("relu", name="head_relu")(x)
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -84,6 +84,7 @@ class TrainConfig:
         base_filters: ResUNet filters at full resolution.
         depth: ResUNet downsamplings.
         dropout: Spatial dropout after the bridge.
+        bn_momentum: BatchNormalization moving-statistics momentum.
         epochs: Maximum number of epochs.
         batch_size: Images per training step.
         learning_rate: Peak Adam learning rate (reached after warm-up).
@@ -107,6 +108,7 @@ class TrainConfig:
     base_filters: int = 16
     depth: int = 4
     dropout: float = 0.0
+    bn_momentum: float = 0.9
     epochs: int = 40
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -131,6 +133,7 @@ class TrainConfig:
             "base_filters": self.base_filters,
             "depth": self.depth,
             "dropout": self.dropout,
+            "bn_momentum": self.bn_momentum,
         }
 
 
@@ -659,6 +662,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base-filters", type=int, default=d.base_filters)
     p.add_argument("--depth", type=int, default=d.depth)
     p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--bn-momentum", type=float, default=d.bn_momentum)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate")
@@ -708,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         base_filters=args.base_filters,
         depth=args.depth,
         dropout=args.dropout,
+        bn_momentum=args.bn_momentum,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,

@@ -68,9 +68,11 @@ def test_output_float32_under_mixed_precision():
         keras.mixed_precision.set_global_policy(previous)
 
 
-def test_dropout_layer(float32_policy):
-    model = build_resunet(input_size=32, base_filters=2, depth=2, dropout=0.3)
+def test_dropout_and_bn_momentum(float32_policy):
+    model = build_resunet(input_size=32, base_filters=2, depth=2, dropout=0.3, bn_momentum=0.8)
     assert model.get_layer("bridge_dropout").rate == pytest.approx(0.3)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.momentum == pytest.approx(0.8) for layer in bns)
 
 
 @pytest.mark.parametrize(
@@ -83,6 +85,7 @@ def test_dropout_layer(float32_policy):
         ({"base_filters": 2.5}, r"base_filters must be an integer >= 1; received 2\.5"),
         ({"input_size": -16}, r"input_size must be a positive integer; received -16"),
         ({"dropout": 1.0}, r"dropout must be a float in \[0, 1\); received 1\.0"),
+        ({"bn_momentum": 1.0}, r"bn_momentum must be a float in \(0, 1\); received 1\.0"),
     ],
 )
 def test_invalid_options(kwargs, message):
