@@ -1,0 +1,111 @@
+"""``python -m ensemble.evaluate`` on a generated dataset with unreadable files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from ensemble.evaluate import main, probability_columns
+from ensemble.inference import load_meta
+from ensemble.registry import BACKBONES
+from neurostack import CLASS_NAMES
+
+pytestmark = pytest.mark.slow  # the module fixture runs a full evaluation (~15 s)
+
+MODELS = [*BACKBONES, "ensemble"]
+BAD = {"glioma/corrupt.jpg", "pituitary/empty.png"}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_artifacts: Path, make_dataset_dir, tmp_path_factory) -> dict:
+    data = make_dataset_dir(3, shape=(100, 130), seed=21)
+    rng = np.random.default_rng(0)
+    (data / "glioma" / "corrupt.jpg").write_bytes(
+        b"\xff\xd8\xff\xe0" + rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
+    )
+    (data / "pituitary" / "empty.png").write_bytes(b"")
+    shutil.copy(data / "notumor" / "notumor_000.png", data / "notumor" / "readme.txt")  # ignored
+    out = tmp_path_factory.mktemp("eval") / "out"
+    code = main(
+        [
+            str(data),
+            "--out",
+            str(out),
+            "--artifacts",
+            str(tiny_artifacts / "classification"),
+            "--batch-size",
+            "5",
+        ]
+    )
+    return {"code": code, "data": data, "out": out, "artifacts": tiny_artifacts / "classification"}
+
+
+def test_exit_code_and_files(evaluated) -> None:
+    assert evaluated["code"] == 0
+    assert {p.name for p in evaluated["out"].iterdir()} == {
+        "predictions.csv",
+        "metrics.json",
+        "failures.csv",
+    }
+
+
+def test_predictions_table(evaluated) -> None:
+    df = pd.read_csv(evaluated["out"] / "predictions.csv")
+    expected_cols = ["path", "label", "pred", *[c for m in MODELS for c in probability_columns(m)]]
+    assert list(df.columns) == expected_cols
+    good = {f"{c}/{c}_{i:03d}.png" for c in CLASS_NAMES for i in range(3)}
+    assert set(df["path"]) == good and len(df) == len(good)  # one row per readable image
+    assert (df["label"] == df["path"].str.split("/").str[0]).all()
+    for m in MODELS:
+        proba = df[probability_columns(m)].to_numpy()
+        assert ((proba >= 0) & (proba <= 1)).all()
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    ens = df[probability_columns("ensemble")].to_numpy()
+    assert (df["pred"] == [CLASS_NAMES[k] for k in ens.argmax(1)]).all()
+    # the ensemble column is the meta-learner applied to the four base columns
+    meta = load_meta(evaluated["artifacts"] / "meta")
+    stacked = df[[c for m in BACKBONES for c in probability_columns(m)]].to_numpy(np.float32)
+    np.testing.assert_allclose(meta.predict(stacked), ens, atol=1e-5)
+
+
+def test_failures_listed_with_reasons(evaluated) -> None:
+    fail = pd.read_csv(evaluated["out"] / "failures.csv")
+    assert list(fail.columns) == ["path", "error"]
+    reasons = dict(zip(fail["path"], fail["error"], strict=True))
+    assert set(reasons) == BAD
+    assert "empty" in reasons["pituitary/empty.png"]
+    assert "truncated" in reasons["glioma/corrupt.jpg"]
+
+
+def test_metrics_json_matches_predictions(evaluated) -> None:
+    m = json.loads((evaluated["out"] / "metrics.json").read_text())
+    df = pd.read_csv(evaluated["out"] / "predictions.csv")
+    assert m["n_images"] == 12 and m["n_failed"] == 2
+    assert m["ensemble_method"] == "meta-learner (stacking)" and m["missing_artifacts"] == []
+    assert m["split"] == {"csv": None, "part": None}
+    assert set(m["artifacts"]) == {*BACKBONES, "meta"}
+    assert set(m["models"]) == set(MODELS)
+    y = np.array([CLASS_NAMES.index(c) for c in df["label"]])
+    for model in MODELS:
+        rec = m["models"][model]
+        assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "roc_auc"} <= set(rec)
+        proba = df[probability_columns(model)].to_numpy()
+        pred = proba.argmax(1)
+        # recomputed independently (scikit-learn) from the CSV
+        assert rec["accuracy"] == pytest.approx(float((pred == y).mean()))
+        assert rec["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=range(4)).tolist()
+        assert rec["macro_f1"] == pytest.approx(
+            skm.f1_score(y, pred, labels=range(4), average="macro", zero_division=0)
+        )
+        for k, c in enumerate(CLASS_NAMES):
+            assert rec["roc_auc"][c] == pytest.approx(skm.roc_auc_score(y == k, proba[:, k]))
+            assert rec["per_class"][c]["support"] == 3
+            assert rec["per_class"][c]["recall"] == pytest.approx(
+                skm.recall_score(y == k, pred == k, zero_division=0)
+            )

@@ -1,0 +1,220 @@
+"""Resumable training of a base classifier, export, and the phase plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble.data import find_duplicate_groups, list_class_folder, make_split
+from ensemble.inference import load_classifier
+from ensemble.train import Phase, TrainConfig, export_model, plan_phases, train_model
+
+
+class _Killed(Exception):
+    """Stands in for the process being killed."""
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")  # never leak a policy to other tests
+
+
+@pytest.fixture(scope="module")
+def split_csv(class_dataset: Path, tmp_path_factory) -> Path:
+    df = list_class_folder(class_dataset)
+    groups, _, _ = find_duplicate_groups(class_dataset, df["path"].tolist())
+    split = make_split(df, groups, val_fraction=0.25, test_fraction=0.15, seed=0)
+    out = tmp_path_factory.mktemp("split") / "split.csv"
+    split.to_csv(out, index=False)
+    return out
+
+
+def _config(class_dataset: Path, split_csv: Path, run_dir: Path, epochs: int) -> TrainConfig:
+    # VGG19 at 32 px: the smallest train-step graph of the four (no batch norm), so tracing
+    # the train function takes seconds rather than the ~1 min ResNet50 needs on 2 busy cores
+    return TrainConfig(
+        model="vgg19",
+        data_dir=str(class_dataset),
+        split_csv=str(split_csv),
+        run_dir=str(run_dir),
+        phases=[Phase("scratch", 32, epochs, 1e-3, 1, "all")],
+        batch_size=8,
+        mixed_precision="float32",
+        cache_dir=str(run_dir / "cache"),
+        seed=3,
+    )
+
+
+@pytest.mark.slow
+def test_train_interrupted_then_resumed_then_exported(
+    class_dataset: Path, split_csv: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    run_dir = tmp_path / "runs"
+    cfg = _config(class_dataset, split_csv, run_dir, epochs=2)
+    out = run_dir / "vgg19"
+
+    # first run: killed while writing last.keras at the end of the second epoch, i.e. after
+    # that epoch's log row was written but before its state was saved
+    real_save = keras.Model.save
+    saves = []
+
+    def dying_save(self, *args, **kwargs):
+        saves.append(args[0] if args else kwargs.get("filepath"))
+        if len(saves) == 2:
+            raise _Killed
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", dying_save)
+    with pytest.raises(_Killed):
+        train_model(cfg)
+    monkeypatch.setattr(keras.Model, "save", real_save)
+    state = json.loads((out / "state.json").read_text())
+    assert state["global_epoch"] == 1 and state["epoch_in_phase"] == 1 and not state["done"]
+    assert (out / "last.keras").is_file()
+
+    # without --resume an existing run is refused
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_model(cfg)
+
+    capsys.readouterr()
+    final = train_model(cfg, resume=True)
+    assert "resumed phase scratch at epoch 1" in capsys.readouterr().out
+    log = pd.read_csv(out / "training_log.csv")
+    assert log["epoch"].tolist() == [0, 1]  # exactly one row per epoch, none duplicated
+    assert list(log.columns) == [
+        "epoch",
+        "phase",
+        "image_size",
+        "lr",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "seconds",
+    ]
+    assert (log["phase"] == "scratch").all() and (log["image_size"] == 32).all()
+    # warm-up epoch 0 at lr/2, then the cosine schedule at t=0 (the full lr)
+    np.testing.assert_allclose(log["lr"], [5e-4, 1e-3], rtol=1e-6)
+    state = json.loads((out / "state.json").read_text())
+    assert state == final
+    assert state["global_epoch"] == 2 and state["done"] and state["phase"] == 1
+    assert state["best_epoch"] in (0, 1)
+    assert state["best_val_accuracy"] == pytest.approx(log["val_accuracy"].max())
+    assert (out / "last.keras").is_file() and (out / "best.weights.h5").is_file()
+    assert json.loads((out / "config.json").read_text())["phases"][0]["epochs"] == 2
+    assert list((run_dir / "cache").glob("crops_32_*.npy"))  # crops were cached where asked
+
+    # export at the native size and load it back as an artifact
+    keras.backend.clear_session()
+    dest = export_model(run_dir, "vgg19", tmp_path / "artifact" / "vgg19")
+    clf = load_classifier(dest)
+    assert clf.input_size == 224 and clf.model.input_shape == (None, 224, 224, 3)
+    assert clf.config["training"]["epochs_run"] == 2 and clf.config["training"]["finished"]
+    assert (dest / "training_log.csv").read_text() == (out / "training_log.csv").read_text()
+    proba = clf.predict([np.full((60, 50), 120, np.uint8)])
+    assert proba.shape == (1, 4)
+    np.testing.assert_allclose(proba.sum(), 1.0, atol=1e-5)
+
+
+def test_plan_phases_scratch() -> None:
+    phases = plan_phases(
+        "resnet50",
+        weights=None,
+        image_size=128,
+        epochs=30,
+        lr=1e-3,
+        warmup_epochs=2,
+        native_epochs=0,
+    )
+    assert phases == [Phase("scratch", 128, 30, 1e-3, 2, "all")]
+    assert plan_phases(
+        "vgg19",
+        weights="none",
+        image_size=None,
+        epochs=5,
+        lr=1e-3,
+        warmup_epochs=0,
+        native_epochs=3,
+    ) == [Phase("scratch", 224, 5, 1e-3, 0, "all")]
+
+
+def test_plan_phases_imagenet() -> None:
+    phases = plan_phases(
+        "xception",
+        weights="imagenet",
+        image_size=None,
+        epochs=12,
+        lr=1e-3,
+        warmup_epochs=2,
+        native_epochs=0,
+    )
+    assert phases == [
+        Phase("head", 299, 2, 1e-3, 0, "head"),
+        Phase("finetune", 299, 10, 1e-4, 1, "top:0.3"),
+    ]
+    # a local weights file is treated like ImageNet weights; tiny epoch counts keep one head epoch
+    local = plan_phases(
+        "xception",
+        weights="/x/notop.h5",
+        image_size=None,
+        epochs=3,
+        lr=1e-3,
+        warmup_epochs=0,
+        native_epochs=0,
+    )
+    assert [(p.name, p.epochs) for p in local] == [("head", 1), ("finetune", 2)]
+
+
+def test_plan_phases_native_phase() -> None:
+    phases = plan_phases(
+        "inceptionv3",
+        weights=None,
+        image_size=160,
+        epochs=20,
+        lr=1e-3,
+        warmup_epochs=1,
+        native_epochs=4,
+    )
+    assert phases[-1] == Phase("native", 299, 4, 1e-4, 0, "all")
+    assert len(phases) == 2
+    custom = plan_phases(
+        "inceptionv3",
+        weights=None,
+        image_size=160,
+        epochs=20,
+        lr=1e-3,
+        warmup_epochs=1,
+        native_epochs=4,
+        native_lr=3e-5,
+    )
+    assert custom[-1].lr == 3e-5
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        plan_phases(
+            "foo",
+            weights=None,
+            image_size=None,
+            epochs=1,
+            lr=1e-3,
+            warmup_epochs=0,
+            native_epochs=0,
+        )
+
+
+def test_unsaved_and_incomplete_log_rows_are_dropped(tmp_path: Path) -> None:
+    from ensemble.train import _drop_unsaved_log_rows
+
+    log = tmp_path / "training_log.csv"
+    header = "epoch,phase,loss\n"
+    log.write_text(header + "0,scratch,1.5\n1,scratch,1.4\n2,scratch,1.3\n3,scr")
+    _drop_unsaved_log_rows(log, 2)  # state.json recorded 2 finished epochs
+    assert log.read_text() == header + "0,scratch,1.5\n1,scratch,1.4\n"
+    _drop_unsaved_log_rows(log, 2)
+    assert log.read_text() == header + "0,scratch,1.5\n1,scratch,1.4\n"  # idempotent
+    _drop_unsaved_log_rows(tmp_path / "absent.csv", 3)
+    assert not (tmp_path / "absent.csv").exists()

@@ -1,0 +1,321 @@
+"""The end-to-end slice analysis on a tiny random artifact tree."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from neurostack_samples import IDENTIFIERS, make_dicom
+from PIL import Image
+
+from ensemble.inference import EnsemblePrediction
+from ensemble.registry import BACKBONES
+from neurostack import CLASS_NAMES
+from neurostack.errors import ArtifactError, InputImageError
+from neurostack.imaging import load_image
+from neurostack.pipeline import CaseResult, Pipeline, load_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "artifacts" / "samples" / "notumor_Tr-no_0354.jpg"  # 268 x 236, non-square
+IDENTIFYING_KEY_PARTS = (
+    "patient",
+    "birth",
+    "accession",
+    "institution",
+    "physician",
+    "referring",
+    "study",
+    "series",
+    "sop",
+    "uid",
+    "name",
+    "date",
+    "operator",
+)
+
+
+@pytest.fixture(scope="module")
+def png_slice(tmp_path_factory, make_slice) -> Path:
+    path = tmp_path_factory.mktemp("png") / "slice.png"
+    Image.fromarray(make_slice("glioma", np.random.default_rng(8), (150, 210))).save(path)
+    return path
+
+
+def _low_threshold(pipe: Pipeline, source) -> float:
+    """A threshold at which the tiny random segmenter marks about half of its positive pixels."""
+    prob = pipe.segmenter.predict(load_image(source).gray).probability
+    return float(np.median(prob[prob > 0]))
+
+
+def _greenness(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int32)
+    return rgb[..., 1] - (rgb[..., 0] + rgb[..., 2]) / 2
+
+
+@pytest.mark.parametrize("which", ["sample_jpg", "generated_png"])
+def test_end_to_end_with_forced_segmentation(tiny_pipeline, png_slice, which: str) -> None:
+    path = SAMPLE if which == "sample_jpg" else png_slice
+    img = load_image(path)
+    h, w = img.shape
+    assert h != w
+    thr = _low_threshold(tiny_pipeline, path)
+    res = tiny_pipeline.analyse(path, threshold=thr, force_segmentation=True)
+    assert isinstance(res, CaseResult)
+    assert res.shape == (h, w)
+    assert res.image_sha256 == hashlib.sha256(img.gray.tobytes()).hexdigest()
+
+    # classification: per-model softmax rows, the ensemble from the meta-learner
+    assert list(res.per_model) == list(BACKBONES)
+    for probs in res.per_model.values():
+        assert list(probs) == list(CLASS_NAMES)
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert res.method == "meta-learner (stacking)"
+    stacked = np.array([[res.per_model[m][c] for m in BACKBONES for c in CLASS_NAMES]], np.float32)
+    expected = tiny_pipeline.ensemble.meta.predict(stacked)[0]
+    np.testing.assert_allclose([res.ensemble[c] for c in CLASS_NAMES], expected, atol=1e-6)
+    assert res.predicted_class == CLASS_NAMES[int(np.argmax(expected))]
+    assert res.confidence == pytest.approx(float(expected.max()))
+    votes = {max(p, key=p.get) for p in res.per_model.values()}
+    assert res.models_agree == (len(votes) == 1)
+
+    # segmentation on the ORIGINAL grid
+    assert res.segmented and res.threshold == thr
+    assert res.mask.shape == (h, w) and res.mask.dtype == bool
+    assert res.probability.shape == (h, w)
+    assert res.overlay.shape == (h, w, 3) and res.overlay.dtype == np.uint8
+    assert res.mask_png.shape == (h, w) and res.mask_png.dtype == np.uint8
+    np.testing.assert_array_equal(res.mask_png, np.where(res.mask, 255, 0))
+    direct = tiny_pipeline.segmenter.predict(img.gray, threshold=thr)
+    np.testing.assert_array_equal(res.probability, direct.probability)
+    np.testing.assert_array_equal(res.mask, direct.mask)
+    assert 0 < res.mask.sum() < h * w
+    # the overlay is greener than the original inside the mask, identical far from it
+    assert (_greenness(res.overlay)[res.mask] > _greenness(img.display)[res.mask]).all()
+    near = cv2.dilate(res.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    np.testing.assert_array_equal(res.overlay[~near], img.display[~near])
+
+    assert res.morphology["area_px"] == int(res.mask.sum())
+    assert res.spacing_cm is None and res.spacing_source == "none"
+    assert set(res.timings_s) >= {
+        "decode",
+        "preprocess",
+        "classify",
+        "segment",
+        "morphology",
+        "render",
+        "total",
+    }
+    rec = res.to_record()
+    assert rec["area_px"] == int(res.mask.sum()) and rec["segmented"] is True
+    assert rec["predicted_class"] == res.predicted_class
+    for m in BACKBONES:
+        sha = json.loads((tiny_pipeline.ensemble.members[m].folder / "config.json").read_text())
+        assert f"{m}:{sha['weights_sha256'][:12]}" in rec["model_versions"]
+    assert "resunet:" in rec["model_versions"] and "meta:" in rec["model_versions"]
+
+
+def _fake_prediction(ensemble_probs, per_model_top=None):
+    per_model = {}
+    for i, m in enumerate(BACKBONES):
+        p = np.full((1, 4), 0.1, np.float32)
+        p[0, (per_model_top or [2, 2, 2, 2])[i]] = 0.7
+        per_model[m] = p
+    return EnsemblePrediction(
+        per_model, np.array([ensemble_probs], np.float32), "meta-learner (stacking)"
+    )
+
+
+def test_no_segmentation_for_notumor_unless_forced(tiny_pipeline, png_slice, monkeypatch) -> None:
+    monkeypatch.setattr(
+        tiny_pipeline.ensemble,
+        "predict_crops",
+        lambda crops: _fake_prediction([0.05, 0.05, 0.85, 0.05]),
+    )
+    res = tiny_pipeline.analyse(png_slice)
+    assert res.predicted_class == "notumor" and not res.tumor_found
+    assert not res.segmented
+    assert res.mask is None and res.overlay is None and res.mask_png is None
+    assert res.morphology is None and "segment" not in res.timings_s
+    assert res.models_agree and res.warnings == []
+    rec = res.to_record()
+    assert "area_px" not in rec and rec["spacing_source"] == "none"
+
+    forced = tiny_pipeline.analyse(png_slice, force_segmentation=True)
+    assert forced.predicted_class == "notumor" and forced.segmented and forced.mask is not None
+
+
+def test_tumour_prediction_segments_and_warns(tiny_pipeline, png_slice, monkeypatch) -> None:
+    monkeypatch.setattr(
+        tiny_pipeline.ensemble,
+        "predict_crops",
+        lambda crops: _fake_prediction([0.5, 0.2, 0.2, 0.1], [0, 0, 1, 2]),
+    )
+    res = tiny_pipeline.analyse(png_slice)
+    assert res.predicted_class == "glioma" and res.tumor_found and res.segmented
+    assert not res.models_agree
+    assert "low confidence (0.50 < 0.6)" in res.warnings
+    assert "base models disagree: glioma, meningioma, notumor" in res.warnings
+
+
+@pytest.fixture(scope="module")
+def dicom_bytes(make_slice) -> bytes:
+    pixels = make_slice("meningioma", np.random.default_rng(4), (140, 180))
+    return make_dicom(pixels, spacing=(0.5, 0.8))  # mm: row 0.5, column 0.8
+
+
+def test_dicom_spacing_is_used_and_identifiers_never_leak(tiny_pipeline, dicom_bytes) -> None:
+    thr = _low_threshold(tiny_pipeline, dicom_bytes)
+    res = tiny_pipeline.analyse(dicom_bytes, threshold=thr, force_segmentation=True)
+    assert res.spacing_cm == pytest.approx((0.05, 0.08)) and res.spacing_source == "dicom"
+    rec = res.to_record()
+    assert rec["spacing_source"] == "dicom"
+    assert rec["row_spacing_cm"] == pytest.approx(0.05) and rec["col_spacing_cm"] == pytest.approx(
+        0.08
+    )
+    assert rec["area_cm2"] == pytest.approx(rec["area_px"] * 0.05 * 0.08)
+    text = json.dumps(rec)
+    values = [str(v) for v in rec.values()]
+    for key, ident in IDENTIFIERS.items():
+        for fragment in {ident, *ident.replace("^", " ").replace("-", " ").split()}:
+            if len(fragment) >= 5:
+                assert fragment not in text, key
+                assert not any(fragment in v for v in values), key
+    _assert_identifier_free_keys(rec)
+
+
+def _assert_identifier_free_keys(rec: dict) -> None:
+    for key in rec:
+        low = key.lower()
+        assert not any(part in low for part in IDENTIFYING_KEY_PARTS), key
+
+
+def test_record_keys_are_identifier_free(tiny_pipeline, png_slice) -> None:
+    res = tiny_pipeline.analyse(png_slice, force_segmentation=True)
+    _assert_identifier_free_keys(res.to_record())
+
+
+@pytest.mark.parametrize("source", ["user", "assumed"])
+def test_user_spacing_overrides_dicom(tiny_pipeline, dicom_bytes, source: str) -> None:
+    thr = _low_threshold(tiny_pipeline, dicom_bytes)
+    res = tiny_pipeline.analyse(
+        dicom_bytes,
+        spacing_cm=(0.1, 0.2),
+        spacing_source=source,
+        threshold=thr,
+        force_segmentation=True,
+    )
+    assert res.spacing_cm == (0.1, 0.2) and res.spacing_source == source
+    rec = res.to_record()
+    assert rec["spacing_source"] == source
+    assert rec["area_cm2"] == pytest.approx(rec["area_px"] * 0.02)
+
+
+@pytest.mark.parametrize("source", [None, "dicom", "none", "USER"])
+def test_user_spacing_needs_a_valid_source(tiny_pipeline, png_slice, source) -> None:
+    with pytest.raises(ValueError, match=r"spacing_source .* one of \['assumed', 'user'\]"):
+        tiny_pipeline.analyse(png_slice, spacing_cm=(0.05, 0.05), spacing_source=source)
+
+
+@pytest.mark.parametrize(
+    "spacing", [(0.0, 0.1), (-0.1, 0.1), (float("nan"), 0.1), (0.1, float("inf"))]
+)
+def test_invalid_spacing_values(tiny_pipeline, png_slice, spacing) -> None:
+    with pytest.raises(ValueError, match="two positive finite numbers"):
+        tiny_pipeline.analyse(png_slice, spacing_cm=spacing, spacing_source="user")
+
+
+def test_no_spacing_gives_pixels_only(tiny_pipeline, png_slice) -> None:
+    thr = _low_threshold(tiny_pipeline, png_slice)
+    rec = tiny_pipeline.analyse(png_slice, threshold=thr, force_segmentation=True).to_record()
+    assert rec["spacing_source"] == "none" and rec["area_px"] > 0
+    assert not [k for k in rec if k.endswith(("_cm", "_cm2"))]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.2, 1.5, float("nan")])
+def test_threshold_out_of_range(tiny_pipeline, png_slice, threshold: float) -> None:
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
+        tiny_pipeline.analyse(png_slice, threshold=threshold)
+
+
+@pytest.mark.parametrize("data", [b"", b"definitely not an image", b"\x89PNG\r\n\x1a\n\x00\x00"])
+def test_corrupt_input(tiny_pipeline, data: bytes, tmp_path: Path) -> None:
+    with pytest.raises(InputImageError):
+        tiny_pipeline.analyse(data)
+    f = tmp_path / "broken.png"
+    f.write_bytes(data)
+    with pytest.raises(InputImageError):
+        tiny_pipeline.analyse(f)
+
+
+def test_colour_and_blank_warnings(tiny_pipeline, tmp_path: Path) -> None:
+    rgb = np.zeros((120, 120, 3), np.uint8)
+    rgb[20:100, 20:100] = (200, 30, 30)
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    res = tiny_pipeline.analyse(tmp_path / "red.png")
+    assert any(w.startswith("colour image") for w in res.warnings)
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "black.png")
+    assert "almost blank image" in tiny_pipeline.analyse(tmp_path / "black.png").warnings
+
+
+def _weights_digest(pipe: Pipeline) -> str:
+    d = hashlib.sha256()
+    models = [
+        *(c.model for c in pipe.ensemble.members.values()),
+        pipe.ensemble.meta.model,
+        pipe.segmenter.model,
+    ]
+    for model in models:
+        for w in model.weights:
+            d.update(np.asarray(w.numpy()).tobytes())
+    return d.hexdigest()
+
+
+def test_threads_give_the_serial_results(tiny_pipeline, png_slice) -> None:
+    sources = [SAMPLE, png_slice]
+    serial = [tiny_pipeline.analyse(s, force_segmentation=True) for s in sources]
+    before = _weights_digest(tiny_pipeline)
+    barrier = threading.Barrier(4)
+
+    def work(i: int):
+        barrier.wait()
+        return [tiny_pipeline.analyse(sources[i % 2], force_segmentation=True) for _ in range(2)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(4)))
+    for i, runs in enumerate(results):
+        ref = serial[i % 2]
+        for res in runs:
+            assert res.to_record() == ref.to_record()
+            np.testing.assert_array_equal(res.mask, ref.mask)
+            np.testing.assert_array_equal(res.probability, ref.probability)
+            np.testing.assert_array_equal(res.overlay, ref.overlay)
+    assert serial[0].to_record() != serial[1].to_record()
+    assert _weights_digest(tiny_pipeline) == before  # shared models were not mutated
+
+
+def test_without_segmenter(tiny_pipeline, png_slice) -> None:
+    pipe = Pipeline(tiny_pipeline.ensemble, None, missing=["segmentation/resunet"])
+    res = pipe.analyse(png_slice, force_segmentation=True)
+    assert not res.segmented and res.mask is None
+    assert "segmentation model not available" in res.warnings
+    assert "resunet" not in pipe.model_info
+
+
+@pytest.mark.slow
+def test_load_pipeline_missing_segmentation(tiny_artifacts: Path, tmp_path: Path) -> None:
+    root = tmp_path / "art"
+    root.mkdir()
+    (root / "classification").symlink_to(
+        tiny_artifacts / "classification", target_is_directory=True
+    )
+    with pytest.raises(ArtifactError, match="segmentation model"):
+        load_pipeline(root, strict=True)
+    pipe = load_pipeline(root, strict=False)
+    assert pipe.segmenter is None
+    assert pipe.missing == [f"{root / 'segmentation' / 'resunet'} (segmentation model)"]
