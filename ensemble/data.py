@@ -220,11 +220,13 @@ def cached_arrays(
 ) -> np.ndarray:
     """Return ``(N, size, size)`` uint8 brain crops, computed once and cached as ``.npy``.
 
-    The cache key hashes the file list and the size; unreadable files raise.
+    The cache key hashes the dataset root, the file list and the size; unreadable
+    files raise.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(("\n".join(paths) + f"|{size}|crop-v1").encode()).hexdigest()[:16]
+    ident = f"{Path(root).resolve()}|" + "\n".join(paths) + f"|{size}|crop-v1"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     target = cache_dir / f"crops_{size}_{key}.npy"
     if target.exists():
         return np.load(target, mmap_mode="r")

@@ -252,6 +252,25 @@ def _drop_unsaved_log_rows(log_path: Path, n_epochs: int) -> None:
 def train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None = None) -> dict:
     """Train one backbone through its phases; return the final state.
 
+    The Keras dtype policy is restored afterwards, also on error.
+
+    Args:
+        cfg: Run configuration (saved to ``config.json`` in the run folder).
+        resume: Continue from ``state.json``/``last.keras`` if present.
+        threads: TensorFlow intra-op threads (None: TensorFlow's default).
+    """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        return _train_model(cfg, resume=resume, threads=threads)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None = None) -> dict:
+    """Train one backbone through its phases; return the final state.
+
     Args:
         cfg: Run configuration (saved to ``config.json`` in the run folder).
         resume: Continue from ``state.json``/``last.keras`` if present.

@@ -55,7 +55,8 @@ def save_weights_compact(model: Any, path: str | Path) -> str:
     """Save a Keras model's weights as float16 arrays in an ``.npz``; return its SHA-256.
 
     Float weights are stored as float16 (halving the size); integer weights
-    (e.g. counters) keep their dtype. Names are kept to check the architecture at load.
+    (e.g. counters) keep their dtype. Variable paths are stored for inspection;
+    loading checks the count and the shape of every array.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
