@@ -41,8 +41,19 @@ def get_pipeline() -> Pipeline:
 
 
 def input_limits() -> InputLimits:
-    """Return the upload limits the pipeline enforces."""
-    return InputLimits()
+    """Return the upload limits, taken from the app's configuration.
+
+    The byte limit is Streamlit's ``server.maxUploadSize`` (``.streamlit/config.toml``,
+    in MB); the pixel limit is ``NEUROSTACK_MAX_PIXELS`` when set. The library
+    (``neurostack.imaging.load_image``) enforces both.
+    """
+    import os
+
+    default = InputLimits()
+    upload_mb = st.get_option("server.maxUploadSize")
+    max_bytes = int(upload_mb) * 1024 * 1024 if upload_mb else default.max_bytes
+    max_pixels = int(os.environ.get("NEUROSTACK_MAX_PIXELS", default.max_pixels))
+    return InputLimits(max_bytes=max_bytes, max_pixels=max_pixels)
 
 
 # ---------------------------------------------------------------- case store
