@@ -1,0 +1,199 @@
+"""Write artifacts/MODEL_CARD.md from the artifact records (no number is typed in by hand).
+
+Usage::
+
+    python scripts/model_card.py [--artifacts artifacts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+BACKBONES = ("xception", "inceptionv3", "resnet50", "vgg19")
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _hours(seconds: float | None) -> str:
+    return "—" if not seconds else f"{seconds / 3600:.2f} h"
+
+
+def classification_section(root: Path) -> list[str]:
+    """Split, recipes, wall times and test results of the classifiers."""
+    lines = ["## Classification", ""]
+    split = _json(root / "splits" / "classification_split.json")
+    if split:
+        d = split["duplicates"]
+        counts = pd.DataFrame(split["counts"]).T
+        lines += [
+            "**Data.** `brain-tumor-mri/Training` (Nickparvar, Kaggle 2021, CC0-1.0), "
+            f"{d['n_images']} slices. Exact copies (same bytes): {d['exact_groups']} groups "
+            f"holding {d['exact_images']} files. Exact + near-duplicates (64-bit pHash within "
+            f"{d['max_hamming']} bits) grouped into {d['near_groups']} multi-image groups holding "
+            f"{d['near_images']} files; {d['groups']} groups in all, {d['cross_class_groups']} of them "
+            "spanning two class folders. Groups are never split across train/val/test "
+            "(`python -m ensemble.split`, seed "
+            f"{split['seed']}).",
+            "",
+            counts.to_markdown(),
+            "",
+        ]
+    rows = []
+    for name in BACKBONES:
+        cfg = _json(root / "classification" / name / "config.json")
+        if cfg is None:
+            rows.append({"model": name, "status": "not trained yet"})
+            continue
+        tr = cfg.get("training", {})
+        rec = tr.get("recipe", {})
+        phases = "; ".join(
+            f"{p['name']} {p['epochs']} ep @ {p['image_size']}px lr {p['lr']:g}"
+            for p in rec.get("phases", [])
+        )
+        rows.append(
+            {
+                "model": name,
+                "status": "finished"
+                if tr.get("finished")
+                else "training in progress (best so far)",
+                "inference size": cfg["input_size"],
+                "recipe": f"{phases}; batch {rec.get('batch_size')}, {rec.get('optimizer')}, "
+                f"label smoothing {rec.get('label_smoothing')}, BN momentum "
+                f"{rec.get('bn_momentum')}, {rec.get('mixed_precision')}",
+                "epochs run": tr.get("epochs_run"),
+                "best epoch": tr.get("best_epoch"),
+                "best val acc (train size)": _fmt(tr.get("best_val_accuracy")),
+                "wall time": _hours(tr.get("wall_time_s")),
+            }
+        )
+    lines += ["### Base models", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+    meta = _json(root / "classification" / "meta" / "config.json")
+    meta_m = _json(root / "classification" / "meta" / "metrics.json")
+    if meta:
+        lines += [
+            f"**Meta-learner.** {meta['architecture']}, trained on held-out validation "
+            f"probabilities ({meta['training'].get('n_rows')} rows), "
+            f"{meta['training'].get('epochs')} epochs chosen by "
+            f"{meta['training'].get('epochs_chosen_by')}; CV accuracy "
+            f"{_fmt(meta_m.get('cv_accuracy') if meta_m else None)}.",
+            "",
+        ]
+    else:
+        lines += ["**Meta-learner.** Not fitted yet (it needs all four base models).", ""]
+    ev = _json(root / "evaluation" / "classification" / "test" / "metrics.json")
+    if ev:
+        res = [
+            {
+                "model": m,
+                "accuracy": _fmt(r["accuracy"]),
+                "macro F1": _fmt(r["macro_f1"]),
+                "macro AUC": _fmt(r["roc_auc"].get("macro")),
+                "ECE": _fmt(r.get("ece")),
+            }
+            for m, r in ev["models"].items()
+        ]
+        lines += [
+            f"### Test split ({ev['n_images']} slices, native input sizes)",
+            "",
+            f"Final answer: {ev.get('ensemble_method')}.",
+            "",
+            pd.DataFrame(res).to_markdown(index=False),
+            "",
+        ]
+    return lines
+
+
+def segmentation_section(root: Path) -> list[str]:
+    """Recipe, wall time and held-out results of the Res-UNet."""
+    lines = ["## Segmentation", ""]
+    cfg = _json(root / "segmentation" / "resunet" / "config.json")
+    if cfg is None:
+        return lines + ["Not trained yet.", ""]
+    sp = cfg.get("split", {})
+    lines += [
+        "**Data.** figshare brain tumor dataset (Cheng et al., PLoS ONE 2015, CC BY 4.0), "
+        "patient-level split: "
+        + ", ".join(
+            f"{p} {sp[p]['slices']} slices / {sp[p]['patients']} patients"
+            for p in ("train", "val", "test")
+            if p in sp
+        )
+        + ".",
+        "",
+        f"**Model.** Res-UNet {cfg['architecture']}, input {cfg['input_size']}px, "
+        f"threshold {cfg['threshold']}. Recipe: " + json.dumps(cfg.get("recipe", {})),
+        "",
+        f"Epochs completed {cfg.get('epochs_completed')}, best epoch {cfg.get('best_epoch')} "
+        f"(val Dice {_fmt(cfg.get('best_val_dice'))}), run finished: {cfg.get('run_finished')}, "
+        f"wall time {_hours(cfg.get('wall_time_s'))}.",
+        "",
+    ]
+    ev = _json(root / "evaluation" / "segmentation" / "test" / "metrics.json")
+    if ev:
+        lines += [
+            f"### Held-out test patients ({ev['n_images']} slices)",
+            "",
+            f"mean Dice {_fmt(ev.get('mean_dice'))}, median Dice {_fmt(ev.get('median_dice'))}, "
+            f"mean IoU {_fmt(ev.get('mean_iou'))}.",
+            "",
+        ]
+        per = ev.get("per_class") or {}
+        if per:
+            lines += [pd.DataFrame(per).T.to_markdown(), ""]
+    return lines
+
+
+STATIC_TAIL = """## Hardware
+
+Everything was trained on 2 CPU cores (no GPU), with mixed bfloat16, sharing the
+cores with other work; wall times above are as measured by the training commands.
+
+## Known limitations
+
+- **No ImageNet pretraining**: the weights server is unreachable here, so all four
+  backbones were trained from random initialisation on about 4000 slices.
+- **2-D slices only**; no volume context, one slice at a time.
+- **No pixel spacing in the training data**: sizes are in pixels unless the input
+  carries a spacing (DICOM) or the user gives one.
+- The classification data mixes three public sources (figshare, SARTAJ, Br35H);
+  performance on other scanners and protocols is unknown.
+- Training at a reduced size, inference at the native size: see the recipes.
+
+## Intended use
+
+Research and teaching: exploring how CNN ensembles and a Res-UNet behave on brain
+MRI slices. Not a medical device; not for diagnosis or treatment decisions.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Compose the model card."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    a = p.parse_args(argv)
+    lines = [
+        "# NeuroStack model card",
+        "",
+        "Generated by `python scripts/model_card.py` from the records in `artifacts/`.",
+        "",
+    ]
+    lines += classification_section(a.artifacts)
+    lines += segmentation_section(a.artifacts)
+    lines.append(STATIC_TAIL)
+    (a.artifacts / "MODEL_CARD.md").write_text("\n".join(lines))
+    print(a.artifacts / "MODEL_CARD.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
