@@ -15,7 +15,9 @@ def build_augmenter(seed: int | None = None) -> keras.Sequential:
     return keras.Sequential(
         [
             keras.layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed, dtype="float32"),
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed, dtype="float32"),
+            keras.layers.RandomTranslation(
+                0.1, 0.1, fill_mode="constant", seed=seed, dtype="float32"
+            ),
             keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed, dtype="float32"),
             keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32"),
         ],

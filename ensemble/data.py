@@ -175,7 +175,11 @@ def make_split(
     out = df.copy()
     out["group"] = groups
     rng = np.random.default_rng(seed)
-    targets = {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    targets = {
+        "train": 1 - val_fraction - test_fraction,
+        "val": val_fraction,
+        "test": test_fraction,
+    }
     class_totals = out["label"].value_counts().to_dict()
     filled = {(c, s): 0 for c in class_totals for s in targets}
     info = out.groupby("group")["label"].agg(lambda s: s.value_counts().index[0]).rename("major")
@@ -186,9 +190,7 @@ def make_split(
     assignment: dict[int, str] = {}
     for gid, row in order.iterrows():
         c = row["major"]
-        deficits = {
-            s: targets[s] - filled[(c, s)] / class_totals[c] for s in targets
-        }
+        deficits = {s: targets[s] - filled[(c, s)] / class_totals[c] for s in targets}
         part = max(deficits, key=lambda s: (deficits[s], targets[s]))
         assignment[gid] = part
         filled[(c, part)] += int(row["size"])

@@ -68,11 +68,18 @@ def predict_files(
             continue
         pred = ensemble.predict_crops(crops)
         for i, rec in enumerate(kept):
-            row = {"path": rec.path, "label": rec.label,
-                   "pred": CLASS_NAMES[int(pred.ensemble[i].argmax())]}
+            row = {
+                "path": rec.path,
+                "label": rec.label,
+                "pred": CLASS_NAMES[int(pred.ensemble[i].argmax())],
+            }
             for name in names:
-                row.update(zip(probability_columns(name), pred.per_model[name][i].tolist(), strict=True))
-            row.update(zip(probability_columns(ENSEMBLE_COLUMN), pred.ensemble[i].tolist(), strict=True))
+                row.update(
+                    zip(probability_columns(name), pred.per_model[name][i].tolist(), strict=True)
+                )
+            row.update(
+                zip(probability_columns(ENSEMBLE_COLUMN), pred.ensemble[i].tolist(), strict=True)
+            )
             out_rows.append(row)
     return pd.DataFrame(out_rows), failures
 
@@ -81,8 +88,14 @@ def metrics_from_predictions(df: pd.DataFrame) -> dict:
     """Compute ``{"models": {...}, "n_images"}`` from a predictions table."""
     y = label_indices(df["label"])
     models = {}
-    for model in [*[m for m in ("xception", "inceptionv3", "resnet50", "vgg19")
-                    if probability_columns(m)[0] in df], ENSEMBLE_COLUMN]:
+    for model in [
+        *[
+            m
+            for m in ("xception", "inceptionv3", "resnet50", "vgg19")
+            if probability_columns(m)[0] in df
+        ],
+        ENSEMBLE_COLUMN,
+    ]:
         proba = df[probability_columns(model)].to_numpy(dtype=np.float64)
         models[model] = classification_metrics(y, proba, CLASS_NAMES)
     return {"models": models, "n_images": int(len(df))}
@@ -129,17 +142,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts/classification"))
     p.add_argument("--split", type=Path, default=None, help="split CSV; evaluates --part only")
     p.add_argument("--part", default=None, help="train | val | test (with --split)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="evaluate whichever base models exist (final = their mean)")
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="evaluate whichever base models exist (final = their mean)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     a = p.parse_args(argv)
     if a.part and not a.split:
         p.error("--part needs --split")
-    m = evaluate(a.data_dir, a.out, artifacts=a.artifacts, split_csv=a.split, part=a.part,
-                 strict=not a.allow_missing, batch_size=a.batch_size)
+    m = evaluate(
+        a.data_dir,
+        a.out,
+        artifacts=a.artifacts,
+        split_csv=a.split,
+        part=a.part,
+        strict=not a.allow_missing,
+        batch_size=a.batch_size,
+    )
     for name, rec in m["models"].items():
-        print(f"{name:12s} accuracy={rec['accuracy']:.4f} macro_f1={rec['macro_f1']:.4f} "
-              f"auc={rec['roc_auc']['macro']}")
+        print(
+            f"{name:12s} accuracy={rec['accuracy']:.4f} macro_f1={rec['macro_f1']:.4f} "
+            f"auc={rec['roc_auc']['macro']}"
+        )
     print(f"{m['n_images']} images evaluated, {m['n_failed']} failed -> {a.out}")
     if m["n_images"] == 0:
         print("no image could be evaluated", file=sys.stderr)

@@ -22,25 +22,30 @@ def write_classifier_artifact(
     spec = get_backbone(backbone)
     dest = Path(dest)
     sha = save_weights_compact(model, dest / WEIGHTS_FILE)
-    write_json(dest / "config.json", {
-        "kind": "classifier",
-        "backbone": spec.name,
-        "keras_application": spec.keras_name,
-        "input_size": int(input_size),
-        "native_size": spec.native_size,
-        "class_names": list(CLASS_NAMES),
-        "preprocessing": {
-            "geometry": "brain crop (blur, threshold 45, largest component) -> resize to input_size",
-            "channels": "greyscale repeated to 3 channels",
-            "keras_preprocess_mode": spec.preprocess_mode,
+    write_json(
+        dest / "config.json",
+        {
+            "kind": "classifier",
+            "backbone": spec.name,
+            "keras_application": spec.keras_name,
+            "input_size": int(input_size),
+            "native_size": spec.native_size,
+            "class_names": list(CLASS_NAMES),
+            "preprocessing": {
+                "geometry": (
+                    "brain crop (blur, threshold 45, largest component) -> resize to input_size"
+                ),
+                "channels": "greyscale repeated to 3 channels",
+                "keras_preprocess_mode": spec.preprocess_mode,
+            },
+            "head": HEAD_DESCRIPTION,
+            "decision": "argmax of the softmax",
+            "weights_file": WEIGHTS_FILE,
+            "weights_dtype": "float16 (loaded as float32)",
+            "weights_sha256": sha,
+            "training": training or {},
         },
-        "head": HEAD_DESCRIPTION,
-        "decision": "argmax of the softmax",
-        "weights_file": WEIGHTS_FILE,
-        "weights_dtype": "float16 (loaded as float32)",
-        "weights_sha256": sha,
-        "training": training or {},
-    })
+    )
     return sha
 
 
@@ -50,15 +55,18 @@ def write_meta_artifact(
     """Save the meta-learner's weights (float16) and its config; return the SHA-256."""
     dest = Path(dest)
     sha = save_weights_compact(model, dest / WEIGHTS_FILE)
-    write_json(dest / "config.json", {
-        "kind": "meta_learner",
-        "inputs": list(inputs),
-        "input_features": [f"{m}_{c}" for m in inputs for c in CLASS_NAMES],
-        "class_names": list(CLASS_NAMES),
-        "architecture": META_DESCRIPTION,
-        "decision": "argmax of the softmax",
-        "weights_file": WEIGHTS_FILE,
-        "weights_sha256": sha,
-        "training": training or {},
-    })
+    write_json(
+        dest / "config.json",
+        {
+            "kind": "meta_learner",
+            "inputs": list(inputs),
+            "input_features": [f"{m}_{c}" for m in inputs for c in CLASS_NAMES],
+            "class_names": list(CLASS_NAMES),
+            "architecture": META_DESCRIPTION,
+            "decision": "argmax of the softmax",
+            "weights_file": WEIGHTS_FILE,
+            "weights_sha256": sha,
+            "training": training or {},
+        },
+    )
     return sha

@@ -40,8 +40,11 @@ def gradcam(clf: LoadedClassifier, brain_crop: np.ndarray, class_index: int) -> 
     cam = cam / peak if peak > 0 else np.zeros_like(cam)
     import cv2
 
-    return cv2.resize(cam.astype(np.float32), (brain_crop.shape[1], brain_crop.shape[0]),
-                      interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+        cam.astype(np.float32),
+        (brain_crop.shape[1], brain_crop.shape[0]),
+        interpolation=cv2.INTER_LINEAR,
+    )
 
 
 def gradcam_on_image(

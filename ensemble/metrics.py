@@ -99,8 +99,15 @@ def expected_calibration_error(
             ece += count / len(conf) * abs(c - a)
         else:
             c = a = None
-        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": count,
-                     "confidence": c, "accuracy": a})
+        bins.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "count": count,
+                "confidence": c,
+                "accuracy": a,
+            }
+        )
     return float(ece), bins
 
 

@@ -28,7 +28,7 @@ def build_classifier(
     head_dropout: tuple[float, float] = (0.3, 0.25),
     head_units: int = 128,
 ) -> keras.Model:
-    """Build a base classifier: backbone (max pooling) -> Flatten -> Dropout -> Dense -> Dropout -> softmax.
+    """Build a base classifier: backbone (max pool) -> Flatten -> Dropout/Dense/Dropout -> softmax.
 
     Args:
         backbone: Registry name (``xception``, ``inceptionv3``, ``resnet50``, ``vgg19``).

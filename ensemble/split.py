@@ -27,8 +27,12 @@ def run_split(
 ) -> dict:
     """Hash, group and split a class-folder dataset; write the CSV and a JSON report."""
     df = list_class_folder(data_dir)
-    groups, _, report = find_duplicate_groups(data_dir, df["path"].tolist(), max_hamming=max_hamming)
-    split = make_split(df, groups, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    groups, _, report = find_duplicate_groups(
+        data_dir, df["path"].tolist(), max_hamming=max_hamming
+    )
+    split = make_split(
+        df, groups, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+    )
     labels_per_group = split.groupby("group")["label"].nunique()
     report.cross_class_groups = int((labels_per_group > 1).sum())
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +51,9 @@ def run_split(
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and write the split."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("data_dir", type=Path, help="folder with glioma/ meningioma/ notumor/ pituitary/")
+    p.add_argument(
+        "data_dir", type=Path, help="folder with glioma/ meningioma/ notumor/ pituitary/"
+    )
     p.add_argument("--out", type=Path, default=Path("artifacts/splits/classification_split.csv"))
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--test-fraction", type=float, default=0.15)
@@ -55,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42)
     a = p.parse_args(argv)
     summary = run_split(
-        a.data_dir, a.out, val_fraction=a.val_fraction, test_fraction=a.test_fraction,
-        max_hamming=a.max_hamming, seed=a.seed,
+        a.data_dir,
+        a.out,
+        val_fraction=a.val_fraction,
+        test_fraction=a.test_fraction,
+        max_hamming=a.max_hamming,
+        seed=a.seed,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -48,10 +48,19 @@ def _fit(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, x_val=None, y_val
 
     keras.utils.set_random_seed(seed)
     model = build_meta_learner(x.shape[1] // len(CLASS_NAMES), len(CLASS_NAMES))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    hist = model.fit(x, y, epochs=epochs, batch_size=32, verbose=0,
-                     validation_data=(x_val, y_val) if x_val is not None else None)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    hist = model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=32,
+        verbose=0,
+        validation_data=(x_val, y_val) if x_val is not None else None,
+    )
     return model, hist.history
 
 
@@ -99,17 +108,26 @@ def fit_meta_learner(
     cv_acc = float(np.mean(accs))
     model, _ = _fit(x, y, best_epochs, seed)
     out.mkdir(parents=True, exist_ok=True)
-    write_meta_artifact(model, out, inputs=models, training={
-        "heldout_predictions": str(heldout_csv),
-        "n_rows": int(len(df)),
+    write_meta_artifact(
+        model,
+        out,
+        inputs=models,
+        training={
+            "heldout_predictions": str(heldout_csv),
+            "n_rows": int(len(df)),
+            "epochs": best_epochs,
+            "epochs_chosen_by": f"{folds}-fold CV minimum of mean validation loss",
+            "optimizer": "Adam 1e-3, batch 32",
+            "seed": seed,
+            "wall_time_s": round(time.time() - t0, 1),
+        },
+    )
+    metrics = {
+        "cv_accuracy": cv_acc,
+        "cv_fold_accuracies": accs,
         "epochs": best_epochs,
-        "epochs_chosen_by": f"{folds}-fold CV minimum of mean validation loss",
-        "optimizer": "Adam 1e-3, batch 32",
-        "seed": seed,
-        "wall_time_s": round(time.time() - t0, 1),
-    })
-    metrics = {"cv_accuracy": cv_acc, "cv_fold_accuracies": accs, "epochs": best_epochs,
-               "n_rows": int(len(df))}
+        "n_rows": int(len(df)),
+    }
     write_json(out / "metrics.json", metrics)
     return metrics
 

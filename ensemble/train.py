@@ -124,7 +124,9 @@ def _apply_trainable(model, base_layers: int, scope: str) -> None:
             layer.trainable = False  # keep BN statistics frozen while fine-tuning
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, mode: str, batch_size: int, *, train: bool, seed: int):
+def make_dataset(
+    x: np.ndarray, y: np.ndarray, mode: str, batch_size: int, *, train: bool, seed: int
+):
     """Build a ``tf.data`` pipeline from ``(N, S, S)`` uint8 crops and integer labels."""
     import tensorflow as tf
 
@@ -152,7 +154,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, mode: str, batch_size: int, *, tr
 
 
 def _progress_callback(every: int = 20):
-    """A Keras callback printing one line every ``every`` batches (for log files)."""
+    """Return a Keras callback printing one line every ``every`` batches (for log files)."""
     import keras
 
     class _Progress(keras.callbacks.Callback):
@@ -163,8 +165,11 @@ def _progress_callback(every: int = 20):
             if (batch + 1) % every == 0:
                 logs = logs or {}
                 rate = (batch + 1) / max(1e-9, time.time() - self.t0)
-                print(f"  batch {batch + 1}: loss={logs.get('loss', float('nan')):.4f} "
-                      f"acc={logs.get('accuracy', float('nan')):.4f} ({rate:.2f} batch/s)", flush=True)
+                print(
+                    f"  batch {batch + 1}: loss={logs.get('loss', float('nan')):.4f} "
+                    f"acc={logs.get('accuracy', float('nan')):.4f} ({rate:.2f} batch/s)",
+                    flush=True,
+                )
 
     return _Progress()
 
@@ -241,8 +246,12 @@ def _drop_unsaved_log_rows(log_path: Path, n_epochs: int) -> None:
 
     def kept(line: str) -> bool:
         head = line.split(",", 1)[0]
-        return (line.endswith("\n") and line.count(",") == n_fields and head.isdigit()
-                and int(head) < n_epochs)
+        return (
+            line.endswith("\n")
+            and line.count(",") == n_fields
+            and head.isdigit()
+            and int(head) < n_epochs
+        )
 
     rows = [line for line in lines[1:] if kept(line)]
     if len(rows) != len(lines) - 1:
@@ -309,15 +318,28 @@ def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None 
     while state.data["phase"] < len(cfg.phases) and not state.data["done"]:
         p_idx = state.data["phase"]
         phase = cfg.phases[p_idx]
-        x_train = np.asarray(cached_arrays(cfg.data_dir, train_df["path"].tolist(), phase.image_size, **cache_kw))
-        x_val = np.asarray(cached_arrays(cfg.data_dir, val_df["path"].tolist(), phase.image_size, **cache_kw))
-        train_ds = make_dataset(x_train, y_train, spec.preprocess_mode, cfg.batch_size, train=True, seed=cfg.seed + state.data["global_epoch"])
+        x_train = np.asarray(
+            cached_arrays(cfg.data_dir, train_df["path"].tolist(), phase.image_size, **cache_kw)
+        )
+        x_val = np.asarray(
+            cached_arrays(cfg.data_dir, val_df["path"].tolist(), phase.image_size, **cache_kw)
+        )
+        train_ds = make_dataset(
+            x_train,
+            y_train,
+            spec.preprocess_mode,
+            cfg.batch_size,
+            train=True,
+            seed=cfg.seed + state.data["global_epoch"],
+        )
         val_ds = make_dataset(x_val, y_val, spec.preprocess_mode, 64, train=False, seed=0)
 
         last = out / "last.keras"
         if state.data["epoch_in_phase"] > 0 and last.exists():
             model = keras.saving.load_model(last)
-            print(f"[{cfg.model}] resumed phase {phase.name} at epoch {state.data['epoch_in_phase']}")
+            print(
+                f"[{cfg.model}] resumed phase {phase.name} at epoch {state.data['epoch_in_phase']}"
+            )
         else:
             model = _build(cfg, phase)
             best = out / "best.weights.h5"
@@ -328,10 +350,14 @@ def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None 
                 print(f"[{cfg.model}] initialised from {cfg.init_from}")
             elif p_idx > 0 and best.exists():
                 model.load_weights(best)  # carry the best weights into the next phase
-                print(f"[{cfg.model}] phase {phase.name}: starting from best weights of the previous phase")
+                print(
+                    f"[{cfg.model}] phase {phase.name}: starts from the previous best weights"
+                )
         n_params = model.count_params()
-        print(f"[{cfg.model}] phase {phase.name}: {phase.image_size}px, {n_params:,} parameters, "
-              f"{len(x_train)} train / {len(x_val)} val images")
+        print(
+            f"[{cfg.model}] phase {phase.name}: {phase.image_size}px, {n_params:,} parameters, "
+            f"{len(x_train)} train / {len(x_val)} val images"
+        )
 
         while state.data["epoch_in_phase"] < phase.epochs:
             e = state.data["epoch_in_phase"]
@@ -339,8 +365,12 @@ def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None 
             model.optimizer.learning_rate.assign(lr)
             t0 = time.time()
             tty = os.isatty(1)
-            hist = model.fit(train_ds, epochs=1, verbose=1 if tty else 0,
-                             callbacks=[] if tty else [_progress_callback()])
+            hist = model.fit(
+                train_ds,
+                epochs=1,
+                verbose=1 if tty else 0,
+                callbacks=[] if tty else [_progress_callback()],
+            )
             val_loss, val_acc = model.evaluate(val_ds, verbose=0)
             dt = time.time() - t0
             row = {
@@ -359,9 +389,12 @@ def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None 
                 if write_header:
                     fh.write(",".join(row) + "\n")
                 fh.write(",".join(str(v) for v in row.values()) + "\n")
-            print(f"[{cfg.model}] epoch {row['epoch']} ({phase.name} {e + 1}/{phase.epochs}) "
-                  f"lr={lr:.2e} loss={row['loss']:.4f} acc={row['accuracy']:.4f} "
-                  f"val_loss={val_loss:.4f} val_acc={val_acc:.4f} [{dt:.0f}s]", flush=True)
+            print(
+                f"[{cfg.model}] epoch {row['epoch']} ({phase.name} {e + 1}/{phase.epochs}) "
+                f"lr={lr:.2e} loss={row['loss']:.4f} acc={row['accuracy']:.4f} "
+                f"val_loss={val_loss:.4f} val_acc={val_acc:.4f} [{dt:.0f}s]",
+                flush=True,
+            )
 
             d = state.data
             improved = val_acc > d["best_val_accuracy"] or (
@@ -371,9 +404,14 @@ def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None 
             if phase.name == "native" and e == 0:
                 improved = True
             if improved:
-                d.update(best_val_accuracy=float(val_acc), best_val_loss=float(val_loss),
-                         best_epoch=d["global_epoch"], best_phase=phase.name,
-                         best_image_size=phase.image_size, wait=0)
+                d.update(
+                    best_val_accuracy=float(val_acc),
+                    best_val_loss=float(val_loss),
+                    best_epoch=d["global_epoch"],
+                    best_phase=phase.name,
+                    best_image_size=phase.image_size,
+                    wait=0,
+                )
                 model.save_weights(out / "best.weights.h5")
             else:
                 d["wait"] += 1
@@ -393,10 +431,18 @@ def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None 
             tmp.replace(last)
             state.save()
             if d["wait"] >= cfg.patience and e >= phase.warmup_epochs:
-                print(f"[{cfg.model}] early stop in phase {phase.name}: no val gain for {d['wait']} epochs")
+                print(
+                    f"[{cfg.model}] early stop in {phase.name}: no val gain for {d['wait']} epochs"
+                )
                 break
-        state.data.update(phase=p_idx + 1, epoch_in_phase=0, wait=0, plateau_wait=0,
-                          plateau_scale=1.0, plateau_best_loss=math.inf)
+        state.data.update(
+            phase=p_idx + 1,
+            epoch_in_phase=0,
+            wait=0,
+            plateau_wait=0,
+            plateau_scale=1.0,
+            plateau_best_loss=math.inf,
+        )
         if p_idx + 1 < len(cfg.phases) and cfg.phases[p_idx + 1].name == "native":
             state.data["best_val_accuracy"] = -1.0  # compare native-size epochs among themselves
         state.save()
@@ -423,17 +469,23 @@ def export_model(run_dir: Path, model_name: str, dest: Path, input_size: int | N
     size = input_size or spec.native_size
     model = build_classifier(model_name, weights=None, input_size=size)
     model.load_weights(src / "best.weights.h5")
-    write_classifier_artifact(model, dest, backbone=model_name, input_size=size, training={
-        "recipe": cfg,
-        "best_epoch": state.get("best_epoch"),
-        "best_phase": state.get("best_phase"),
-        "best_image_size": state.get("best_image_size"),
-        "best_val_accuracy": state.get("best_val_accuracy"),
-        "epochs_run": state.get("global_epoch"),
-        "wall_time_s": round(state.get("wall_time_s", 0.0), 1),
-        "finished": bool(state.get("done")),
-        "hardware": "2 CPU cores, no GPU",
-    })
+    write_classifier_artifact(
+        model,
+        dest,
+        backbone=model_name,
+        input_size=size,
+        training={
+            "recipe": cfg,
+            "best_epoch": state.get("best_epoch"),
+            "best_phase": state.get("best_phase"),
+            "best_image_size": state.get("best_image_size"),
+            "best_val_accuracy": state.get("best_val_accuracy"),
+            "epochs_run": state.get("global_epoch"),
+            "wall_time_s": round(state.get("wall_time_s", 0.0), 1),
+            "finished": bool(state.get("done")),
+            "hardware": "2 CPU cores, no GPU",
+        },
+    )
     if (src / "training_log.csv").exists():
         shutil.copy(src / "training_log.csv", dest / "training_log.csv")
     return dest
@@ -443,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments and train (or export) the requested backbones."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--split", type=Path, default=DEFAULT_SPLIT, help="split CSV from ensemble.split")
+    p.add_argument(
+        "--split", type=Path, default=DEFAULT_SPLIT, help="split CSV from ensemble.split"
+    )
     p.add_argument("--models", default=",".join(BACKBONES), help="comma-separated backbone names")
     p.add_argument("--run-dir", type=Path, default=Path("runs/classification"))
     p.add_argument("--epochs", type=int, default=40)
@@ -460,13 +514,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--init-from", default=None,
-                   help="artifact folder whose weights.npz initialises the first phase "
-                        "(e.g. to continue from shipped weights when the run folder was lost)")
-    p.add_argument("--export", type=Path, default=None,
-                   help="write best weights of each model to EXPORT/<model>/ instead of training")
-    p.add_argument("--export-size", type=int, default=None,
-                   help="diagnostics only: export at this input size instead of the native one")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="artifact folder whose weights.npz initialises the first phase "
+        "(e.g. to continue from shipped weights when the run folder was lost)",
+    )
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="write best weights of each model to EXPORT/<model>/ instead of training",
+    )
+    p.add_argument(
+        "--export-size",
+        type=int,
+        default=None,
+        help="diagnostics only: export at this input size instead of the native one",
+    )
     a = p.parse_args(argv)
     names = [get_backbone(n).name for n in a.models.split(",") if n]
     if a.export:
@@ -476,12 +541,27 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         weights = None if a.weights == "none" else a.weights
         cfg = TrainConfig(
-            model=name, data_dir=str(a.data_dir), split_csv=str(a.split), run_dir=str(a.run_dir),
-            phases=plan_phases(name, weights=weights, image_size=a.image_size, epochs=a.epochs,
-                               lr=a.lr, warmup_epochs=a.warmup_epochs, native_epochs=a.native_epochs,
-                               native_lr=a.native_lr),
-            batch_size=a.batch_size, weights=weights, optimizer=a.optimizer, patience=a.patience,
-            mixed_precision=a.mixed_precision, cache_dir=a.cache_dir, init_from=a.init_from,
+            model=name,
+            data_dir=str(a.data_dir),
+            split_csv=str(a.split),
+            run_dir=str(a.run_dir),
+            phases=plan_phases(
+                name,
+                weights=weights,
+                image_size=a.image_size,
+                epochs=a.epochs,
+                lr=a.lr,
+                warmup_epochs=a.warmup_epochs,
+                native_epochs=a.native_epochs,
+                native_lr=a.native_lr,
+            ),
+            batch_size=a.batch_size,
+            weights=weights,
+            optimizer=a.optimizer,
+            patience=a.patience,
+            mixed_precision=a.mixed_precision,
+            cache_dir=a.cache_dir,
+            init_from=a.init_from,
         )
         state_file = a.run_dir / name / "state.json"
         resume = a.resume and state_file.exists()

@@ -96,7 +96,9 @@ def load_weights_compact(model: Any, path: str | Path) -> None:
                     f"{path}: weight {i} ({w.path}) has shape {value.shape}, "
                     f"model expects {tuple(w.shape)}"
                 )
-            values.append(value.astype(w.dtype) if np.issubdtype(value.dtype, np.floating) else value)
+            values.append(
+                value.astype(w.dtype) if np.issubdtype(value.dtype, np.floating) else value
+            )
     for w, value in zip(model.weights, values, strict=True):
         w.assign(value)
 

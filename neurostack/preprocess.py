@@ -85,7 +85,9 @@ def resize_square(image: np.ndarray, size: int, *, nearest: bool = False) -> np.
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def paste_crop(values: np.ndarray, box: CropBox, shape: tuple[int, int], fill: float = 0) -> np.ndarray:
+def paste_crop(
+    values: np.ndarray, box: CropBox, shape: tuple[int, int], fill: float = 0
+) -> np.ndarray:
     """Map an array computed on a resized crop back onto the original image grid.
 
     Args:

@@ -44,7 +44,9 @@ def overlay_mask(
     out[mask] = (1 - alpha) * out[mask] + alpha * col
     out = np.clip(out, 0, 255).astype(np.uint8)
     if contour_px > 0 and mask.any():
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        contours, _ = cv2.findContours(
+            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+        )
         out = np.ascontiguousarray(out)
         cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), contour_px)
     return out

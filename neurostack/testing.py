@@ -37,24 +37,42 @@ def make_tiny_artifacts(root: str | Path, *, seed: int = 0, with_evaluation: boo
     cls_dir = root / "classification"
     for name in BACKBONES:
         model = build_classifier(name, weights=None, input_size=TINY_SIZES[name])
-        write_classifier_artifact(model, cls_dir / name, backbone=name,
-                                  input_size=TINY_SIZES[name], training={"tiny_test_artifact": True})
+        write_classifier_artifact(
+            model,
+            cls_dir / name,
+            backbone=name,
+            input_size=TINY_SIZES[name],
+            training={"tiny_test_artifact": True},
+        )
         log = "epoch,phase,image_size,lr,loss,accuracy,val_loss,val_accuracy,seconds\n" + "".join(
             f"{e},scratch,{TINY_SIZES[name]},0.001,{1.4 - 0.1 * e},{0.3 + 0.1 * e},"
-            f"{1.5 - 0.1 * e},{0.3 + 0.08 * e},1.0\n" for e in range(4)
+            f"{1.5 - 0.1 * e},{0.3 + 0.08 * e},1.0\n"
+            for e in range(4)
         )
         (cls_dir / name / "training_log.csv").write_text(log)
         keras.backend.clear_session()
-    write_meta_artifact(build_meta_learner(), cls_dir / "meta", inputs=list(BACKBONES),
-                        training={"tiny_test_artifact": True})
+    write_meta_artifact(
+        build_meta_learner(),
+        cls_dir / "meta",
+        inputs=list(BACKBONES),
+        training={"tiny_test_artifact": True},
+    )
     seg_dir = root / "segmentation" / "resunet"
     seg = build_resunet(**TINY_SEG)
     sha = save_weights_compact(seg, seg_dir / "weights.npz")
-    write_json(seg_dir / "config.json", {
-        "model": "resunet", "architecture": TINY_SEG, "input_size": TINY_SEG["input_size"],
-        "preprocessing": "brain crop -> resize -> /255", "threshold": 0.5,
-        "weights_file": "weights.npz", "weights_sha256": sha, "tiny_test_artifact": True,
-    })
+    write_json(
+        seg_dir / "config.json",
+        {
+            "model": "resunet",
+            "architecture": TINY_SEG,
+            "input_size": TINY_SEG["input_size"],
+            "preprocessing": "brain crop -> resize -> /255",
+            "threshold": 0.5,
+            "weights_file": "weights.npz",
+            "weights_sha256": sha,
+            "tiny_test_artifact": True,
+        },
+    )
     if with_evaluation:
         _tiny_evaluation(root, CLASS_NAMES, seed)
     return root
@@ -74,7 +92,9 @@ def _tiny_evaluation(root: Path, class_names: tuple[str, ...], seed: int) -> Non
             img = np.zeros((96, 96), np.uint8)
             img[16:80, 16:80] = rng.integers(60, 200, (64, 64), dtype=np.uint8)
             Image.fromarray(img).save(data / label / f"{label}_{i}.png")
-    evaluate(data, root / "evaluation" / "classification" / "test", artifacts=root / "classification")
+    evaluate(
+        data, root / "evaluation" / "classification" / "test", artifacts=root / "classification"
+    )
     seg_eval = root / "evaluation" / "segmentation" / "test"
     seg_eval.mkdir(parents=True, exist_ok=True)
     dice = rng.uniform(0.3, 0.95, 9)
@@ -83,9 +103,14 @@ def _tiny_evaluation(root: Path, class_names: tuple[str, ...], seed: int) -> Non
         for i, d in enumerate(dice)
     ]
     (seg_eval / "per_image.csv").write_text("\n".join(rows) + "\n")
-    write_json(seg_eval / "metrics.json", {
-        "mean_dice": float(dice.mean()), "median_dice": float(np.median(dice)),
-        "mean_iou": float((dice / (2 - dice)).mean()), "n_images": int(len(dice)),
-        "tiny_test_artifact": True,
-    })
+    write_json(
+        seg_eval / "metrics.json",
+        {
+            "mean_dice": float(dice.mean()),
+            "median_dice": float(np.median(dice)),
+            "mean_iou": float((dice / (2 - dice)).mean()),
+            "n_images": int(len(dice)),
+            "tiny_test_artifact": True,
+        },
+    )
     (root / "evaluation" / "README.json").write_text(json.dumps({"tiny": True}))

@@ -40,7 +40,8 @@ def classification_section(root: Path) -> list[str]:
             f"{d['n_images']} slices. Exact copies (same bytes): {d['exact_groups']} groups "
             f"holding {d['exact_images']} files. Exact + near-duplicates (64-bit pHash within "
             f"{d['max_hamming']} bits) grouped into {d['near_groups']} multi-image groups holding "
-            f"{d['near_images']} files; {d['groups']} groups in all, {d['cross_class_groups']} of them "
+            f"{d['near_images']} files; {d['groups']} groups in all, "
+            f"{d['cross_class_groups']} of them "
             "spanning two class folders. Groups are never split across train/val/test "
             "(`python -m ensemble.split`, seed "
             f"{split['seed']}).",
