@@ -77,7 +77,7 @@ def classification_section(root: Path) -> list[str]:
                 "wall time": _hours(tr.get("wall_time_s")),
             }
         )
-    lines += ["### Base models", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+    lines += ["### Base models", "", pd.DataFrame(rows).fillna("").to_markdown(index=False), ""]
     meta = _json(root / "classification" / "meta" / "config.json")
     meta_m = _json(root / "classification" / "meta" / "metrics.json")
     if meta:
@@ -92,6 +92,10 @@ def classification_section(root: Path) -> list[str]:
     else:
         lines += ["**Meta-learner.** Not fitted yet (it needs all four base models).", ""]
     ev = _json(root / "evaluation" / "classification" / "test" / "metrics.json")
+    title = "Test split"
+    if ev is None:
+        ev = _json(root / "evaluation" / "classification" / "val" / "metrics.json")
+        title = "Validation split (interim; the test split is evaluated once, at the end)"
     if ev:
         res = [
             {
@@ -104,7 +108,7 @@ def classification_section(root: Path) -> list[str]:
             for m, r in ev["models"].items()
         ]
         lines += [
-            f"### Test split ({ev['n_images']} slices, native input sizes)",
+            f"### {title} ({ev['n_images']} slices, native input sizes)",
             "",
             f"Final answer: {ev.get('ensemble_method')}.",
             "",
@@ -140,9 +144,13 @@ def segmentation_section(root: Path) -> list[str]:
         "",
     ]
     ev = _json(root / "evaluation" / "segmentation" / "test" / "metrics.json")
+    title = "Held-out test patients"
+    if ev is None:
+        ev = _json(root / "evaluation" / "segmentation" / "val" / "metrics.json")
+        title = "Held-out validation patients (interim)"
     if ev:
         lines += [
-            f"### Held-out test patients ({ev['n_images']} slices)",
+            f"### {title} ({ev['n_images']} slices)",
             "",
             f"mean Dice {_fmt(ev.get('mean_dice'))}, median Dice {_fmt(ev.get('median_dice'))}, "
             f"mean IoU {_fmt(ev.get('mean_iou'))}.",
