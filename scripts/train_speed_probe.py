@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
         infer = (time.time() - t) / len(x)
         print(
             f"{policy} {name} {size}px: train {train * 1000:.1f} ms/img "
-            f"(epoch of 3998 slices {train * 3998 / 60:.1f} min); infer {infer * 1000:.1f} ms/img"
+            f"(3998-slice epoch {train * 3998 / 60:.1f} min); infer {infer * 1000:.1f} ms/img"
         )
         keras.backend.clear_session()
     return 0
