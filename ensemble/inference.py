@@ -4,6 +4,20 @@
 each hold ``weights.npz``, ``config.json`` (with ``weights_sha256``) and
 ``metrics.json``. :func:`load_ensemble` rebuilds everything from those files
 alone and verifies every checksum before any weight is used.
+
+Speed (measured in ``benchmarks/README.md``):
+
+* :meth:`Ensemble.predict_crops` runs all base models *and* the meta-learner in one
+  compiled ``tf.function`` with a fixed input signature (one greyscale input per
+  distinct input size; channel repetition and the ``keras.applications``
+  preprocessing are done in the graph), traced once at load time and never again,
+  so several threads (dashboard sessions) can call it at once;
+* ``precision="bfloat16"`` (opt-in) predicts with an *inference copy* of each
+  classifier (:func:`inference_model`): every BatchNormalization that follows a
+  convolution is folded into that convolution, Dropout is dropped, and weights and
+  arithmetic are bfloat16 (outputs stay float32). Use it only after
+  ``benchmarks/precision_check.py`` shows unchanged test-split accuracy. The
+  original model (``LoadedClassifier.model``, used by Grad-CAM) is never changed.
 """
 
 from __future__ import annotations
@@ -11,6 +25,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,23 +42,147 @@ from neurostack.errors import ArtifactError
 from neurostack.preprocess import resize_square
 
 META_NAME = "meta"
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+"""Inference precisions of the base classifiers; ``float32`` is the default."""
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}; received {precision!r}")
+    return precision
 
 
 def _compiled(model, input_shape: tuple[int | None, ...]):
     """Wrap a Keras model in a fixed-signature ``tf.function`` (traced once, thread-safe)."""
     import tensorflow as tf
 
-    fn = tf.function(
-        lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec(input_shape, tf.float32)],
-        reduce_retracing=True,
-    )
-    return fn
+    def run(x):
+        return tf.cast(model(x, training=False), tf.float32)
+
+    return tf.function(run, input_signature=[tf.TensorSpec(input_shape, tf.float32)])
+
+
+# --------------------------------------------------------------------------- inference copy
+_CONV_TYPES = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D")
+
+
+def _foldable_batchnorms(model: Any) -> dict[str, Any]:
+    """Map ``conv layer name -> BatchNormalization layer`` for every foldable pair.
+
+    A pair is foldable when the BatchNormalization normalises the last axis, is
+    called once, and its only input is the linear output of a convolution that
+    is called once and feeds nothing else.
+    """
+    import keras
+
+    pairs: dict[str, Any] = {}
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        axis = layer.axis if isinstance(layer.axis, int) else (list(layer.axis) or [None])[-1]
+        rank = len(layer.input.shape)
+        if axis not in (-1, rank - 1):
+            continue
+        node = layer._inbound_nodes[0]
+        if len(node.input_tensors) != 1:
+            continue
+        producer = node.input_tensors[0]._keras_history.operation
+        if (
+            type(producer).__name__ in _CONV_TYPES
+            and isinstance(producer, keras.layers.Layer)
+            and len(producer._inbound_nodes) == 1
+            and len(producer._outbound_nodes) == 1
+            and producer.activation is keras.activations.linear
+        ):
+            pairs[producer.name] = layer
+    return pairs
+
+
+def _folded_weights(conv: Any, bn: Any) -> list[np.ndarray]:
+    """Kernel(s) and bias of ``conv`` followed by inference-mode ``bn``, as one convolution."""
+    values = {w.path.rsplit("/", 1)[-1]: np.asarray(w, dtype=np.float64) for w in bn.weights}
+    scale = 1.0 / np.sqrt(values["moving_variance"] + bn.epsilon)
+    if "gamma" in values:
+        scale = scale * values["gamma"]
+    shift = values.get("beta", 0.0) - values["moving_mean"] * scale
+    w = [np.asarray(v, dtype=np.float64) for v in conv.get_weights()]
+    bias = w[-1] if conv.use_bias else 0.0
+    kind = type(conv).__name__
+    if kind == "SeparableConv2D":  # BN scales the pointwise kernel's output channels
+        kernels = [w[0], w[1] * scale]
+    elif kind == "DepthwiseConv2D":  # output channel = in_channel * multiplier + m
+        k = w[0]
+        kernels = [k * scale.reshape(k.shape[2], k.shape[3])]
+    else:
+        kernels = [w[0] * scale]
+    return [*kernels, bias * scale + shift]
+
+
+def inference_model(model: Any, *, precision: str = "float32", fold_batchnorm: bool = True) -> Any:
+    """Return a new Keras model computing ``model(x, training=False)``, made for inference.
+
+    Each BatchNormalization that directly follows a convolution is folded into
+    that convolution (kernel scaled per output channel, bias added), and Dropout
+    layers are removed; both are no-ops or affine maps at inference. With
+    ``precision="bfloat16"`` every layer except those producing the model's outputs
+    stores its weights and computes in bfloat16 (oneDNN uses the CPU's
+    AVX512_BF16 instructions); the outputs stay float32. ``model`` is not changed.
+
+    Args:
+        model: A functional Keras model (e.g. from :func:`ensemble.models.build_classifier`).
+        precision: ``"float32"`` or ``"bfloat16"``.
+        fold_batchnorm: Fold BatchNormalization into the preceding convolution.
+
+    Returns:
+        A functional ``keras.Model`` with the same input and output shapes and layer names.
+    """
+    import keras
+
+    _check_precision(precision)
+    pairs = _foldable_batchnorms(model) if fold_batchnorm else {}
+    folded = {bn.name for bn in pairs.values()}
+    output_layers = {t._keras_history.operation.name for t in model.outputs}
+
+    def skipped(layer: Any) -> bool:
+        return isinstance(layer, keras.layers.Dropout) or layer.name in folded
+
+    def clone(layer: Any) -> Any:
+        if skipped(layer) or isinstance(layer, keras.layers.InputLayer):
+            return layer  # skipped layers are never called; inputs are recreated by Keras
+        cfg = layer.get_config()
+        for key in cfg:  # every weight is assigned below: skip drawing random numbers
+            if key.endswith("_initializer") and cfg[key] is not None:
+                cfg[key] = "zeros"
+        if layer.name in pairs:
+            cfg["use_bias"] = True
+        if precision == "bfloat16" and layer.name not in output_layers:
+            cfg["dtype"] = "bfloat16"
+        return layer.__class__.from_config(cfg)
+
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        return args[0] if skipped(layer) else layer(*args, **kwargs)
+
+    new = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in model.layers:
+        if not layer.weights or skipped(layer):
+            continue
+        target = new.get_layer(layer.name)
+        values = _folded_weights(layer, pairs[layer.name]) if layer.name in pairs else [
+            np.asarray(w) for w in layer.get_weights()
+        ]
+        target.set_weights([np.asarray(v, dtype=np.float32) for v in values])
+    return new
 
 
 @dataclass
 class LoadedClassifier:
-    """A base classifier ready for inference."""
+    """A base classifier ready for inference.
+
+    ``model`` is the Keras model exactly as rebuilt from the artifact (float32; used
+    by Grad-CAM). Predictions come from ``inference`` when it is set (a copy made by
+    :func:`inference_model`: BatchNorm folded, in ``precision``), else from ``model``.
+    """
 
     name: str
     model: object
@@ -51,10 +190,19 @@ class LoadedClassifier:
     preprocess_mode: str
     config: dict
     folder: Path
+    precision: str = "float32"
+    inference: object = field(repr=False, default=None)
     _fn: object = field(repr=False, default=None)
+
+    @property
+    def predictor(self) -> object:
+        """The Keras model predictions come from: ``inference`` if set, else ``model``."""
+        return self.inference if self.inference is not None else self.model
 
     def predict_preprocessed(self, x: np.ndarray) -> np.ndarray:
         """``(N, S, S, 3)`` float32 preprocessed batch -> ``(N, 4)`` probabilities."""
+        if self._fn is None:
+            self._fn = _compiled(self.predictor, (None, self.input_size, self.input_size, 3))
         return np.asarray(self._fn(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
 
     def prepare(self, crops: list[np.ndarray]) -> np.ndarray:
@@ -88,7 +236,9 @@ def _checked_config(folder: Path, kind: str) -> dict:
         raise ArtifactError(f"Missing artifact folder: {folder}")
     cfg = read_json(folder / CONFIG_FILE)
     if cfg.get("kind") != kind:
-        raise ArtifactError(f"{folder / CONFIG_FILE} describes a {cfg.get('kind')!r}, expected {kind!r}")
+        raise ArtifactError(
+            f"{folder / CONFIG_FILE} describes a {cfg.get('kind')!r}, expected {kind!r}"
+        )
     if "weights_sha256" not in cfg:
         raise ArtifactError(f"{folder / CONFIG_FILE} has no weights_sha256 entry")
     verify_sha256(folder / cfg.get("weights_file", WEIGHTS_FILE), cfg["weights_sha256"])
@@ -99,19 +249,40 @@ def _checked_config(folder: Path, kind: str) -> dict:
     return cfg
 
 
-def load_classifier(folder: str | Path) -> LoadedClassifier:
-    """Rebuild a base classifier from its folder, verifying the weights' SHA-256 first."""
+def load_classifier(folder: str | Path, *, precision: str = "float32",
+                    fold_batchnorm: bool | None = None) -> LoadedClassifier:
+    """Rebuild a base classifier from its folder, verifying the weights' SHA-256 first.
+
+    Args:
+        folder: The artifact folder.
+        precision: Inference precision, ``"float32"`` (default) or ``"bfloat16"``.
+        fold_batchnorm: Predict with a BatchNorm-folded copy (:func:`inference_model`).
+            ``None`` (default): only for ``"bfloat16"``, where it is needed for speed;
+            in float32 it measured no faster and costs a second copy of the weights,
+            so the rebuilt model itself is used.
+    """
+    import keras
+
     from ensemble.models import build_classifier
 
+    _check_precision(precision)
     folder = Path(folder)
     cfg = _checked_config(folder, "classifier")
     spec = get_backbone(cfg["backbone"])
     size = int(cfg["input_size"])
-    model = build_classifier(spec.name, weights=None, input_size=size)
-    load_weights_compact(model, folder / cfg.get("weights_file", WEIGHTS_FILE))
-    clf = LoadedClassifier(spec.name, model, size, cfg["preprocessing"]["keras_preprocess_mode"], cfg, folder)
-    clf._fn = _compiled(model, (None, size, size, 3))
-    return clf
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # the policy is per thread in Keras 3
+    try:
+        model = build_classifier(spec.name, weights=None, input_size=size)
+        load_weights_compact(model, folder / cfg.get("weights_file", WEIGHTS_FILE))
+        fold = precision == "bfloat16" if fold_batchnorm is None else bool(fold_batchnorm)
+        inference = None
+        if fold or precision != "float32":
+            inference = inference_model(model, precision=precision, fold_batchnorm=fold)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return LoadedClassifier(spec.name, model, size, cfg["preprocessing"]["keras_preprocess_mode"],
+                            cfg, folder, precision, inference)
 
 
 def load_meta(folder: str | Path) -> LoadedMeta:
@@ -147,16 +318,57 @@ class Ensemble:
 
     When the meta-learner or a base model is missing (only with ``strict=False``)
     the final answer is the mean of the available base models and ``method`` says so.
+
+    With ``fused=True`` (default) :meth:`predict_crops` runs everything in one
+    compiled graph (see the module docstring); it is traced here, once.
     """
 
     def __init__(self, members: dict[str, LoadedClassifier], meta: LoadedMeta | None,
-                 missing: list[str] | None = None) -> None:
+                 missing: list[str] | None = None, *, fused: bool = True) -> None:
         if not members:
             raise ArtifactError("No classifier could be loaded")
         self.members = members
         self.meta = meta
         self.missing = missing or []
         self._lock = threading.Lock()
+        self.sizes: tuple[int, ...] = tuple(sorted({c.input_size for c in members.values()}))
+        self._fused = self._build_fused() if fused else None
+
+    def _build_fused(self):
+        """One ``tf.function`` from per-size greyscale batches to every probability."""
+        import tensorflow as tf
+
+        members = dict(self.members)
+        meta = self.meta
+        sizes = self.sizes
+        models = {n: c.predictor for n, c in members.items()}
+
+        def run(*grays):
+            by_size = dict(zip(sizes, grays, strict=True))
+            inputs: dict[tuple[int, str], Any] = {}
+            probs: dict[str, Any] = {}
+            for name, clf in members.items():
+                key = (clf.input_size, clf.preprocess_mode)
+                if key not in inputs:
+                    rgb = tf.repeat(by_size[clf.input_size][..., None], 3, axis=-1)
+                    if clf.preprocess_mode == "tf":
+                        inputs[key] = rgb / 127.5 - 1.0
+                    elif clf.preprocess_mode == "caffe":
+                        inputs[key] = rgb[..., ::-1] - tf.constant(_CAFFE_MEAN_BGR, tf.float32)
+                    else:
+                        raise ValueError(f"unknown preprocess mode {clf.preprocess_mode!r}")
+                probs[name] = tf.cast(models[name](inputs[key], training=False), tf.float32)
+            if meta is not None:
+                stacked = tf.concat([probs[n] for n in meta.inputs], axis=1)
+                final = tf.cast(meta.model(stacked, training=False), tf.float32)
+            else:
+                final = tf.reduce_mean(tf.stack(list(probs.values())), axis=0)
+            return [probs[n] for n in members] + [final]
+
+        spec = [tf.TensorSpec((None, s, s), tf.float32, name=f"gray_{s}") for s in sizes]
+        fn = tf.function(run, input_signature=spec)
+        fn.get_concrete_function()  # trace now, once; later calls never retrace
+        return fn
 
     @property
     def method(self) -> str:
@@ -168,8 +380,18 @@ class Ensemble:
     def predict_crops(self, crops: list[np.ndarray]) -> EnsemblePrediction:
         """Classify greyscale uint8 brain crops (any sizes).
 
-        Each distinct input size is resized once and shared by the models that use it.
+        Each crop is resized once per distinct input size and shared by the models
+        that use it; with the fused graph (default) one call computes every
+        base model and the final probabilities.
         """
+        if self._fused is not None:
+            grays = [
+                np.stack([resize_square(c, s) for c in crops]).astype(np.float32)
+                for s in self.sizes
+            ]
+            outs = [np.asarray(o, dtype=np.float32) for o in self._fused(*grays)]
+            per = dict(zip(self.members, outs[:-1], strict=True))
+            return EnsemblePrediction(per, outs[-1], self.method)
         per_model: dict[str, np.ndarray] = {}
         prepared: dict[tuple[int, str], np.ndarray] = {}
         for name, clf in self.members.items():
@@ -185,13 +407,21 @@ class Ensemble:
         return EnsemblePrediction(per_model, final, self.method)
 
 
-def load_ensemble(classification_dir: str | Path, *, strict: bool = True) -> Ensemble:
+def load_ensemble(classification_dir: str | Path, *, strict: bool = True,
+                  precision: str = "float32", fused: bool = True,
+                  fold_batchnorm: bool | None = None) -> Ensemble:
     """Load every base classifier and the meta-learner from ``classification_dir``.
 
     Args:
         classification_dir: Folder holding ``<backbone>/`` and ``meta/`` subfolders.
         strict: Raise when anything is missing; otherwise load what is there and
             record the rest in ``Ensemble.missing``. A corrupt file always raises.
+        precision: Base-classifier precision, ``"float32"`` (default) or ``"bfloat16"``
+            (faster on CPUs with AVX512_BF16; check accuracy first with
+            ``benchmarks/precision_check.py``). The meta-learner stays float32.
+        fused: Run all models in one compiled graph (default) instead of one call each.
+        fold_batchnorm: Fold BatchNormalization into convolutions for inference
+            (default: only with ``"bfloat16"``; see :func:`load_classifier`).
 
     Raises:
         ArtifactError: Naming each missing or corrupt artifact.
@@ -204,7 +434,8 @@ def load_ensemble(classification_dir: str | Path, *, strict: bool = True) -> Ens
         if not (folder / CONFIG_FILE).exists():
             missing.append(f"{folder} (base classifier {name})")
             continue
-        members[name] = load_classifier(folder)
+        members[name] = load_classifier(folder, precision=precision,
+                                        fold_batchnorm=fold_batchnorm)
     meta = None
     if (root / META_NAME / CONFIG_FILE).exists() and not missing:
         meta = load_meta(root / META_NAME)
@@ -214,4 +445,4 @@ def load_ensemble(classification_dir: str | Path, *, strict: bool = True) -> Ens
         raise ArtifactError("Missing artifacts: " + "; ".join(missing))
     if not members:
         raise ArtifactError("No classifier artifacts found: " + "; ".join(missing))
-    return Ensemble(members, meta, missing)
+    return Ensemble(members, meta, missing, fused=fused)

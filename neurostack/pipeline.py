@@ -7,12 +7,17 @@ mask, a green overlay, the black-and-white mask image, the morphology record,
 per-stage timings and the versions/checksums of the models used.
 
 Models are only read after loading, never mutated, so one pipeline can serve
-several threads (dashboard sessions) at once.
+several threads (dashboard sessions) at once. Every compiled function has a
+fixed input signature and is traced and run once while loading
+(:meth:`Pipeline.warm_up`), so no request pays for tracing or graph optimisation.
+The brain crop box is found once per slice and shared by the classifiers and
+the segmenter. Measurements: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +28,7 @@ import numpy as np
 from neurostack import CLASS_NAMES, __version__
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import InputLimits, LoadedImage, load_image
-from neurostack.preprocess import crop, find_brain_box
+from neurostack.preprocess import CropBox, crop, find_brain_box, paste_crop, resize_square
 from neurostack.render import colourfulness, mask_image, overlay_mask
 
 NO_TUMOR = "notumor"
@@ -32,6 +37,8 @@ LOW_CONFIDENCE = 0.6
 COLOUR_LIMIT = 8.0
 """Mean channel difference above which an image is flagged as not a greyscale MRI."""
 SPACING_SOURCES = ("dicom", "user", "assumed", "none")
+PRECISION_ENV = "NEUROSTACK_PRECISION"
+"""Environment variable giving :func:`load_pipeline`'s default classifier precision."""
 
 
 @dataclass
@@ -110,10 +117,14 @@ class Pipeline:
     # ------------------------------------------------------------------ info
     @property
     def model_info(self) -> dict[str, dict[str, Any]]:
-        """Name -> ``{"sha256", "folder", "input_size"}`` for every loaded model."""
+        """Name -> ``{"sha256", "folder", "input_size"}`` for every loaded model.
+
+        Classifiers also carry their inference ``precision``.
+        """
         info = {
             name: {"sha256": clf.config["weights_sha256"], "folder": str(clf.folder),
-                   "input_size": clf.input_size}
+                   "input_size": clf.input_size,
+                   "precision": getattr(clf, "precision", "float32")}
             for name, clf in self.ensemble.members.items()
         }
         if self.ensemble.meta is not None:
@@ -123,6 +134,19 @@ class Pipeline:
             info["resunet"] = {"sha256": self.segmenter.config["weights_sha256"],
                                "input_size": self.segmenter.input_size}
         return info
+
+    def warm_up(self) -> None:
+        """Run every compiled model once on a blank input.
+
+        The first call of a ``tf.function`` optimises its graph and creates the
+        oneDNN kernels (seconds for the full-size models); :func:`load_pipeline`
+        pays that here so the first real request does not.
+        """
+        blank = np.zeros((64, 64), np.uint8)
+        self.ensemble.predict_crops([blank])
+        if self.segmenter is not None and hasattr(self.segmenter, "predict_crops"):
+            s = int(self.segmenter.input_size)
+            self.segmenter.predict_crops(np.zeros((1, s, s), np.float32))
 
     # --------------------------------------------------------------- analyse
     def analyse(
@@ -200,7 +224,7 @@ class Pipeline:
             crop_box=box.as_tuple(), models=self.model_info,
         )
         if (tumor_found or force_segmentation) and self.segmenter is not None:
-            self._segment(img, result, threshold, t)
+            self._segment(img, result, threshold, t, box)
         elif (tumor_found or force_segmentation) and self.segmenter is None:
             result.warnings.append("segmentation model not available")
         result.timings_s = {k2: round(v, 4) for k2, v in t.items()}
@@ -208,11 +232,11 @@ class Pipeline:
         return result
 
     def _segment(self, img: LoadedImage, result: CaseResult, threshold: float,
-                 t: dict[str, float]) -> None:
+                 t: dict[str, float], box: CropBox | None = None) -> None:
         from morphology import measure
 
         t0 = time.perf_counter()
-        seg = self.segmenter.predict(img.gray, threshold=threshold)
+        seg = self._run_segmenter(img.gray, threshold, box)
         t["segment"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         result.segmented = True
@@ -230,6 +254,23 @@ class Pipeline:
         if not seg.mask.any():
             result.warnings.append("segmentation found no tumour pixels at this threshold")
 
+    def _run_segmenter(self, gray: np.ndarray, threshold: float, box: CropBox | None) -> Any:
+        """``Segmenter.predict`` reusing the crop box the classifiers already used.
+
+        Same arithmetic as :meth:`segmentation.predict.Segmenter.predict_batch`
+        (crop -> resize -> /255 -> network -> paste back -> clip), without finding
+        the box a second time.
+        """
+        seg = self.segmenter
+        if box is None or not hasattr(seg, "predict_crops") or not hasattr(seg, "input_size"):
+            return seg.predict(gray, threshold=threshold)
+        from segmentation.predict import SegmentationResult
+
+        x = resize_square(crop(gray, box), int(seg.input_size))[None].astype(np.float32) / 255.0
+        prob = seg.predict_crops(x)[0]
+        full = np.clip(paste_crop(prob, box, gray.shape, fill=0.0), 0.0, 1.0)
+        return SegmentationResult(full, full >= threshold, box, float(threshold))
+
 
 def _resolve_spacing(
     img: LoadedImage, spacing_cm: tuple[float, float] | None, source: str | None
@@ -242,7 +283,9 @@ def _resolve_spacing(
             )
         r, c = (float(v) for v in spacing_cm)
         if not (np.isfinite(r) and np.isfinite(c) and r > 0 and c > 0):
-            raise ValueError(f"spacing_cm must be two positive finite numbers; received {spacing_cm}")
+            raise ValueError(
+                f"spacing_cm must be two positive finite numbers; received {spacing_cm}"
+            )
         return (r, c), source
     if img.spacing_cm is not None:
         return img.spacing_cm, "dicom"
@@ -250,21 +293,30 @@ def _resolve_spacing(
 
 
 def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = False,
-                  limits: InputLimits | None = None) -> Pipeline:
+                  limits: InputLimits | None = None, precision: str | None = None,
+                  warm_up: bool = True) -> Pipeline:
     """Load every model from ``artifacts_dir`` (``classification/`` and ``segmentation/resunet``).
 
     Args:
         artifacts_dir: Root of the artifact tree.
         strict: Raise if anything is missing; otherwise work with what is present
             and list the rest in ``Pipeline.missing``. Corrupt files always raise.
+        limits: Input size limits for decoding.
+        precision: Precision of the base classifiers, ``"float32"`` or ``"bfloat16"``
+            (see :func:`ensemble.inference.load_ensemble`). ``None`` (default) reads
+            ``$NEUROSTACK_PRECISION`` and falls back to ``"float32"``, so a deployment
+            can switch after ``benchmarks/precision_check.py`` without code changes.
+        warm_up: Run every model once before returning (:meth:`Pipeline.warm_up`).
 
     Raises:
         ArtifactError: Naming missing (strict) or corrupt artifacts.
     """
     from ensemble.inference import load_ensemble
 
+    if precision is None:
+        precision = os.environ.get(PRECISION_ENV, "").strip() or "float32"
     root = Path(artifacts_dir)
-    ensemble = load_ensemble(root / "classification", strict=strict)
+    ensemble = load_ensemble(root / "classification", strict=strict, precision=precision)
     missing = list(ensemble.missing)
     segmenter = None
     seg_dir = root / "segmentation" / "resunet"
@@ -276,7 +328,10 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
         missing.append(f"{seg_dir} (segmentation model)")
         if strict:
             raise ArtifactError("Missing artifacts: " + "; ".join(missing))
-    return Pipeline(ensemble, segmenter, missing=missing, limits=limits)
+    pipeline = Pipeline(ensemble, segmenter, missing=missing, limits=limits)
+    if warm_up:
+        pipeline.warm_up()
+    return pipeline
 
 
 __all__ = ["CaseResult", "InputImageError", "Pipeline", "load_pipeline", "__version__"]

@@ -1,0 +1,1 @@
+"""Performance benchmarks of the NeuroStack inference path (see README.md)."""
