@@ -100,6 +100,10 @@ class TrainConfig:
         mixed_precision: ``"bfloat16"`` or ``"float32"``.
         augment: Use random flip/rotation/shift/zoom/brightness.
         max_train_images: Use only the first N training slices (smoke tests).
+        init_weights: Start from these weights (``best.weights.npz`` of a run or
+            an exported ``weights.npz``; same ``base_filters``/``depth``, any
+            input size since the network is fully convolutional) instead of a
+            random initialisation, e.g. to fine-tune at a larger input size.
     """
 
     data_dir: str
@@ -124,6 +128,7 @@ class TrainConfig:
     mixed_precision: str = "bfloat16"
     augment: bool = True
     max_train_images: int | None = None
+    init_weights: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def architecture(self) -> dict[str, Any]:
@@ -175,6 +180,8 @@ def configure_runtime(threads: int | None, mixed_precision: str) -> None:
 
 def _atomic_link(src: Path, dst: Path) -> None:
     """Make ``dst`` a hard link (or copy) of ``src``, replacing it atomically."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return
     tmp = dst.with_name(dst.name + ".tmp")
     tmp.unlink(missing_ok=True)
     try:
@@ -182,6 +189,8 @@ def _atomic_link(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copy2(src, tmp)
     tmp.replace(dst)
+    # rename() between two links of one inode is a no-op that keeps tmp: remove it.
+    tmp.unlink(missing_ok=True)
 
 
 def save_weights_npz(model, path: Path) -> None:
@@ -423,6 +432,9 @@ def _train_locked(
     else:
         state = RunState()
         model = _build_compiled_model(cfg, steps)
+        if cfg.init_weights:
+            load_weights_compact(model, cfg.init_weights)
+            print(f"initialised from {cfg.init_weights}", flush=True)
     if state.finished:
         print(f"run already finished ({state.stop_reason}); nothing to do", flush=True)
         return state
@@ -630,6 +642,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
             "augmentation": asdict(data_augment_config(cfg)) if cfg.augment else None,
             "mixed_precision": cfg.mixed_precision,
             "seed": cfg.seed,
+            "init_weights": cfg.init_weights,
         },
         "best_epoch": state.best_epoch,
         "best_val_dice": state.best_val_dice,
@@ -675,6 +688,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--max-train-images", type=int, default=None, help="smoke tests only")
+    p.add_argument(
+        "--init-weights",
+        default=None,
+        help="start from a run's best.weights.npz or an exported weights.npz (fine-tuning)",
+    )
     p.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
     p.add_argument("--mixed-precision", choices=sorted(PRECISIONS), default=d.mixed_precision)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
@@ -726,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         mixed_precision=args.mixed_precision,
         augment=not args.no_augment,
         max_train_images=args.max_train_images,
+        init_weights=args.init_weights,
     )
     try:
         train(cfg, resume=args.resume, threads=args.threads, verbose=args.verbose)

@@ -55,6 +55,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(figshare_like, tmp_pat
     cols = ["loss", "dice", "val_loss", "val_dice", "lr"]
     np.testing.assert_allclose(log_cut[cols].to_numpy(), log_full[cols].to_numpy(), rtol=1e-4)
     assert resumed.best_epoch == full.best_epoch
+    assert not list(run.glob("*.tmp"))  # no leftovers of the link refresh
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
         {resumed.last_checkpoint.split("/")[-1], resumed.best_weights.split("/")[-1]}
     )
@@ -112,3 +113,20 @@ def test_cli_export_only_and_errors(figshare_like, tmp_path, capsys):
         main(["--run-dir", cfg.run_dir, "--export", str(tmp_path / "art2"), "--export-only"]) == 0
     )
     assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_init_weights_fine_tune_at_another_size(figshare_like, tmp_path):
+    from neurostack.artifacts import load_weights_compact
+    from segmentation.model import build_resunet
+
+    first = train(_cfg(figshare_like, tmp_path, "a", epochs=1), verbose="epoch")
+    best = tmp_path / "a" / first.best_weights
+    cfg = _cfg(figshare_like, tmp_path, "b", epochs=1, image_size=16, init_weights=str(best))
+    cfg_check = build_resunet(input_size=16, base_filters=2, depth=2)
+    load_weights_compact(cfg_check, best)  # same weight shapes at another input size
+    second = train(cfg, verbose="epoch")
+    assert second.epochs_done == 1
+    config = json.loads((export_run(tmp_path / "b", tmp_path / "art") / "config.json").read_text())
+    assert config["recipe"]["init_weights"] == str(best)
+    assert config["input_size"] == 16
