@@ -9,6 +9,7 @@ dataset root, which training, stacking and evaluation all reuse.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,7 +236,7 @@ def cached_arrays(
     out = np.zeros((len(paths), size, size), dtype=np.uint8)
     for i, rel in enumerate(tqdm(paths, desc=f"caching {size}px crops", unit="img")):
         out[i] = preprocess_gray(load_image(Path(root) / rel).gray, size)
-    tmp = target.with_suffix(".tmp.npy")
+    tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")  # concurrent runs: no shared tmp
     np.save(tmp, out)
     tmp.replace(target)
     return out

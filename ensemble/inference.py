@@ -168,9 +168,11 @@ def inference_model(model: Any, *, precision: str = "float32", fold_batchnorm: b
         if not layer.weights or skipped(layer):
             continue
         target = new.get_layer(layer.name)
-        values = _folded_weights(layer, pairs[layer.name]) if layer.name in pairs else [
-            np.asarray(w) for w in layer.get_weights()
-        ]
+        values = (
+            _folded_weights(layer, pairs[layer.name])
+            if layer.name in pairs
+            else [np.asarray(w) for w in layer.get_weights()]
+        )
         target.set_weights([np.asarray(v, dtype=np.float32) for v in values])
     return new
 
@@ -249,8 +251,9 @@ def _checked_config(folder: Path, kind: str) -> dict:
     return cfg
 
 
-def load_classifier(folder: str | Path, *, precision: str = "float32",
-                    fold_batchnorm: bool | None = None) -> LoadedClassifier:
+def load_classifier(
+    folder: str | Path, *, precision: str = "float32", fold_batchnorm: bool | None = None
+) -> LoadedClassifier:
     """Rebuild a base classifier from its folder, verifying the weights' SHA-256 first.
 
     Args:
@@ -281,8 +284,16 @@ def load_classifier(folder: str | Path, *, precision: str = "float32",
             inference = inference_model(model, precision=precision, fold_batchnorm=fold)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    return LoadedClassifier(spec.name, model, size, cfg["preprocessing"]["keras_preprocess_mode"],
-                            cfg, folder, precision, inference)
+    return LoadedClassifier(
+        spec.name,
+        model,
+        size,
+        cfg["preprocessing"]["keras_preprocess_mode"],
+        cfg,
+        folder,
+        precision,
+        inference,
+    )
 
 
 def load_meta(folder: str | Path) -> LoadedMeta:
@@ -323,8 +334,14 @@ class Ensemble:
     compiled graph (see the module docstring); it is traced here, once.
     """
 
-    def __init__(self, members: dict[str, LoadedClassifier], meta: LoadedMeta | None,
-                 missing: list[str] | None = None, *, fused: bool = True) -> None:
+    def __init__(
+        self,
+        members: dict[str, LoadedClassifier],
+        meta: LoadedMeta | None,
+        missing: list[str] | None = None,
+        *,
+        fused: bool = True,
+    ) -> None:
         if not members:
             raise ArtifactError("No classifier could be loaded")
         self.members = members
@@ -407,9 +424,14 @@ class Ensemble:
         return EnsemblePrediction(per_model, final, self.method)
 
 
-def load_ensemble(classification_dir: str | Path, *, strict: bool = True,
-                  precision: str = "float32", fused: bool = True,
-                  fold_batchnorm: bool | None = None) -> Ensemble:
+def load_ensemble(
+    classification_dir: str | Path,
+    *,
+    strict: bool = True,
+    precision: str = "float32",
+    fused: bool = True,
+    fold_batchnorm: bool | None = None,
+) -> Ensemble:
     """Load every base classifier and the meta-learner from ``classification_dir``.
 
     Args:
@@ -434,8 +456,7 @@ def load_ensemble(classification_dir: str | Path, *, strict: bool = True,
         if not (folder / CONFIG_FILE).exists():
             missing.append(f"{folder} (base classifier {name})")
             continue
-        members[name] = load_classifier(folder, precision=precision,
-                                        fold_batchnorm=fold_batchnorm)
+        members[name] = load_classifier(folder, precision=precision, fold_batchnorm=fold_batchnorm)
     meta = None
     if (root / META_NAME / CONFIG_FILE).exists() and not missing:
         meta = load_meta(root / META_NAME)

@@ -1,35 +1,55 @@
-"""Measure training and inference speed of one backbone at one size and precision.
+"""Measure training and inference speed of one backbone at given sizes and settings.
 
 Usage::
 
-    python scripts/train_speed_probe.py mixed_bfloat16 resnet50 128,224
+    python scripts/train_speed_probe.py resnet50 128,224 --policy mixed_bfloat16 \
+        --threads 1 --batch-size 32 --jit off
 
-Prints ms per image for a training step and for inference (batch 32, random
-data; weights do not affect speed), and the implied epoch time over 3998 slices.
+Prints ms per image for a training step and for inference (random data; weights
+do not affect speed), and the implied epoch time over ``--epoch-images`` slices.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import numpy as np
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Time ``fit`` and ``predict`` for each requested size."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("model")
+    p.add_argument("sizes", help="comma-separated input sides")
+    p.add_argument("--policy", default="mixed_bfloat16", choices=["mixed_bfloat16", "float32"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batches", type=int, default=4, help="timed batches")
+    p.add_argument("--jit", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--epoch-images", type=int, default=3998)
+    a = p.parse_args(argv)
+
     import keras
+    import tensorflow as tf
 
     from ensemble.models import build_classifier
 
-    policy, name, sizes = argv[0], argv[1], [int(s) for s in argv[2].split(",")]
-    keras.mixed_precision.set_global_policy(policy)
-    bs = 32
-    for size in sizes:
-        m = build_classifier(name, weights=None, input_size=size)
-        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-        x = np.random.rand(bs * 4, size, size, 3).astype("float32")
-        y = np.random.randint(0, 4, bs * 4)
+    if a.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(a.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, a.threads))
+    keras.mixed_precision.set_global_policy(a.policy)
+    jit = {"auto": "auto", "on": True, "off": False}[a.jit]
+    bs = a.batch_size
+    for size in [int(s) for s in a.sizes.split(",")]:
+        m = build_classifier(a.model, weights=None, input_size=size)
+        m.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss="sparse_categorical_crossentropy",
+            jit_compile=jit,
+        )
+        x = np.random.rand(bs * a.batches, size, size, 3).astype("float32")
+        y = np.random.randint(0, 4, bs * a.batches)
         m.fit(x[:bs], y[:bs], batch_size=bs, verbose=0)  # trace
         t = time.time()
         m.fit(x, y, batch_size=bs, verbose=0)
@@ -39,12 +59,15 @@ def main(argv: list[str]) -> int:
         m.predict(x, batch_size=bs, verbose=0)
         infer = (time.time() - t) / len(x)
         print(
-            f"{policy} {name} {size}px: train {train * 1000:.1f} ms/img "
-            f"(3998-slice epoch {train * 3998 / 60:.1f} min); infer {infer * 1000:.1f} ms/img"
+            f"{a.policy} {a.model} {size}px bs{bs} threads={a.threads} jit={a.jit}: "
+            f"train {train * 1000:.1f} ms/img "
+            f"({a.epoch_images}-slice epoch {train * a.epoch_images / 60:.1f} min); "
+            f"infer {infer * 1000:.1f} ms/img",
+            flush=True,
         )
         keras.backend.clear_session()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -12,7 +12,15 @@ import pytest
 
 from ensemble.data import find_duplicate_groups, list_class_folder, make_split
 from ensemble.inference import load_classifier
-from ensemble.train import Phase, TrainConfig, export_model, plan_phases, train_model
+from ensemble.train import (
+    Phase,
+    TrainConfig,
+    export_model,
+    keep_lineage,
+    merged_training_log,
+    plan_phases,
+    train_model,
+)
 
 
 class _Killed(Exception):
@@ -121,6 +129,22 @@ def test_train_interrupted_then_resumed_then_exported(
     assert proba.shape == (1, 4)
     np.testing.assert_allclose(proba.sum(), 1.0, atol=1e-5)
 
+    # a later session continues from the exported artifact (its run folder is gone):
+    # the new export carries the whole history and the summed wall time
+    keras.backend.clear_session()
+    cont = _config(class_dataset, split_csv, tmp_path / "runs2", epochs=1)
+    cont.init_from = str(dest)
+    train_model(cont)
+    keras.backend.clear_session()
+    dest2 = export_model(tmp_path / "runs2", "vgg19", tmp_path / "artifact2" / "vgg19")
+    merged = pd.read_csv(dest2 / "training_log.csv")
+    assert merged["epoch"].tolist() == [0, 1, 2] and merged["run"].tolist() == [0, 0, 1]
+    t2 = json.loads((dest2 / "config.json").read_text())["training"]
+    assert t2["continued_from"] == str(dest) and t2["epochs_run"] == 1
+    assert t2["epochs_run_total"] == 3
+    first_wall = clf.config["training"]["wall_time_s"]
+    assert t2["wall_time_s_total"] == pytest.approx(first_wall + t2["wall_time_s"], abs=0.2)
+
 
 def test_plan_phases_scratch() -> None:
     phases = plan_phases(
@@ -218,3 +242,31 @@ def test_unsaved_and_incomplete_log_rows_are_dropped(tmp_path: Path) -> None:
     assert log.read_text() == header + "0,scratch,1.5\n1,scratch,1.4\n"  # idempotent
     _drop_unsaved_log_rows(tmp_path / "absent.csv", 3)
     assert not (tmp_path / "absent.csv").exists()
+
+
+def _log(path: Path, epochs: list[int], val: list[float], run: list[int] | None = None) -> None:
+    df = pd.DataFrame({"epoch": epochs, "val_accuracy": val})
+    if run is not None:
+        df.insert(1, "run", run)
+    df.to_csv(path, index=False)
+
+
+def test_merged_training_log_renumbers_and_counts_runs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    assert merged_training_log(run) is None
+    _log(run / "training_log.csv", [0, 1], [0.5, 0.6])
+    assert merged_training_log(run)["epoch"].tolist() == [0, 1]  # no lineage: unchanged
+
+    art = tmp_path / "artifact"
+    art.mkdir()
+    _log(art / "training_log.csv", [0, 1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4, 0.5], [0, 0, 0, 1, 1])
+    (art / "config.json").write_text('{"training": {"epochs_run_total": 5}}')
+    keep_lineage(art, run)
+    # a resumed run must not overwrite the copies with a later (already merged) export
+    (art / "training_log.csv").write_text("epoch\n0\n")
+    keep_lineage(art, run)
+    merged = merged_training_log(run)
+    assert merged["epoch"].tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert merged["run"].tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert merged["val_accuracy"].tolist() == [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.6]
