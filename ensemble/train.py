@@ -24,19 +24,15 @@ import argparse
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ensemble.registry import BACKBONES, get_backbone
 from neurostack import CLASS_NAMES
-
-if TYPE_CHECKING:
-    import pandas as pd
+from neurostack.artifacts import previous_config, write_training_log
 
 DEFAULT_DATA = Path("../shared/datasets/brain-tumor-mri/Training")
 DEFAULT_SPLIT = Path("artifacts/splits/classification_split.csv")
@@ -348,7 +344,7 @@ def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None 
             model = _build(cfg, phase)
             best = out / "best.weights.h5"
             if p_idx == 0 and cfg.init_from:
-                from neurostack.artifacts import load_weights_compact
+                from neurostack.artifacts import keep_lineage, load_weights_compact
 
                 load_weights_compact(model, Path(cfg.init_from) / "weights.npz")
                 keep_lineage(Path(cfg.init_from), out)
@@ -455,49 +451,9 @@ def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None 
     return state.data
 
 
-def keep_lineage(init_dir: Path, run_out: Path) -> None:
-    """Copy the training log and config of the artifact a run starts from into the run.
-
-    A run started with ``--init-from`` continues an earlier run (often one of an
-    earlier session, whose run folder is gone). Its export then reports the whole
-    history: :func:`export_model` prepends ``previous_log.csv`` to the new log and
-    adds the earlier wall time. Existing copies are kept (resume must not
-    overwrite them with an already merged export).
-    """
-    pairs = (("training_log.csv", "previous_log.csv"), ("config.json", "previous_config.json"))
-    for src, dst in pairs:
-        if (init_dir / src).is_file() and not (run_out / dst).exists():
-            shutil.copy(init_dir / src, run_out / dst)
-
-
-def merged_training_log(run_out: Path) -> pd.DataFrame | None:
-    """Return the run's log with the logs of the runs it continued, epochs renumbered.
-
-    Rows gain a ``run`` column (0 = the first run). ``None`` when there is no log.
-    """
-    import pandas as pd
-
-    current = run_out / "training_log.csv"
-    if not current.is_file():
-        return None
-    new = pd.read_csv(current)
-    prev_path = run_out / "previous_log.csv"
-    if not prev_path.is_file():
-        return new
-    prev = pd.read_csv(prev_path)
-    if "run" not in prev.columns:
-        prev.insert(1, "run", 0)
-    new.insert(1, "run", int(prev["run"].max()) + 1)
-    new["epoch"] = new["epoch"] + int(prev["epoch"].max()) + 1
-    return pd.concat([prev, new], ignore_index=True)
-
-
 def _previous_training(run_out: Path) -> dict:
     """Epochs and wall time of the runs this run continued (from ``previous_config.json``)."""
-    path = run_out / "previous_config.json"
-    if not path.is_file():
-        return {}
-    t = json.loads(path.read_text()).get("training", {})
+    t = previous_config(run_out).get("training", {})
     return {
         "epochs_run": int(t.get("epochs_run_total", t.get("epochs_run", 0)) or 0),
         "wall_time_s": float(t.get("wall_time_s_total", t.get("wall_time_s", 0.0)) or 0.0),
@@ -522,7 +478,6 @@ def export_model(run_dir: Path, model_name: str, dest: Path, input_size: int | N
     model = build_classifier(model_name, weights=None, input_size=size)
     model.load_weights(src / "best.weights.h5")
     prev = _previous_training(src)
-    log = merged_training_log(src)
     write_classifier_artifact(
         model,
         dest,
@@ -545,12 +500,7 @@ def export_model(run_dir: Path, model_name: str, dest: Path, input_size: int | N
             ),
         },
     )
-    if (src / "previous_log.csv").is_file() and log is not None:
-        tmp = dest / "training_log.tmp.csv"
-        log.to_csv(tmp, index=False)
-        tmp.replace(dest / "training_log.csv")
-    elif log is not None:
-        shutil.copy(src / "training_log.csv", dest / "training_log.csv")
+    write_training_log(src, dest)
     return dest
 
 

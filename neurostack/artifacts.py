@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,73 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
+
+
+PREVIOUS_LOG_FILE = "previous_log.csv"
+PREVIOUS_CONFIG_FILE = "previous_config.json"
+
+
+def keep_lineage(init_dir: str | Path, run_dir: str | Path) -> bool:
+    """Copy the log and config of the artifact a run starts from into the run folder.
+
+    A run initialised from an exported artifact continues an earlier run (often
+    one of an earlier session, whose run folder is gone). Its export then reports
+    the whole history (:func:`merged_training_log`). Existing copies are kept, so
+    that a resumed run never replaces them with an already merged export.
+
+    Returns:
+        Whether ``init_dir`` had a training log to keep.
+    """
+    init_dir, run_dir = Path(init_dir), Path(run_dir)
+    pairs = ((TRAINING_LOG_FILE, PREVIOUS_LOG_FILE), (CONFIG_FILE, PREVIOUS_CONFIG_FILE))
+    for src, dst in pairs:
+        if (init_dir / src).is_file() and not (run_dir / dst).exists():
+            shutil.copy(init_dir / src, run_dir / dst)
+    return (run_dir / PREVIOUS_LOG_FILE).is_file()
+
+
+def merged_training_log(run_dir: str | Path, log_name: str = TRAINING_LOG_FILE):
+    """Return a run's per-epoch log preceded by the logs of the runs it continued.
+
+    Rows gain a ``run`` column (0 = the first run) and ``epoch`` counts on across
+    runs. Without a kept previous log the run's own log is returned unchanged.
+
+    Returns:
+        A ``pandas.DataFrame``, or ``None`` when the run has no log yet.
+    """
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    current = run_dir / log_name
+    if not current.is_file():
+        return None
+    new = pd.read_csv(current)
+    prev_path = run_dir / PREVIOUS_LOG_FILE
+    if not prev_path.is_file():
+        return new
+    prev = pd.read_csv(prev_path)
+    if "run" not in prev.columns:
+        prev.insert(1, "run", 0)
+    new.insert(1, "run", int(prev["run"].max()) + 1)
+    new["epoch"] = new["epoch"] + int(prev["epoch"].max()) + 1
+    return pd.concat([prev, new], ignore_index=True)
+
+
+def write_training_log(run_dir: str | Path, dest_dir: str | Path) -> None:
+    """Write the run's (merged) training log to ``dest_dir/training_log.csv`` atomically."""
+    run_dir, dest_dir = Path(run_dir), Path(dest_dir)
+    if not (run_dir / PREVIOUS_LOG_FILE).is_file():
+        if (run_dir / TRAINING_LOG_FILE).is_file():
+            shutil.copy(run_dir / TRAINING_LOG_FILE, dest_dir / TRAINING_LOG_FILE)
+        return
+    log = merged_training_log(run_dir)
+    if log is not None:
+        tmp = dest_dir / "training_log.tmp.csv"
+        log.to_csv(tmp, index=False)
+        tmp.replace(dest_dir / TRAINING_LOG_FILE)
+
+
+def previous_config(run_dir: str | Path) -> dict:
+    """Return the config of the artifact a run continued, or ``{}``."""
+    path = Path(run_dir) / PREVIOUS_CONFIG_FILE
+    return read_json(path) if path.is_file() else {}

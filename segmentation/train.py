@@ -44,11 +44,14 @@ from neurostack.artifacts import (
     CONFIG_FILE,
     TRAINING_LOG_FILE,
     WEIGHTS_FILE,
+    keep_lineage,
     load_weights_compact,
+    previous_config,
     read_json,
     save_weights_compact,
     sha256_file,
     write_json,
+    write_training_log,
 )
 from neurostack.errors import ArtifactError
 from segmentation.data import (
@@ -434,6 +437,8 @@ def _train_locked(
         model = _build_compiled_model(cfg, steps)
         if cfg.init_weights:
             load_weights_compact(model, cfg.init_weights)
+            if Path(cfg.init_weights).parent.resolve() != run_dir.resolve():
+                keep_lineage(Path(cfg.init_weights).parent, run_dir)
             print(f"initialised from {cfg.init_weights}", flush=True)
     if state.finished:
         print(f"run already finished ({state.stop_reason}); nothing to do", flush=True)
@@ -604,9 +609,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         for part in ("train", "val", "test"):
             rows = split[split["split"] == part]
             split_info[part] = {"slices": len(rows), "patients": int(rows["patient_id"].nunique())}
-    log_src = run_dir / TRAINING_LOG_FILE
-    if log_src.is_file():
-        shutil.copy2(log_src, out_dir / TRAINING_LOG_FILE)
+    write_training_log(run_dir, out_dir)
+    prev = previous_config(run_dir)
 
     import tensorflow as tf
 
@@ -650,6 +654,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         "run_finished": state.finished,
         "stop_reason": state.stop_reason,
         "wall_time_s": round(state.wall_time_s, 1),
+        "continued_from": str(Path(cfg.init_weights).parent) if cfg.init_weights else None,
+        "epochs_completed_total": state.epochs_done
+        + int(prev.get("epochs_completed_total", prev.get("epochs_completed", 0)) or 0),
+        "wall_time_s_total": round(
+            state.wall_time_s
+            + float(prev.get("wall_time_s_total", prev.get("wall_time_s", 0.0)) or 0.0),
+            1,
+        ),
         "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }

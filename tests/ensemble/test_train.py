@@ -16,8 +16,6 @@ from ensemble.train import (
     Phase,
     TrainConfig,
     export_model,
-    keep_lineage,
-    merged_training_log,
     plan_phases,
     train_model,
 )
@@ -242,31 +240,3 @@ def test_unsaved_and_incomplete_log_rows_are_dropped(tmp_path: Path) -> None:
     assert log.read_text() == header + "0,scratch,1.5\n1,scratch,1.4\n"  # idempotent
     _drop_unsaved_log_rows(tmp_path / "absent.csv", 3)
     assert not (tmp_path / "absent.csv").exists()
-
-
-def _log(path: Path, epochs: list[int], val: list[float], run: list[int] | None = None) -> None:
-    df = pd.DataFrame({"epoch": epochs, "val_accuracy": val})
-    if run is not None:
-        df.insert(1, "run", run)
-    df.to_csv(path, index=False)
-
-
-def test_merged_training_log_renumbers_and_counts_runs(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    assert merged_training_log(run) is None
-    _log(run / "training_log.csv", [0, 1], [0.5, 0.6])
-    assert merged_training_log(run)["epoch"].tolist() == [0, 1]  # no lineage: unchanged
-
-    art = tmp_path / "artifact"
-    art.mkdir()
-    _log(art / "training_log.csv", [0, 1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4, 0.5], [0, 0, 0, 1, 1])
-    (art / "config.json").write_text('{"training": {"epochs_run_total": 5}}')
-    keep_lineage(art, run)
-    # a resumed run must not overwrite the copies with a later (already merged) export
-    (art / "training_log.csv").write_text("epoch\n0\n")
-    keep_lineage(art, run)
-    merged = merged_training_log(run)
-    assert merged["epoch"].tolist() == [0, 1, 2, 3, 4, 5, 6]
-    assert merged["run"].tolist() == [0, 0, 0, 1, 1, 2, 2]
-    assert merged["val_accuracy"].tolist() == [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.6]

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from neurostack.artifacts import (
+    keep_lineage,
     load_weights_compact,
+    merged_training_log,
     read_json,
     save_weights_compact,
     sha256_file,
@@ -130,3 +133,31 @@ def test_read_and_write_json(tmp_path: Path) -> None:
         read_json(broken)
     assert str(broken) in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def _log(path: Path, epochs: list[int], val: list[float], run: list[int] | None = None) -> None:
+    df = pd.DataFrame({"epoch": epochs, "val_accuracy": val})
+    if run is not None:
+        df.insert(1, "run", run)
+    df.to_csv(path, index=False)
+
+
+def test_merged_training_log_renumbers_and_counts_runs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    assert merged_training_log(run) is None
+    _log(run / "training_log.csv", [0, 1], [0.5, 0.6])
+    assert merged_training_log(run)["epoch"].tolist() == [0, 1]  # no lineage: unchanged
+
+    art = tmp_path / "artifact"
+    art.mkdir()
+    _log(art / "training_log.csv", [0, 1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4, 0.5], [0, 0, 0, 1, 1])
+    (art / "config.json").write_text('{"training": {"epochs_run_total": 5}}')
+    keep_lineage(art, run)
+    # a resumed run must not overwrite the copies with a later (already merged) export
+    (art / "training_log.csv").write_text("epoch\n0\n")
+    keep_lineage(art, run)
+    merged = merged_training_log(run)
+    assert merged["epoch"].tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert merged["run"].tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert merged["val_accuracy"].tolist() == [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.6]

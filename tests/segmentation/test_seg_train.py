@@ -130,3 +130,18 @@ def test_init_weights_fine_tune_at_another_size(figshare_like, tmp_path):
     config = json.loads((export_run(tmp_path / "b", tmp_path / "art") / "config.json").read_text())
     assert config["recipe"]["init_weights"] == str(best)
     assert config["input_size"] == 16
+    assert config["continued_from"] == str(best.parent) and config["epochs_completed_total"] == 1
+
+    # a later session continues from the exported artifact: the history travels with it
+    art_a = export_run(tmp_path / "a", tmp_path / "art_a")
+    cfg_c = _cfg(figshare_like, tmp_path, "c", epochs=1, init_weights=str(art_a / "weights.npz"))
+    train(cfg_c, verbose="epoch")
+    art_c = export_run(tmp_path / "c", tmp_path / "art_c")
+    merged = pd.read_csv(art_c / "training_log.csv")
+    assert merged["epoch"].tolist() == [0, 1] and merged["run"].tolist() == [0, 1]
+    config_c = json.loads((art_c / "config.json").read_text())
+    assert config_c["epochs_completed_total"] == 2
+    first_wall = json.loads((art_a / "config.json").read_text())["wall_time_s"]
+    assert config_c["wall_time_s_total"] == pytest.approx(
+        first_wall + config_c["wall_time_s"], abs=0.2
+    )
