@@ -68,13 +68,17 @@ def classification_section(root: Path) -> list[str]:
                 if tr.get("finished")
                 else "training in progress (best so far)",
                 "inference size": cfg["input_size"],
-                "recipe": f"{phases}; batch {rec.get('batch_size')}, {rec.get('optimizer')}, "
+                "recipe": (
+                    "continued from an earlier run; last run: " if tr.get("continued_from") else ""
+                )
+                + f"{phases}; batch {rec.get('batch_size')}, {rec.get('optimizer')}, "
                 f"label smoothing {rec.get('label_smoothing')}, BN momentum "
                 f"{rec.get('bn_momentum')}, {rec.get('mixed_precision')}",
-                "epochs run": tr.get("epochs_run"),
-                "best epoch": tr.get("best_epoch"),
-                "best val acc (train size)": _fmt(tr.get("best_val_accuracy")),
-                "wall time": _hours(tr.get("wall_time_s")),
+                "epochs run (all runs)": tr.get("epochs_run_total", tr.get("epochs_run")),
+                "best epoch (last run)": tr.get("best_epoch"),
+                "best val acc (at best epoch's size)": _fmt(tr.get("best_val_accuracy")),
+                "best epoch's size": tr.get("best_image_size"),
+                "wall time (all runs)": _hours(tr.get("wall_time_s_total", tr.get("wall_time_s"))),
             }
         )
     lines += ["### Base models", "", pd.DataFrame(rows).fillna("").to_markdown(index=False), ""]
@@ -138,9 +142,10 @@ def segmentation_section(root: Path) -> list[str]:
         f"**Model.** Res-UNet {cfg['architecture']}, input {cfg['input_size']}px, "
         f"threshold {cfg['threshold']}. Recipe: " + json.dumps(cfg.get("recipe", {})),
         "",
-        f"Epochs completed {cfg.get('epochs_completed')}, best epoch {cfg.get('best_epoch')} "
+        f"Epochs completed {cfg.get('epochs_completed_total', cfg.get('epochs_completed'))} "
+        f"(all runs), best epoch of the last run {cfg.get('best_epoch')} "
         f"(val Dice {_fmt(cfg.get('best_val_dice'))}), run finished: {cfg.get('run_finished')}, "
-        f"wall time {_hours(cfg.get('wall_time_s'))}.",
+        f"wall time {_hours(cfg.get('wall_time_s_total', cfg.get('wall_time_s')))} (all runs).",
         "",
     ]
     ev = _json(root / "evaluation" / "segmentation" / "test" / "metrics.json")
