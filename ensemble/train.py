@@ -258,7 +258,36 @@ def _drop_unsaved_log_rows(log_path: Path, n_epochs: int) -> None:
         log_path.write_text("".join([lines[0], *rows]))
 
 
-def train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None = None) -> dict:
+def estimated_epoch_s(log_path: Path, image_size: int) -> float | None:
+    """Estimate an epoch's duration at ``image_size`` from the last logged epoch.
+
+    The time of the last row is scaled by the pixel ratio (a native-size phase
+    after a reduced-size one costs roughly that much more). ``None`` without a log.
+    """
+    if not log_path.is_file():
+        return None
+    lines = [ln for ln in log_path.read_text().splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return None
+    row = dict(zip(lines[0].split(","), lines[-1].split(","), strict=False))
+    try:
+        seconds, size = float(row["seconds"]), int(row["image_size"])
+    except (KeyError, ValueError):
+        return None
+    return seconds * (image_size / size) ** 2
+
+
+class _OutOfTime(Exception):
+    """Raised inside the epoch loop when the next epoch would overrun the deadline."""
+
+
+def train_model(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    threads: int | None = None,
+    deadline: float | None = None,
+) -> dict:
     """Train one backbone through its phases; return the final state.
 
     The Keras dtype policy is restored afterwards, also on error.
@@ -267,23 +296,34 @@ def train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None =
         cfg: Run configuration (saved to ``config.json`` in the run folder).
         resume: Continue from ``state.json``/``last.keras`` if present.
         threads: TensorFlow intra-op threads (None: TensorFlow's default).
+        deadline: ``time.time()`` value by which this call must return. An epoch is
+            only started when its estimated duration (:func:`estimated_epoch_s`) fits;
+            otherwise the call returns with the run saved and ``done`` false, to be
+            continued with ``resume=True``.
     """
     import keras
 
     previous = keras.mixed_precision.global_policy()
     try:
-        return _train_model(cfg, resume=resume, threads=threads)
+        return _train_model(cfg, resume=resume, threads=threads, deadline=deadline)
     finally:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None = None) -> dict:
+def _train_model(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    threads: int | None = None,
+    deadline: float | None = None,
+) -> dict:
     """Train one backbone through its phases; return the final state.
 
     Args:
         cfg: Run configuration (saved to ``config.json`` in the run folder).
         resume: Continue from ``state.json``/``last.keras`` if present.
         threads: TensorFlow intra-op threads (None: TensorFlow's default).
+        deadline: See :func:`train_model`.
 
     Returns:
         The state dictionary (best epoch, accuracies, wall time).
@@ -360,6 +400,17 @@ def _train_model(cfg: TrainConfig, *, resume: bool = False, threads: int | None 
 
         while state.data["epoch_in_phase"] < phase.epochs:
             e = state.data["epoch_in_phase"]
+            if deadline is not None:
+                est = estimated_epoch_s(log_path, phase.image_size) or 0.0
+                if time.time() + est > deadline:
+                    print(
+                        f"[{cfg.model}] stopping before epoch {state.data['global_epoch']}: "
+                        f"about {est:.0f} s would overrun the time budget; continue with "
+                        "--resume",
+                        flush=True,
+                    )
+                    keras.backend.clear_session()
+                    return state.data
             lr = _lr_for_epoch(phase, e, state.data["plateau_scale"])
             model.optimizer.learning_rate.assign(lr)
             t0 = time.time()
@@ -528,6 +579,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=None,
+        help="return (resumable) before an epoch that would end after this many minutes "
+        "from now; shared by all --models",
+    )
+    p.add_argument(
         "--init-from",
         default=None,
         help="artifact folder whose weights.npz initialises the first phase "
@@ -547,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     names = [get_backbone(n).name for n in a.models.split(",") if n]
+    deadline = time.time() + 60 * a.time_budget_min if a.time_budget_min else None
     if a.export:
         for name in names:
             print(export_model(a.run_dir, name, a.export / name, a.export_size))
@@ -584,7 +643,10 @@ def main(argv: list[str] | None = None) -> int:
         if resume:
             old = json.loads((a.run_dir / name / "config.json").read_text())
             cfg.phases = [Phase(**ph) for ph in old["phases"]]
-        train_model(cfg, resume=resume, threads=a.threads)
+        state = train_model(cfg, resume=resume, threads=a.threads, deadline=deadline)
+        if not state.get("done"):
+            print(f"[{name}] not finished (time budget); later models not started")
+            break
     return 0
 
 

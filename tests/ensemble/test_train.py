@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import ensemble.train as train_module
 from ensemble.data import find_duplicate_groups, list_class_folder, make_split
 from ensemble.inference import load_classifier
 from ensemble.train import (
     Phase,
     TrainConfig,
+    estimated_epoch_s,
     export_model,
     plan_phases,
     train_model,
@@ -240,3 +242,31 @@ def test_unsaved_and_incomplete_log_rows_are_dropped(tmp_path: Path) -> None:
     assert log.read_text() == header + "0,scratch,1.5\n1,scratch,1.4\n"  # idempotent
     _drop_unsaved_log_rows(tmp_path / "absent.csv", 3)
     assert not (tmp_path / "absent.csv").exists()
+
+
+def test_estimated_epoch_s_scales_with_pixels(tmp_path: Path) -> None:
+    log = tmp_path / "training_log.csv"
+    assert estimated_epoch_s(log, 224) is None
+    log.write_text("epoch,phase,image_size,seconds\n0,scratch,128,50.0\n1,scratch,128,100.0\n")
+    assert estimated_epoch_s(log, 128) == pytest.approx(100.0)
+    assert estimated_epoch_s(log, 256) == pytest.approx(400.0)
+
+
+@pytest.mark.slow
+def test_time_budget_stops_between_epochs_and_resume_finishes(
+    class_dataset: Path, split_csv: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import time
+
+    cfg = _config(class_dataset, split_csv, tmp_path / "runs", epochs=2)
+    # once an epoch is logged, pretend the next one would take a day
+    monkeypatch.setattr(
+        train_module, "estimated_epoch_s", lambda log, size: 86400.0 if log.exists() else None
+    )
+    state = train_model(cfg, deadline=time.time() + 3600)
+    assert not state["done"] and state["global_epoch"] == 1
+    assert "would overrun the time budget" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "runs" / "vgg19" / "training_log.csv")) == 1
+    keras.backend.clear_session()
+    final = train_model(cfg, resume=True)
+    assert final["done"] and final["global_epoch"] == 2
