@@ -63,6 +63,7 @@ class TrainConfig:
     weights: str | None = None
     optimizer: str = "adam"
     label_smoothing: float = 0.05
+    clipnorm: float | None = None
     bn_momentum: float | None = 0.9
     patience: int = 8
     plateau_patience: int = 3
@@ -223,7 +224,7 @@ def _build(cfg: TrainConfig, phase: Phase):
     _apply_trainable(model, base_layers, phase.trainable)
     opt_cls = {"adam": keras.optimizers.Adam, "adamax": keras.optimizers.Adamax}[cfg.optimizer]
     model.compile(
-        optimizer=opt_cls(learning_rate=phase.lr),
+        optimizer=opt_cls(learning_rate=phase.lr, clipnorm=cfg.clipnorm),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
@@ -573,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-epochs", type=int, default=2)
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--optimizer", choices=["adam", "adamax"], default="adam")
+    p.add_argument(
+        "--clipnorm", type=float, default=None, help="clip each gradient to this L2 norm"
+    )
     p.add_argument("--weights", default="none", help="none | imagenet | path to backbone weights")
     p.add_argument("--mixed-precision", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--threads", type=int, default=None)
@@ -630,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=a.batch_size,
             weights=weights,
             optimizer=a.optimizer,
+            clipnorm=a.clipnorm,
             patience=a.patience,
             mixed_precision=a.mixed_precision,
             cache_dir=a.cache_dir,

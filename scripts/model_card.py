@@ -73,7 +73,8 @@ def classification_section(root: Path) -> list[str]:
                 )
                 + f"{phases}; batch {rec.get('batch_size')}, {rec.get('optimizer')}, "
                 f"label smoothing {rec.get('label_smoothing')}, BN momentum "
-                f"{rec.get('bn_momentum')}, {rec.get('mixed_precision')}",
+                f"{rec.get('bn_momentum')}, {rec.get('mixed_precision')}"
+                + (f", clipnorm {rec['clipnorm']}" if rec.get("clipnorm") else ""),
                 "epochs run (all runs)": tr.get("epochs_run_total", tr.get("epochs_run")),
                 "best epoch (last run)": tr.get("best_epoch"),
                 "best val acc (at best epoch's size)": _fmt(tr.get("best_val_accuracy")),
