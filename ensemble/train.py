@@ -64,6 +64,7 @@ class TrainConfig:
     optimizer: str = "adam"
     label_smoothing: float = 0.05
     clipnorm: float | None = None
+    batch_warmup_steps: int = 0
     bn_momentum: float | None = 0.9
     patience: int = 8
     plateau_patience: int = 3
@@ -152,6 +153,33 @@ def make_dataset(
         return images, labels
 
     return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+def batch_warmup_factor(step: int, warmup_steps: int) -> float:
+    """Learning-rate factor of optimizer step ``step`` (0-based) in a linear batch warm-up.
+
+    Ramps ``1/N, 2/N, ... 1`` over the first ``N = warmup_steps`` steps of an
+    optimizer, then stays at 1. A fresh Adam takes near sign-sized steps at first;
+    ramping from almost zero lets its moment estimates settle before the full rate
+    (restarting a trained network at full rate can kill its ReLU head).
+    """
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+def _batch_warmup_callback(lr: float, warmup_steps: int):
+    """Return a Keras callback applying :func:`batch_warmup_factor` to ``lr`` per batch."""
+    import keras
+
+    class _Warmup(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            if step <= warmup_steps:
+                factor = batch_warmup_factor(step, warmup_steps)
+                self.model.optimizer.learning_rate.assign(lr * factor)
+
+    return _Warmup()
 
 
 def _progress_callback(every: int = 20):
@@ -420,7 +448,12 @@ def _train_model(
                 train_ds,
                 epochs=1,
                 verbose=1 if tty else 0,
-                callbacks=[] if tty else [_progress_callback()],
+                callbacks=([] if tty else [_progress_callback()])
+                + (
+                    [_batch_warmup_callback(lr, cfg.batch_warmup_steps)]
+                    if cfg.batch_warmup_steps
+                    else []
+                ),
             )
             val_loss, val_acc = model.evaluate(val_ds, verbose=0)
             dt = time.time() - t0
@@ -575,6 +608,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--optimizer", choices=["adam", "adamax"], default="adam")
     p.add_argument(
+        "--batch-warmup-steps",
+        type=int,
+        default=0,
+        help="ramp the learning rate linearly over the optimizer's first N steps "
+        "(use when starting from trained weights with --init-from)",
+    )
+    p.add_argument(
         "--clipnorm", type=float, default=None, help="clip each gradient to this L2 norm"
     )
     p.add_argument("--weights", default="none", help="none | imagenet | path to backbone weights")
@@ -635,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             weights=weights,
             optimizer=a.optimizer,
             clipnorm=a.clipnorm,
+            batch_warmup_steps=a.batch_warmup_steps,
             patience=a.patience,
             mixed_precision=a.mixed_precision,
             cache_dir=a.cache_dir,

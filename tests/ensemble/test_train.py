@@ -270,3 +270,10 @@ def test_time_budget_stops_between_epochs_and_resume_finishes(
     keras.backend.clear_session()
     final = train_model(cfg, resume=True)
     assert final["done"] and final["global_epoch"] == 2
+
+
+def test_batch_warmup_factor_ramps_then_holds() -> None:
+    from ensemble.train import batch_warmup_factor
+
+    assert [batch_warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert batch_warmup_factor(0, 0) == 1.0
