@@ -1,0 +1,82 @@
+"""The shipped ``artifacts/`` tree: checksums, configs and records agree with the weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ensemble.registry import BACKBONES
+from neurostack import CLASS_NAMES
+from neurostack.artifacts import sha256_file
+
+ART = Path(__file__).resolve().parents[1] / "artifacts"
+MB = 1024 * 1024
+
+
+def _configs() -> dict[str, dict]:
+    out = {}
+    for name in BACKBONES:
+        cfg = ART / "classification" / name / "config.json"
+        if cfg.is_file():
+            out[name] = json.loads(cfg.read_text())
+    return out
+
+
+def test_at_least_one_classifier_and_the_segmenter_are_shipped() -> None:
+    assert _configs(), "no classifier in artifacts/classification"
+    assert (ART / "segmentation" / "resunet" / "weights.npz").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_classifier_folder_describes_itself(name: str) -> None:
+    folder = ART / "classification" / name
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"{name} is not shipped yet")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["backbone"] == name and cfg["class_names"] == list(CLASS_NAMES)
+    assert cfg["input_size"] == cfg["native_size"] == BACKBONES[name].native_size
+    assert cfg["preprocessing"]["keras_preprocess_mode"] == BACKBONES[name].preprocess_mode
+    assert sha256_file(folder / cfg["weights_file"]) == cfg["weights_sha256"]
+    log = pd.read_csv(folder / "training_log.csv")
+    assert {"epoch", "val_accuracy", "image_size", "seconds"} <= set(log.columns)
+    assert log["epoch"].tolist() == list(range(len(log)))  # one row per epoch, merged runs too
+    tr = cfg["training"]
+    assert tr["epochs_run_total" if "epochs_run_total" in tr else "epochs_run"] == len(log)
+
+
+def test_segmenter_checksum_and_log() -> None:
+    folder = ART / "segmentation" / "resunet"
+    cfg = json.loads((folder / "config.json").read_text())
+    assert sha256_file(folder / cfg["weights_file"]) == cfg["weights_sha256"]
+    log = pd.read_csv(folder / "training_log.csv")
+    assert log["epoch"].tolist() == list(range(len(log)))
+    total = cfg.get("epochs_completed_total", cfg["epochs_completed"])
+    assert total == len(log)
+
+
+def test_evaluation_records_were_made_with_the_shipped_weights() -> None:
+    configs = _configs()
+    records = sorted((ART / "evaluation" / "classification").glob("*/metrics.json"))
+    assert records, "no classification evaluation record"
+    for path in records:
+        used = json.loads(path.read_text())["artifacts"]
+        for name, sha in used.items():
+            if name in configs:
+                assert sha == configs[name]["weights_sha256"], f"{path} is stale for {name}"
+            elif name == "meta":
+                meta = json.loads((ART / "classification" / "meta" / "config.json").read_text())
+                assert sha == meta["weights_sha256"], f"{path} is stale for the meta-learner"
+        assert set(configs) <= set(used), f"{path} lacks a shipped model"
+    seg_sha = json.loads((ART / "segmentation" / "resunet" / "config.json").read_text())[
+        "weights_sha256"
+    ]
+    for path in sorted((ART / "evaluation" / "segmentation").glob("*/metrics.json")):
+        assert json.loads(path.read_text())["artifact"]["weights_sha256"] == seg_sha, path
+
+
+def test_all_weights_together_stay_under_200_mb() -> None:
+    total = sum(p.stat().st_size for p in ART.rglob("weights.npz"))
+    assert total < 200 * MB, f"{total / MB:.1f} MB of weights"
