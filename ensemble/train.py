@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -519,6 +520,8 @@ def _train_model(
                     f"[{cfg.model}] early stop in {phase.name}: no val gain for {d['wait']} epochs"
                 )
                 break
+        if (out / "best.weights.h5").exists():  # keep each phase's best for diagnostics
+            shutil.copy(out / "best.weights.h5", out / f"best_{phase.name}.weights.h5")
         state.data.update(
             phase=p_idx + 1,
             epoch_in_phase=0,
