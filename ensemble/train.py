@@ -307,8 +307,24 @@ def estimated_epoch_s(log_path: Path, image_size: int) -> float | None:
     return seconds * (image_size / size) ** 2
 
 
-class _OutOfTime(Exception):
-    """Raised inside the epoch loop when the next epoch would overrun the deadline."""
+MAX_ROLLBACKS = 3
+
+
+def has_collapsed(
+    val_accuracy: float, train_loss: float, best_val_accuracy: float, val_majority: float
+) -> bool:
+    """Whether a network that had learned now answers one class whatever the input.
+
+    True when the best validation accuracy so far was at least 0.1 above the
+    majority-class fraction, the epoch's validation accuracy is back at that
+    fraction (within 0.005) and the training loss is near chance (above
+    ``0.95 * ln 4``). A dead ReLU head produces exactly this and never recovers.
+    """
+    return (
+        best_val_accuracy >= val_majority + 0.1
+        and val_accuracy <= val_majority + 0.005
+        and train_loss > 0.95 * math.log(len(CLASS_NAMES))
+    )
 
 
 def train_model(
@@ -384,6 +400,7 @@ def _train_model(
     val_df = load_split(cfg.split_csv, "val")
     y_train = label_indices(train_df["label"])
     y_val = label_indices(val_df["label"])
+    val_majority = float(np.bincount(y_val).max() / len(y_val))
 
     while state.data["phase"] < len(cfg.phases) and not state.data["done"]:
         p_idx = state.data["phase"]
@@ -511,6 +528,23 @@ def _train_model(
             d["epoch_in_phase"] += 1
             d["global_epoch"] += 1
             d["wall_time_s"] += dt
+            if (
+                has_collapsed(val_acc, row["loss"], d["best_val_accuracy"], val_majority)
+                and (out / "best.weights.h5").exists()
+            ):
+                d["rollbacks"] = d.get("rollbacks", 0) + 1
+                d["plateau_scale"] *= 0.5
+                print(
+                    f"[{cfg.model}] collapsed to one class (val acc {val_acc:.4f}, loss "
+                    f"{row['loss']:.4f}); rollback {d['rollbacks']}: best weights, fresh "
+                    f"optimizer, learning rate x{d['plateau_scale']:g}",
+                    flush=True,
+                )
+                keras.backend.clear_session()
+                model = _build(cfg, phase)
+                model.load_weights(out / "best.weights.h5")
+                if d["rollbacks"] > MAX_ROLLBACKS:
+                    d["wait"] = cfg.patience  # give up on this phase; keep the best weights
             tmp = out / "last.tmp.keras"
             model.save(tmp)
             tmp.replace(last)

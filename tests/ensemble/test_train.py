@@ -263,9 +263,14 @@ def test_time_budget_stops_between_epochs_and_resume_finishes(
     monkeypatch.setattr(
         train_module, "estimated_epoch_s", lambda log, size: 86400.0 if log.exists() else None
     )
+    # and pretend the first epoch collapsed: the trainer rolls back to the best weights
+    monkeypatch.setattr(train_module, "has_collapsed", lambda *a: True)
     state = train_model(cfg, deadline=time.time() + 3600)
     assert not state["done"] and state["global_epoch"] == 1
-    assert "would overrun the time budget" in capsys.readouterr().out
+    assert state["rollbacks"] == 1 and state["plateau_scale"] == 0.5
+    printed = capsys.readouterr().out
+    assert "would overrun the time budget" in printed and "rollback 1" in printed
+    monkeypatch.setattr(train_module, "has_collapsed", lambda *a: False)
     assert len(pd.read_csv(tmp_path / "runs" / "vgg19" / "training_log.csv")) == 1
     keras.backend.clear_session()
     final = train_model(cfg, resume=True)
@@ -277,3 +282,13 @@ def test_batch_warmup_factor_ramps_then_holds() -> None:
 
     assert [batch_warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert batch_warmup_factor(0, 0) == 1.0
+
+
+def test_has_collapsed_only_after_learning() -> None:
+    from ensemble.train import has_collapsed
+
+    majority = 0.2786
+    assert has_collapsed(0.2786, 1.3852, 0.852, majority)  # the InceptionV3 case seen here
+    assert not has_collapsed(0.2786, 1.3852, 0.30, majority)  # never learned: early epochs
+    assert not has_collapsed(0.60, 1.3852, 0.852, majority)  # a bad epoch, not one class
+    assert not has_collapsed(0.2786, 0.90, 0.852, majority)  # training loss still learning
