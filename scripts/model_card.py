@@ -83,6 +83,30 @@ def classification_section(root: Path) -> list[str]:
             }
         )
     lines += ["### Base models", "", pd.DataFrame(rows).fillna("").to_markdown(index=False), ""]
+    res_rows = []
+    for name in BACKBONES:
+        rec = _json(root / "classification" / name / "resolution.json")
+        for r in (rec or {}).get("rows", []):
+            res_rows.append(
+                {
+                    "model": name,
+                    "weights": r["weights"],
+                    "trained at": rec["train_size"],
+                    "evaluated at": r["eval_size"],
+                    "val accuracy": _fmt(r["val_accuracy"]),
+                }
+            )
+    if res_rows:
+        lines += [
+            "### Reduced training size vs native inference size",
+            "",
+            "Validation accuracy of the same weights at the training size and at the native "
+            "size (`python -m ensemble.resolution`); the native-size phase exists because of "
+            "this gap.",
+            "",
+            pd.DataFrame(res_rows).to_markdown(index=False),
+            "",
+        ]
     meta = _json(root / "classification" / "meta" / "config.json")
     meta_m = _json(root / "classification" / "meta" / "metrics.json")
     if meta:
