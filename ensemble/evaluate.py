@@ -134,6 +134,33 @@ def evaluate(
     return metrics
 
 
+def record_in_artifacts(metrics: dict, artifacts: Path, record: Path, part: str) -> list[Path]:
+    """Write each base model's share of an evaluation into ``<artifacts>/<model>/metrics.json``.
+
+    The file maps split part -> that model's metrics, the evaluation record it came
+    from and the SHA-256 of the weights evaluated; other parts already recorded are
+    kept. Returns the files written.
+    """
+    written = []
+    for name, sha in metrics["artifacts"].items():
+        if name == "meta" or name not in metrics["models"]:
+            continue
+        path = Path(artifacts) / name / "metrics.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        evaluations = old.get("evaluations", {}) if isinstance(old, dict) else {}
+        evaluations[part] = {
+            "record": str(record),
+            "weights_sha256": sha,
+            "n_images": metrics["n_images"],
+            **metrics["models"][name],
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"evaluations": evaluations}, indent=2) + "\n")
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, evaluate, print a summary."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -148,9 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         help="evaluate whichever base models exist (final = their mean)",
     )
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--record-in-artifacts",
+        action="store_true",
+        help="also write each model's metrics for --part into ARTIFACTS/<model>/metrics.json",
+    )
     a = p.parse_args(argv)
     if a.part and not a.split:
         p.error("--part needs --split")
+    if a.record_in_artifacts and not a.part:
+        p.error("--record-in-artifacts needs --split and --part")
     m = evaluate(
         a.data_dir,
         a.out,
@@ -160,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         strict=not a.allow_missing,
         batch_size=a.batch_size,
     )
+    if a.record_in_artifacts and m["n_images"]:
+        for path in record_in_artifacts(m, a.artifacts, a.out / "metrics.json", a.part):
+            print(f"recorded in {path}")
     for name, rec in m["models"].items():
         print(
             f"{name:12s} accuracy={rec['accuracy']:.4f} macro_f1={rec['macro_f1']:.4f} "

@@ -43,6 +43,10 @@ def test_classifier_folder_describes_itself(name: str) -> None:
     log = pd.read_csv(folder / "training_log.csv")
     assert {"epoch", "val_accuracy", "image_size", "seconds"} <= set(log.columns)
     assert log["epoch"].tolist() == list(range(len(log)))  # one row per epoch, merged runs too
+    metrics = folder / "metrics.json"
+    if metrics.is_file():  # per-model share of the evaluations (ensemble.evaluate)
+        for part, rec in json.loads(metrics.read_text())["evaluations"].items():
+            assert rec["weights_sha256"] == cfg["weights_sha256"], f"{name} {part} is stale"
     tr = cfg["training"]
     assert tr["epochs_run_total" if "epochs_run_total" in tr else "epochs_run"] == len(log)
 

@@ -109,3 +109,32 @@ def test_metrics_json_matches_predictions(evaluated) -> None:
             assert rec["per_class"][c]["recall"] == pytest.approx(
                 skm.recall_score(y == k, pred == k, zero_division=0)
             )
+
+
+def test_record_in_artifacts_keeps_other_parts(tmp_path: Path) -> None:
+    from ensemble.evaluate import record_in_artifacts
+
+    (tmp_path / "resnet50").mkdir()
+    (tmp_path / "vgg19").mkdir()
+    (tmp_path / "vgg19" / "metrics.json").write_text('{"accuracy": 0.1}')  # old flat format
+    (tmp_path / "resnet50" / "metrics.json").write_text(
+        json.dumps({"evaluations": {"test": {"accuracy": 0.9}}})
+    )
+    metrics = {
+        "n_images": 7,
+        "artifacts": {"resnet50": "aa", "vgg19": "bb", "meta": "cc"},
+        "models": {"resnet50": {"accuracy": 0.5}, "vgg19": {"accuracy": 0.25}, "ensemble": {}},
+    }
+    written = record_in_artifacts(metrics, tmp_path, Path("rec/metrics.json"), "val")
+    assert sorted(p.parent.name for p in written) == ["resnet50", "vgg19"]
+    r = json.loads((tmp_path / "resnet50" / "metrics.json").read_text())["evaluations"]
+    assert r["test"] == {"accuracy": 0.9}
+    assert r["val"] == {
+        "record": "rec/metrics.json",
+        "weights_sha256": "aa",
+        "n_images": 7,
+        "accuracy": 0.5,
+    }
+    v = json.loads((tmp_path / "vgg19" / "metrics.json").read_text())
+    assert list(v) == ["evaluations"] and v["evaluations"]["val"]["accuracy"] == 0.25
+    assert not (tmp_path / "meta").exists()
