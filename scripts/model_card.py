@@ -53,7 +53,13 @@ def classification_section(root: Path) -> list[str]:
     for name in BACKBONES:
         cfg = _json(root / "classification" / name / "config.json")
         if cfg is None:
-            rows.append({"model": name, "status": "not trained yet"})
+            ckpt = root / "checkpoints" / name / "config.json"
+            status = (
+                "intermediate checkpoint in artifacts/checkpoints (not shipped)"
+                if ckpt.is_file()
+                else "not trained yet"
+            )
+            rows.append({"model": name, "status": status})
             continue
         tr = cfg.get("training", {})
         rec = tr.get("recipe", {})
