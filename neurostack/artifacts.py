@@ -167,6 +167,11 @@ def merged_training_log(run_dir: str | Path, log_name: str = TRAINING_LOG_FILE):
     if not prev_path.is_file():
         return new
     prev = pd.read_csv(prev_path)
+    for path, df in ((prev_path, prev), (current, new)):
+        if "epoch" not in df.columns or df["epoch"].isna().any():
+            raise ArtifactError(
+                f"{path} is not a per-epoch training log (no complete 'epoch' column)"
+            )
     if "run" not in prev.columns:
         prev.insert(1, "run", 0)
     new.insert(1, "run", int(prev["run"].max()) + 1)

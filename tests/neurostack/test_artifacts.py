@@ -161,3 +161,10 @@ def test_merged_training_log_renumbers_and_counts_runs(tmp_path: Path) -> None:
     assert merged["epoch"].tolist() == [0, 1, 2, 3, 4, 5, 6]
     assert merged["run"].tolist() == [0, 0, 0, 1, 1, 2, 2]
     assert merged["val_accuracy"].tolist() == [0.1, 0.2, 0.3, 0.4, 0.5, 0.5, 0.6]
+
+
+def test_merged_training_log_refuses_a_log_without_epochs(tmp_path: Path) -> None:
+    _log(tmp_path / "training_log.csv", [0], [0.5])
+    (tmp_path / "previous_log.csv").write_text("loss,acc\n1.0,0.2\n")
+    with pytest.raises(ArtifactError, match="previous_log.csv is not a per-epoch training log"):
+        merged_training_log(tmp_path)
