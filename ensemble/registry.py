@@ -20,6 +20,8 @@ class Backbone:
             mean subtracted), as in ``keras.applications``.
         min_size: Smallest input side the architecture accepts.
         gradcam_layer: Name of the last convolutional feature map, for Grad-CAM.
+        has_batchnorm: Whether the architecture contains BatchNormalization layers
+            (their statistics can be re-estimated at another input size).
     """
 
     name: str
@@ -28,6 +30,7 @@ class Backbone:
     preprocess_mode: str
     min_size: int
     gradcam_layer: str
+    has_batchnorm: bool = True
 
     def constructor(self) -> Callable[..., object]:
         """Return the ``keras.applications`` constructor."""
@@ -60,7 +63,7 @@ BACKBONES: dict[str, Backbone] = {
     "xception": Backbone("xception", "Xception", 299, "tf", 71, "block14_sepconv2_act"),
     "inceptionv3": Backbone("inceptionv3", "InceptionV3", 299, "tf", 75, "mixed10"),
     "resnet50": Backbone("resnet50", "ResNet50", 224, "caffe", 32, "conv5_block3_out"),
-    "vgg19": Backbone("vgg19", "VGG19", 224, "caffe", 32, "block5_conv4"),
+    "vgg19": Backbone("vgg19", "VGG19", 224, "caffe", 32, "block5_conv4", has_batchnorm=False),
 }
 """Registry of the four base classifiers, in ensemble order."""
 

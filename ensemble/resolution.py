@@ -38,6 +38,7 @@ def accuracy_at_size(
     crops: np.ndarray,
     labels: np.ndarray,
     batch_size: int = 32,
+    calibration_crops: np.ndarray | None = None,
 ) -> float:
     """Accuracy of ``weights`` evaluated at ``size`` on ``(N, size, size)`` uint8 crops.
 
@@ -48,6 +49,9 @@ def accuracy_at_size(
         crops: Greyscale brain crops already resized to ``size``.
         labels: ``(N,)`` integer class indices.
         batch_size: Inference batch size.
+        calibration_crops: When given, ``(M, size, size)`` uint8 training crops on
+            which the batch-norm statistics are re-estimated first
+            (:func:`ensemble.recalibrate.recalibrate_batchnorm`).
 
     Returns:
         The fraction of correct argmax predictions.
@@ -61,10 +65,24 @@ def accuracy_at_size(
         raise ValueError(f"crops must be (N, {size}, {size}); received {crops.shape}")
     model = build_classifier(model_name, weights=None, input_size=size)
     model.load_weights(weights)
+
+    def model_input(batch: np.ndarray) -> np.ndarray:
+        rgb = np.repeat(np.asarray(batch, np.float32)[..., None], 3, -1)
+        return preprocess_array(rgb, spec.preprocess_mode)
+
+    if calibration_crops is not None:
+        from ensemble.recalibrate import recalibrate_batchnorm
+
+        recalibrate_batchnorm(
+            model,
+            (
+                model_input(calibration_crops[s : s + batch_size])
+                for s in range(0, len(calibration_crops), batch_size)
+            ),
+        )
     correct = 0
     for start in range(0, len(crops), batch_size):
-        rgb = np.repeat(np.asarray(crops[start : start + batch_size], np.float32)[..., None], 3, -1)
-        proba = model.predict(preprocess_array(rgb, spec.preprocess_mode), verbose=0)
+        proba = model.predict(model_input(crops[start : start + batch_size]), verbose=0)
         correct += int((proba.argmax(1) == labels[start : start + batch_size]).sum())
     keras.backend.clear_session()
     return correct / len(crops)
@@ -76,8 +94,15 @@ def measure(
     data_dir: Path,
     split_csv: Path,
     cache_dir: Path | None = None,
+    recalibrate_images: int = 0,
 ) -> dict:
-    """Score the kept weights of one run at the training and the native sizes."""
+    """Score the kept weights of one run at the training and the native sizes.
+
+    With ``recalibrate_images > 0`` each native-size row is repeated after the
+    batch-norm statistics were re-estimated at the native size on that many
+    training-split images (fixed random subset, seed 0); backbones without
+    batch-norm (VGG19) get no such rows.
+    """
     from ensemble.data import cached_arrays, label_indices, load_split
 
     spec = get_backbone(model_name)
@@ -93,21 +118,34 @@ def measure(
         ("best reduced-size epoch", src / "best_scratch.weights.h5", spec.native_size),
         ("after the native-size phase", src / "best.weights.h5", spec.native_size),
     ]
+    kw = {"cache_dir": cache_dir} if cache_dir else {}
+    calibration = None
+    if recalibrate_images > 0 and spec.has_batchnorm:
+        train_paths = load_split(split_csv, "train")["path"].tolist()
+        rng = np.random.default_rng(0)
+        pick = sorted(
+            rng.choice(len(train_paths), min(recalibrate_images, len(train_paths)), False)
+        )
+        calibration = np.asarray(cached_arrays(data_dir, train_paths, spec.native_size, **kw))[pick]
+        plan += [
+            (f"{w}, BN re-estimated at {s}px", f, s) for w, f, s in plan if s == spec.native_size
+        ]
     for label, weights, size in plan:
         if not weights.is_file():
             continue
         t0 = time.time()
-        kw = {"cache_dir": cache_dir} if cache_dir else {}
         crops = np.asarray(cached_arrays(data_dir, paths, size, **kw))
-        acc = accuracy_at_size(model_name, weights, size, crops, labels)
-        rows.append(
-            {
-                "weights": label,
-                "eval_size": size,
-                "val_accuracy": round(acc, 4),
-                "seconds": round(time.time() - t0, 1),
-            }
-        )
+        calib = calibration if "BN re-estimated" in label else None
+        acc = accuracy_at_size(model_name, weights, size, crops, labels, calibration_crops=calib)
+        row = {
+            "weights": label,
+            "eval_size": size,
+            "val_accuracy": round(acc, 4),
+            "seconds": round(time.time() - t0, 1),
+        }
+        if calib is not None:
+            row["calibration_images"] = len(calib)
+        rows.append(row)
         print(f"[{model_name}] {label} at {size}px: val accuracy {acc:.4f}", flush=True)
     return {
         "model": model_name,
@@ -128,8 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.add_argument("--cache-dir", type=Path, default=None, help="crop cache folder")
+    p.add_argument(
+        "--recalibrate-images",
+        type=int,
+        default=0,
+        help="also score native-size rows after re-estimating batch-norm statistics "
+        "on this many training images",
+    )
     a = p.parse_args(argv)
-    record = measure(a.run_dir, get_backbone(a.model).name, a.data_dir, a.split, a.cache_dir)
+    record = measure(
+        a.run_dir,
+        get_backbone(a.model).name,
+        a.data_dir,
+        a.split,
+        a.cache_dir,
+        recalibrate_images=a.recalibrate_images,
+    )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(record, indent=2) + "\n")
     print(a.out)

@@ -66,6 +66,14 @@ def test_gradcam_layer_exists(name: str, small_classifiers) -> None:
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
+def test_has_batchnorm_matches_the_built_model(name: str, small_classifiers) -> None:
+    from ensemble.recalibrate import batchnorm_layers
+
+    n_bn = len(batchnorm_layers(small_classifiers[name]))
+    assert get_backbone(name).has_batchnorm == (n_bn > 0)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
 def test_preprocess_matches_keras_applications(name: str) -> None:
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (2, 9, 7, 3)).astype(np.float32)

@@ -79,3 +79,36 @@ def test_cli_writes_a_row_per_kept_weights_file(
     ]
     assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in rec["rows"])
     assert pd.read_csv(split)["split"].eq("val").all()
+
+
+def test_recalibrated_rows_change_only_batchnorm_backbones(
+    class_dataset: Path, tmp_path: Path
+) -> None:
+    """ResNet50 weights trained (here: random) at 40 px, BN re-estimated at 224 px on 8
+    training images; the weights file itself is left untouched."""
+    import hashlib
+
+    from ensemble.data import list_class_folder
+
+    run = tmp_path / "run" / "resnet50"
+    run.mkdir(parents=True)
+    build_classifier("resnet50", input_size=40).save_weights(run / "best_scratch.weights.h5")
+    before = hashlib.sha256((run / "best_scratch.weights.h5").read_bytes()).hexdigest()
+    (run / "config.json").write_text(json.dumps({"phases": [{"image_size": 40}]}))
+    df = list_class_folder(class_dataset)
+    split = tmp_path / "split.csv"
+    df.assign(group=range(len(df)), split=["train", "val"] * (len(df) // 2)).to_csv(
+        split, index=False
+    )
+    out = tmp_path / "resolution.json"
+    argv = ["--run-dir", str(tmp_path / "run"), "--model", "resnet50"]
+    argv += ["--data-dir", str(class_dataset), "--split", str(split), "--out", str(out)]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--recalibrate-images", "8"]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["weights"], r["eval_size"], r.get("calibration_images")) for r in rows] == [
+        ("best reduced-size epoch", 40, None),
+        ("best reduced-size epoch", 224, None),
+        ("best reduced-size epoch, BN re-estimated at 224px", 224, 8),
+    ]
+    assert hashlib.sha256((run / "best_scratch.weights.h5").read_bytes()).hexdigest() == before
