@@ -16,6 +16,7 @@ for the ``k``-th batch.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -63,3 +64,47 @@ def recalibrate_batchnorm(model, batches: Iterable[np.ndarray]) -> int:
     if n == 0:
         raise ValueError("recalibrate_batchnorm needs at least one batch; received none")
     return n
+
+
+def calibration_crops(
+    data_dir: str | Path,
+    split_csv: str | Path,
+    size: int,
+    n_images: int,
+    *,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> np.ndarray:
+    """``(n, size, size)`` uint8 brain crops of a fixed random subset of the training split.
+
+    Only ``train`` rows are used, so validation and test images never shape the
+    statistics. ``n`` is ``min(n_images, number of training images)``.
+    """
+    from ensemble.data import cached_arrays, load_split
+
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1; received {n_images}")
+    paths = load_split(split_csv, "train")["path"].tolist()
+    pick = np.sort(np.random.default_rng(seed).choice(len(paths), min(n_images, len(paths)), False))
+    kw = {"cache_dir": cache_dir} if cache_dir else {}
+    return np.asarray(cached_arrays(data_dir, paths, size, **kw))[pick]
+
+
+def recalibrate_classifier(
+    model, preprocess_mode: str, crops: np.ndarray, batch_size: int = 32
+) -> int:
+    """Re-estimate a base classifier's batch-norm statistics on greyscale uint8 ``crops``.
+
+    The crops go through the same channel repeat and ``keras.applications``
+    preprocessing as at inference. Returns the number of batches used.
+    """
+    from ensemble.registry import preprocess_array
+
+    def batches():
+        for start in range(0, len(crops), batch_size):
+            rgb = np.repeat(
+                np.asarray(crops[start : start + batch_size], np.float32)[..., None], 3, -1
+            )
+            yield preprocess_array(rgb, preprocess_mode)
+
+    return recalibrate_batchnorm(model, batches())

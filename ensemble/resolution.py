@@ -71,15 +71,9 @@ def accuracy_at_size(
         return preprocess_array(rgb, spec.preprocess_mode)
 
     if calibration_crops is not None:
-        from ensemble.recalibrate import recalibrate_batchnorm
+        from ensemble.recalibrate import recalibrate_classifier
 
-        recalibrate_batchnorm(
-            model,
-            (
-                model_input(calibration_crops[s : s + batch_size])
-                for s in range(0, len(calibration_crops), batch_size)
-            ),
-        )
+        recalibrate_classifier(model, spec.preprocess_mode, calibration_crops, batch_size)
     correct = 0
     for start in range(0, len(crops), batch_size):
         proba = model.predict(model_input(crops[start : start + batch_size]), verbose=0)
@@ -121,12 +115,11 @@ def measure(
     kw = {"cache_dir": cache_dir} if cache_dir else {}
     calibration = None
     if recalibrate_images > 0 and spec.has_batchnorm:
-        train_paths = load_split(split_csv, "train")["path"].tolist()
-        rng = np.random.default_rng(0)
-        pick = sorted(
-            rng.choice(len(train_paths), min(recalibrate_images, len(train_paths)), False)
+        from ensemble.recalibrate import calibration_crops
+
+        calibration = calibration_crops(
+            data_dir, split_csv, spec.native_size, recalibrate_images, cache_dir=cache_dir
         )
-        calibration = np.asarray(cached_arrays(data_dir, train_paths, spec.native_size, **kw))[pick]
         plan += [
             (f"{w}, BN re-estimated at {s}px", f, s) for w, f, s in plan if s == spec.native_size
         ]

@@ -582,12 +582,21 @@ def _previous_training(run_out: Path) -> dict:
     }
 
 
-def export_model(run_dir: Path, model_name: str, dest: Path, input_size: int | None = None) -> Path:
+def export_model(
+    run_dir: Path,
+    model_name: str,
+    dest: Path,
+    input_size: int | None = None,
+    recalibrate_images: int = 0,
+) -> Path:
     """Write the best weights of a run as a self-describing artifact folder.
 
     Works on a finished or still-running run (it reads ``best.weights.h5``).
     ``input_size`` overrides the native size (for diagnostics only: shipped
-    artifacts always use the native size).
+    artifacts always use the native size). ``recalibrate_images > 0``
+    re-estimates the batch-norm statistics at the export size on that many
+    training-split images first (:mod:`ensemble.recalibrate`; measure its effect
+    with ``python -m ensemble.resolution --recalibrate-images``).
     """
     from ensemble.export import write_classifier_artifact
     from ensemble.models import build_classifier
@@ -599,6 +608,25 @@ def export_model(run_dir: Path, model_name: str, dest: Path, input_size: int | N
     size = input_size or spec.native_size
     model = build_classifier(model_name, weights=None, input_size=size)
     model.load_weights(src / "best.weights.h5")
+    recalibration = None
+    if recalibrate_images > 0:
+        from ensemble.recalibrate import calibration_crops, recalibrate_classifier
+
+        if not spec.has_batchnorm:
+            raise ValueError(f"{model_name} has no batch-norm layers to recalibrate")
+        crops = calibration_crops(
+            cfg["data_dir"],
+            cfg["split_csv"],
+            size,
+            recalibrate_images,
+            cache_dir=cfg.get("cache_dir"),
+        )
+        recalibrate_classifier(model, spec.preprocess_mode, crops)
+        recalibration = {
+            "images": len(crops),
+            "input_size": size,
+            "source": "train split, fixed random subset (seed 0), no augmentation",
+        }
     prev = _previous_training(src)
     write_classifier_artifact(
         model,
@@ -614,6 +642,7 @@ def export_model(run_dir: Path, model_name: str, dest: Path, input_size: int | N
             "epochs_run": state.get("global_epoch"),
             "wall_time_s": round(state.get("wall_time_s", 0.0), 1),
             "finished": bool(state.get("done")),
+            "batchnorm_recalibration": recalibration,
             "hardware": "2 CPU cores, no GPU",
             "continued_from": cfg.get("init_from"),
             "epochs_run_total": int(state.get("global_epoch", 0)) + prev.get("epochs_run", 0),
@@ -684,12 +713,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="diagnostics only: export at this input size instead of the native one",
     )
+    p.add_argument(
+        "--recalibrate-bn-images",
+        type=int,
+        default=0,
+        help="with --export: re-estimate batch-norm statistics at the export size on this "
+        "many training images before writing the weights",
+    )
     a = p.parse_args(argv)
     names = [get_backbone(n).name for n in a.models.split(",") if n]
     deadline = time.time() + 60 * a.time_budget_min if a.time_budget_min else None
     if a.export:
         for name in names:
-            print(export_model(a.run_dir, name, a.export / name, a.export_size))
+            print(
+                export_model(
+                    a.run_dir, name, a.export / name, a.export_size, a.recalibrate_bn_images
+                )
+            )
         return 0
     for name in names:
         weights = None if a.weights == "none" else a.weights

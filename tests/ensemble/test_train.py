@@ -292,3 +292,54 @@ def test_has_collapsed_only_after_learning() -> None:
     assert not has_collapsed(0.2786, 1.3852, 0.30, majority)  # never learned: early epochs
     assert not has_collapsed(0.60, 1.3852, 0.852, majority)  # a bad epoch, not one class
     assert not has_collapsed(0.2786, 0.90, 0.852, majority)  # training loss still learning
+
+
+def test_export_with_batchnorm_recalibration_changes_only_moving_statistics(
+    class_dataset: Path, split_csv: Path, tmp_path: Path
+) -> None:
+    """A hand-made run folder (ResNet50, random weights 'trained' at 32 px) exported at 224 px
+    with and without re-estimated batch-norm statistics."""
+    from dataclasses import asdict
+
+    from ensemble.models import build_classifier
+    from neurostack.artifacts import load_weights_compact
+
+    run = tmp_path / "runs" / "resnet50"
+    run.mkdir(parents=True)
+    cfg = _config(class_dataset, split_csv, tmp_path / "runs", epochs=1)
+    cfg.model = "resnet50"
+    (run / "config.json").write_text(json.dumps(asdict(cfg)))
+    (run / "state.json").write_text(json.dumps({"global_epoch": 1, "done": True}))
+    (run / "training_log.csv").write_text(
+        "epoch,phase,image_size,lr,loss,accuracy,val_loss,val_accuracy,seconds\n"
+        "0,scratch,32,0.001,1.3,0.4,1.3,0.4,1.0\n"
+    )
+    keras.utils.set_random_seed(0)
+    build_classifier("resnet50", input_size=32).save_weights(run / "best.weights.h5")
+    plain = export_model(tmp_path / "runs", "resnet50", tmp_path / "plain")
+    recal = export_model(tmp_path / "runs", "resnet50", tmp_path / "recal", recalibrate_images=6)
+    t = json.loads((recal / "config.json").read_text())["training"]["batchnorm_recalibration"]
+    assert t["images"] == 6 and t["input_size"] == 224
+    assert (
+        json.loads((plain / "config.json").read_text())["training"]["batchnorm_recalibration"]
+        is None
+    )
+    models = []
+    for folder in (plain, recal):
+        m = build_classifier("resnet50")
+        load_weights_compact(m, folder / "weights.npz")
+        models.append(m)
+    changed = {
+        a.path.split("/")[-1]
+        for a, b in zip(models[0].weights, models[1].weights, strict=True)
+        if not np.array_equal(a.numpy(), b.numpy())
+    }
+    assert changed == {"moving_mean", "moving_variance"}
+    with pytest.raises(ValueError, match="vgg19 has no batch-norm"):
+        (tmp_path / "runs" / "vgg19").mkdir()
+        for f in ("config.json", "state.json"):
+            (tmp_path / "runs" / "vgg19" / f).write_text((run / f).read_text())
+        build_classifier("vgg19", input_size=32).save_weights(
+            tmp_path / "runs" / "vgg19" / "best.weights.h5"
+        )
+        export_model(tmp_path / "runs", "vgg19", tmp_path / "v", recalibrate_images=4)
