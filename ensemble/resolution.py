@@ -65,20 +65,24 @@ def accuracy_at_size(
         raise ValueError(f"crops must be (N, {size}, {size}); received {crops.shape}")
     model = build_classifier(model_name, weights=None, input_size=size)
     model.load_weights(weights)
-
-    def model_input(batch: np.ndarray) -> np.ndarray:
-        rgb = np.repeat(np.asarray(batch, np.float32)[..., None], 3, -1)
-        return preprocess_array(rgb, spec.preprocess_mode)
-
     if calibration_crops is not None:
         from ensemble.recalibrate import recalibrate_classifier
 
         recalibrate_classifier(model, spec.preprocess_mode, calibration_crops, batch_size)
+    acc = model_accuracy(model, spec.preprocess_mode, crops, labels, batch_size)
+    keras.backend.clear_session()
+    return acc
+
+
+def model_accuracy(
+    model, preprocess_mode: str, crops: np.ndarray, labels: np.ndarray, batch_size: int = 32
+) -> float:
+    """Fraction of ``(N, S, S)`` uint8 greyscale crops whose argmax matches ``labels``."""
     correct = 0
     for start in range(0, len(crops), batch_size):
-        proba = model.predict(model_input(crops[start : start + batch_size]), verbose=0)
+        rgb = np.repeat(np.asarray(crops[start : start + batch_size], np.float32)[..., None], 3, -1)
+        proba = model.predict(preprocess_array(rgb, preprocess_mode), verbose=0)
         correct += int((proba.argmax(1) == labels[start : start + batch_size]).sum())
-    keras.backend.clear_session()
     return correct / len(crops)
 
 

@@ -68,3 +68,36 @@ def test_models_without_batchnorm_and_empty_input_are_refused() -> None:
     with pytest.raises(ValueError, match="at least one batch"):
         recalibrate_batchnorm(model, [])
     assert model.get_layer("bn").momentum == 0.9
+
+
+def test_cli_writes_a_recalibrated_artifact_that_loads(
+    tiny_artifacts, class_dataset, tmp_path, capsys
+) -> None:
+    """Tiny ResNet50 artifact: scored on the val rows before and after, rewritten with a
+    new checksum, its training record extended and its log carried over."""
+    import json
+
+    from ensemble.data import list_class_folder
+    from ensemble.inference import load_classifier
+    from ensemble.recalibrate import main
+    from neurostack.artifacts import sha256_file
+
+    df = list_class_folder(class_dataset)
+    split = tmp_path / "split.csv"
+    df.assign(group=range(len(df)), split=["train", "val"] * (len(df) // 2)).to_csv(
+        split, index=False
+    )
+    src = tiny_artifacts / "classification" / "resnet50"
+    out = tmp_path / "recal" / "resnet50"
+    argv = [str(src), "--images", "10", "--out", str(out), "--data-dir", str(class_dataset)]
+    argv += ["--split", str(split), "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["calibration_images"] == 10 and printed["n_val"] == len(df) // 2
+    assert 0.0 <= printed["val_accuracy_after"] <= 1.0
+    clf = load_classifier(out)  # checks the new SHA-256
+    rec = clf.config["training"]["batchnorm_recalibration"]
+    assert rec["images"] == 10 and rec["val_accuracy_after"] == printed["val_accuracy_after"]
+    assert sha256_file(out / "weights.npz") != sha256_file(src / "weights.npz")
+    assert (out / "training_log.csv").read_text() == (src / "training_log.csv").read_text()
+    assert json.loads((out / "recalibration.json").read_text()) == printed
