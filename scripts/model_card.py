@@ -28,6 +28,19 @@ def _hours(seconds: float | None) -> str:
     return "—" if not seconds else f"{seconds / 3600:.2f} h"
 
 
+def _recalibration_note(rec: dict | None) -> str:
+    """Recipe suffix for batch-norm statistics re-estimated after training."""
+    if not rec:
+        return ""
+    note = (
+        f"; then BN statistics re-estimated at {rec['input_size']}px on {rec['images']} "
+        "training images (`python -m ensemble.recalibrate`)"
+    )
+    if "val_accuracy_before" in rec:
+        note += f", val acc {rec['val_accuracy_before']:.4f} -> {rec['val_accuracy_after']:.4f}"
+    return note
+
+
 def classification_section(root: Path) -> list[str]:
     """Split, recipes, wall times and test results of the classifiers."""
     lines = ["## Classification", ""]
@@ -80,7 +93,8 @@ def classification_section(root: Path) -> list[str]:
                 + f"{phases}; batch {rec.get('batch_size')}, {rec.get('optimizer')}, "
                 f"label smoothing {rec.get('label_smoothing')}, BN momentum "
                 f"{rec.get('bn_momentum')}, {rec.get('mixed_precision')}"
-                + (f", clipnorm {rec['clipnorm']}" if rec.get("clipnorm") else ""),
+                + (f", clipnorm {rec['clipnorm']}" if rec.get("clipnorm") else "")
+                + _recalibration_note(tr.get("batchnorm_recalibration")),
                 "epochs run (all runs)": tr.get("epochs_run_total", tr.get("epochs_run")),
                 "best epoch (last run)": tr.get("best_epoch"),
                 "best val acc (at best epoch's size)": _fmt(tr.get("best_val_accuracy")),
@@ -108,7 +122,9 @@ def classification_section(root: Path) -> list[str]:
             "",
             "Validation accuracy of the same weights at the training size and at the native "
             "size (`python -m ensemble.resolution`); the native-size phase exists because of "
-            "this gap.",
+            "this gap. Rows marked *BN re-estimated* score the same weights after their "
+            "batch-norm statistics were recomputed at the native size on training images "
+            "(`--recalibrate-images`).",
             "",
             pd.DataFrame(res_rows).to_markdown(index=False),
             "",

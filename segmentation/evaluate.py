@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,63 @@ def _summary(df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def threshold_sweep_table(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Summarise per-image Dice at several thresholds.
+
+    Args:
+        per_image: One row per (image, threshold): columns ``threshold``, ``dice``
+            and optionally ``label``.
+
+    Returns:
+        One row per threshold, ascending: ``threshold, n_images, mean_dice,
+        median_dice`` and ``mean_dice_<label>`` for every non-empty label.
+    """
+    out = per_image.groupby("threshold")["dice"].agg(["count", "mean", "median"])
+    out.columns = ["n_images", "mean_dice", "median_dice"]
+    if "label" in per_image:
+        labelled = per_image[per_image["label"].fillna("") != ""]
+        if len(labelled):
+            by_class = labelled.pivot_table(
+                index="threshold", columns="label", values="dice", aggfunc="mean"
+            )
+            out = out.join(by_class.add_prefix("mean_dice_"))
+    return out.reset_index()
+
+
+def best_threshold(sweep: pd.DataFrame) -> float:
+    """Return the threshold with the highest mean Dice in a :func:`threshold_sweep_table`.
+
+    Ties go to the threshold closest to 0.5.
+    """
+    if sweep.empty:
+        raise ValueError("the threshold sweep is empty")
+    top = sweep[sweep["mean_dice"] == sweep["mean_dice"].max()]
+    return float(top.loc[(top["threshold"] - 0.5).abs().idxmin(), "threshold"])
+
+
+def write_operating_point(
+    artifacts: str | Path, threshold: float, tta: str, evidence: dict[str, Any]
+) -> None:
+    """Store a chosen threshold and test-time augmentation in the artifact's ``config.json``.
+
+    The weights (and their SHA-256) are untouched; ``evidence`` (split, sweep file,
+    scores) is kept under ``operating_point`` so the choice can be traced.
+    """
+    from neurostack.artifacts import read_json
+    from segmentation.predict import TTA_MODES
+
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1); received {threshold}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {list(TTA_MODES)}; received {tta!r}")
+    path = Path(artifacts) / "config.json"
+    config = read_json(path)
+    config["threshold"] = float(threshold)
+    config["test_time_augmentation"] = tta
+    config["operating_point"] = {"threshold": float(threshold), "tta": tta, **evidence}
+    write_json(path, config)
+
+
 def evaluate(
     images_dir: str | Path,
     masks_dir: str | Path,
@@ -85,6 +143,8 @@ def evaluate(
     threshold: float = 0.5,
     batch_size: int = 8,
     progress: bool = True,
+    tta: str | None = None,
+    sweep: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the segmenter in ``artifacts`` and write ``per_image.csv`` and ``metrics.json``.
 
@@ -101,6 +161,10 @@ def evaluate(
         threshold: Probability at or above which a pixel is tumour.
         batch_size: Slices per network call.
         progress: Show a tqdm bar.
+        tta: Test-time augmentation (``"none"`` or ``"hflip"``); ``None`` uses the
+            artifact's own setting.
+        sweep: Thresholds at which the same probabilities are also scored; writes
+            ``threshold_sweep.csv`` (mean and median Dice overall and per class).
 
     Returns:
         The content written to ``metrics.json``.
@@ -117,7 +181,12 @@ def evaluate(
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise FileNotFoundError(f"folder not found: {folder}")
-    segmenter = load_segmenter(artifacts)
+    segmenter = load_segmenter(artifacts, tta=tta)
+    sweep = sorted({float(t) for t in sweep}) if sweep else []
+    bad = [t for t in sweep if not 0.0 < t < 1.0]
+    if bad:
+        raise ValueError(f"sweep thresholds must be in (0, 1); received {bad}")
+    sweep_rows: list[dict[str, Any]] = []
 
     skipped: list[dict[str, str]] = []
     images = _index_folder(images_dir, skipped, "image")
@@ -192,6 +261,14 @@ def evaluate(
             row["gt_area_px"] = int(gt.sum())
             row["pred_area_px"] = res.area_px
             rows.append(row)
+            for t in sweep:
+                sweep_rows.append(
+                    {
+                        "threshold": t,
+                        "label": row.get("label", ""),
+                        "dice": dice_coefficient(gt, res.probability >= t),
+                    }
+                )
         bar.update(len(pairs[start : start + batch_size]))
     bar.close()
 
@@ -199,6 +276,11 @@ def evaluate(
     columns = ["id"] + (["label"] if labels else []) + ["dice", "iou", "gt_area_px", "pred_area_px"]
     df = pd.DataFrame(rows, columns=columns)
     df.to_csv(out_dir / "per_image.csv", index=False, float_format="%.6f")
+
+    if sweep_rows:
+        threshold_sweep_table(pd.DataFrame(sweep_rows)).to_csv(
+            out_dir / "threshold_sweep.csv", index=False, float_format="%.6f"
+        )
 
     config = segmenter.config
     result: dict[str, Any] = (
@@ -211,6 +293,7 @@ def evaluate(
     result.update(
         {
             "threshold": threshold,
+            "test_time_augmentation": segmenter.tta,
             "resolution": "original image grid (prediction mapped back from the brain crop)",
             "empty_mask_policy": "both empty -> 1.0, exactly one empty -> 0.0",
             "artifact": {
@@ -244,18 +327,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ids-from", default=None, help="CSV with an id column (e.g. the split file)")
     p.add_argument("--split", default=None, help="keep rows of this split (with --ids-from)")
     p.add_argument("--metadata", default=None, help="CSV with id,label for per-class scores")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument(
+        "--threshold", type=float, default=None, help="mask threshold (default: the artifact's)"
+    )
+    p.add_argument(
+        "--tta", choices=["none", "hflip"], default=None, help="default: the artifact's setting"
+    )
+    p.add_argument(
+        "--sweep",
+        default=None,
+        help="comma-separated thresholds also scored on the same probabilities "
+        "(threshold_sweep.csv), e.g. 0.2,0.3,0.4,0.5",
+    )
+    p.add_argument(
+        "--choose-threshold",
+        action="store_true",
+        help="write the sweep's best threshold and the --tta used into the artifact's "
+        "config.json (refused on the test split)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.split and not args.ids_from:
         p.error("--split needs --ids-from")
+    if args.choose_threshold and not args.sweep:
+        p.error("--choose-threshold needs --sweep")
+    if args.choose_threshold and args.split == "test":
+        p.error("--choose-threshold is refused on the test split: choose on 'val'")
+    try:
+        sweep = [float(t) for t in args.sweep.split(",")] if args.sweep else None
+    except ValueError:
+        p.error(f"--sweep must be comma-separated numbers; received {args.sweep!r}")
     if args.threads:
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    threshold = args.threshold
+    if threshold is None:
+        from neurostack.artifacts import read_json
+
+        try:
+            threshold = float(read_json(Path(args.artifacts) / "config.json").get("threshold", 0.5))
+        except ArtifactError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         result = evaluate(
             args.images_dir,
@@ -265,9 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             ids_from=args.ids_from,
             split=args.split,
             metadata=args.metadata,
-            threshold=args.threshold,
+            threshold=threshold,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            tta=args.tta,
+            sweep=sweep,
         )
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -284,6 +403,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     for label, s in result.get("per_class", {}).items():
         print(f"  {label}: n={s['n_images']} mean Dice {s['mean_dice']:.4f}")
+    if sweep:
+        table = pd.read_csv(Path(args.out) / "threshold_sweep.csv")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.choose_threshold:
+        best = best_threshold(table)
+        row = table[table["threshold"] == best].iloc[0]
+        write_operating_point(
+            args.artifacts,
+            best,
+            result["test_time_augmentation"],
+            {
+                "chosen_on": f"{args.ids_from}:{args.split}" if args.split else args.images_dir,
+                "sweep": str(Path(args.out) / "threshold_sweep.csv"),
+                "mean_dice": round(float(row["mean_dice"]), 4),
+                "n_images": int(row["n_images"]),
+            },
+        )
+        print(
+            f"operating point: threshold {best:g}, tta {result['test_time_augmentation']} "
+            f"(val mean Dice {row['mean_dice']:.4f}) written to {args.artifacts}/config.json"
+        )
     return 0
 
 

@@ -28,6 +28,9 @@ from neurostack.preprocess import CropBox, paste_crop
 from segmentation.data import preprocess_slice
 
 REQUIRED_KEYS = ("architecture", "input_size", "weights_sha256")
+TTA_MODES = ("none", "hflip")
+"""Test-time augmentation: ``"hflip"`` averages the probabilities of the crop and of its
+left-right mirror image (mirrored back), ``"none"`` runs the crop once."""
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,18 @@ class Segmenter:
         config: The artifact's ``config.json`` content.
     """
 
-    def __init__(self, model: Any, config: dict[str, Any]) -> None:
+    def __init__(self, model: Any, config: dict[str, Any], *, tta: str | None = None) -> None:
         import tensorflow as tf
 
         self.model = model
         self.config = config
         self.input_size = int(config["input_size"])
         self.default_threshold = float(config.get("threshold", 0.5))
+        self.tta = str(config.get("test_time_augmentation", "none") if tta is None else tta)
+        if self.tta not in TTA_MODES:
+            raise ValueError(
+                f"test_time_augmentation must be one of {list(TTA_MODES)}; received {self.tta!r}"
+            )
         spec = tf.TensorSpec([None, self.input_size, self.input_size, 1], tf.float32)
         # One trace for every batch size: fixed signature, no per-call retracing.
         self._infer = tf.function(
@@ -75,7 +83,7 @@ class Segmenter:
         )
 
     def predict_crops(self, batch: np.ndarray) -> np.ndarray:
-        """Run the network on preprocessed crops.
+        """Run the network on preprocessed crops (with the test-time augmentation ``self.tta``).
 
         Args:
             batch: ``(B, S, S)`` or ``(B, S, S, 1)`` float32 in ``[0, 1]``.
@@ -89,7 +97,11 @@ class Segmenter:
         s = self.input_size
         if x.ndim != 4 or x.shape[1:] != (s, s, 1):
             raise ValueError(f"batch must be (B, {s}, {s}[, 1]); received shape {batch.shape}")
-        return np.asarray(self._infer(x))[..., 0].astype(np.float32)
+        prob = np.asarray(self._infer(x))[..., 0].astype(np.float32)
+        if self.tta == "hflip":
+            mirrored = np.asarray(self._infer(np.ascontiguousarray(x[:, :, ::-1])))[..., 0]
+            prob = 0.5 * (prob + mirrored[:, :, ::-1].astype(np.float32))
+        return prob
 
     @staticmethod
     def _check_gray(gray: np.ndarray) -> np.ndarray:
@@ -143,8 +155,11 @@ class Segmenter:
         return results
 
 
-def load_segmenter(folder: str | Path) -> Segmenter:
+def load_segmenter(folder: str | Path, *, tta: str | None = None) -> Segmenter:
     """Load an exported artifact folder (``config.json`` + ``weights.npz``).
+
+    ``tta`` overrides the artifact's ``test_time_augmentation`` (one of
+    :data:`TTA_MODES`; ``None`` keeps the artifact's choice, ``"none"`` by default).
 
     The model is rebuilt from ``config.json`` alone (float32 policy) and the
     weight file's SHA-256 is verified before any weight is read.
@@ -165,6 +180,11 @@ def load_segmenter(folder: str | Path) -> Segmenter:
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise ArtifactError(f"{folder / CONFIG_FILE} lacks required keys {missing}")
+    if config.get("test_time_augmentation", "none") not in TTA_MODES:
+        raise ArtifactError(
+            f"{folder / CONFIG_FILE}: test_time_augmentation must be one of {list(TTA_MODES)}; "
+            f"received {config['test_time_augmentation']!r}"
+        )
     weights = folder / config.get("weights_file", WEIGHTS_FILE)
     verify_sha256(weights, config["weights_sha256"])
 
@@ -182,4 +202,4 @@ def load_segmenter(folder: str | Path) -> Segmenter:
             f"architecture input {model.input_shape[1]}"
         )
     load_weights_compact(model, weights)
-    return Segmenter(model, config)
+    return Segmenter(model, config, tta=tta)

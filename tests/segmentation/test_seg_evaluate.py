@@ -123,3 +123,81 @@ def test_cli_nothing_evaluated_or_bad_artifact(tmp_path, tiny_artifact):
         )
         == 2
     )
+
+
+def test_threshold_sweep_table_and_best_threshold_known_answers():
+    from segmentation.evaluate import best_threshold, threshold_sweep_table
+
+    per_image = pd.DataFrame(
+        {
+            "threshold": [0.3, 0.3, 0.3, 0.5, 0.5, 0.5],
+            "label": ["glioma", "glioma", "pituitary"] * 2,
+            "dice": [0.2, 0.4, 0.9, 0.1, 0.1, 1.0],
+        }
+    )
+    table = threshold_sweep_table(per_image)
+    assert table["threshold"].tolist() == [0.3, 0.5]
+    assert table["n_images"].tolist() == [3, 3]
+    assert table["mean_dice"].tolist() == pytest.approx([0.5, 0.4])
+    assert table["median_dice"].tolist() == pytest.approx([0.4, 0.1])
+    assert table["mean_dice_glioma"].tolist() == pytest.approx([0.3, 0.1])
+    assert table["mean_dice_pituitary"].tolist() == pytest.approx([0.9, 1.0])
+    assert best_threshold(table) == 0.3
+    tie = pd.DataFrame({"threshold": [0.2, 0.45, 0.7], "mean_dice": [0.6, 0.6, 0.6]})
+    assert best_threshold(tie) == 0.45  # ties go to the threshold nearest 0.5
+    with pytest.raises(ValueError, match="empty"):
+        best_threshold(tie.iloc[:0])
+
+
+def test_cli_sweep_and_choose_threshold_on_val(figshare_like, tiny_artifact, tmp_path, capsys):
+    from neurostack.artifacts import sha256_file
+    from segmentation.data import load_metadata, make_patient_split, write_split
+    from segmentation.predict import load_segmenter
+
+    artifact = tmp_path / "resunet"
+    shutil.copytree(tiny_artifact, artifact)
+    sha_before = sha256_file(artifact / "weights.npz")
+    split_csv = write_split(
+        make_patient_split(load_metadata(figshare_like)), tmp_path / "split.csv"
+    )
+    common = [str(figshare_like / "images"), str(figshare_like / "masks")]
+    common += ["--artifacts", str(artifact), "--ids-from", str(split_csv), "--no-progress"]
+    common += ["--metadata", str(figshare_like / "metadata.csv")]
+    out = tmp_path / "val"
+    argv = common + ["--out", str(out), "--split", "val", "--tta", "hflip"]
+    argv += ["--sweep", "0.3,0.5,0.7", "--choose-threshold"]
+    assert main(argv) == 0
+    sweep = pd.read_csv(out / "threshold_sweep.csv")
+    assert sweep["threshold"].tolist() == [0.3, 0.5, 0.7]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["threshold"] == 0.5 and metrics["test_time_augmentation"] == "hflip"
+    # the sweep row at the evaluated threshold reproduces the main result
+    at_half = sweep.loc[sweep["threshold"] == 0.5, "mean_dice"].item()
+    assert at_half == pytest.approx(metrics["mean_dice"], abs=1e-5)
+    cfg = json.loads((artifact / "config.json").read_text())
+    best = sweep.loc[sweep["mean_dice"].idxmax(), "threshold"]
+    assert cfg["threshold"] == best and cfg["test_time_augmentation"] == "hflip"
+    assert cfg["operating_point"]["chosen_on"].endswith(":val")
+    assert sha256_file(artifact / "weights.npz") == sha_before
+    seg = load_segmenter(artifact)  # still loads; the new defaults are picked up
+    assert seg.default_threshold == best and seg.tta == "hflip"
+    assert "operating point: threshold" in capsys.readouterr().out
+    # a later evaluation without --threshold/--tta uses the artifact's operating point
+    assert main(common + ["--out", str(tmp_path / "again"), "--split", "val"]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["threshold"] == best and again["test_time_augmentation"] == "hflip"
+    # never on the test split
+    with pytest.raises(SystemExit):
+        main(
+            common
+            + [
+                "--out",
+                str(tmp_path / "t"),
+                "--split",
+                "test",
+                "--sweep",
+                "0.5",
+                "--choose-threshold",
+            ]
+        )
+    assert "refused on the test split" in capsys.readouterr().err

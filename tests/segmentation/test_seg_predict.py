@@ -116,3 +116,29 @@ def test_architecture_mismatch_raises_artifact_error(tiny_artifact, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactError, match="invalid architecture"):
         load_segmenter(folder)
+
+
+def test_hflip_tta_averages_the_mirrored_prediction(tiny_artifact):
+    plain = load_segmenter(tiny_artifact)
+    tta = load_segmenter(tiny_artifact, tta="hflip")
+    assert plain.tta == "none" and tta.tta == "hflip"
+    s = plain.input_size
+    x = np.random.default_rng(3).random((2, s, s), dtype=np.float32)
+    expected = 0.5 * (plain.predict_crops(x) + plain.predict_crops(x[:, :, ::-1])[:, :, ::-1])
+    np.testing.assert_allclose(tta.predict_crops(x), expected, atol=1e-6)
+    # a left-right symmetric crop gets a symmetric probability map
+    sym = np.concatenate([x[:, :, : s // 2], x[:, :, : s // 2][:, :, ::-1]], axis=2)
+    p = tta.predict_crops(sym)
+    np.testing.assert_allclose(p, p[:, :, ::-1], atol=1e-6)
+
+
+def test_tta_setting_is_validated(tiny_artifact, tmp_path):
+    with pytest.raises(ValueError, match=r"one of \['none', 'hflip'\]; received 'vflip'"):
+        load_segmenter(tiny_artifact, tta="vflip")
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_artifact, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["test_time_augmentation"] = "rotate"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="test_time_augmentation.*'rotate'"):
+        load_segmenter(bad)
