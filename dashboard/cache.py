@@ -212,6 +212,17 @@ def per_image(run: str) -> pd.DataFrame:
     return _per_image(str(path), _mtime(path))
 
 
+@st.cache_data(show_spinner=False)
+def _threshold_sweep(path: str, mtime: float) -> pd.DataFrame | None:
+    return ev.read_threshold_sweep(Path(path))
+
+
+def threshold_sweep(run: str) -> pd.DataFrame | None:
+    """Return a segmentation run's ``threshold_sweep.csv`` (``None`` when it has none)."""
+    path = paths.segmentation_eval_dir() / run / "threshold_sweep.csv"
+    return _threshold_sweep(str(path), _mtime(path))
+
+
 def segmentation_test_ids() -> list[str] | None:
     """Held-out ids of the segmentation split (``None`` without a split file)."""
     path = paths.splits_dir() / "segmentation_split.csv"

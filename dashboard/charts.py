@@ -195,6 +195,23 @@ def scores_by_class(df: pd.DataFrame) -> go.Figure:
     return _finish(fig, "Scores by tumour class", height=360)
 
 
+def threshold_sweep(sweep: pd.DataFrame, chosen: float | None = None) -> go.Figure:
+    """Mean Dice against the mask threshold, overall and per class (``threshold_sweep.csv``)."""
+    fig = go.Figure()
+    fig.add_scatter(x=sweep["threshold"], y=sweep["mean_dice"], mode="lines+markers",
+                    name="all images", line={"color": "#333333", "width": 3})
+    for col in [c for c in sweep.columns if c.startswith("mean_dice_")]:
+        label = col.removeprefix("mean_dice_")
+        fig.add_scatter(x=sweep["threshold"], y=sweep[col], mode="lines+markers", name=label,
+                        line={"color": CLASS_COLOURS.get(label)})
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dash", line_color="#2ca02c",
+                      annotation_text=f"operating point {chosen:g}")
+    fig.update_xaxes(title="mask threshold")
+    fig.update_yaxes(title="mean Dice", range=[0, 1.02])
+    return _finish(fig, "Mean Dice by mask threshold (same probabilities)", height=360)
+
+
 # -------------------------------------------------------------- batch / cases
 def class_counts(series: pd.Series, title: str = "Predicted classes") -> go.Figure:
     """Bar chart of how many images fall in each class."""

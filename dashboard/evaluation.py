@@ -231,6 +231,17 @@ def read_per_image(path: Path) -> pd.DataFrame:
     return df
 
 
+def read_threshold_sweep(path: Path) -> pd.DataFrame | None:
+    """Read ``threshold_sweep.csv``; ``None`` when absent, unreadable or lacking columns."""
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+    return df if {"threshold", "mean_dice"} <= set(df.columns) else None
+
+
 def seg_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Mean / median / min Dice and IoU, overall and per tumour class."""
     def _row(name: str, part: pd.DataFrame) -> dict[str, Any]:

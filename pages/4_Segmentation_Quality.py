@@ -39,7 +39,8 @@ for col, key, label in ((k2, "mean_dice", "Mean Dice"), (k3, "median_dice", "Med
     value = record.get(key)
     col.metric(label, "—" if value is None else f"{value:.3f}")
 if record.get("threshold") is not None:
-    st.caption(f"Threshold {record['threshold']} · {record.get('resolution', '')} · "
+    st.caption(f"Threshold {record['threshold']} · test-time augmentation "
+               f"{record.get('test_time_augmentation', 'none')} · {record.get('resolution', '')} · "
                f"empty masks: {record.get('empty_mask_policy', 'n/a')}")
 
 if len(scores):
@@ -50,6 +51,12 @@ if len(scores):
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in ("mean Dice", "median Dice", "min Dice", "mean IoU",
                                           "median IoU")})
+sweep = cache.threshold_sweep(run)
+if sweep is not None and len(sweep):
+    components.chart(charts.threshold_sweep(sweep, record.get("threshold")), "sq_sweep")
+    st.caption("The same probabilities scored at each threshold "
+               "(`python -m segmentation.evaluate --sweep`); the operating point of the "
+               "shipped model is chosen on the validation patients only.")
 
 seg_log = cache.training_log(paths.segmenter_dir())
 if seg_log is not None:

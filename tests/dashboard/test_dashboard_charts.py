@@ -72,3 +72,14 @@ def test_segmentation_and_batch_figures():
     assert len(charts.feature_scatter(cases, "a", "b", "predicted_class").data) == 2
     assert len(charts.feature_scatter(cases, "a", "b", None).data) == 1
     assert len(charts.feature_box(cases, "a", "predicted_class").data) == 2
+
+
+def test_threshold_sweep_figure_has_a_line_per_class_and_marks_the_operating_point():
+    sweep = pd.DataFrame({"threshold": [0.3, 0.5], "n_images": [3, 3],
+                          "mean_dice": [0.5, 0.4], "median_dice": [0.4, 0.1],
+                          "mean_dice_glioma": [0.3, 0.1], "mean_dice_pituitary": [0.9, 1.0]})
+    fig = charts.threshold_sweep(sweep, chosen=0.3)
+    assert [t.name for t in fig.data] == ["all images", "glioma", "pituitary"]
+    assert list(fig.data[1].y) == [0.3, 0.1]
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].x0 == 0.3
+    assert len(charts.threshold_sweep(sweep).layout.shapes) == 0

@@ -139,3 +139,13 @@ def test_read_json_file(tmp_path):
     assert ev.read_json_file(tmp_path / "b.json") is None
     assert ev.read_json_file(tmp_path / "c.json") is None
     assert ev.read_json_file(tmp_path / "d.json") is None
+
+
+def test_read_threshold_sweep(tmp_path):
+    assert ev.read_threshold_sweep(tmp_path / "missing.csv") is None
+    good = tmp_path / "threshold_sweep.csv"
+    good.write_text("threshold,n_images,mean_dice\n0.3,2,0.5\n0.5,2,0.4\n")
+    assert ev.read_threshold_sweep(good)["mean_dice"].tolist() == [0.5, 0.4]
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("a,b\n1,2\n")
+    assert ev.read_threshold_sweep(wrong) is None

@@ -11,6 +11,7 @@ def test_distributions_and_browser(make_app):
     titles = chart_titles(at)
     assert any(t.startswith("Score distributions") for t in titles)
     assert "Scores by tumour class" in titles
+    assert "Mean Dice by mask threshold (same probabilities)" in titles
     assert {"Mean Dice", "Median Dice", "Mean IoU"} <= {m.label for m in at.metric}
     summary = at.dataframe[0].value
     assert summary["class"].iloc[0] == "all"
