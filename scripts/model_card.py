@@ -161,7 +161,14 @@ def classification_section(root: Path) -> list[str]:
         lines += [
             f"### {title} ({ev['n_images']} slices, native input sizes)",
             "",
-            f"Final answer: {ev.get('ensemble_method')}.",
+            f"Final answer: {ev.get('ensemble_method')}."
+            + (
+                " This record was made before the meta-learner was fitted on these same "
+                "rows, so it shows the plain mean; the meta-learner's held-out estimate is its "
+                "cross-validated accuracy above."
+                if meta and "meta" not in ev.get("artifacts", {})
+                else ""
+            ),
             "",
             pd.DataFrame(res).to_markdown(index=False),
             "",
@@ -187,7 +194,16 @@ def segmentation_section(root: Path) -> list[str]:
         + ".",
         "",
         f"**Model.** Res-UNet {cfg['architecture']}, input {cfg['input_size']}px, "
-        f"threshold {cfg['threshold']}. Recipe: " + json.dumps(cfg.get("recipe", {})),
+        f"threshold {cfg['threshold']}, test-time augmentation "
+        f"{cfg.get('test_time_augmentation', 'none')}"
+        + (
+            f" (operating point chosen on {cfg['operating_point']['chosen_on']}, mean Dice "
+            f"{cfg['operating_point']['mean_dice']})"
+            if cfg.get("operating_point")
+            else ""
+        )
+        + ". Recipe: "
+        + json.dumps(cfg.get("recipe", {})),
         "",
         f"Epochs completed {cfg.get('epochs_completed_total', cfg.get('epochs_completed'))} "
         f"(all runs), best epoch of the last run {cfg.get('best_epoch')} "
