@@ -24,11 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from neurostack.errors import ArtifactError, InputImageError
 
 
 def batchnorm_layers(model) -> list:
@@ -98,6 +101,15 @@ def calibration_crops(
     pick = np.sort(np.random.default_rng(seed).choice(len(paths), min(n_images, len(paths)), False))
     kw = {"cache_dir": cache_dir} if cache_dir else {}
     return np.asarray(cached_arrays(data_dir, paths, size, **kw))[pick]
+
+
+def recalibration_record(n_images: int, input_size: int) -> dict:
+    """How an artifact's batch-norm statistics were re-estimated, for its ``config.json``."""
+    return {
+        "images": int(n_images),
+        "input_size": int(input_size),
+        "source": "train split, fixed random subset (seed 0), no augmentation",
+    }
 
 
 def recalibrate_classifier(
@@ -176,10 +188,7 @@ def recalibrate_artifact(
     }
     if out is not None:
         training = dict(clf.config.get("training", {}))
-        training["batchnorm_recalibration"] = {
-            "images": len(crops),
-            "input_size": size,
-            "source": "train split, fixed random subset (seed 0), no augmentation",
+        training["batchnorm_recalibration"] = recalibration_record(len(crops), size) | {
             "val_accuracy_before": record["val_accuracy_before"],
             "val_accuracy_after": record["val_accuracy_after"],
         }
@@ -203,14 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
     p.add_argument("--cache-dir", type=Path, default=None)
     a = p.parse_args(argv)
-    rec = recalibrate_artifact(
-        a.artifact,
-        a.out,
-        n_images=a.images,
-        data_dir=a.data_dir,
-        split_csv=a.split,
-        cache_dir=a.cache_dir,
-    )
+    try:
+        rec = recalibrate_artifact(
+            a.artifact,
+            a.out,
+            n_images=a.images,
+            data_dir=a.data_dir,
+            split_csv=a.split,
+            cache_dir=a.cache_dir,
+        )
+    except (ArtifactError, InputImageError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(rec, indent=2))
     return 0
 

@@ -111,10 +111,10 @@ def measure(
     labels = label_indices(val["label"])
     paths = val["path"].tolist()
     rows = []
-    plan = [
-        ("best reduced-size epoch", src / "best_scratch.weights.h5", train_size),
-        ("best reduced-size epoch", src / "best_scratch.weights.h5", spec.native_size),
-        ("after the native-size phase", src / "best.weights.h5", spec.native_size),
+    plan = [  # (label, weights, size, re-estimate batch-norm first)
+        ("best reduced-size epoch", src / "best_scratch.weights.h5", train_size, False),
+        ("best reduced-size epoch", src / "best_scratch.weights.h5", spec.native_size, False),
+        ("after the native-size phase", src / "best.weights.h5", spec.native_size, False),
     ]
     kw = {"cache_dir": cache_dir} if cache_dir else {}
     calibration = None
@@ -125,14 +125,16 @@ def measure(
             data_dir, split_csv, spec.native_size, recalibrate_images, cache_dir=cache_dir
         )
         plan += [
-            (f"{w}, BN re-estimated at {s}px", f, s) for w, f, s in plan if s == spec.native_size
+            (f"{w}, BN re-estimated at {s}px", f, s, True)
+            for w, f, s, _ in plan
+            if s == spec.native_size
         ]
-    for label, weights, size in plan:
+    for label, weights, size, recalibrate in plan:
         if not weights.is_file():
             continue
         t0 = time.time()
         crops = np.asarray(cached_arrays(data_dir, paths, size, **kw))
-        calib = calibration if "BN re-estimated" in label else None
+        calib = calibration if recalibrate else None
         acc = accuracy_at_size(model_name, weights, size, crops, labels, calibration_crops=calib)
         row = {
             "weights": label,

@@ -601,19 +601,23 @@ def export_model(
     from ensemble.export import write_classifier_artifact
     from ensemble.models import build_classifier
 
+    spec = get_backbone(model_name)
+    if recalibrate_images > 0 and not spec.has_batchnorm:
+        raise ValueError(f"{model_name} has no batch-norm layers to recalibrate")
     src = Path(run_dir) / model_name
     cfg = json.loads((src / "config.json").read_text())
     state = json.loads((src / "state.json").read_text())
-    spec = get_backbone(model_name)
     size = input_size or spec.native_size
     model = build_classifier(model_name, weights=None, input_size=size)
     model.load_weights(src / "best.weights.h5")
     recalibration = None
     if recalibrate_images > 0:
-        from ensemble.recalibrate import calibration_crops, recalibrate_classifier
+        from ensemble.recalibrate import (
+            calibration_crops,
+            recalibrate_classifier,
+            recalibration_record,
+        )
 
-        if not spec.has_batchnorm:
-            raise ValueError(f"{model_name} has no batch-norm layers to recalibrate")
         crops = calibration_crops(
             cfg["data_dir"],
             cfg["split_csv"],
@@ -622,11 +626,7 @@ def export_model(
             cache_dir=cfg.get("cache_dir"),
         )
         recalibrate_classifier(model, spec.preprocess_mode, crops)
-        recalibration = {
-            "images": len(crops),
-            "input_size": size,
-            "source": "train split, fixed random subset (seed 0), no augmentation",
-        }
+        recalibration = recalibration_record(len(crops), size)
     prev = _previous_training(src)
     write_classifier_artifact(
         model,

@@ -140,7 +140,7 @@ def evaluate(
     ids_from: str | Path | None = None,
     split: str | None = None,
     metadata: str | Path | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     batch_size: int = 8,
     progress: bool = True,
     tta: str | None = None,
@@ -158,7 +158,8 @@ def evaluate(
         split: Value of the ``split`` column to keep.
         metadata: Optional CSV with ``id`` and ``label`` for per-class scores
             (labels are also taken from ``ids_from`` when it has them).
-        threshold: Probability at or above which a pixel is tumour.
+        threshold: Probability at or above which a pixel is tumour; ``None`` uses the
+            artifact's own threshold.
         batch_size: Slices per network call.
         progress: Show a tqdm bar.
         tta: Test-time augmentation (``"none"`` or ``"hflip"``); ``None`` uses the
@@ -182,6 +183,8 @@ def evaluate(
         if not folder.is_dir():
             raise FileNotFoundError(f"folder not found: {folder}")
     segmenter = load_segmenter(artifacts, tta=tta)
+    if threshold is None:
+        threshold = segmenter.default_threshold
     sweep = sorted({float(t) for t in sweep}) if sweep else []
     bad = [t for t in sweep if not 0.0 < t < 1.0]
     if bad:
@@ -364,15 +367,6 @@ def main(argv: list[str] | None = None) -> int:
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    threshold = args.threshold
-    if threshold is None:
-        from neurostack.artifacts import read_json
-
-        try:
-            threshold = float(read_json(Path(args.artifacts) / "config.json").get("threshold", 0.5))
-        except ArtifactError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
     try:
         result = evaluate(
             args.images_dir,
@@ -382,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             ids_from=args.ids_from,
             split=args.split,
             metadata=args.metadata,
-            threshold=threshold,
+            threshold=args.threshold,
             batch_size=args.batch_size,
             progress=not args.no_progress,
             tta=args.tta,

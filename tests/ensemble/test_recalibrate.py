@@ -101,3 +101,22 @@ def test_cli_writes_a_recalibrated_artifact_that_loads(
     assert sha256_file(out / "weights.npz") != sha256_file(src / "weights.npz")
     assert (out / "training_log.csv").read_text() == (src / "training_log.csv").read_text()
     assert json.loads((out / "recalibration.json").read_text()) == printed
+
+
+def test_cli_reports_a_broken_artifact_without_writing(tiny_artifacts, tmp_path, capsys) -> None:
+    import shutil
+
+    from ensemble.recalibrate import main
+
+    bad = tmp_path / "resnet50"
+    shutil.copytree(tiny_artifacts / "classification" / "resnet50", bad)
+    raw = bytearray((bad / "weights.npz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (bad / "weights.npz").write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    assert main([str(bad), "--images", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "weights.npz" in err
+    assert not out.exists()
+    assert main([str(tmp_path / "nowhere"), "--images", "4"]) == 2
+    assert "nowhere" in capsys.readouterr().err

@@ -335,11 +335,12 @@ def test_export_with_batchnorm_recalibration_changes_only_moving_statistics(
         if not np.array_equal(a.numpy(), b.numpy())
     }
     assert changed == {"moving_mean", "moving_variance"}
+    (tmp_path / "runs" / "vgg19").mkdir()
+    for f in ("config.json", "state.json"):
+        (tmp_path / "runs" / "vgg19" / f).write_text((run / f).read_text())
+    build_classifier("vgg19", input_size=32).save_weights(
+        tmp_path / "runs" / "vgg19" / "best.weights.h5"
+    )
     with pytest.raises(ValueError, match="vgg19 has no batch-norm"):
-        (tmp_path / "runs" / "vgg19").mkdir()
-        for f in ("config.json", "state.json"):
-            (tmp_path / "runs" / "vgg19" / f).write_text((run / f).read_text())
-        build_classifier("vgg19", input_size=32).save_weights(
-            tmp_path / "runs" / "vgg19" / "best.weights.h5"
-        )
         export_model(tmp_path / "runs", "vgg19", tmp_path / "v", recalibrate_images=4)
+    assert not (tmp_path / "v").exists()  # nothing half-written
