@@ -330,23 +330,39 @@ def measure_latency(
     return ours, base, ref
 
 
-def measure_throughput(pipe: Any, samples: list[tuple[str, bytes]], n: int) -> dict[str, Any]:
-    """``neurostack.batch.run_batch`` over ``n`` slices (samples cycled), segmentation forced."""
+def measure_throughput(
+    pipe: Any, samples: list[tuple[str, bytes]], n: int, chunk_sizes: list[int]
+) -> dict[str, Any]:
+    """``neurostack.batch.run_batch`` over ``n`` slices (samples cycled), segmentation forced.
+
+    Runs once per chunk size (slices per batched network call); the first entry
+    of ``chunk_sizes`` is the number of record, the others are its comparison.
+    """
     from neurostack.batch import run_batch
 
     items = [
         (f"{i:03d}_{samples[i % len(samples)][0]}", samples[i % len(samples)][1]) for i in range(n)
     ]
-    t0 = time.perf_counter()
-    res = run_batch(pipe, items, force_segmentation=True)
-    elapsed = time.perf_counter() - t0
+    runs = []
+    for chunk in chunk_sizes:
+        t0 = time.perf_counter()
+        res = run_batch(pipe, items, force_segmentation=True, chunk_size=chunk)
+        elapsed = time.perf_counter() - t0
+        runs.append(
+            {
+                "chunk_size": chunk,
+                "analysed": res.analysed,
+                "failed": res.failed,
+                "elapsed_s": round(elapsed, 3),
+                "slices_per_s": round(res.analysed / elapsed, 3) if elapsed > 0 else None,
+            }
+        )
+        _log(f"throughput, chunk {chunk}: {runs[-1]['slices_per_s']} slices/s")
     return {
         "n_slices": n,
-        "analysed": res.analysed,
-        "failed": res.failed,
-        "elapsed_s": round(elapsed, 3),
-        "slices_per_s": round(res.analysed / elapsed, 3) if elapsed > 0 else None,
-        "path": "neurostack.batch.run_batch (pipeline.analyse per slice, no CSV)",
+        **runs[0],
+        "by_chunk_size": runs,
+        "path": "neurostack.batch.run_batch (pipeline.analyse_many per chunk, no CSV)",
     }
 
 
@@ -549,6 +565,12 @@ def _parser() -> argparse.ArgumentParser:
         help="latency passes over the samples (medians over repeats x samples)",
     )
     p.add_argument("--batch-slices", type=int, default=64, help="slices for the throughput run")
+    p.add_argument(
+        "--chunk-sizes",
+        default=None,
+        help="comma-separated run_batch chunk sizes for the throughput run; the first is the "
+        "number of record (default: neurostack.batch.DEFAULT_CHUNK, then 1 for comparison)",
+    )
     p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--intra-op", type=int, default=None, help="TF intra-op threads")
     p.add_argument("--inter-op", type=int, default=None, help="TF inter-op threads")
@@ -568,6 +590,20 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds over which other processes' CPU use is sampled",
     )
     return p
+
+
+def _chunk_sizes(text: str | None) -> list[int]:
+    from neurostack.batch import DEFAULT_CHUNK
+
+    if text is None:
+        return [DEFAULT_CHUNK] + ([1] if DEFAULT_CHUNK != 1 else [])
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"--chunk-sizes must be positive integers; received {text!r}")
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -621,7 +657,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peaks.append(system.matmul_peak(args.matmul_size, args.matmul_repeats))
     peak = system.merge_peaks(*peaks)
     _log(f"throughput: {args.batch_slices} slices through run_batch")
-    thr = measure_throughput(pipe, samples, args.batch_slices)
+    thr = measure_throughput(pipe, samples, args.batch_slices, _chunk_sizes(args.chunk_sizes))
     flops = backbone_flops(pipe, not args.no_profiler_flops)
     dash = dashboard_reuse_check(pipe, artifacts)
     end = system.conditions(args.busy_sample_s)

@@ -43,7 +43,13 @@ import pandas as pd
 from morphology.measure import FEATURE_UNITS
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
-from neurostack.imaging import DICOM_SUFFIXES, InputLimits, _looks_like_raw_dicom, load_image
+from neurostack.imaging import (
+    DICOM_SUFFIXES,
+    InputLimits,
+    LoadedImage,
+    _looks_like_raw_dicom,
+    load_image,
+)
 
 if TYPE_CHECKING:
     from neurostack.pipeline import CaseResult
@@ -57,6 +63,8 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | set(DICOM_SUFFIXES)
 )
 """File suffixes collected from folders (besides extension-less DICOM files and ZIPs)."""
+DEFAULT_CHUNK = 8
+"""Slices per batched analysis call in :func:`run_batch` (see ``benchmarks/README.md``)."""
 
 ZIP_SUFFIX = ".zip"
 MAX_ZIP_MEMBERS = 5000
@@ -607,18 +615,23 @@ def run_batch(
     force_segmentation: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     rename: Callable[[str], str] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
 ) -> BatchResult:
     """Analyse many slices; never stop on a bad one.
 
     Each item is ``(name, path or bytes)``. ZIP archives (``.zip`` name or ZIP
     signature) are expanded with :func:`read_zip` into items named
     ``<archive name>/<member>``. Every item is read and hashed (SHA-256 of the
-    file bytes), decoded with :func:`~neurostack.imaging.load_image` and passed
-    to ``pipeline.analyse``; any exception in one item becomes a failure row.
+    file bytes) and decoded with :func:`~neurostack.imaging.load_image`; every
+    ``chunk_size`` decoded slices go to ``pipeline.analyse_many`` together (one
+    call per network for the chunk), or to ``pipeline.analyse`` one by one when
+    the pipeline has no ``analyse_many``. Any exception in one item becomes a
+    failure row; the others are analysed.
 
     Args:
-        pipeline: An object with ``analyse(LoadedImage, **options) -> CaseResult``
-            and optionally ``limits`` (:class:`InputLimits`).
+        pipeline: An object with ``analyse(LoadedImage, **options) -> CaseResult``,
+            optionally ``analyse_many(list[LoadedImage], **options)`` returning a
+            result or an exception per image, and ``limits`` (:class:`InputLimits`).
         items: ``(name, source)`` pairs; names are written as given (one line).
         out_csv: Results CSV; each row is appended and fsynced as soon as it is
             done. Without ``resume`` an existing file is replaced.
@@ -632,8 +645,12 @@ def run_batch(
             spacing is used when ``None``).
         spacing_source: ``"user"`` (default with a spacing) or ``"assumed"``.
         force_segmentation: Segment even "notumor" predictions.
-        progress: Called as ``progress(done, total, item_name)`` after each item.
+        progress: Called as ``progress(done, total, item_name)`` for each item, in
+            order, once its chunk is done.
         rename: Maps every item name before it is written, e.g. :func:`anonymise_name`.
+        chunk_size: Slices analysed per batched call (1 = one at a time). Rows are
+            written when their chunk is done, so an interrupted run redoes at most
+            one chunk on ``resume``.
 
     Returns:
         The :class:`BatchResult`.
@@ -645,6 +662,10 @@ def run_batch(
     """
     t_start = time.perf_counter()
     spacing, s_source = _check_options(threshold, spacing_cm, spacing_source)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1; received {chunk_size!r}")
+    options = {"spacing_cm": spacing, "spacing_source": s_source, "threshold": threshold,
+               "force_segmentation": force_segmentation}
     limits = getattr(pipeline, "limits", None) or InputLimits()
     units = _expand(items, rename, MAX_ZIP_TOTAL_BYTES)
     total = len(units)
@@ -673,79 +694,102 @@ def run_batch(
             fails = _Appender(failures_path, lock=False)
             fails.header = list(FAILURE_COLUMNS) if kept else None
             state.carried = {(r["item"], r["file_sha256"]): r for r in kept}
-        return _run(pipeline, units, total, state, out, fails, limits, spacing, s_source,
-                    threshold, force_segmentation, progress, t_start)
+        return _run(pipeline, units, total, state, out, fails, limits, options, chunk_size,
+                    progress, t_start)
     finally:
         for appender in (out, fails):
             if appender is not None:
                 appender.close()
 
 
+def _analyse_chunk(pipeline: Any, images: list[LoadedImage], options: dict[str, Any]
+                   ) -> list[Any]:
+    """``pipeline.analyse_many`` when it exists, else ``analyse`` per image; errors as values."""
+    if hasattr(pipeline, "analyse_many"):
+        return list(pipeline.analyse_many(images, **options))
+    out: list[Any] = []
+    for img in images:
+        try:
+            out.append(pipeline.analyse(img, **options))
+        except Exception as exc:  # noqa: BLE001 - one bad item never stops the batch
+            out.append(exc)
+    return out
+
+
 def _run(pipeline: Any, units: list[_Unit], total: int, state: _State, out: _Appender | None,
-         fails: _Appender | None, limits: InputLimits, spacing: tuple[float, float] | None,
-         s_source: str | None, threshold: float, force_segmentation: bool,
-         progress: Callable[[int, int, str], None] | None, t_start: float) -> BatchResult:
+         fails: _Appender | None, limits: InputLimits, options: dict[str, Any],
+         chunk_size: int, progress: Callable[[int, int, str], None] | None,
+         t_start: float) -> BatchResult:
     columns = state.header
     records: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     batch_keys: set[tuple[str, str]] = set()
     seen: set[tuple[str, str]] = set()
-    analysed = failed = skipped = 0
+    counts = {"analysed": 0, "failed": 0, "skipped": 0}
+    # Units read since the last flush, in order; decoded ones wait for one batched analysis.
+    chunk: list[tuple[int, _Unit, LoadedImage | None]] = []
 
     def fail(unit: _Unit, n: int, exc: BaseException) -> None:
-        nonlocal failed
         row = {"item": unit.out_name, "n": n, "error": _error_text(exc),
                "error_type": type(exc).__name__, "file_sha256": unit.sha}
         failures.append(row)
-        failed += 1
+        counts["failed"] += 1
         if fails is not None:
             fails.write(row, list(FAILURE_COLUMNS))
 
-    for n, unit in enumerate(units, start=1):
-        try:
-            if unit.error is None:
-                try:
-                    data = _read_source(unit.source, limits.max_bytes)
-                except InputImageError as exc:
-                    fail(unit, n, exc)
-                    continue
-                unit.sha = _sha(data)
-            key = (unit.out_name, unit.sha)
-            batch_keys.add(key)
-            if key in state.done or key in seen:
-                skipped += 1
-                continue
-            if key in state.carried:
-                old = state.carried[key]
-                failures.append({**old, "n": n})
-                skipped += 1
-                continue
-            seen.add(key)
-            if unit.error is not None:
-                fail(unit, n, unit.error)
+    def flush() -> None:
+        nonlocal columns
+        waiting = [(n, unit, img) for n, unit, img in chunk if img is not None]
+        results = _analyse_chunk(pipeline, [img for _, _, img in waiting], options)
+        for (n, unit, _), result in zip(waiting, results, strict=True):
+            if isinstance(result, BaseException):
+                fail(unit, n, result)
                 continue
             try:
-                buf = io.BytesIO(data)
-                buf.name = unit.name  # suffix-based DICOM detection
-                img = load_image(buf, limits=limits)
-                result = pipeline.analyse(img, spacing_cm=spacing, spacing_source=s_source,
-                                          threshold=threshold,
-                                          force_segmentation=force_segmentation)
                 rec = _record(result)
                 if columns is None:
                     columns = result_columns(result.per_model)
                 row = _row(unit, n, rec, columns)
-            except Exception as exc:  # noqa: BLE001 - one bad item never stops the batch
+            except Exception as exc:  # noqa: BLE001
                 fail(unit, n, exc)
                 continue
             if out is not None:
                 out.write(row, columns)
             else:
                 records.append(row)  # with a CSV the rows are read back from it at the end
-            analysed += 1
-        finally:
-            if progress is not None:
+            counts["analysed"] += 1
+        if progress is not None:
+            for n, unit, _ in chunk:
                 progress(n, total, unit.out_name)
+        chunk.clear()
+
+    for n, unit in enumerate(units, start=1):
+        img = None
+        try:
+            if unit.error is None:
+                data = _read_source(unit.source, limits.max_bytes)
+                unit.sha = _sha(data)
+            key = (unit.out_name, unit.sha)
+            batch_keys.add(key)
+            if key in state.done or key in seen:
+                counts["skipped"] += 1
+            elif key in state.carried:
+                failures.append({**state.carried[key], "n": n})
+                counts["skipped"] += 1
+            elif unit.error is not None:
+                seen.add(key)
+                fail(unit, n, unit.error)
+            else:
+                seen.add(key)
+                buf = io.BytesIO(data)
+                buf.name = unit.name  # suffix-based DICOM detection
+                img = load_image(buf, limits=limits)
+        except Exception as exc:  # noqa: BLE001 - unreadable or undecodable: report, go on
+            fail(unit, n, exc)
+        chunk.append((n, unit, img))
+        if sum(1 for _, _, i in chunk if i is not None) >= chunk_size:
+            flush()
+    flush()
 
     if out is not None and out.header is not None:
         out.fh.flush()
@@ -759,8 +803,9 @@ def _run(pipeline: Any, units: list[_Unit], total: int, state: _State, out: _App
     if len(fail_df):
         fail_df["n"] = fail_df["n"].astype(int)
     return BatchResult(
-        rows=rows_df, failures=fail_df, analysed=analysed, failed=failed, skipped=skipped,
-        repaired=state.repaired, elapsed_s=time.perf_counter() - t_start,
+        rows=rows_df, failures=fail_df, analysed=counts["analysed"], failed=counts["failed"],
+        skipped=counts["skipped"], repaired=state.repaired,
+        elapsed_s=time.perf_counter() - t_start,
         out_csv=out.path if out is not None else None,
         failures_csv=fails.path if fails is not None else None,
     )
@@ -781,7 +826,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="model artifacts")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold in (0, 1)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="mask threshold in (0, 1) (default: the segmentation model's operating "
+                        "point from its config.json, else 0.5)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
+                   help=f"slices per batched network call (default {DEFAULT_CHUNK})")
     p.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"), default=None,
                    help="pixel spacing in mm for every image (DICOM spacing is used otherwise)")
     p.add_argument("--force-segmentation", action="store_true",
@@ -808,7 +857,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         spacing = (args.spacing_mm[0] / 10.0, args.spacing_mm[1] / 10.0)
     try:
-        _check_options(args.threshold, spacing, "user" if spacing else None)
+        if args.chunk_size < 1:
+            raise ValueError(f"--chunk-size must be >= 1; received {args.chunk_size}")
+        if args.threshold is not None:
+            _check_options(args.threshold, spacing, "user" if spacing else None)
         paths = collect_inputs([Path(p) for p in args.inputs])
     except (InputImageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -827,6 +879,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for missing in getattr(pipeline, "missing", []):
         print(f"warning: not available: {missing}", file=sys.stderr)
+    threshold = args.threshold
+    if threshold is None:
+        seg = getattr(pipeline, "segmenter", None)
+        threshold = float(seg.default_threshold) if seg is not None else 0.5
 
     rename = None
     if args.anonymise_names:
@@ -847,9 +903,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_batch(
                 pipeline, [(str(p), p) for p in paths], out_csv=out, failures_csv=failures,
-                resume=args.resume, threshold=args.threshold, spacing_cm=spacing,
+                resume=args.resume, threshold=threshold, spacing_cm=spacing,
                 spacing_source="user" if spacing else None,
                 force_segmentation=args.force_segmentation, progress=progress, rename=rename,
+                chunk_size=args.chunk_size,
             )
         except (ValueError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)

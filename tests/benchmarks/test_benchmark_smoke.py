@@ -49,6 +49,12 @@ def test_benchmark_runs_and_reports_every_number(bench_artifacts: Path, tmp_path
         lat["naive_end_to_end"] / lat["end_to_end"], rel=1e-3
     )
     assert data["throughput_slices_per_s"] > 0 and data["throughput"]["analysed"] == 2
+    from neurostack.batch import DEFAULT_CHUNK
+
+    runs = data["throughput"]["by_chunk_size"]
+    assert [r["chunk_size"] for r in runs] == [DEFAULT_CHUNK, 1]  # of record, then comparison
+    assert data["throughput_slices_per_s"] == runs[0]["slices_per_s"]
+    assert all(r["analysed"] == 2 and r["failed"] == 0 for r in runs)
     assert data["cold_start_s"] > 0 and data["peak_rss_mb"] > 0
     assert 0 < data["backbone_fraction_of_matmul_peak"] < 10
     assert data["matmul_peak"]["peak_float32_gflops"] > 0

@@ -327,6 +327,46 @@ def test_batch_of_200_with_10_percent_corrupt_files(tmp_path: Path) -> None:
     assert df["file_sha256"].str.len().eq(64).all()
 
 
+class ChunkPipeline(FakePipeline):
+    """:class:`FakePipeline` with ``analyse_many``; records the size of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[int] = []
+
+    def analyse_many(self, images: list[LoadedImage], **options: Any) -> list[Any]:
+        self.chunks.append(len(images))
+        out: list[Any] = []
+        for img in images:
+            try:
+                out.append(self.analyse(img, **options))
+            except Exception as exc:  # noqa: BLE001 - per-image errors are values
+                out.append(exc)
+        return out
+
+
+def test_chunked_batch_gives_the_one_by_one_results(tmp_path: Path) -> None:
+    good, bad = make_slices(tmp_path / "in", 23, every=7)  # 20 good, 3 corrupt
+    (tmp_path / "in" / "slice_crash.png").write_bytes(slice_png(4, crash=True))
+    items = items_of(tmp_path / "in")
+    one = run_batch(FakePipeline(), items, chunk_size=1)
+    pipe, seen = ChunkPipeline(), []
+    many = run_batch(pipe, items, chunk_size=6, progress=lambda d, t, n: seen.append((d, n)))
+
+    assert pipe.chunks == [6, 6, 6, 3]  # 21 decodable slices; the corrupt ones never wait
+    assert seen == [(i + 1, name) for i, (name, _) in enumerate(items)]  # each once, in order
+    assert many.analysed == one.analysed == 20 and many.failed == one.failed == 4
+    assert many.rows.equals(one.rows)
+    assert many.failures.equals(one.failures)
+    assert set(many.failures["item"]) == {*bad, str(tmp_path / "in" / "slice_crash.png")}
+
+
+@pytest.mark.parametrize("chunk", [0, -1, 2.5, True])
+def test_chunk_size_must_be_a_positive_integer(chunk: Any) -> None:
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        run_batch(FakePipeline(), [("a.png", slice_png(1))], chunk_size=chunk)
+
+
 def test_stable_header_with_cm_and_px_rows_and_no_identifiers(tmp_path: Path) -> None:
     img = np.zeros((48, 48), np.uint8)
     img[10:30, 12:28] = 240
@@ -451,14 +491,16 @@ if args.get("kill_at_row"):
     nb._write_line = killer
 pipe = FakePipeline(delay=args["delay"], log=Path(args["log"]))
 nb.run_batch(pipe, items_of(Path(args["folder"])), out_csv=Path(args["out"]),
-             failures_csv=Path(args["fail"]))
+             failures_csv=Path(args["fail"]), chunk_size=args["chunk_size"])
 """
 
 
-def _start_child(tmp_path: Path, *, delay: float, kill_at_row: int = 0) -> subprocess.Popen:
-    args = {"tests": str(TESTS_DIR), "repo": str(REPO), "folder": str(tmp_path / "in"),
-            "out": str(tmp_path / "r.csv"), "fail": str(tmp_path / "f.csv"),
-            "log": str(tmp_path / "child.log"), "delay": delay, "kill_at_row": kill_at_row}
+def _start_child(tmp_path: Path, *, delay: float, kill_at_row: int = 0,
+                 chunk_size: int = nb.DEFAULT_CHUNK) -> subprocess.Popen:
+    args = {"chunk_size": chunk_size, "tests": str(TESTS_DIR), "repo": str(REPO),
+            "folder": str(tmp_path / "in"), "out": str(tmp_path / "r.csv"),
+            "fail": str(tmp_path / "f.csv"), "log": str(tmp_path / "child.log"),
+            "delay": delay, "kill_at_row": kill_at_row}
     return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -467,8 +509,12 @@ def _complete_rows(path: Path) -> int:
     return max(0, path.read_bytes().count(b"\n") - 1) if path.exists() else 0
 
 
-def _check_resume_after_kill(tmp_path: Path, good: list[str], bad: dict[str, str]) -> dict:
-    """Resume in-process and check: no lost row, no duplicate, finished items not redone."""
+def _check_resume_after_kill(tmp_path: Path, good: list[str], bad: dict[str, str],
+                             chunk_size: int) -> dict:
+    """Resume in-process and check: no lost row, no duplicate, finished items not redone.
+
+    Rows are written when their chunk is done, so at most one chunk is redone.
+    """
     out = tmp_path / "r.csv"
     data = out.read_bytes() if out.exists() else b""
     complete = data[: data.rfind(b"\n") + 1].decode()
@@ -495,7 +541,7 @@ def _check_resume_after_kill(tmp_path: Path, good: list[str], bad: dict[str, str
     assert stats["lost"] == 0 and stats["duplicates"] == 0, stats
     assert not (redone & done_before), "finished items were analysed again"
     assert pipe.calls == len(good) - len(done_before)
-    assert stats["in_flight_redone"] <= 1, stats
+    assert stats["in_flight_redone"] <= chunk_size, stats
     assert sorted(res.rows["item"]) == sorted(good)
     fail_items = [row[0] for row in csv_lines(tmp_path / "f.csv")[1:]]
     assert sorted(fail_items) == sorted(bad)  # each failure exactly once
@@ -518,19 +564,19 @@ def test_resume_after_sigkill_mid_batch(tmp_path: Path) -> None:
         child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
     assert _complete_rows(tmp_path / "r.csv") < len(good)  # really killed mid-batch
-    stats = _check_resume_after_kill(tmp_path, good, bad)
+    stats = _check_resume_after_kill(tmp_path, good, bad, nb.DEFAULT_CHUNK)
     print("external SIGKILL:", stats)
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_in_the_middle_of_a_row_write(tmp_path: Path) -> None:
     good, bad = make_slices(tmp_path / "in", 30)
-    child = _start_child(tmp_path, delay=0.0, kill_at_row=11)
+    child = _start_child(tmp_path, delay=0.0, kill_at_row=11, chunk_size=1)
     child.wait(timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()
     data = (tmp_path / "r.csv").read_bytes()
     assert not data.endswith(b"\n") and data.count(b"\n") == 11  # header + 10 rows + half
-    stats = _check_resume_after_kill(tmp_path, good, bad)
+    stats = _check_resume_after_kill(tmp_path, good, bad, 1)
     assert stats["repaired"] and stats["rows_before_resume"] == 10
     assert stats["in_flight_redone"] == 1
     print("SIGKILL mid-write:", stats)
@@ -566,3 +612,22 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert nb.main([str(only_bad), "--out", str(tmp_path / "b.csv")]) == 1
     assert nb.main([str(tmp_path / "nope"), "--out", str(tmp_path / "c.csv")]) == 1
     assert nb.main([str(only_bad), "--out", str(tmp_path / "d.csv"), "--threshold", "2"]) == 1
+    assert nb.main([str(only_bad), "--out", str(tmp_path / "e.csv"), "--chunk-size", "0"]) == 1
+
+
+def test_cli_threshold_defaults_to_the_segmenter_operating_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import neurostack.pipeline
+
+    class WithSegmenter(FakePipeline):
+        segmenter = type("Seg", (), {"default_threshold": 0.4})()
+
+    monkeypatch.setattr(neurostack.pipeline, "load_pipeline", lambda *_a, **_k: WithSegmenter())
+    make_slices(tmp_path / "in", 3)
+    out = tmp_path / "r.csv"
+    assert nb.main([str(tmp_path / "in"), "--out", str(out)]) == 0
+    assert read_results(out)["mask_threshold"].eq(0.4).all()
+    assert nb.main([str(tmp_path / "in"), "--out", str(out), "--overwrite",
+                    "--threshold", "0.7"]) == 0
+    assert read_results(out)["mask_threshold"].eq(0.7).all()

@@ -18,8 +18,9 @@ from ensemble.inference import EnsemblePrediction
 from ensemble.registry import BACKBONES
 from neurostack import CLASS_NAMES
 from neurostack.errors import ArtifactError, InputImageError
-from neurostack.imaging import load_image
+from neurostack.imaging import LoadedImage, load_image
 from neurostack.pipeline import CaseResult, Pipeline, load_pipeline
+from neurostack.preprocess import crop, find_brain_box, resize_square
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "artifacts" / "samples" / "notumor_Tr-no_0354.jpg"  # 268 x 236, non-square
@@ -161,6 +162,81 @@ def test_tumour_prediction_segments_and_warns(tiny_pipeline, png_slice, monkeypa
     assert not res.models_agree
     assert "low confidence (0.50 < 0.6)" in res.warnings
     assert "base models disagree: glioma, meningioma, notumor" in res.warnings
+
+
+@pytest.fixture()
+def three_images(png_slice, make_slice) -> list:
+    odd = make_slice("pituitary", np.random.default_rng(11), (97, 131))
+    return [load_image(SAMPLE), load_image(png_slice), LoadedImage(odd, np.dstack([odd] * 3))]
+
+
+def test_analyse_many_gives_the_one_by_one_results(tiny_pipeline, three_images) -> None:
+    many = tiny_pipeline.analyse_many(three_images, force_segmentation=True, threshold=0.3)
+    assert len(many) == 3
+    for img, res in zip(three_images, many, strict=True):
+        one = tiny_pipeline.analyse(img, force_segmentation=True, threshold=0.3)
+        assert isinstance(res, CaseResult) and res.image_sha256 == one.image_sha256
+        assert res.predicted_class == one.predicted_class and res.crop_box == one.crop_box
+        for m in BACKBONES:
+            np.testing.assert_allclose(list(res.per_model[m].values()),
+                                       list(one.per_model[m].values()), atol=1e-5)
+        np.testing.assert_allclose(list(res.ensemble.values()), list(one.ensemble.values()),
+                                   atol=1e-5)
+        np.testing.assert_allclose(res.probability, one.probability, atol=1e-5)
+        assert res.mask.shape == img.shape and res.segmented
+        # a pixel may only flip where the probability sits on the threshold
+        flipped = res.mask != one.mask
+        assert np.all(np.abs(one.probability[flipped] - 0.3) < 1e-4)
+        assert res.morphology["area_px"] == int(res.mask.sum())
+        assert set(res.timings_s) >= {"preprocess", "classify", "segment", "total"}
+
+
+def test_analyse_many_isolates_the_slice_that_breaks_a_batch(
+    tiny_pipeline, three_images, monkeypatch
+) -> None:
+    """One slice that makes the classifier or the segmenter raise fails alone."""
+    bad = three_images[2]
+    box = find_brain_box(bad.gray)
+    bad_crop = crop(bad.gray, box)
+    s = tiny_pipeline.segmenter.input_size
+    bad_seg = resize_square(bad_crop, s).astype(np.float32) / 255.0
+    classify, segment = tiny_pipeline.ensemble.predict_crops, tiny_pipeline.segmenter.predict_crops
+    calls: list[str] = []
+
+    def picky_classify(crops):
+        calls.append(f"classify {len(crops)}")
+        if any(c.shape == bad_crop.shape and np.array_equal(c, bad_crop) for c in crops):
+            raise RuntimeError("classifier rejects this slice")
+        return classify(crops)
+
+    def picky_segment(x):
+        calls.append(f"segment {len(x)}")
+        if any(np.allclose(np.squeeze(v), bad_seg) for v in x):
+            raise RuntimeError("segmenter rejects this slice")
+        return segment(x)
+
+    monkeypatch.setattr(tiny_pipeline.ensemble, "predict_crops", picky_classify)
+    out = tiny_pipeline.analyse_many(three_images, force_segmentation=True)
+    assert [type(r).__name__ for r in out] == ["CaseResult", "CaseResult", "RuntimeError"]
+    assert str(out[2]) == "classifier rejects this slice"
+    assert calls == ["classify 3", "classify 1", "classify 1", "classify 1"]
+
+    monkeypatch.setattr(tiny_pipeline.ensemble, "predict_crops", classify)
+    monkeypatch.setattr(tiny_pipeline.segmenter, "predict_crops", picky_segment)
+    calls.clear()
+    out = tiny_pipeline.analyse_many(three_images, force_segmentation=True)
+    assert [type(r).__name__ for r in out] == ["CaseResult", "CaseResult", "RuntimeError"]
+    assert str(out[2]) == "segmenter rejects this slice"
+    assert calls == ["segment 3", "segment 1", "segment 1", "segment 1"]
+    assert all(r.segmented for r in out[:2])
+
+
+def test_analyse_many_checks_options_before_any_work(tiny_pipeline, three_images) -> None:
+    with pytest.raises(ValueError, match="spacing_source"):
+        tiny_pipeline.analyse_many(three_images, spacing_cm=(0.1, 0.1), spacing_source="dicom")
+    with pytest.raises(ValueError, match="threshold"):
+        tiny_pipeline.analyse_many(three_images, threshold=1.0)
+    assert tiny_pipeline.analyse_many([]) == []
 
 
 @pytest.fixture(scope="module")
