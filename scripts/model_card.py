@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -173,7 +174,23 @@ def classification_section(root: Path) -> list[str]:
             pd.DataFrame(res).to_markdown(index=False),
             "",
         ]
+        lines += _ensemble_vs_best(ev["models"])
     return lines
+
+
+def _ensemble_vs_best(models: dict[str, Any]) -> list[str]:
+    """One sentence comparing the ensemble with its best base model (issue 8's floor)."""
+    if "ensemble" not in models or len(models) < 2:
+        return []
+    base = {m: r["accuracy"] for m, r in models.items() if m != "ensemble"}
+    best = max(base, key=base.get)
+    ens = models["ensemble"]["accuracy"]
+    verdict = "at least as accurate as" if ens >= base[best] else "**less accurate than**"
+    return [
+        f"The ensemble ({_fmt(ens)}) is {verdict} its best base model, {best} "
+        f"({_fmt(base[best])}), on this split.",
+        "",
+    ]
 
 
 def segmentation_section(root: Path) -> list[str]:
