@@ -1,10 +1,12 @@
 """Batch analysis of many slices into a crash-safe, resumable CSV.
 
 :func:`run_batch` analyses every item, records each failure with its reason
-and goes on; one bad file never stops a batch. Each finished row is appended
-to ``out_csv`` and flushed to disk (``fsync``) at once, so a killed process
-loses at most the row in flight; ``resume=True`` repairs a truncated last line
-and skips the items already done (same name *and* same file content).
+and goes on; one bad file never stops a batch. Slices are analysed in chunks
+(``chunk_size``, one network call per chunk); each finished row is appended to
+``out_csv`` and flushed to disk (``fsync``) as soon as its chunk is done, so a
+killed process loses at most the chunk in flight; ``resume=True`` repairs a
+truncated last line and skips the items already done (same name *and* same
+file content).
 
 The CSV header is fixed before the first row (see :func:`result_columns`):
 rows with or without segmentation, in cm or in pixels, all share it and
