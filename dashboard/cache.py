@@ -96,11 +96,12 @@ def analyse(
     spacing_source: str | None,
     threshold: float,
     force_segmentation: bool,
+    postprocess: str | None = None,
 ) -> CaseResult:
     """Run the full pipeline on one file's bytes (cached per input and options)."""
     return get_pipeline().analyse(
         data, spacing_cm=spacing_cm, spacing_source=spacing_source, threshold=threshold,
-        force_segmentation=force_segmentation, frame=frame,
+        force_segmentation=force_segmentation, frame=frame, postprocess=postprocess,
     )
 
 

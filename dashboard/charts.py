@@ -195,9 +195,23 @@ def scores_by_class(df: pd.DataFrame) -> go.Figure:
     return _finish(fig, "Scores by tumour class", height=360)
 
 
-def threshold_sweep(sweep: pd.DataFrame, chosen: float | None = None) -> go.Figure:
-    """Mean Dice against the mask threshold, overall and per class (``threshold_sweep.csv``)."""
+def threshold_sweep(
+    sweep: pd.DataFrame, chosen: float | None = None, postprocess: str | None = None
+) -> go.Figure:
+    """Mean Dice against the mask threshold, overall and per class (``threshold_sweep.csv``).
+
+    A sweep with a ``postprocess`` column is drawn for the mode ``postprocess``
+    (default ``"none"``) with the per-class lines; every other mode adds one dashed
+    line over all images, so the effect of the post-processing can be read off.
+    """
     fig = go.Figure()
+    if "postprocess" in sweep:
+        mode = postprocess or "none"
+        for other, part in sweep[sweep["postprocess"] != mode].groupby("postprocess"):
+            fig.add_scatter(x=part["threshold"], y=part["mean_dice"], mode="lines+markers",
+                            name=f"all images, post-processing {other}",
+                            line={"color": "#888888", "dash": "dash"})
+        sweep = sweep[sweep["postprocess"] == mode]
     fig.add_scatter(x=sweep["threshold"], y=sweep["mean_dice"], mode="lines+markers",
                     name="all images", line={"color": "#333333", "width": 3})
     for col in [c for c in sweep.columns if c.startswith("mean_dice_")]:

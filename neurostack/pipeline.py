@@ -29,7 +29,7 @@ import numpy as np
 from neurostack import CLASS_NAMES, __version__
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import InputLimits, LoadedImage, load_image
-from neurostack.preprocess import CropBox, crop, find_brain_box, paste_crop, resize_square
+from neurostack.preprocess import CropBox, crop, find_brain_box, resize_square
 from neurostack.render import colourfulness, mask_image, overlay_mask
 
 NO_TUMOR = "notumor"
@@ -73,6 +73,8 @@ class CaseResult:
     crop_box: tuple[int, int, int, int] | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    postprocess: str = "none"
+    """Mask post-processing applied (``segmentation.postprocess.POSTPROCESS_MODES``)."""
 
     def to_record(self) -> dict[str, Any]:
         """Flat, identifier-free record for CSV export and the case database."""
@@ -159,6 +161,7 @@ class Pipeline:
         threshold: float = 0.5,
         force_segmentation: bool = False,
         frame: int | None = None,
+        postprocess: str | None = None,
     ) -> CaseResult:
         """Analyse one slice.
 
@@ -170,6 +173,8 @@ class Pipeline:
             threshold: Probability threshold of the tumour mask, in (0, 1).
             force_segmentation: Segment even when the ensemble says "notumor".
             frame: Frame of a multi-frame file.
+            postprocess: Mask post-processing (``"none"`` or ``"largest_component"``);
+                ``None`` uses the segmenter's own operating point.
 
         Raises:
             InputImageError: For unreadable input (message says why).
@@ -183,7 +188,8 @@ class Pipeline:
             img = load_image(source, frame=frame, limits=self.limits)
         decode_s = time.perf_counter() - t0
         out = self.analyse_many([img], spacing_cm=spacing_cm, spacing_source=spacing_source,
-                                threshold=threshold, force_segmentation=force_segmentation)[0]
+                                threshold=threshold, force_segmentation=force_segmentation,
+                                postprocess=postprocess)[0]
         if isinstance(out, BaseException):
             raise out
         out.timings_s = {"decode": round(decode_s, 4), **out.timings_s}
@@ -198,6 +204,7 @@ class Pipeline:
         spacing_source: str | None = None,
         threshold: float = 0.5,
         force_segmentation: bool = False,
+        postprocess: str | None = None,
     ) -> list[CaseResult | Exception]:
         """Analyse decoded slices with one classifier call and one segmenter call.
 
@@ -213,6 +220,7 @@ class Pipeline:
             spacing_source: As in :meth:`analyse`.
             threshold: As in :meth:`analyse`.
             force_segmentation: As in :meth:`analyse`.
+            postprocess: As in :meth:`analyse`.
 
         Returns:
             One entry per image, in order: its :class:`CaseResult`, or the exception
@@ -224,6 +232,10 @@ class Pipeline:
         """
         _check_threshold(threshold)
         _check_spacing(spacing_cm, spacing_source)  # once, before any work
+        if postprocess is not None:
+            from segmentation.postprocess import check_postprocess
+
+            check_postprocess(postprocess)
         out: list[CaseResult | Exception] = [ValueError("not analysed")] * len(images)
         ready: list[tuple[int, _Prepared]] = []
         for i, img in enumerate(images):
@@ -242,7 +254,7 @@ class Pipeline:
             else:
                 for i, _ in ready:
                     out[i] = self._analyse_one(images[i], spacing_cm, spacing_source, threshold,
-                                               force_segmentation)
+                                               force_segmentation, postprocess)
             return out
         classify_s = (time.perf_counter() - t0) / len(ready)
         to_segment: list[tuple[int, _Prepared, CaseResult]] = []
@@ -260,7 +272,7 @@ class Pipeline:
                 else:
                     to_segment.append((i, prep, result))
         if to_segment:
-            self._segment_many(to_segment, threshold, out)
+            self._segment_many(to_segment, threshold, postprocess, out)
         for i, prep in ready:
             res = out[i]
             if isinstance(res, CaseResult):
@@ -270,10 +282,11 @@ class Pipeline:
 
     def _analyse_one(self, img: LoadedImage, spacing_cm: tuple[float, float] | None,
                      spacing_source: str | None, threshold: float,
-                     force_segmentation: bool) -> CaseResult | Exception:
+                     force_segmentation: bool, postprocess: str | None) -> CaseResult | Exception:
         try:
             return self.analyse(img, spacing_cm=spacing_cm, spacing_source=spacing_source,
-                                threshold=threshold, force_segmentation=force_segmentation)
+                                threshold=threshold, force_segmentation=force_segmentation,
+                                postprocess=postprocess)
         except Exception as exc:  # noqa: BLE001
             return exc
 
@@ -320,17 +333,17 @@ class Pipeline:
         )
 
     def _segment_many(self, items: list[tuple[int, _Prepared, CaseResult]], threshold: float,
-                      out: list[CaseResult | Exception]) -> None:
+                      postprocess: str | None, out: list[CaseResult | Exception]) -> None:
         """Segment ``items`` in one network call and finish their results in ``out``."""
         t0 = time.perf_counter()
         try:
-            segs = self._run_segmenter([p for _, p, _ in items], threshold)
+            segs = self._run_segmenter([p for _, p, _ in items], threshold, postprocess)
         except Exception as exc:  # noqa: BLE001 - isolate the image that breaks the batch
             if len(items) == 1:
                 out[items[0][0]] = exc
             else:
                 for item in items:
-                    self._segment_many([item], threshold, out)
+                    self._segment_many([item], threshold, postprocess, out)
             return
         segment_s = (time.perf_counter() - t0) / len(items)
         for (i, prep, result), seg in zip(items, segs, strict=True):
@@ -347,6 +360,13 @@ class Pipeline:
         result.segmented = True
         result.mask = seg.mask
         result.probability = seg.probability
+        result.postprocess = getattr(seg, "postprocess", "none")
+        removed = int(getattr(seg, "removed_components", 0))
+        if removed:
+            result.warnings.append(
+                f"post-processing kept the largest tumour component and removed {removed} "
+                "smaller one(s); switch it off to see every component"
+            )
         result.morphology = measure(
             seg.mask, spacing_cm=result.spacing_cm, image=prep.img.gray,
             spacing_source=result.spacing_source if result.spacing_cm else None,
@@ -359,26 +379,23 @@ class Pipeline:
         if not seg.mask.any():
             result.warnings.append("segmentation found no tumour pixels at this threshold")
 
-    def _run_segmenter(self, preps: list[_Prepared], threshold: float) -> list[Any]:
+    def _run_segmenter(self, preps: list[_Prepared], threshold: float,
+                       postprocess: str | None = None) -> list[Any]:
         """``Segmenter.predict`` for several slices, reusing the classifiers' crop boxes.
 
         Same arithmetic as :meth:`segmentation.predict.Segmenter.predict_batch`
-        (crop -> resize -> /255 -> network -> paste back -> clip) in one network
-        call, without finding the boxes a second time.
+        (crop -> resize -> /255 -> network -> :meth:`~segmentation.predict.Segmenter.result`)
+        in one network call, without finding the boxes a second time.
         """
         seg = self.segmenter
         if not hasattr(seg, "predict_crops") or not hasattr(seg, "input_size"):
-            return [seg.predict(p.img.gray, threshold=threshold) for p in preps]
-        from segmentation.predict import SegmentationResult
-
+            return [seg.predict(p.img.gray, threshold=threshold, postprocess=postprocess)
+                    for p in preps]
         s = int(seg.input_size)
         x = np.stack([resize_square(p.brain, s) for p in preps]).astype(np.float32) / 255.0
         probs = seg.predict_crops(x)
-        results = []
-        for p, prob in zip(preps, probs, strict=True):
-            full = np.clip(paste_crop(prob, p.box, p.img.gray.shape, fill=0.0), 0.0, 1.0)
-            results.append(SegmentationResult(full, full >= threshold, p.box, float(threshold)))
-        return results
+        return [seg.result(prob, p.box, p.img.gray.shape, threshold, postprocess)
+                for p, prob in zip(preps, probs, strict=True)]
 
 
 @dataclass

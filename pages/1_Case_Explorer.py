@@ -78,6 +78,13 @@ with st.sidebar:
     threshold = st.slider("Mask threshold", 0.05, 0.95, float(default_thr), 0.05,
                           key="ce_threshold",
                           help="Tumour probability at or above which a pixel is in the mask.")
+    default_lcc = bool(pipeline.segmenter and pipeline.segmenter.postprocess != "none")
+    largest_only = st.checkbox(
+        "Keep only the largest tumour component", value=default_lcc, key="ce_largest",
+        help="Drops smaller separate regions of the mask (the component with the largest "
+             "probability mass is kept). The shipped model's setting was chosen on the "
+             "validation patients; switch it off to see every region, e.g. a second focus.")
+    postprocess = "largest_component" if largest_only else "none"
     spacing_cm, spacing_source = components.spacing_controls("ce_spacing", image.spacing_cm,
                                                                  stacked=True)
 
@@ -123,7 +130,8 @@ if st.session_state.get("ce_active") != input_key:
 force = st.session_state.get("ce_force") == input_key
 with st.spinner("Analysing…"):
     try:
-        result = cache.analyse(data, frame, spacing_cm, spacing_source, threshold, force)
+        result = cache.analyse(data, frame, spacing_cm, spacing_source, threshold, force,
+                               postprocess)
     except InputImageError as exc:
         st.error(f"**This file cannot be analysed:** {exc}")
         st.stop()
@@ -222,7 +230,7 @@ d4.download_button("Features JSON", json_bytes, f"{stem}_features.json", "applic
 with st.container(border=True):
     st.markdown("**Case registry**")
     saved: dict[str, object] = st.session_state.setdefault("ce_saved", {})
-    save_key = f"{input_key}:{threshold}:{force}:{spacing_cm}:{spacing_source}"
+    save_key = f"{input_key}:{threshold}:{postprocess}:{force}:{spacing_cm}:{spacing_source}"
     if save_key in saved:
         st.success(f"Saved to the registry as case {saved[save_key]}.")
     elif st.button("Save this case to the registry", key="ce_save"):

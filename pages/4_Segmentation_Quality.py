@@ -40,7 +40,8 @@ for col, key, label in ((k2, "mean_dice", "Mean Dice"), (k3, "median_dice", "Med
     col.metric(label, "—" if value is None else f"{value:.3f}")
 if record.get("threshold") is not None:
     st.caption(f"Threshold {record['threshold']} · test-time augmentation "
-               f"{record.get('test_time_augmentation', 'none')} · {record.get('resolution', '')} · "
+               f"{record.get('test_time_augmentation', 'none')} · post-processing "
+               f"{record.get('postprocess', 'none')} · {record.get('resolution', '')} · "
                f"empty masks: {record.get('empty_mask_policy', 'n/a')}")
 
 if len(scores):
@@ -53,7 +54,8 @@ if len(scores):
                                           "median IoU")})
 sweep = cache.threshold_sweep(run)
 if sweep is not None and len(sweep):
-    components.chart(charts.threshold_sweep(sweep, record.get("threshold")), "sq_sweep")
+    components.chart(charts.threshold_sweep(sweep, record.get("threshold"),
+                                            record.get("postprocess")), "sq_sweep")
     st.caption("The same probabilities scored at each threshold "
                "(`python -m segmentation.evaluate --sweep`); the operating point of the "
                "shipped model is chosen on the validation patients only.")

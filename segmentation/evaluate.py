@@ -5,7 +5,7 @@ Usage::
     python -m segmentation.evaluate IMAGES_DIR MASKS_DIR --out OUT_DIR \\
         [--artifacts artifacts/segmentation/resunet] \\
         [--ids-from artifacts/splits/segmentation_split.csv --split test] \\
-        [--metadata metadata.csv] [--threshold 0.5]
+        [--metadata metadata.csv] [--threshold 0.5] [--postprocess largest_component]
 
 Masks are matched to images by file stem (``0001.jpg`` <-> ``0001.png``); a mask
 pixel > 127 is tumour. Scores are computed per image at the ORIGINAL image
@@ -16,8 +16,10 @@ Outputs in ``OUT_DIR``:
 
 * ``per_image.csv``: ``id, [label,] dice, iou, gt_area_px, pred_area_px``.
 * ``metrics.json``: mean/median Dice and IoU, ``n_images``, per-class scores
-  when labels are known, the threshold, the artifact's weight SHA-256, and
-  every skipped file with its reason.
+  when labels are known, the threshold and post-processing, the artifact's
+  weight SHA-256, and every skipped file with its reason.
+* ``threshold_sweep.csv`` (with ``--sweep``): mean and median Dice at each
+  threshold, once per post-processing mode (column ``postprocess``).
 
 Unreadable or unmatched files are reported and skipped; the exit status is 0
 when at least one image was evaluated, 1 otherwise, 2 for a bad artifact or
@@ -38,6 +40,7 @@ from neurostack.artifacts import write_json
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import load_image
 from segmentation.metrics import dice_coefficient, iou
+from segmentation.postprocess import POSTPROCESS_MODES, check_postprocess, probability_to_mask
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
 DEFAULT_ARTIFACTS = "artifacts/segmentation/resunet"
@@ -78,40 +81,68 @@ def threshold_sweep_table(per_image: pd.DataFrame) -> pd.DataFrame:
     """Summarise per-image Dice at several thresholds.
 
     Args:
-        per_image: One row per (image, threshold): columns ``threshold``, ``dice``
-            and optionally ``label``.
+        per_image: One row per (image, threshold[, postprocess]): columns
+            ``threshold``, ``dice`` and optionally ``postprocess`` and ``label``.
 
     Returns:
-        One row per threshold, ascending: ``threshold, n_images, mean_dice,
-        median_dice`` and ``mean_dice_<label>`` for every non-empty label.
+        One row per threshold (per ``postprocess`` mode when that column is given),
+        ascending: ``[postprocess,] threshold, n_images, mean_dice, median_dice``
+        and ``mean_dice_<label>`` for every non-empty label.
     """
-    out = per_image.groupby("threshold")["dice"].agg(["count", "mean", "median"])
+    keys = ["postprocess", "threshold"] if "postprocess" in per_image else ["threshold"]
+    out = per_image.groupby(keys)["dice"].agg(["count", "mean", "median"])
     out.columns = ["n_images", "mean_dice", "median_dice"]
     if "label" in per_image:
         labelled = per_image[per_image["label"].fillna("") != ""]
         if len(labelled):
             by_class = labelled.pivot_table(
-                index="threshold", columns="label", values="dice", aggfunc="mean"
+                index=keys, columns="label", values="dice", aggfunc="mean"
             )
             out = out.join(by_class.add_prefix("mean_dice_"))
     return out.reset_index()
 
 
-def best_threshold(sweep: pd.DataFrame) -> float:
-    """Return the threshold with the highest mean Dice in a :func:`threshold_sweep_table`.
+def best_operating_point(sweep: pd.DataFrame) -> tuple[float, str]:
+    """Return ``(threshold, postprocess)`` with the highest mean Dice in a sweep table.
 
-    Ties go to the threshold closest to 0.5.
+    Ties go to no post-processing, then to the threshold closest to 0.5. A table
+    without a ``postprocess`` column is read as ``"none"`` throughout.
     """
     if sweep.empty:
         raise ValueError("the threshold sweep is empty")
-    top = sweep[sweep["mean_dice"] == sweep["mean_dice"].max()]
-    return float(top.loc[(top["threshold"] - 0.5).abs().idxmin(), "threshold"])
+    table = sweep if "postprocess" in sweep else sweep.assign(postprocess="none")
+    top = table[table["mean_dice"] == table["mean_dice"].max()]
+    order = top.assign(
+        _plain=(top["postprocess"] != "none").astype(int),
+        _dist=(top["threshold"] - 0.5).abs(),
+    ).sort_values(["_plain", "_dist", "threshold"])
+    row = order.iloc[0]
+    return float(row["threshold"]), str(row["postprocess"])
+
+
+def best_threshold(sweep: pd.DataFrame, postprocess: str | None = None) -> float:
+    """Return the threshold with the highest mean Dice in a :func:`threshold_sweep_table`.
+
+    Args:
+        sweep: The sweep table.
+        postprocess: Only consider the rows of this post-processing mode
+            (``None``: every row).
+
+    Ties go to the threshold closest to 0.5.
+    """
+    if postprocess is not None and "postprocess" in sweep:
+        sweep = sweep[sweep["postprocess"] == postprocess]
+    return best_operating_point(sweep.drop(columns="postprocess", errors="ignore"))[0]
 
 
 def write_operating_point(
-    artifacts: str | Path, threshold: float, tta: str, evidence: dict[str, Any]
+    artifacts: str | Path,
+    threshold: float,
+    tta: str,
+    evidence: dict[str, Any],
+    postprocess: str = "none",
 ) -> None:
-    """Store a chosen threshold and test-time augmentation in the artifact's ``config.json``.
+    """Store a chosen threshold, test-time augmentation and post-processing in ``config.json``.
 
     The weights (and their SHA-256) are untouched; ``evidence`` (split, sweep file,
     scores) is kept under ``operating_point`` so the choice can be traced.
@@ -123,11 +154,18 @@ def write_operating_point(
         raise ValueError(f"threshold must be in (0, 1); received {threshold}")
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {list(TTA_MODES)}; received {tta!r}")
+    check_postprocess(postprocess)
     path = Path(artifacts) / "config.json"
     config = read_json(path)
     config["threshold"] = float(threshold)
     config["test_time_augmentation"] = tta
-    config["operating_point"] = {"threshold": float(threshold), "tta": tta, **evidence}
+    config["postprocess"] = postprocess
+    config["operating_point"] = {
+        "threshold": float(threshold),
+        "tta": tta,
+        "postprocess": postprocess,
+        **evidence,
+    }
     write_json(path, config)
 
 
@@ -145,6 +183,7 @@ def evaluate(
     progress: bool = True,
     tta: str | None = None,
     sweep: Sequence[float] | None = None,
+    postprocess: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the segmenter in ``artifacts`` and write ``per_image.csv`` and ``metrics.json``.
 
@@ -164,8 +203,11 @@ def evaluate(
         progress: Show a tqdm bar.
         tta: Test-time augmentation (``"none"`` or ``"hflip"``); ``None`` uses the
             artifact's own setting.
-        sweep: Thresholds at which the same probabilities are also scored; writes
-            ``threshold_sweep.csv`` (mean and median Dice overall and per class).
+        sweep: Thresholds at which the same probabilities are also scored, once per
+            post-processing mode; writes ``threshold_sweep.csv`` (mean and median
+            Dice overall and per class).
+        postprocess: Mask post-processing (``"none"``, ``"largest_component"``);
+            ``None`` uses the artifact's own setting.
 
     Returns:
         The content written to ``metrics.json``.
@@ -182,7 +224,7 @@ def evaluate(
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise FileNotFoundError(f"folder not found: {folder}")
-    segmenter = load_segmenter(artifacts, tta=tta)
+    segmenter = load_segmenter(artifacts, tta=tta, postprocess=postprocess)
     if threshold is None:
         threshold = segmenter.default_threshold
     sweep = sorted({float(t) for t in sweep}) if sweep else []
@@ -265,13 +307,17 @@ def evaluate(
             row["pred_area_px"] = res.area_px
             rows.append(row)
             for t in sweep:
-                sweep_rows.append(
-                    {
-                        "threshold": t,
-                        "label": row.get("label", ""),
-                        "dice": dice_coefficient(gt, res.probability >= t),
-                    }
-                )
+                for mode in POSTPROCESS_MODES:
+                    sweep_rows.append(
+                        {
+                            "postprocess": mode,
+                            "threshold": t,
+                            "label": row.get("label", ""),
+                            "dice": dice_coefficient(
+                                gt, probability_to_mask(res.probability, t, mode)[0]
+                            ),
+                        }
+                    )
         bar.update(len(pairs[start : start + batch_size]))
     bar.close()
 
@@ -297,6 +343,7 @@ def evaluate(
         {
             "threshold": threshold,
             "test_time_augmentation": segmenter.tta,
+            "postprocess": segmenter.postprocess,
             "resolution": "original image grid (prediction mapped back from the brain crop)",
             "empty_mask_policy": "both empty -> 1.0, exactly one empty -> 0.0",
             "artifact": {
@@ -337,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         "--tta", choices=["none", "hflip"], default=None, help="default: the artifact's setting"
     )
     p.add_argument(
+        "--postprocess",
+        choices=list(POSTPROCESS_MODES),
+        default=None,
+        help="mask post-processing (default: the artifact's setting)",
+    )
+    p.add_argument(
         "--sweep",
         default=None,
         help="comma-separated thresholds also scored on the same probabilities "
@@ -345,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--choose-threshold",
         action="store_true",
-        help="write the sweep's best threshold and the --tta used into the artifact's "
-        "config.json (refused on the test split)",
+        help="write the sweep's best threshold and post-processing, and the --tta used, "
+        "into the artifact's config.json (refused on the test split)",
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
@@ -381,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             tta=args.tta,
             sweep=sweep,
+            postprocess=args.postprocess,
         )
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -401,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         table = pd.read_csv(Path(args.out) / "threshold_sweep.csv")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.choose_threshold:
-        best = best_threshold(table)
-        row = table[table["threshold"] == best].iloc[0]
+        best, mode = best_operating_point(table)
+        row = table[(table["threshold"] == best) & (table["postprocess"] == mode)].iloc[0]
         write_operating_point(
             args.artifacts,
             best,
@@ -413,9 +467,11 @@ def main(argv: list[str] | None = None) -> int:
                 "mean_dice": round(float(row["mean_dice"]), 4),
                 "n_images": int(row["n_images"]),
             },
+            postprocess=mode,
         )
         print(
-            f"operating point: threshold {best:g}, tta {result['test_time_augmentation']} "
+            f"operating point: threshold {best:g}, post-processing {mode}, "
+            f"tta {result['test_time_augmentation']} "
             f"(val mean Dice {row['mean_dice']:.4f}) written to {args.artifacts}/config.json"
         )
     return 0

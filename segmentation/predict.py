@@ -26,6 +26,7 @@ from neurostack.artifacts import (
 from neurostack.errors import ArtifactError
 from neurostack.preprocess import CropBox, paste_crop
 from segmentation.data import preprocess_slice
+from segmentation.postprocess import POSTPROCESS_MODES, check_postprocess, probability_to_mask
 
 REQUIRED_KEYS = ("architecture", "input_size", "weights_sha256")
 TTA_MODES = ("none", "hflip")
@@ -40,15 +41,20 @@ class SegmentationResult:
     Attributes:
         probability: ``(H, W)`` float32 tumour probability in ``[0, 1]``
             (0 outside the brain crop box).
-        mask: ``(H, W)`` bool, ``probability >= threshold``.
+        mask: ``(H, W)`` bool, ``probability >= threshold`` after ``postprocess``.
         box: The brain crop box the model saw, in original pixel coordinates.
         threshold: The threshold used for ``mask``.
+        postprocess: The post-processing applied (:data:`POSTPROCESS_MODES`).
+        removed_components: Connected components of the thresholded mask that the
+            post-processing removed (0 with ``"none"``).
     """
 
     probability: np.ndarray
     mask: np.ndarray
     box: CropBox
     threshold: float
+    postprocess: str = "none"
+    removed_components: int = 0
 
     @property
     def area_px(self) -> int:
@@ -62,9 +68,19 @@ class Segmenter:
     Args:
         model: Keras model mapping ``(B, S, S, 1)`` in ``[0, 1]`` to probabilities.
         config: The artifact's ``config.json`` content.
+        tta: Test-time augmentation; ``None`` uses ``config["test_time_augmentation"]``.
+        postprocess: Default mask post-processing (:data:`POSTPROCESS_MODES`); ``None``
+            uses ``config["postprocess"]`` (``"none"`` when absent).
     """
 
-    def __init__(self, model: Any, config: dict[str, Any], *, tta: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        config: dict[str, Any],
+        *,
+        tta: str | None = None,
+        postprocess: str | None = None,
+    ) -> None:
         import tensorflow as tf
 
         self.model = model
@@ -76,6 +92,9 @@ class Segmenter:
             raise ValueError(
                 f"test_time_augmentation must be one of {list(TTA_MODES)}; received {self.tta!r}"
             )
+        self.postprocess = check_postprocess(
+            str(config.get("postprocess", "none") if postprocess is None else postprocess)
+        )
         spec = tf.TensorSpec([None, self.input_size, self.input_size, 1], tf.float32)
         # One trace for every batch size: fixed signature, no per-call retracing.
         self._infer = tf.function(
@@ -113,20 +132,49 @@ class Segmenter:
             raise ValueError(f"gray must be uint8 (LoadedImage.gray); received {gray.dtype}")
         return gray
 
-    def predict(self, gray: np.ndarray, threshold: float = 0.5) -> SegmentationResult:
+    def result(
+        self,
+        crop_probability: np.ndarray,
+        box: CropBox,
+        shape: tuple[int, int],
+        threshold: float,
+        postprocess: str | None = None,
+    ) -> SegmentationResult:
+        """Map a crop's probabilities back to the ``shape`` grid and make the mask.
+
+        Args:
+            crop_probability: ``(S, S)`` probabilities from :meth:`predict_crops`.
+            box: The brain crop box the crop was cut from.
+            shape: ``(H, W)`` of the original slice.
+            threshold: Probability at or above which a pixel is tumour.
+            postprocess: One of :data:`POSTPROCESS_MODES`; ``None`` uses ``self.postprocess``.
+        """
+        mode = self.postprocess if postprocess is None else check_postprocess(postprocess)
+        full = np.clip(paste_crop(crop_probability, box, shape, fill=0.0), 0.0, 1.0)
+        mask, removed = probability_to_mask(full, threshold, mode)
+        return SegmentationResult(full, mask, box, float(threshold), mode, removed)
+
+    def predict(
+        self, gray: np.ndarray, threshold: float = 0.5, postprocess: str | None = None
+    ) -> SegmentationResult:
         """Segment one greyscale slice.
 
         Args:
             gray: ``(H, W)`` uint8 slice (e.g. ``LoadedImage.gray``), any size.
             threshold: Probability at or above which a pixel is tumour.
+            postprocess: Mask post-processing; ``None`` uses the artifact's setting.
 
         Returns:
             Probability and mask at the original ``(H, W)`` resolution, and the crop box.
         """
-        return self.predict_batch([gray], threshold=threshold)[0]
+        return self.predict_batch([gray], threshold=threshold, postprocess=postprocess)[0]
 
     def predict_batch(
-        self, grays: Sequence[np.ndarray], threshold: float = 0.5, batch_size: int = 8
+        self,
+        grays: Sequence[np.ndarray],
+        threshold: float = 0.5,
+        batch_size: int = 8,
+        postprocess: str | None = None,
     ) -> list[SegmentationResult]:
         """Segment several slices (any sizes), running the network ``batch_size`` crops at a time.
 
@@ -134,12 +182,16 @@ class Segmenter:
             grays: ``(H_i, W_i)`` uint8 slices.
             threshold: Probability at or above which a pixel is tumour.
             batch_size: Crops per network call.
+            postprocess: Mask post-processing (:data:`POSTPROCESS_MODES`); ``None``
+                uses the artifact's setting (``self.postprocess``).
 
         Returns:
             One :class:`SegmentationResult` per input, in order.
         """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1]; received {threshold!r}")
+        if postprocess is not None:
+            check_postprocess(postprocess)
         grays = [self._check_gray(g) for g in grays]
         results: list[SegmentationResult] = []
         for start in range(0, len(grays), batch_size):
@@ -151,16 +203,18 @@ class Segmenter:
                 boxes.append(box)
             probs = self.predict_crops(np.stack(crops).astype(np.float32) / 255.0)
             for gray, box, prob in zip(chunk, boxes, probs, strict=True):
-                full = np.clip(paste_crop(prob, box, gray.shape, fill=0.0), 0.0, 1.0)
-                results.append(SegmentationResult(full, full >= threshold, box, float(threshold)))
+                results.append(self.result(prob, box, gray.shape, threshold, postprocess))
         return results
 
 
-def load_segmenter(folder: str | Path, *, tta: str | None = None) -> Segmenter:
+def load_segmenter(
+    folder: str | Path, *, tta: str | None = None, postprocess: str | None = None
+) -> Segmenter:
     """Load an exported artifact folder (``config.json`` + ``weights.npz``).
 
     ``tta`` overrides the artifact's ``test_time_augmentation`` (one of
-    :data:`TTA_MODES`; ``None`` keeps the artifact's choice, ``"none"`` by default).
+    :data:`TTA_MODES`; ``None`` keeps the artifact's choice, ``"none"`` by default),
+    ``postprocess`` its ``postprocess`` (one of :data:`POSTPROCESS_MODES`, same rule).
 
     The model is rebuilt from ``config.json`` alone (float32 policy) and the
     weight file's SHA-256 is verified before any weight is read.
@@ -186,6 +240,11 @@ def load_segmenter(folder: str | Path, *, tta: str | None = None) -> Segmenter:
             f"{folder / CONFIG_FILE}: test_time_augmentation must be one of {list(TTA_MODES)}; "
             f"received {config['test_time_augmentation']!r}"
         )
+    if config.get("postprocess", "none") not in POSTPROCESS_MODES:
+        raise ArtifactError(
+            f"{folder / CONFIG_FILE}: postprocess must be one of {list(POSTPROCESS_MODES)}; "
+            f"received {config['postprocess']!r}"
+        )
     weights = folder / config.get("weights_file", WEIGHTS_FILE)
     verify_sha256(weights, config["weights_sha256"])
 
@@ -203,4 +262,4 @@ def load_segmenter(folder: str | Path, *, tta: str | None = None) -> Segmenter:
             f"architecture input {model.input_shape[1]}"
         )
     load_weights_compact(model, weights)
-    return Segmenter(model, config, tta=tta)
+    return Segmenter(model, config, tta=tta, postprocess=postprocess)

@@ -83,3 +83,17 @@ def test_threshold_sweep_figure_has_a_line_per_class_and_marks_the_operating_poi
     assert list(fig.data[1].y) == [0.3, 0.1]
     assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].x0 == 0.3
     assert len(charts.threshold_sweep(sweep).layout.shapes) == 0
+
+
+def test_threshold_sweep_with_postprocessing_draws_the_chosen_mode_and_the_other_dashed():
+    sweep = pd.DataFrame({"postprocess": ["largest_component"] * 2 + ["none"] * 2,
+                          "threshold": [0.3, 0.5] * 2, "n_images": [3] * 4,
+                          "mean_dice": [0.6, 0.5, 0.5, 0.4],
+                          "mean_dice_glioma": [0.4, 0.2, 0.3, 0.1]})
+    fig = charts.threshold_sweep(sweep, chosen=0.3, postprocess="largest_component")
+    assert [t.name for t in fig.data] == ["all images, post-processing none", "all images",
+                                          "glioma"]
+    assert list(fig.data[0].y) == [0.5, 0.4] and fig.data[0].line.dash == "dash"
+    assert list(fig.data[1].y) == [0.6, 0.5] and list(fig.data[2].y) == [0.4, 0.2]
+    plain = charts.threshold_sweep(sweep)  # no mode given: "none" is the solid line
+    assert list(plain.data[1].y) == [0.5, 0.4]

@@ -236,7 +236,34 @@ def test_analyse_many_checks_options_before_any_work(tiny_pipeline, three_images
         tiny_pipeline.analyse_many(three_images, spacing_cm=(0.1, 0.1), spacing_source="dicom")
     with pytest.raises(ValueError, match="threshold"):
         tiny_pipeline.analyse_many(three_images, threshold=1.0)
+    with pytest.raises(ValueError, match="postprocess must be one of"):
+        tiny_pipeline.analyse_many(three_images, postprocess="open")
     assert tiny_pipeline.analyse_many([]) == []
+
+
+def test_largest_component_postprocessing_through_the_pipeline(tiny_pipeline, png_slice) -> None:
+    from scipy import ndimage
+
+    from segmentation.postprocess import largest_component
+
+    gray = load_image(png_slice).gray
+    prob = tiny_pipeline.segmenter.predict(gray).probability
+    # the threshold at which the tiny random segmenter's mask has the most components
+    candidates = np.quantile(prob[prob > 0], np.linspace(0.05, 0.95, 19))
+    counts = [ndimage.label(prob >= t, structure=np.ones((3, 3)))[1] for t in candidates]
+    thr = float(candidates[int(np.argmax(counts))])
+    assert max(counts) >= 2, "the test needs a mask with several components"
+    plain = tiny_pipeline.analyse(png_slice, threshold=thr, force_segmentation=True,
+                                  postprocess="none")
+    kept = tiny_pipeline.analyse(png_slice, threshold=thr, force_segmentation=True,
+                                 postprocess="largest_component")
+    expected, removed = largest_component(plain.mask, plain.probability)
+    assert removed == max(counts) - 1
+    np.testing.assert_array_equal(kept.mask, expected)
+    assert kept.postprocess == "largest_component" and plain.postprocess == "none"
+    assert kept.morphology["n_components"] == 1 and kept.morphology["area_px"] < plain.mask.sum()
+    assert any(f"removed {removed} smaller" in w for w in kept.warnings)
+    assert not any("removed" in w for w in plain.warnings)
 
 
 @pytest.fixture(scope="module")

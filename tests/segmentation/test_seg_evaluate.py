@@ -149,8 +149,28 @@ def test_threshold_sweep_table_and_best_threshold_known_answers():
         best_threshold(tie.iloc[:0])
 
 
+def test_best_operating_point_known_answers():
+    from segmentation.evaluate import best_operating_point, best_threshold
+
+    sweep = pd.DataFrame(
+        {
+            "postprocess": ["none", "none", "largest_component", "largest_component"],
+            "threshold": [0.3, 0.5, 0.3, 0.5],
+            "mean_dice": [0.60, 0.62, 0.66, 0.64],
+        }
+    )
+    assert best_operating_point(sweep) == (0.3, "largest_component")
+    assert best_threshold(sweep, postprocess="none") == 0.5
+    assert best_threshold(sweep) == 0.3
+    tie = sweep.assign(mean_dice=0.7)  # ties: no post-processing, then nearest 0.5
+    assert best_operating_point(tie) == (0.5, "none")
+    old = pd.DataFrame({"threshold": [0.4, 0.6], "mean_dice": [0.5, 0.7]})  # no column
+    assert best_operating_point(old) == (0.6, "none")
+
+
 def test_cli_sweep_and_choose_threshold_on_val(figshare_like, tiny_artifact, tmp_path, capsys):
     from neurostack.artifacts import sha256_file
+    from segmentation.evaluate import best_operating_point
     from segmentation.data import load_metadata, make_patient_split, write_split
     from segmentation.predict import load_segmenter
 
@@ -168,24 +188,30 @@ def test_cli_sweep_and_choose_threshold_on_val(figshare_like, tiny_artifact, tmp
     argv += ["--sweep", "0.3,0.5,0.7", "--choose-threshold"]
     assert main(argv) == 0
     sweep = pd.read_csv(out / "threshold_sweep.csv")
-    assert sweep["threshold"].tolist() == [0.3, 0.5, 0.7]
+    assert sweep["postprocess"].tolist() == ["largest_component"] * 3 + ["none"] * 3
+    assert sweep["threshold"].tolist() == [0.3, 0.5, 0.7] * 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["threshold"] == 0.5 and metrics["test_time_augmentation"] == "hflip"
-    # the sweep row at the evaluated threshold reproduces the main result
-    at_half = sweep.loc[sweep["threshold"] == 0.5, "mean_dice"].item()
+    assert metrics["postprocess"] == "none"
+    # the sweep row at the evaluated operating point reproduces the main result
+    plain = sweep[sweep["postprocess"] == "none"]
+    at_half = plain.loc[plain["threshold"] == 0.5, "mean_dice"].item()
     assert at_half == pytest.approx(metrics["mean_dice"], abs=1e-5)
     cfg = json.loads((artifact / "config.json").read_text())
-    best = sweep.loc[sweep["mean_dice"].idxmax(), "threshold"]
+    best, mode = best_operating_point(sweep)
     assert cfg["threshold"] == best and cfg["test_time_augmentation"] == "hflip"
+    assert cfg["postprocess"] == mode == cfg["operating_point"]["postprocess"]
     assert cfg["operating_point"]["chosen_on"].endswith(":val")
+    assert cfg["operating_point"]["mean_dice"] == pytest.approx(sweep["mean_dice"].max(), abs=1e-4)
     assert sha256_file(artifact / "weights.npz") == sha_before
     seg = load_segmenter(artifact)  # still loads; the new defaults are picked up
-    assert seg.default_threshold == best and seg.tta == "hflip"
+    assert seg.default_threshold == best and seg.tta == "hflip" and seg.postprocess == mode
     assert "operating point: threshold" in capsys.readouterr().out
     # a later evaluation without --threshold/--tta uses the artifact's operating point
     assert main(common + ["--out", str(tmp_path / "again"), "--split", "val"]) == 0
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["threshold"] == best and again["test_time_augmentation"] == "hflip"
+    assert again["postprocess"] == mode
     # never on the test split
     with pytest.raises(SystemExit):
         main(

@@ -64,6 +64,57 @@ def test_predict_batch_matches_single_predictions(tiny_artifact, make_fake_slice
         assert res.box == single.box
 
 
+def test_result_maps_back_and_applies_the_postprocessing(tiny_artifact):
+    from neurostack.preprocess import CropBox
+
+    seg = load_segmenter(tiny_artifact)
+    assert seg.postprocess == "none"  # the tiny artifact's config has no postprocess key
+    crop = np.zeros((32, 32), np.float32)
+    crop[2:10, 2:10] = 0.9  # mass 57.6
+    crop[20:24, 20:24] = 0.8  # mass 12.8
+    box = CropBox(10, 20, 42, 52)  # the crop fills rows 10-41, cols 20-51 of a 60x70 slice
+    plain = seg.result(crop, box, (60, 70), 0.5)
+    assert plain.postprocess == "none" and plain.removed_components == 0
+    assert plain.mask.shape == (60, 70) and plain.area_px == 64 + 16
+    assert plain.mask[12:20, 22:30].all() and plain.mask[30:34, 40:44].all()
+    kept = seg.result(crop, box, (60, 70), 0.5, "largest_component")
+    assert kept.postprocess == "largest_component" and kept.removed_components == 1
+    assert kept.area_px == 64 and not kept.mask[30:34, 40:44].any()
+    np.testing.assert_array_equal(kept.probability, plain.probability)
+    # the default comes from the loader (or the artifact's config)
+    seg_lcc = load_segmenter(tiny_artifact, postprocess="largest_component")
+    assert seg_lcc.result(crop, box, (60, 70), 0.5).area_px == 64
+    assert seg_lcc.result(crop, box, (60, 70), 0.5, "none").area_px == 80
+
+
+def test_predict_postprocess_matches_largest_component(tiny_artifact, make_fake_slice):
+    from segmentation.postprocess import largest_component
+
+    seg = load_segmenter(tiny_artifact)
+    gray, _ = make_fake_slice(np.random.default_rng(3), (96, 96))
+    for threshold in (0.3, 0.5, 0.7):
+        res = seg.predict(gray, threshold=threshold, postprocess="largest_component")
+        expected, removed = largest_component(res.probability >= threshold, res.probability)
+        np.testing.assert_array_equal(res.mask, expected)
+        assert res.removed_components == removed
+    with pytest.raises(ValueError, match="postprocess"):
+        seg.predict(gray, postprocess="fill_holes")
+
+
+def test_postprocess_setting_in_config_is_validated(tiny_artifact, tmp_path):
+    folder = tmp_path / "pp"
+    shutil.copytree(tiny_artifact, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["postprocess"] = "largest_component"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert load_segmenter(folder).postprocess == "largest_component"
+    assert load_segmenter(folder, postprocess="none").postprocess == "none"
+    cfg["postprocess"] = "dilate"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="postprocess must be one of"):
+        load_segmenter(folder)
+
+
 def test_predict_rejects_bad_input(tiny_artifact):
     seg = load_segmenter(tiny_artifact)
     with pytest.raises(ValueError, match="2-D"):
