@@ -170,8 +170,8 @@ def test_best_operating_point_known_answers():
 
 def test_cli_sweep_and_choose_threshold_on_val(figshare_like, tiny_artifact, tmp_path, capsys):
     from neurostack.artifacts import sha256_file
-    from segmentation.evaluate import best_operating_point
     from segmentation.data import load_metadata, make_patient_split, write_split
+    from segmentation.evaluate import best_operating_point
     from segmentation.predict import load_segmenter
 
     artifact = tmp_path / "resunet"
