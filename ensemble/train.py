@@ -34,6 +34,7 @@ import numpy as np
 from ensemble.registry import BACKBONES, get_backbone
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import previous_config, write_training_log
+from neurostack.hardware import TRAINING_PRECISIONS, resolve_training_precision
 
 DEFAULT_DATA = Path("../shared/datasets/brain-tumor-mri/Training")
 DEFAULT_SPLIT = Path("artifacts/splits/classification_split.csv")
@@ -69,7 +70,7 @@ class TrainConfig:
     bn_momentum: float | None = 0.9
     patience: int = 8
     plateau_patience: int = 3
-    mixed_precision: str = "bfloat16"
+    mixed_precision: str = "auto"
     seed: int = 42
     cache_dir: str | None = None
     init_from: str | None = None
@@ -379,8 +380,11 @@ def _train_model(
     from ensemble.data import cached_arrays, label_indices, load_split
 
     _set_threads(threads)
-    if cfg.mixed_precision == "bfloat16":
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    precision = resolve_training_precision(cfg.mixed_precision)
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if precision == "bfloat16" else "float32"
+    )
+    print(f"[{cfg.model}] precision {precision} (requested {cfg.mixed_precision})", flush=True)
     keras.utils.set_random_seed(cfg.seed)
 
     out = Path(cfg.run_dir) / cfg.model
@@ -684,7 +688,12 @@ def main(argv: list[str] | None = None) -> int:
         "--clipnorm", type=float, default=None, help="clip each gradient to this L2 norm"
     )
     p.add_argument("--weights", default="none", help="none | imagenet | path to backbone weights")
-    p.add_argument("--mixed-precision", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument(
+        "--mixed-precision",
+        choices=list(TRAINING_PRECISIONS),
+        default="auto",
+        help="auto: bfloat16 only on CPUs with native bfloat16 (AVX512_BF16/AMX), else float32",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resume", action="store_true")

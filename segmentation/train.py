@@ -54,9 +54,11 @@ from neurostack.artifacts import (
     write_training_log,
 )
 from neurostack.errors import ArtifactError
+from neurostack.hardware import TRAINING_PRECISIONS, resolve_training_precision
 from segmentation.data import (
     DEFAULT_SPLIT_PATH,
     PREPROCESS_DESCRIPTION,
+    AugmentConfig,
     load_metadata,
     make_eval_dataset,
     make_patient_split,
@@ -100,7 +102,8 @@ class TrainConfig:
         split_path: Split CSV (created when missing).
         holdout_fold: Fold split into val and test patients.
         cache_dir: Preprocessing cache folder (``None``: default).
-        mixed_precision: ``"bfloat16"`` or ``"float32"``.
+        mixed_precision: ``"auto"`` (bfloat16 only on CPUs with native bfloat16,
+            see :mod:`neurostack.hardware`), ``"bfloat16"`` or ``"float32"``.
         augment: Use random flip/rotation/shift/zoom/brightness.
         max_train_images: Use only the first N training slices (smoke tests).
         init_weights: Start from these weights (``best.weights.npz`` of a run or
@@ -128,7 +131,7 @@ class TrainConfig:
     split_path: str = str(DEFAULT_SPLIT_PATH)
     holdout_fold: int = 4
     cache_dir: str | None = None
-    mixed_precision: str = "bfloat16"
+    mixed_precision: str = "auto"
     augment: bool = True
     max_train_images: int | None = None
     init_weights: str | None = None
@@ -163,8 +166,13 @@ class RunState:
 # ----------------------------------------------------------------------------- helpers
 
 
-def configure_runtime(threads: int | None, mixed_precision: str) -> None:
-    """Set TF thread pools (before any op runs) and the Keras dtype policy."""
+def configure_runtime(threads: int | None, mixed_precision: str) -> str:
+    """Set TF thread pools (before any op runs) and the Keras dtype policy.
+
+    Returns:
+        The precision used, ``"bfloat16"`` or ``"float32"`` (``"auto"`` resolved by
+        :func:`neurostack.hardware.resolve_training_precision`).
+    """
     import keras
     import tensorflow as tf
 
@@ -174,11 +182,9 @@ def configure_runtime(threads: int | None, mixed_precision: str) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(int(threads))
         except RuntimeError as exc:  # TF already initialised in this process
             print(f"warning: could not set threads ({exc})", file=sys.stderr)
-    if mixed_precision not in PRECISIONS:
-        raise ValueError(
-            f"mixed_precision must be one of {sorted(PRECISIONS)}; received {mixed_precision!r}"
-        )
-    keras.mixed_precision.set_global_policy(PRECISIONS[mixed_precision])
+    precision = resolve_training_precision(mixed_precision)
+    keras.mixed_precision.set_global_policy(PRECISIONS[precision])
+    return precision
 
 
 def _atomic_link(src: Path, dst: Path) -> None:
@@ -699,6 +705,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-fold", type=int, default=d.holdout_fold)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--no-augment", action="store_true")
+    aug = AugmentConfig()
+    p.add_argument("--aug-rotation", type=float, default=aug.rotation_deg, help="max degrees")
+    p.add_argument("--aug-shift", type=float, default=aug.shift, help="max fraction of the side")
+    p.add_argument("--aug-zoom", type=float, default=aug.zoom, help="max relative zoom")
+    p.add_argument(
+        "--aug-gamma", type=float, default=aug.gamma, help="contrast power range (0: off)"
+    )
     p.add_argument("--max-train-images", type=int, default=None, help="smoke tests only")
     p.add_argument(
         "--init-weights",
@@ -706,7 +719,12 @@ def _parser() -> argparse.ArgumentParser:
         help="start from a run's best.weights.npz or an exported weights.npz (fine-tuning)",
     )
     p.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
-    p.add_argument("--mixed-precision", choices=sorted(PRECISIONS), default=d.mixed_precision)
+    p.add_argument(
+        "--mixed-precision",
+        choices=list(TRAINING_PRECISIONS),
+        default=d.mixed_precision,
+        help="auto: bfloat16 only on CPUs with native bfloat16 (AVX512_BF16/AMX), else float32",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--verbose", choices=["auto", "bar", "lines", "epoch"], default="auto")
     p.add_argument("--export", default=None, help="artifact folder to write the best weights to")
@@ -720,7 +738,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.export_only:
         if not args.export:
             print("--export-only needs --export DIR", file=sys.stderr)
@@ -735,6 +754,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data_dir and not args.resume:
         print("--data-dir is required to start a run", file=sys.stderr)
         return 2
+    ranges = {
+        "rotation_deg": args.aug_rotation,
+        "shift": args.aug_shift,
+        "zoom": args.aug_zoom,
+        "gamma": args.aug_gamma,
+    }
+    try:
+        AugmentConfig(**ranges)  # validate up front
+    except ValueError as exc:
+        parser.error(str(exc))
+    defaults = asdict(AugmentConfig())
+    augment = {k: v for k, v in ranges.items() if v != defaults[k]}  # only what differs
     cfg = TrainConfig(
         data_dir=args.data_dir or "",
         run_dir=args.run_dir,
@@ -757,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         augment=not args.no_augment,
         max_train_images=args.max_train_images,
         init_weights=args.init_weights,
+        extra={"augment": augment} if augment else {},
     )
     try:
         train(cfg, resume=args.resume, threads=args.threads, verbose=args.verbose)
