@@ -292,6 +292,9 @@ class AugmentConfig:
         shift: Maximum absolute shift as a fraction of the side.
         zoom: Maximum relative zoom (scale drawn from ``1 +- zoom``).
         brightness: ``(low, high)`` multiplicative factor for the image only.
+        gamma: Contrast change for the image only: intensities in ``[0, 1]`` are
+            raised to a power drawn log-uniformly from ``[1 / (1 + gamma), 1 + gamma]``;
+            0 switches it off (and leaves every other random draw unchanged).
     """
 
     flip: bool = True
@@ -299,6 +302,26 @@ class AugmentConfig:
     shift: float = 0.06
     zoom: float = 0.1
     brightness: tuple[float, float] = (0.8, 1.2)
+    gamma: float = 0.0
+
+    def __post_init__(self) -> None:
+        bad = {
+            k: v
+            for k, v in {"rotation_deg": self.rotation_deg, "shift": self.shift}.items()
+            if v < 0
+        }
+        if not 0.0 <= self.zoom < 1.0:
+            bad["zoom"] = self.zoom
+        if self.gamma < 0:
+            bad["gamma"] = self.gamma
+        lo, hi = self.brightness
+        if not 0 < lo <= hi:
+            bad["brightness"] = self.brightness
+        if bad:
+            raise ValueError(
+                f"augmentation ranges must be >= 0 (zoom < 1, 0 < brightness low <= high); "
+                f"received {bad}"
+            )
 
 
 def _augment_pair(image, mask, seed, size: int, cfg: AugmentConfig):
@@ -333,6 +356,9 @@ def _augment_pair(image, mask, seed, size: int, cfg: AugmentConfig):
     lo, hi = cfg.brightness
     factor = lo + (r[5] + 1.0) / 2.0 * (hi - lo)
     image = tf.clip_by_value(pair[..., :1] * factor, 0.0, 1.0)
+    if cfg.gamma > 0:
+        u = tf.random.stateless_uniform([], seed=seed + 1, minval=-1.0, maxval=1.0)
+        image = tf.pow(image, tf.exp(u * float(np.log1p(cfg.gamma))))
     mask = tf.cast(pair[..., 1:] > 0.5, tf.float32)
     return image, mask
 

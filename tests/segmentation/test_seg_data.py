@@ -171,6 +171,37 @@ def test_augmentation_keeps_image_and_mask_aligned_and_is_deterministic():
     assert not np.array_equal(c, x)  # another epoch, other augmentation
 
 
+def test_gamma_changes_only_the_image_contrast_and_zero_changes_nothing():
+    data = _toy_data(8)
+    data.images[:, 8:20, :] //= 2  # mid-grey intensities that a power visibly moves
+
+    def run(cfg):
+        pairs = [(np.asarray(x), np.asarray(y)) for x, y in make_train_dataset(
+            data, 8, epoch=2, augment=cfg)]
+        return pairs[0]
+
+    base = AugmentConfig(rotation_deg=10, shift=0.05, zoom=0.1)
+    x0, y0 = run(base)
+    x_off, y_off = run(AugmentConfig(rotation_deg=10, shift=0.05, zoom=0.1, gamma=0.0))
+    np.testing.assert_array_equal(x0, x_off)  # gamma 0: the same draws as before
+    x1, y1 = run(AugmentConfig(rotation_deg=10, shift=0.05, zoom=0.1, gamma=0.5))
+    np.testing.assert_array_equal(y0, y1)  # masks untouched
+    assert not np.allclose(x0, x1)
+    # a power keeps 0 at 0 and the order of intensities within an image
+    np.testing.assert_array_equal(x0 == 0, x1 == 0)
+    for a, b in zip(x0, x1, strict=True):
+        order = np.argsort(a.ravel(), kind="stable")
+        assert np.all(np.diff(b.ravel()[order]) >= -1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"gamma": -0.1}, {"zoom": 1.0}, {"rotation_deg": -5}, {"brightness": (1.2, 0.8)}]
+)
+def test_augment_config_rejects_bad_ranges(kwargs):
+    with pytest.raises(ValueError, match="augmentation ranges"):
+        AugmentConfig(**kwargs)
+
+
 def test_eval_dataset_keeps_order_and_partial_batch():
     data = _toy_data(5)
     batches = list(make_eval_dataset(data, 2))
