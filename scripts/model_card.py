@@ -212,7 +212,8 @@ def segmentation_section(root: Path) -> list[str]:
         "",
         f"**Model.** Res-UNet {cfg['architecture']}, input {cfg['input_size']}px, "
         f"threshold {cfg['threshold']}, test-time augmentation "
-        f"{cfg.get('test_time_augmentation', 'none')}"
+        f"{cfg.get('test_time_augmentation', 'none')}, post-processing "
+        f"{cfg.get('postprocess', 'none')}"
         + (
             f" (operating point chosen on {cfg['operating_point']['chosen_on']}, mean Dice "
             f"{cfg['operating_point']['mean_dice']})"
@@ -249,8 +250,11 @@ def segmentation_section(root: Path) -> list[str]:
 
 STATIC_TAIL = """## Hardware
 
-Everything was trained on 2 CPU cores (no GPU), with mixed bfloat16, sharing the
-cores with other work; wall times above are as measured by the training commands.
+Everything was trained on 2 CPU cores (no GPU), sharing the cores with other work;
+wall times above are as measured by the training commands. The runs up to
+2026-12-02 used mixed bfloat16 on an AMD EPYC with AVX512_BF16; a run on a CPU
+without native bfloat16 trains in float32 (`--mixed-precision auto`, the default),
+since emulated bfloat16 measured about 5x slower there.
 
 ## Known limitations
 
