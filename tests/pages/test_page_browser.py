@@ -63,12 +63,43 @@ def _chrome(profile: Path):
 
 
 def _button(driver, label: str):
+    """The enabled button labelled ``label``, or ``None``.
+
+    Streamlit re-renders while a page runs, so a button found a moment ago may be
+    gone (stale) when its text is read: such a button is skipped, and the callers'
+    waits try again.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     for button in driver.find_elements(By.TAG_NAME, "button"):
-        if button.text.strip() == label and button.is_enabled():
-            return button
+        try:
+            if button.text.strip() == label and button.is_enabled():
+                return button
+        except StaleElementReferenceException:
+            continue
     return None
+
+
+def _wait(driver, seconds: float):
+    """A ``WebDriverWait`` that retries through stale elements (Streamlit re-renders)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
+
+
+def _click(driver, label: str, seconds: float) -> None:
+    """Click the button ``label`` once it exists, retrying if it goes stale in between."""
+
+    def attempt(d) -> bool:
+        button = _button(d, label)
+        if button is None:
+            return False
+        button.click()
+        return True
+
+    _wait(driver, seconds).until(attempt)
 
 
 def test_case_explorer_in_chromium(dashboard_artifacts, tmp_path, monkeypatch):
@@ -78,7 +109,6 @@ def test_case_explorer_in_chromium(dashboard_artifacts, tmp_path, monkeypatch):
                     "`apt-get install -y chromium chromium-driver`")
     pytest.importorskip("selenium", reason="selenium is not installed (pip, requirements.txt)")
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never download anything
     sample = sorted(SAMPLES.glob("*.jpg"))[0].name
@@ -100,12 +130,11 @@ def test_case_explorer_in_chromium(dashboard_artifacts, tmp_path, monkeypatch):
         driver = _chrome(profile)
         driver.get(f"http://127.0.0.1:{port}/Case_Explorer?sample={sample}")
         body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
-        WebDriverWait(driver, 240).until(lambda d: _button(d, "Analyse") is not None)
-        _button(driver, "Analyse").click()
-        WebDriverWait(driver, 300).until(lambda d: CLASS_PATTERN.search(body(d)))
+        _click(driver, "Analyse", 240)
+        _wait(driver, 300).until(lambda d: CLASS_PATTERN.search(body(d)))
         if _button(driver, "Segment anyway") is not None:
-            _button(driver, "Segment anyway").click()
-        WebDriverWait(driver, 300).until(lambda d: all(m in body(d) for m in MEASUREMENTS))
+            _click(driver, "Segment anyway", 60)
+        _wait(driver, 300).until(lambda d: all(m in body(d) for m in MEASUREMENTS))
         time.sleep(1)  # let the images finish painting
         shot = tmp_path / "case_explorer.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
