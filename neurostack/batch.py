@@ -618,6 +618,7 @@ def run_batch(
     progress: Callable[[int, int, str], None] | None = None,
     rename: Callable[[str], str] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    postprocess: str | None = None,
 ) -> BatchResult:
     """Analyse many slices; never stop on a bad one.
 
@@ -653,6 +654,9 @@ def run_batch(
         chunk_size: Slices analysed per batched call (1 = one at a time). Rows are
             written when their chunk is done, so an interrupted run redoes at most
             one chunk on ``resume``.
+        postprocess: Mask post-processing (``"none"`` or ``"largest_component"``);
+            ``None`` keeps the segmenter's own operating point. A removal is noted
+            in the row's ``warnings``.
 
     Returns:
         The :class:`BatchResult`.
@@ -668,6 +672,10 @@ def run_batch(
         raise ValueError(f"chunk_size must be an integer >= 1; received {chunk_size!r}")
     options = {"spacing_cm": spacing, "spacing_source": s_source, "threshold": threshold,
                "force_segmentation": force_segmentation}
+    if postprocess is not None:
+        from segmentation.postprocess import check_postprocess
+
+        options["postprocess"] = check_postprocess(postprocess)
     limits = getattr(pipeline, "limits", None) or InputLimits()
     units = _expand(items, rename, MAX_ZIP_TOTAL_BYTES)
     total = len(units)
@@ -831,6 +839,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="mask threshold in (0, 1) (default: the segmentation model's operating "
                         "point from its config.json, else 0.5)")
+    p.add_argument("--postprocess", choices=["none", "largest_component"], default=None,
+                   help="mask post-processing (default: the segmentation model's operating "
+                        "point)")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
                    help=f"slices per batched network call (default {DEFAULT_CHUNK})")
     p.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"), default=None,
@@ -908,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
                 resume=args.resume, threshold=threshold, spacing_cm=spacing,
                 spacing_source="user" if spacing else None,
                 force_segmentation=args.force_segmentation, progress=progress, rename=rename,
-                chunk_size=args.chunk_size,
+                chunk_size=args.chunk_size, postprocess=args.postprocess,
             )
         except (ValueError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -34,6 +34,12 @@ with st.expander("Options", expanded=True):
         default_thr = pipeline.segmenter.default_threshold if pipeline.segmenter else 0.5
         threshold = st.slider("Mask threshold", 0.05, 0.95, float(default_thr), 0.05,
                               key="ba_threshold")
+        largest_only = st.checkbox(
+            "Keep only the largest tumour component",
+            value=bool(pipeline.segmenter and pipeline.segmenter.postprocess != "none"),
+            key="ba_largest",
+            help="The shipped model's setting was chosen on the validation patients; a "
+                 "removal is noted in the row's warnings.")
         force = st.checkbox("Segment every image (also when 'no tumour' is predicted)",
                             key="ba_force")
         anonymise = st.checkbox(
@@ -59,6 +65,7 @@ if run and uploads:
         result = run_batch(
             pipeline, items, threshold=threshold, spacing_cm=spacing_cm,
             spacing_source=spacing_source, force_segmentation=force, progress=_progress,
+            postprocess="largest_component" if largest_only else "none",
             rename=anonymise_name if anonymise else None,
         )
     except ValueError as exc:

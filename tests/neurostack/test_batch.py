@@ -367,6 +367,27 @@ def test_chunk_size_must_be_a_positive_integer(chunk: Any) -> None:
         run_batch(FakePipeline(), [("a.png", slice_png(1))], chunk_size=chunk)
 
 
+def test_postprocess_is_validated_and_passed_to_the_pipeline_only_when_given() -> None:
+    class Recording(FakePipeline):
+        def __init__(self) -> None:
+            super().__init__()
+            self.options: list[dict[str, Any]] = []
+
+        def analyse(self, source: Any, **options: Any) -> CaseResult:
+            self.options.append(dict(options))
+            options.pop("postprocess", None)
+            return super().analyse(source, **options)
+
+    pipe = Recording()
+    run_batch(pipe, [("a.png", slice_png(1))], postprocess="largest_component")
+    run_batch(pipe, [("b.png", slice_png(2))])
+    assert [o.get("postprocess", "<absent>") for o in pipe.options] == [
+        "largest_component", "<absent>"]
+    with pytest.raises(ValueError, match="postprocess must be one of"):
+        run_batch(pipe, [("c.png", slice_png(3))], postprocess="erode")
+    assert len(pipe.options) == 2  # checked before any image was analysed
+
+
 def test_stable_header_with_cm_and_px_rows_and_no_identifiers(tmp_path: Path) -> None:
     img = np.zeros((48, 48), np.uint8)
     img[10:30, 12:28] = 240
