@@ -8,12 +8,16 @@ Usage (once the trained artifacts are in place)::
         --json benchmarks/results/precision_check.json
 
 Loads the ensemble twice from the same artifacts (``precision="float32"`` and
-``precision="bfloat16"``), runs every image of the split part through both
+``--precision``, by default ``"bfloat16"`` for every base model, or a per-model
+spec such as ``resnet50=bfloat16,vgg19=bfloat16``), runs every image of the split part through both
 (same crops, same batches) and reports, per base model and for the ensemble:
 accuracy in each precision, the difference, the share of images whose predicted
 class is the same (agreement) and the largest probability difference. The
 verdict is ``unchanged`` when no accuracy differs by more than ``--tolerance``
-(default 0: identical accuracy); the exit code is 0 then, else 1.
+(default 0: identical accuracy); the exit code is 0 then, else 1. The report's
+``recommended_precision`` is the per-model spec of the base models whose own
+accuracy was unchanged; check that spec once more (``--precision SPEC``) to
+see the ensemble with exactly that mix before a deployment uses it.
 """
 
 from __future__ import annotations
@@ -41,12 +45,16 @@ def compare(
     limit: int | None = None,
     batch_size: int = 16,
     log: Any = print,
+    precision: str = "bfloat16",
 ) -> dict[str, Any]:
-    """Evaluate both precisions on ``part`` of ``split_csv``; return the report."""
+    """Evaluate float32 and ``precision`` (a spec) on ``part`` of ``split_csv``; return the report.
+
+    The report's ``*_bfloat16`` keys hold the results under ``precision``.
+    """
     import numpy as np
 
     from ensemble.data import load_split
-    from ensemble.inference import load_ensemble
+    from ensemble.inference import format_precision, load_ensemble, parse_precision
     from neurostack import CLASS_NAMES
     from neurostack.errors import InputImageError
     from neurostack.imaging import load_image
@@ -55,9 +63,10 @@ def compare(
     rows = load_split(split_csv, part)
     if limit is not None:
         rows = rows.iloc[:limit]
+    per_model = parse_precision(precision)
     ensembles = {
-        p: load_ensemble(artifacts / "classification", strict=False, precision=p)
-        for p in ("float32", "bfloat16")
+        key: load_ensemble(artifacts / "classification", strict=False, precision=p)
+        for key, p in (("float32", "float32"), ("bfloat16", per_model))
     }
     names = [*ensembles["float32"].members, ENSEMBLE]
     probs: dict[str, dict[str, list[np.ndarray]]] = {p: {n: [] for n in names} for p in ensembles}
@@ -94,6 +103,7 @@ def compare(
         acc_a = float((a.argmax(1) == y).mean()) if len(y) else float("nan")
         acc_b = float((b.argmax(1) == y).mean()) if len(y) else float("nan")
         models[n] = {
+            "precision": per_model.get(n, "float32 (meta-learner)"),
             "accuracy_float32": round(acc_a, 6),
             "accuracy_bfloat16": round(acc_b, 6),
             "accuracy_difference": round(acc_b - acc_a, 6),
@@ -109,6 +119,7 @@ def compare(
         "split_csv": str(split_csv),
         "part": part,
         "data_dir": str(data_dir),
+        "reduced_precision": format_precision(per_model),
         "n_images": int(len(y)),
         "failures": failures,
         "missing_artifacts": ensembles["float32"].missing,
@@ -141,13 +152,26 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="largest accepted |accuracy difference| (default 0: identical)",
     )
+    p.add_argument(
+        "--precision",
+        default="bfloat16",
+        help="the precision compared with float32: bfloat16 (every base model) or per model, "
+        "e.g. resnet50=bfloat16,vgg19=bfloat16",
+    )
     p.add_argument("--json", type=Path, default=None)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the check; 0 when every accuracy is unchanged within the tolerance, else 1."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from ensemble.inference import format_precision, parse_precision
+
+    try:
+        per_model = parse_precision(args.precision)
+    except ValueError as exc:
+        parser.error(str(exc))
     report = compare(
         args.artifacts,
         args.data_dir,
@@ -156,13 +180,20 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         log=lambda m: print(f"[precision] {m}", file=sys.stderr, flush=True),
+        precision=args.precision,
     )
     worst = max((abs(m["accuracy_difference"]) for m in report["models"].values()), default=0.0)
     unchanged = report["n_images"] > 0 and worst <= args.tolerance
+    kept = {
+        n: p if abs(report["models"][n]["accuracy_difference"]) <= args.tolerance else "float32"
+        for n, p in per_model.items()
+        if n in report["models"]
+    }
     report.update(
         tolerance=args.tolerance,
         largest_accuracy_difference=worst,
         verdict="unchanged" if unchanged else "changed",
+        recommended_precision=format_precision(kept) if report["n_images"] else "float32",
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['max_abs_probability_difference']:8.4f}"
         )
     print(f"verdict: {report['verdict']} (tolerance {args.tolerance})")
+    print(f"recommended precision: {report['recommended_precision']}")
     return 0 if unchanged else 1
 
 

@@ -571,7 +571,11 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated run_batch chunk sizes for the throughput run; the first is the "
         "number of record (default: neurostack.batch.DEFAULT_CHUNK, then 1 for comparison)",
     )
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument(
+        "--precision",
+        default="float32",
+        help="float32, bfloat16, or per model, e.g. resnet50=bfloat16,vgg19=bfloat16",
+    )
     p.add_argument("--intra-op", type=int, default=None, help="TF intra-op threads")
     p.add_argument("--inter-op", type=int, default=None, help="TF inter-op threads")
     p.add_argument("--matmul-size", type=int, default=4096)
@@ -608,7 +612,14 @@ def _chunk_sizes(text: str | None) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the report (also written to ``--json``)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from ensemble.inference import format_precision, parse_precision
+
+    try:
+        args.precision = format_precision(parse_precision(args.precision))
+    except ValueError as exc:
+        parser.error(str(exc))
     t_run = time.perf_counter()
     start = system.conditions(args.busy_sample_s)
     _log(

@@ -23,6 +23,7 @@ Speed (measured in ``benchmarks/README.md``):
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,46 @@ def _check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}; received {precision!r}")
     return precision
+
+
+def parse_precision(spec: str | Mapping[str, str]) -> dict[str, str]:
+    """Per-backbone inference precision from one precision or a per-model spec.
+
+    Args:
+        spec: ``"float32"`` or ``"bfloat16"`` for every base model; or
+            ``"name=precision,..."`` (e.g. ``"resnet50=bfloat16,vgg19=bfloat16"``) or
+            a mapping, where unlisted backbones stay float32. Used where
+            ``benchmarks/precision_check.py`` found the accuracy of some models, but
+            not of all, unchanged in bfloat16.
+
+    Returns:
+        ``{backbone: precision}`` for every registered backbone.
+
+    Raises:
+        ValueError: Naming an unknown backbone, precision or malformed entry.
+    """
+    if isinstance(spec, str) and "=" not in spec:
+        return dict.fromkeys(BACKBONES, _check_precision(spec.strip()))
+    if isinstance(spec, str):
+        pairs: dict[str, str] = {}
+        for entry in filter(None, (e.strip() for e in spec.split(","))):
+            name, sep, value = entry.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"precision entries must be name=precision; received {entry!r}")
+            pairs[name.strip()] = value.strip()
+        spec = pairs
+    unknown = sorted(set(spec) - set(BACKBONES))
+    if unknown:
+        raise ValueError(f"precision names backbones {unknown}; allowed: {list(BACKBONES)}")
+    return {name: _check_precision(spec.get(name, "float32")) for name in BACKBONES}
+
+
+def format_precision(per_model: Mapping[str, str]) -> str:
+    """Return the shortest spec that :func:`parse_precision` reads back as ``per_model``."""
+    values = set(per_model.values())
+    if len(values) == 1 and set(per_model) == set(BACKBONES):
+        return values.pop()
+    return ",".join(f"{n}={p}" for n, p in per_model.items() if p != "float32") or "float32"
 
 
 def _compiled(model, input_shape: tuple[int | None, ...]):
@@ -428,7 +469,7 @@ def load_ensemble(
     classification_dir: str | Path,
     *,
     strict: bool = True,
-    precision: str = "float32",
+    precision: str | Mapping[str, str] = "float32",
     fused: bool = True,
     fold_batchnorm: bool | None = None,
 ) -> Ensemble:
@@ -438,7 +479,8 @@ def load_ensemble(
         classification_dir: Folder holding ``<backbone>/`` and ``meta/`` subfolders.
         strict: Raise when anything is missing; otherwise load what is there and
             record the rest in ``Ensemble.missing``. A corrupt file always raises.
-        precision: Base-classifier precision, ``"float32"`` (default) or ``"bfloat16"``
+        precision: Base-classifier precision, ``"float32"`` (default) or ``"bfloat16"``,
+            or one per model (:func:`parse_precision`, e.g. ``"resnet50=bfloat16"``)
             (faster on CPUs with AVX512_BF16; check accuracy first with
             ``benchmarks/precision_check.py``). The meta-learner stays float32.
         fused: Run all models in one compiled graph (default) instead of one call each.
@@ -449,6 +491,7 @@ def load_ensemble(
         ArtifactError: Naming each missing or corrupt artifact.
     """
     root = Path(classification_dir)
+    per_model = parse_precision(precision)
     members: dict[str, LoadedClassifier] = {}
     missing: list[str] = []
     for name in BACKBONES:
@@ -456,7 +499,9 @@ def load_ensemble(
         if not (folder / CONFIG_FILE).exists():
             missing.append(f"{folder} (base classifier {name})")
             continue
-        members[name] = load_classifier(folder, precision=precision, fold_batchnorm=fold_batchnorm)
+        members[name] = load_classifier(
+            folder, precision=per_model[name], fold_batchnorm=fold_batchnorm
+        )
     meta = None
     if (root / META_NAME / CONFIG_FILE).exists() and not missing:
         meta = load_meta(root / META_NAME)

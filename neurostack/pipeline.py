@@ -453,8 +453,9 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
         strict: Raise if anything is missing; otherwise work with what is present
             and list the rest in ``Pipeline.missing``. Corrupt files always raise.
         limits: Input size limits for decoding.
-        precision: Precision of the base classifiers, ``"float32"`` or ``"bfloat16"``
-            (see :func:`ensemble.inference.load_ensemble`). ``None`` (default) reads
+        precision: Precision of the base classifiers, ``"float32"`` or ``"bfloat16"``,
+            or per model such as ``"resnet50=bfloat16,vgg19=bfloat16"`` (see
+            :func:`ensemble.inference.parse_precision`). ``None`` (default) reads
             ``$NEUROSTACK_PRECISION`` and falls back to ``"float32"``, so a deployment
             can switch after ``benchmarks/precision_check.py`` without code changes.
         warm_up: Run every model once before returning (:meth:`Pipeline.warm_up`).

@@ -76,6 +76,19 @@ def test_bfloat16_is_close_and_outputs_float32(artifacts: Path, fast) -> None:
         load_ensemble(artifacts / "classification", precision="float16")
 
 
+def test_per_model_precision_mixes_float32_and_bfloat16(artifacts: Path, fast) -> None:
+    mixed = load_ensemble(artifacts / "classification", precision="resnet50=bfloat16")
+    assert {n: c.precision for n, c in mixed.members.items()} == {
+        "xception": "float32", "inceptionv3": "float32", "resnet50": "bfloat16",
+        "vgg19": "float32"}
+    crops = _crops(2)
+    a, b = fast.predict_crops(crops), mixed.predict_crops(crops)
+    for name in ("xception", "inceptionv3", "vgg19"):  # float32 members: the same numbers
+        np.testing.assert_allclose(b.per_model[name], a.per_model[name], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(b.per_model["resnet50"], a.per_model["resnet50"], atol=0.05)
+    assert b.ensemble.dtype == np.float32
+
+
 @pytest.mark.parametrize(
     ("backbone", "size"), [("xception", 71), ("inceptionv3", 75), ("resnet50", 32)]
 )

@@ -242,3 +242,25 @@ def test_full_ensemble_uses_the_meta_learner(tiny_pipeline) -> None:
         np.testing.assert_allclose(pred.per_model[name].sum(axis=1), 1.0, atol=1e-5)
     stacked = np.concatenate([pred.per_model[n] for n in BACKBONES], axis=1)
     np.testing.assert_allclose(pred.ensemble, np.asarray(ens.meta.model(stacked)), atol=1e-6)
+
+
+def test_parse_and_format_precision_known_answers() -> None:
+    from ensemble.inference import format_precision, parse_precision
+
+    every = ["xception", "inceptionv3", "resnet50", "vgg19"]
+    assert parse_precision("bfloat16") == dict.fromkeys(every, "bfloat16")
+    assert parse_precision(" float32 ") == dict.fromkeys(every, "float32")
+    mixed = parse_precision("resnet50=bfloat16, vgg19=bfloat16")
+    assert mixed == {"xception": "float32", "inceptionv3": "float32",
+                     "resnet50": "bfloat16", "vgg19": "bfloat16"}
+    assert parse_precision({"vgg19": "bfloat16"})["vgg19"] == "bfloat16"
+    assert format_precision(mixed) == "resnet50=bfloat16,vgg19=bfloat16"
+    assert parse_precision(format_precision(mixed)) == mixed  # round trip
+    assert format_precision(parse_precision("bfloat16")) == "bfloat16"
+    assert format_precision(dict.fromkeys(every, "float32")) == "float32"
+    with pytest.raises(ValueError, match=r"backbones \['resnet18'\]; allowed"):
+        parse_precision("resnet18=bfloat16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        parse_precision("vgg19=float16")
+    with pytest.raises(ValueError, match="name=precision"):
+        parse_precision("vgg19=bfloat16,resnet50")

@@ -1,0 +1,49 @@
+"""benchmarks/precision_check.py on a tiny random tree: a per-model spec and its recommendation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks import precision_check
+from ensemble.inference import parse_precision
+
+pytestmark = pytest.mark.slow
+
+
+def test_per_model_spec_report_and_recommendation(tiny_artifacts: Path, make_dataset_dir,
+                                                  tmp_path: Path) -> None:
+    data = make_dataset_dir(3, seed=7)
+    (data / "glioma" / "broken.png").write_bytes(b"not an image")
+    rows = [{"path": p.relative_to(data).as_posix(), "label": p.parent.name, "group": i,
+             "split": "test"} for i, p in enumerate(sorted(data.glob("*/*.png")))]
+    split = tmp_path / "split.csv"
+    pd.DataFrame(rows).to_csv(split, index=False)
+    out = tmp_path / "check.json"
+    code = precision_check.main(["--artifacts", str(tiny_artifacts), "--data-dir", str(data),
+                                 "--split-csv", str(split), "--part", "test",
+                                 "--precision", "resnet50=bfloat16", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert code == (0 if report["verdict"] == "unchanged" else 1)
+    assert report["reduced_precision"] == "resnet50=bfloat16"
+    assert report["n_images"] == 12 and [f["path"] for f in report["failures"]] == [
+        "glioma/broken.png"]
+    models = report["models"]
+    assert models["resnet50"]["precision"] == "bfloat16"
+    for name in ("xception", "inceptionv3", "vgg19"):  # float32 on both sides: identical
+        assert models[name]["precision"] == "float32"
+        assert models[name]["accuracy_difference"] == 0.0 and models[name]["agreement"] == 1.0
+    # the recommendation keeps bfloat16 only where the model's accuracy did not change
+    recommended = parse_precision(report["recommended_precision"])
+    resnet_same = models["resnet50"]["accuracy_difference"] == 0.0
+    assert recommended["resnet50"] == ("bfloat16" if resnet_same else "float32")
+    assert {recommended[n] for n in ("xception", "inceptionv3", "vgg19")} == {"float32"}
+
+
+def test_bad_spec_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        precision_check.main(["--data-dir", str(tmp_path), "--precision", "resnet18=bfloat16"])
+    assert "allowed" in capsys.readouterr().err
