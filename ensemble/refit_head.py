@@ -1,0 +1,427 @@
+"""Refit a base classifier's head on features computed at the native input size.
+
+A backbone trained mostly at a reduced size and then briefly at its native size
+still hands its head features whose distribution differs from the ones the
+head was fitted on. Re-fitting only the head (Dense 128 ReLU -> Dense 4) on the
+pooled features of the training split at the native size adapts the decision
+to the native scale at the cost of one forward pass per training image: the
+backbone is frozen and runs in inference mode, so its batch-norm statistics and
+every convolution weight stay exactly as shipped.
+
+Protocol (the validation split stays untouched for the decision to ship):
+
+1. Pooled features (the input of ``head_dropout_1``) of every ``train`` and
+   ``val`` image at the artifact's input size, no augmentation; written to disk
+   in shards so an interrupted extraction resumes where it stopped.
+2. A group-aware hold-out of the training split (duplicate groups never
+   straddle it) picks the epoch; the head starts from the shipped head weights.
+3. The shipped head and the refitted head are both scored on the validation
+   features; the record says which is better. Nothing in ``artifacts/`` is
+   touched: ``--out`` is a new artifact folder to compare and copy by hand.
+
+Command line::
+
+    python -m ensemble.refit_head artifacts/classification/inceptionv3 \
+        --out /work/runs/headfit/inceptionv3 --features-dir /work/runs/headfit/features
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from neurostack.errors import ArtifactError, InputImageError
+
+FEATURE_LAYER = "flatten"
+"""Name of the layer whose output feeds the head (see :func:`ensemble.models.build_classifier`)."""
+HEAD_LAYERS = ("head_dense", "probs")
+"""The trainable layers of the head, in order."""
+DEFAULT_DATA = Path("../shared/datasets/brain-tumor-mri/Training")
+DEFAULT_SPLIT = Path("artifacts/splits/classification_split.csv")
+
+
+@dataclass(frozen=True)
+class HeadFitConfig:
+    """Options of the head refit; validated by :meth:`check`.
+
+    Attributes:
+        epochs: Maximum epochs over the training features.
+        lr: Adam learning rate.
+        batch_size: Mini-batch size.
+        label_smoothing: As in the base recipe.
+        patience: Epochs without a better hold-out score before stopping.
+        holdout_fraction: Share of training duplicate groups held out to pick the epoch.
+        seed: Seed of the hold-out draw, the shuffling and the dropout.
+    """
+
+    epochs: int = 60
+    lr: float = 3e-4
+    batch_size: int = 64
+    label_smoothing: float = 0.05
+    patience: int = 8
+    holdout_fraction: float = 0.15
+    seed: int = 0
+
+    def check(self) -> HeadFitConfig:
+        """Raise ``ValueError`` naming the allowed and received value of a bad option."""
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1; received {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0; received {self.lr}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; received {self.batch_size}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1); received {self.label_smoothing}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1; received {self.patience}")
+        if not 0 < self.holdout_fraction < 0.5:
+            raise ValueError(
+                f"holdout_fraction must be in (0, 0.5); received {self.holdout_fraction}"
+            )
+        return self
+
+
+def feature_extractor(model):
+    """Return the part of a base classifier that maps preprocessed images to pooled features."""
+    import keras
+
+    try:
+        layer = model.get_layer(FEATURE_LAYER)
+    except ValueError as exc:
+        raise ArtifactError(f"{model.name} has no {FEATURE_LAYER!r} layer to refit from") from exc
+    return keras.Model(model.inputs, layer.output, name=f"{model.name}_features")
+
+
+def extract_features(
+    extractor,
+    preprocess_mode: str,
+    crops: np.ndarray,
+    *,
+    batch_size: int = 32,
+    shard_dir: Path | None = None,
+    shard_size: int = 256,
+    desc: str = "features",
+) -> np.ndarray:
+    """``(N, S, S)`` uint8 greyscale crops -> ``(N, F)`` float32 pooled features.
+
+    With ``shard_dir`` every ``shard_size`` images are written as one ``.npy``
+    shard as soon as they are computed, and shards already on disk (with the
+    right row count) are read instead of recomputed, so an interrupted run
+    resumes. The caller owns the folder: one folder per (model, image list).
+    """
+    import tensorflow as tf
+
+    from ensemble.registry import preprocess_array
+
+    size = crops.shape[1]
+    fn = tf.function(
+        lambda x: tf.cast(extractor(x, training=False), tf.float32),
+        input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
+    )
+    if shard_dir is not None:
+        Path(shard_dir).mkdir(parents=True, exist_ok=True)
+    parts = []
+    starts = range(0, len(crops), shard_size)
+    for k, start in enumerate(tqdm(starts, desc=desc, unit="shard")):
+        stop = min(start + shard_size, len(crops))
+        path = Path(shard_dir) / f"shard_{k:05d}.npy" if shard_dir is not None else None
+        if path is not None and path.is_file():
+            cached = np.load(path)
+            if len(cached) == stop - start:
+                parts.append(cached)
+                continue
+        chunk = []
+        for b in range(start, stop, batch_size):
+            gray = np.asarray(crops[b : min(b + batch_size, stop)], np.float32)
+            rgb = np.repeat(gray[..., None], 3, -1)
+            chunk.append(fn(preprocess_array(rgb, preprocess_mode)).numpy())
+        feats = np.concatenate(chunk).astype(np.float32)
+        if path is not None:
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, feats)
+            tmp.replace(path)
+        parts.append(feats)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def group_holdout(groups: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of hold-out rows: whole duplicate groups, drawn per class.
+
+    Each group is assigned the label of its first row; within each class a
+    ``fraction`` of the groups (at least one when the class has two or more) is
+    held out, so near-duplicates never sit on both sides.
+    """
+    groups = np.asarray(groups)
+    labels = np.asarray(labels)
+    if groups.shape != labels.shape:
+        raise ValueError(
+            f"groups and labels must have one shape; received {groups.shape} and {labels.shape}"
+        )
+    rng = np.random.default_rng(seed)
+    uniq, first = np.unique(groups, return_index=True)
+    held: set = set()
+    for c in np.unique(labels):
+        cls_groups = uniq[labels[first] == c]
+        if len(cls_groups) < 2:
+            continue
+        n = max(1, int(round(fraction * len(cls_groups))))
+        held.update(rng.choice(cls_groups, n, replace=False).tolist())
+    return np.isin(groups, list(held))
+
+
+def build_head(n_features: int, head_units: int = 128, dropout: tuple[float, float] = (0.3, 0.25)):
+    """Build the classifier head alone, with the same layer names as in ``build_classifier``."""
+    import keras
+
+    from ensemble.models import N_CLASSES
+
+    inp = keras.Input((n_features,), name="features")
+    x = keras.layers.Dropout(dropout[0], name="head_dropout_1")(inp)
+    x = keras.layers.Dense(head_units, activation="relu", name="head_dense")(x)
+    x = keras.layers.Dropout(dropout[1], name="head_dropout_2")(x)
+    out = keras.layers.Dense(N_CLASSES, activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inp, out, name="head")
+
+
+def copy_head_weights(src, dst) -> None:
+    """Copy the weights of :data:`HEAD_LAYERS` from model ``src`` to model ``dst``."""
+    for name in HEAD_LAYERS:
+        dst.get_layer(name).set_weights(src.get_layer(name).get_weights())
+
+
+def head_accuracy(head, features: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of ``(N, F)`` feature rows whose argmax under ``head`` matches ``labels``."""
+    proba = head.predict(features, batch_size=1024, verbose=0)
+    return float((proba.argmax(1) == labels).mean())
+
+
+def fit_head(
+    head,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_hold: np.ndarray,
+    y_hold: np.ndarray,
+    cfg: HeadFitConfig,
+) -> list[dict]:
+    """Train ``head`` in place; keep the weights of the best hold-out epoch.
+
+    "Best" is the highest hold-out accuracy, ties broken by the lower hold-out
+    loss. Epoch 0 (the starting weights) competes too, so the result is never
+    worse on the hold-out than the start. Returns one log row per epoch.
+    """
+    import keras
+
+    from ensemble.models import N_CLASSES
+
+    cfg.check()
+    keras.utils.set_random_seed(cfg.seed)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    head.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss=loss, metrics=["accuracy"])
+    eye = np.eye(N_CLASSES, dtype=np.float32)
+    yt, yh = eye[y_train], eye[y_hold]
+
+    def score() -> tuple[float, float]:
+        hold_loss, hold_acc = head.evaluate(x_hold, yh, batch_size=1024, verbose=0)
+        return float(hold_acc), float(hold_loss)
+
+    acc, lss = score()
+    best, best_weights, since = (acc, -lss), head.get_weights(), 0
+    log = [
+        {
+            "epoch": 0,
+            "train_loss": None,
+            "train_accuracy": None,
+            "holdout_loss": round(lss, 5),
+            "holdout_accuracy": round(acc, 5),
+        }
+    ]
+    for epoch in range(1, cfg.epochs + 1):
+        hist = head.fit(x_train, yt, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=0)
+        acc, lss = score()
+        log.append(
+            {
+                "epoch": epoch,
+                "train_loss": round(float(hist.history["loss"][-1]), 5),
+                "train_accuracy": round(float(hist.history["accuracy"][-1]), 5),
+                "holdout_loss": round(lss, 5),
+                "holdout_accuracy": round(acc, 5),
+            }
+        )
+        if (acc, -lss) > best:
+            best, best_weights, since = (acc, -lss), head.get_weights(), 0
+        else:
+            since += 1
+            if since >= cfg.patience:
+                break
+    head.set_weights(best_weights)
+    return log
+
+
+def _features_for(clf, crops: np.ndarray, shard_dir: Path, desc: str) -> np.ndarray:
+    return extract_features(
+        feature_extractor(clf.model), clf.preprocess_mode, crops, shard_dir=shard_dir, desc=desc
+    )
+
+
+def refit_artifact(
+    folder: Path,
+    out: Path | None,
+    *,
+    features_dir: Path,
+    cfg: HeadFitConfig = HeadFitConfig(),
+    data_dir: Path = DEFAULT_DATA,
+    split_csv: Path = DEFAULT_SPLIT,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Refit one classifier artifact's head and score it against the shipped head.
+
+    Args:
+        folder: Classifier artifact folder (SHA-256 checked on load).
+        out: Where to write the refitted artifact; ``None`` only scores.
+        features_dir: Feature shards go to ``features_dir/<model>_<size>/<part>/``.
+        cfg: Fit options.
+        data_dir: Class-folder dataset the split refers to.
+        split_csv: Split CSV (``path, label, group, split``).
+        cache_dir: Crop cache folder.
+
+    Returns:
+        The record written to ``head_refit.json``: validation accuracy of the shipped
+        and the refitted head, the chosen epoch, sizes and timings.
+    """
+    from ensemble.data import cached_arrays, label_indices, load_split
+    from ensemble.export import write_classifier_artifact
+    from ensemble.inference import load_classifier
+
+    cfg.check()
+    t0 = time.time()
+    clf = load_classifier(folder)
+    size = clf.input_size
+    kw = {"cache_dir": cache_dir} if cache_dir else {}
+    feats, labels, groups = {}, {}, {}
+    for part in ("train", "val"):
+        rows = load_split(split_csv, part)
+        crops = np.asarray(cached_arrays(data_dir, rows["path"].tolist(), size, **kw))
+        shard = Path(features_dir) / f"{clf.name}_{size}" / part
+        feats[part] = _features_for(clf, crops, shard, f"{clf.name} {part} features")
+        labels[part] = label_indices(rows["label"])
+        groups[part] = rows["group"].to_numpy() if "group" in rows else np.arange(len(rows))
+    t_feat = time.time() - t0
+
+    hold = group_holdout(groups["train"], labels["train"], cfg.holdout_fraction, cfg.seed)
+    shipped = build_head(feats["train"].shape[1])
+    copy_head_weights(clf.model, shipped)
+    val_before = head_accuracy(shipped, feats["val"], labels["val"])
+    head = build_head(feats["train"].shape[1])
+    copy_head_weights(clf.model, head)
+    log = fit_head(
+        head,
+        feats["train"][~hold],
+        labels["train"][~hold],
+        feats["train"][hold],
+        labels["train"][hold],
+        cfg,
+    )
+    val_after = head_accuracy(head, feats["val"], labels["val"])
+    best = max(log, key=lambda r: (r["holdout_accuracy"], -r["holdout_loss"]))
+    record = {
+        "model": clf.name,
+        "source": str(folder),
+        "input_size": size,
+        "n_train": int((~hold).sum()),
+        "n_holdout": int(hold.sum()),
+        "n_val": int(len(labels["val"])),
+        "best_epoch": best["epoch"],
+        "holdout_accuracy": best["holdout_accuracy"],
+        "val_accuracy_shipped_head": round(val_before, 4),
+        "val_accuracy_refitted_head": round(val_after, 4),
+        "better_on_val": bool(val_after > val_before),
+        "config": cfg.__dict__,
+        "feature_seconds": round(t_feat, 1),
+        "seconds": round(time.time() - t0, 1),
+    }
+    if out is not None:
+        out = Path(out)
+        copy_head_weights(head, clf.model)
+        training = dict(clf.config.get("training", {}))
+        training["head_refit"] = {
+            k: record[k]
+            for k in (
+                "n_train",
+                "n_holdout",
+                "best_epoch",
+                "holdout_accuracy",
+                "val_accuracy_shipped_head",
+                "val_accuracy_refitted_head",
+                "config",
+            )
+        } | {"features": "pooled backbone output at input_size, train split, no augmentation"}
+        write_classifier_artifact(
+            clf.model, out, backbone=clf.name, input_size=size, training=training
+        )
+        for name in ("training_log.csv", "resolution.json", "recalibration.json"):
+            if (Path(folder) / name).is_file():
+                shutil.copy(Path(folder) / name, out / name)
+        with open(out / "head_refit_log.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(log[0]))
+            w.writeheader()
+            w.writerows(log)
+        (out / "head_refit.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, refit, print the record."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("artifact", type=Path, help="classifier artifact folder")
+    p.add_argument("--out", type=Path, default=None, help="write the refitted artifact here")
+    p.add_argument("--features-dir", type=Path, required=True, help="feature shards (resumable)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--epochs", type=int, default=HeadFitConfig.epochs)
+    p.add_argument("--lr", type=float, default=HeadFitConfig.lr)
+    p.add_argument("--patience", type=int, default=HeadFitConfig.patience)
+    p.add_argument("--holdout-fraction", type=float, default=HeadFitConfig.holdout_fraction)
+    p.add_argument("--seed", type=int, default=HeadFitConfig.seed)
+    p.add_argument("--threads", type=int, default=None, help="TensorFlow intra-op threads")
+    a = p.parse_args(argv)
+    if a.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(a.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, a.threads))
+    try:
+        cfg = HeadFitConfig(
+            epochs=a.epochs,
+            lr=a.lr,
+            patience=a.patience,
+            holdout_fraction=a.holdout_fraction,
+            seed=a.seed,
+        ).check()
+        rec = refit_artifact(
+            a.artifact,
+            a.out,
+            features_dir=a.features_dir,
+            cfg=cfg,
+            data_dir=a.data_dir,
+            split_csv=a.split,
+            cache_dir=a.cache_dir,
+        )
+    except (ArtifactError, InputImageError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(rec, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

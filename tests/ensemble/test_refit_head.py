@@ -1,0 +1,185 @@
+"""Head refit on native-size features: hold-out draw, resumable features, fitting, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from ensemble.refit_head import (
+    HeadFitConfig,
+    build_head,
+    copy_head_weights,
+    extract_features,
+    feature_extractor,
+    fit_head,
+    group_holdout,
+    head_accuracy,
+)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epochs", 0, "epochs must be >= 1; received 0"),
+        ("lr", 0.0, "lr must be > 0; received 0.0"),
+        ("batch_size", 0, "batch_size must be >= 1; received 0"),
+        ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\); received 1.0"),
+        ("patience", 0, "patience must be >= 1; received 0"),
+        ("holdout_fraction", 0.5, r"holdout_fraction must be in \(0, 0.5\); received 0.5"),
+    ],
+)
+def test_config_names_allowed_and_received_values(field: str, value, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HeadFitConfig(**{field: value}).check()
+
+
+def test_holdout_keeps_duplicate_groups_whole_and_draws_per_class() -> None:
+    # class 0: groups 0..9 (group 0 has three rows), class 1: groups 10..19
+    groups = np.array([0, 0, 0, *range(1, 10), *range(10, 20)])
+    labels = np.array([0] * 12 + [1] * 10)
+    hold = group_holdout(groups, labels, 0.2, seed=3)
+    for g in np.unique(groups):
+        assert len(set(hold[groups == g])) == 1  # never split
+    held_groups = np.unique(groups[hold])
+    assert (held_groups < 10).sum() == 2 and (held_groups >= 10).sum() == 2
+    np.testing.assert_array_equal(hold, group_holdout(groups, labels, 0.2, seed=3))
+    assert not np.array_equal(hold, group_holdout(groups, labels, 0.2, seed=4))
+
+
+def test_holdout_leaves_single_group_classes_in_training_and_checks_shapes() -> None:
+    hold = group_holdout(np.array([5, 5, 6, 7]), np.array([0, 0, 1, 1]), 0.3, seed=0)
+    assert not hold[:2].any() and hold[2:].sum() == 1
+    with pytest.raises(ValueError, match="one shape"):
+        group_holdout(np.arange(3), np.arange(4), 0.2, seed=0)
+
+
+def _tiny_classifier(size: int = 8) -> keras.Model:
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(0.3, name="head_dropout_1")(x)
+    x = keras.layers.Dense(128, activation="relu", name="head_dense")(x)
+    x = keras.layers.Dropout(0.25, name="head_dropout_2")(x)
+    return keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="probs")(x))
+
+
+def test_features_match_the_model_and_resume_from_shards(tmp_path) -> None:
+    model = _tiny_classifier()
+    crops = np.random.default_rng(0).integers(0, 256, (10, 8, 8), dtype=np.uint8)
+    ext = feature_extractor(model)
+    feats = extract_features(ext, "tf", crops, batch_size=3, shard_dir=tmp_path, shard_size=4)
+    assert feats.shape == (10, 4) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "shard_00000.npy",
+        "shard_00001.npy",
+        "shard_00002.npy",
+    ]
+    rgb = np.repeat(crops[..., None].astype(np.float32), 3, -1) / 127.5 - 1.0
+    np.testing.assert_allclose(feats, ext.predict(rgb, verbose=0), rtol=1e-5, atol=1e-6)
+    # the head on these features reproduces the full model
+    head = build_head(4)
+    copy_head_weights(model, head)
+    np.testing.assert_allclose(
+        head.predict(feats, verbose=0), model.predict(rgb, verbose=0), rtol=1e-5, atol=1e-6
+    )
+    # a finished shard is read back, not recomputed; a short one is recomputed
+    np.save(tmp_path / "shard_00001.npy", np.full((4, 4), 7.0, np.float32))
+    np.save(tmp_path / "shard_00002.npy", np.zeros((1, 4), np.float32))
+    again = extract_features(ext, "tf", crops, shard_dir=tmp_path, shard_size=4)
+    np.testing.assert_array_equal(again[4:8], 7.0)
+    np.testing.assert_allclose(again[8:], feats[8:], rtol=1e-5, atol=1e-6)
+
+
+def test_missing_feature_layer_is_an_artifact_error() -> None:
+    from neurostack.errors import ArtifactError
+
+    inp = keras.Input((3,))
+    with pytest.raises(ArtifactError, match="no 'flatten' layer"):
+        feature_extractor(keras.Model(inp, keras.layers.Dense(4)(inp), name="plain"))
+
+
+def _separable(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    y = rng.integers(0, 4, n)
+    centres = np.eye(4, 16, dtype=np.float32) * 4.0
+    return centres[y] + rng.normal(0, 0.7, (n, 16)).astype(np.float32), y
+
+
+def test_fit_learns_separable_features_and_keeps_the_best_epoch() -> None:
+    rng = np.random.default_rng(0)
+    xt, yt = _separable(400, rng)
+    xh, yh = _separable(100, rng)
+    head = build_head(16)
+    start = head_accuracy(head, xh, yh)
+    log = fit_head(head, xt, yt, xh, yh, HeadFitConfig(epochs=15, lr=3e-3, patience=15))
+    assert log[0]["epoch"] == 0 and log[0]["train_loss"] is None
+    best = max(log, key=lambda r: (r["holdout_accuracy"], -r["holdout_loss"]))
+    assert best["holdout_accuracy"] >= 0.95 > start
+    assert head_accuracy(head, xh, yh) == pytest.approx(best["holdout_accuracy"], abs=1e-6)
+
+
+def test_fit_stops_after_patience_and_falls_back_to_the_start() -> None:
+    """Training on shuffled labels only makes a good head worse: epoch 0 is kept."""
+    rng = np.random.default_rng(1)
+    xt, yt = _separable(200, rng)
+    xh, yh = _separable(60, rng)
+    head = build_head(16)
+    fit_head(head, xt, yt, xh, yh, HeadFitConfig(epochs=30, lr=3e-3, patience=30))
+    good = [w.copy() for w in head.get_weights()]
+    acc = head_accuracy(head, xh, yh)
+    assert acc >= 0.95
+    noise = rng.permutation(yt)
+    log = fit_head(head, xt, noise, xh, yh, HeadFitConfig(epochs=30, lr=5e-2, patience=2))
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+    assert all(r["holdout_accuracy"] <= log[0]["holdout_accuracy"] for r in log)
+    assert all(np.array_equal(a, b) for a, b in zip(head.get_weights(), good, strict=True))
+    assert head_accuracy(head, xh, yh) == acc
+
+
+def test_cli_writes_a_loadable_artifact_with_an_untouched_backbone(
+    tiny_artifacts, class_dataset, tmp_path, capsys
+) -> None:
+    from ensemble.data import list_class_folder
+    from ensemble.inference import load_classifier
+    from ensemble.refit_head import main
+
+    df = list_class_folder(class_dataset)
+    split = tmp_path / "split.csv"
+    df.assign(group=range(len(df)), split=["train", "val"] * (len(df) // 2)).to_csv(
+        split, index=False
+    )
+    src = tiny_artifacts / "classification" / "resnet50"
+    out = tmp_path / "refit" / "resnet50"
+    argv = [str(src), "--out", str(out), "--features-dir", str(tmp_path / "feats")]
+    argv += ["--data-dir", str(class_dataset), "--split", str(split), "--epochs", "3"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--holdout-fraction", "0.25"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["n_val"] == len(df) // 2
+    assert printed["n_train"] + printed["n_holdout"] == len(df) - len(df) // 2
+    assert 0.0 <= printed["val_accuracy_refitted_head"] <= 1.0
+    before, after = load_classifier(src), load_classifier(out)  # SHA-256 checked
+    changed = set()
+    for old, new in zip(before.model.layers, after.model.layers, strict=True):
+        for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
+            if not np.array_equal(a, b):
+                changed.add(new.name)
+    assert changed <= {"head_dense", "probs"}
+    assert after.config["training"]["head_refit"]["best_epoch"] == printed["best_epoch"]
+    assert (out / "training_log.csv").read_text() == (src / "training_log.csv").read_text()
+    assert json.loads((out / "head_refit.json").read_text()) == printed
+    rows = (out / "head_refit_log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,") and 2 <= len(rows) <= 5
+    assert (tmp_path / "feats" / f"resnet50_{before.input_size}" / "val").is_dir()
+
+
+def test_cli_reports_a_bad_option_without_writing(tiny_artifacts, tmp_path, capsys) -> None:
+    from ensemble.refit_head import main
+
+    out = tmp_path / "out"
+    src = str(tiny_artifacts / "classification" / "resnet50")
+    assert main([src, "--out", str(out), "--features-dir", str(tmp_path), "--lr", "-1"]) == 2
+    assert "lr must be > 0; received -1.0" in capsys.readouterr().err
+    assert not out.exists()
