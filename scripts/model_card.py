@@ -42,6 +42,19 @@ def _recalibration_note(rec: dict | None) -> str:
     return note
 
 
+def _head_refit_note(rec: dict | None) -> str:
+    """Recipe suffix for a head refitted on frozen native-size features."""
+    if not rec:
+        return ""
+    return (
+        f"; then the head refitted on frozen pooled features of {rec['n_train']} training "
+        f"images at the inference size, epoch {rec['best_epoch']} picked on "
+        f"{rec['n_holdout']} held-out training images (`python -m ensemble.refit_head`), "
+        f"val acc {rec['val_accuracy_shipped_head']:.4f} -> "
+        f"{rec['val_accuracy_refitted_head']:.4f}"
+    )
+
+
 def classification_section(root: Path) -> list[str]:
     """Split, recipes, wall times and test results of the classifiers."""
     lines = ["## Classification", ""]
@@ -95,7 +108,8 @@ def classification_section(root: Path) -> list[str]:
                 f"label smoothing {rec.get('label_smoothing')}, BN momentum "
                 f"{rec.get('bn_momentum')}, {rec.get('mixed_precision')}"
                 + (f", clipnorm {rec['clipnorm']}" if rec.get("clipnorm") else "")
-                + _recalibration_note(tr.get("batchnorm_recalibration")),
+                + _recalibration_note(tr.get("batchnorm_recalibration"))
+                + _head_refit_note(tr.get("head_refit")),
                 "epochs run (all runs)": tr.get("epochs_run_total", tr.get("epochs_run")),
                 "best epoch (last run)": tr.get("best_epoch"),
                 "best val acc (at best epoch's size)": _fmt(tr.get("best_val_accuracy")),
