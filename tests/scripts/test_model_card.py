@@ -1,0 +1,39 @@
+"""Model card helpers: recipe notes written from the artifacts' own records."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_SPEC = importlib.util.spec_from_file_location(
+    "model_card", Path(__file__).resolve().parents[2] / "scripts" / "model_card.py"
+)
+model_card = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(model_card)
+
+
+def test_head_refit_note_states_protocol_and_validation_change() -> None:
+    rec = {
+        "n_train": 3386,
+        "n_holdout": 612,
+        "best_epoch": 33,
+        "val_accuracy_shipped_head": 0.8613,
+        "val_accuracy_refitted_head": 0.8904,
+    }
+    note = model_card._head_refit_note(rec)
+    assert "3386 training images" in note and "612 held-out" in note
+    assert "epoch 33" in note and note.endswith("val acc 0.8613 -> 0.8904")
+    assert model_card._head_refit_note(None) == "" == model_card._head_refit_note({})
+
+
+def test_recalibration_note_with_and_without_scores() -> None:
+    assert model_card._recalibration_note(None) == ""
+    note = model_card._recalibration_note({"input_size": 299, "images": 1024})
+    assert "299px on 1024 training images" in note and "val acc" not in note
+    scored = {
+        "input_size": 299,
+        "images": 1024,
+        "val_accuracy_before": 0.8,
+        "val_accuracy_after": 0.83,
+    }
+    assert model_card._recalibration_note(scored).endswith("val acc 0.8000 -> 0.8300")
