@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from neurostack.errors import ArtifactError, InputImageError
+from neurostack.cli import print_record
 
 
 def batchnorm_layers(model) -> list:
@@ -212,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
     p.add_argument("--cache-dir", type=Path, default=None)
     a = p.parse_args(argv)
-    try:
-        rec = recalibrate_artifact(
+    return print_record(
+        lambda: recalibrate_artifact(
             a.artifact,
             a.out,
             n_images=a.images,
@@ -221,11 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             split_csv=a.split,
             cache_dir=a.cache_dir,
         )
-    except (ArtifactError, InputImageError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(rec, indent=2))
-    return 0
+    )
 
 
 if __name__ == "__main__":

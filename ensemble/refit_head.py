@@ -31,7 +31,6 @@ import argparse
 import csv
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from neurostack.errors import ArtifactError, InputImageError
+from neurostack.cli import print_record
+from neurostack.errors import ArtifactError
+from neurostack.hardware import set_tensorflow_threads
 
 FEATURE_LAYER = "flatten"
 """Name of the layer whose output feeds the head (see :func:`ensemble.models.build_classifier`)."""
@@ -394,12 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=HeadFitConfig.seed)
     p.add_argument("--threads", type=int, default=None, help="TensorFlow intra-op threads")
     a = p.parse_args(argv)
-    if a.threads:
-        import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(a.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, a.threads))
-    try:
+    def run() -> dict:
+        set_tensorflow_threads(a.threads)
         cfg = HeadFitConfig(
             epochs=a.epochs,
             lr=a.lr,
@@ -407,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             holdout_fraction=a.holdout_fraction,
             seed=a.seed,
         ).check()
-        rec = refit_artifact(
+        return refit_artifact(
             a.artifact,
             a.out,
             features_dir=a.features_dir,
@@ -416,11 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             split_csv=a.split,
             cache_dir=a.cache_dir,
         )
-    except (ArtifactError, InputImageError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(rec, indent=2))
-    return 0
+
+    return print_record(run)
 
 
 if __name__ == "__main__":

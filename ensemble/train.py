@@ -34,7 +34,11 @@ import numpy as np
 from ensemble.registry import BACKBONES, get_backbone
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import previous_config, write_training_log
-from neurostack.hardware import TRAINING_PRECISIONS, resolve_training_precision
+from neurostack.hardware import (
+    TRAINING_PRECISIONS,
+    resolve_training_precision,
+    set_tensorflow_threads,
+)
 
 DEFAULT_DATA = Path("../shared/datasets/brain-tumor-mri/Training")
 DEFAULT_SPLIT = Path("artifacts/splits/classification_split.csv")
@@ -102,14 +106,6 @@ def plan_phases(
             Phase("native", spec.native_size, native_epochs, native_lr or lr / 10, 0, "all")
         )
     return phases
-
-
-def _set_threads(n: int | None) -> None:
-    import tensorflow as tf
-
-    if n:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
 
 
 def _apply_trainable(model, base_layers: int, scope: str) -> None:
@@ -379,7 +375,7 @@ def _train_model(
 
     from ensemble.data import cached_arrays, label_indices, load_split
 
-    _set_threads(threads)
+    set_tensorflow_threads(threads)
     precision = resolve_training_precision(cfg.mixed_precision)
     keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if precision == "bfloat16" else "float32"

@@ -60,3 +60,18 @@ def resolve_training_precision(requested: str, flags: frozenset[str] | None = No
     if requested != "auto":
         return requested
     return "bfloat16" if has_native_bfloat16(flags) else "float32"
+
+
+def set_tensorflow_threads(n: int | None) -> None:
+    """Limit TensorFlow to ``n`` intra-op threads (at most 2 inter-op); ``None``: its default.
+
+    Must run before TensorFlow executes its first operation.
+    """
+    if n is None:
+        return
+    if n < 1:
+        raise ValueError(f"threads must be >= 1 or None; received {n}")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(int(n))
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, int(n)))

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from neurostack.hardware import cpu_flags, has_native_bfloat16, resolve_training_precision
+from neurostack.hardware import (
+    cpu_flags,
+    has_native_bfloat16,
+    resolve_training_precision,
+    set_tensorflow_threads,
+)
 
 ZEN1 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
 ZEN4 = "processor\t: 0\nflags\t\t: avx2 fma avx512f avx512_vnni avx512_bf16\n"
@@ -33,3 +38,9 @@ def test_auto_picks_bfloat16_only_with_native_support(tmp_path):
 def test_unknown_precision_is_rejected_with_the_allowed_values():
     with pytest.raises(ValueError, match=r"\['auto', 'bfloat16', 'float32'\].*'float16'"):
         resolve_training_precision("float16", frozenset())
+
+
+def test_thread_limit_is_validated_and_none_is_a_no_op():
+    set_tensorflow_threads(None)  # nothing to do, nothing raised
+    with pytest.raises(ValueError, match="threads must be >= 1 or None; received 0"):
+        set_tensorflow_threads(0)
