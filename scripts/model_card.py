@@ -42,16 +42,17 @@ def _recalibration_note(rec: dict | None) -> str:
     return note
 
 
-def _head_refit_note(rec: dict | None) -> str:
+def _head_refit_note(rec: dict | None, seconds: float | None = None) -> str:
     """Recipe suffix for a head refitted on frozen native-size features."""
     if not rec:
         return ""
+    took = f", {seconds / 60:.0f} min wall" if seconds else ""
     return (
         f"; then the head refitted on frozen pooled features of {rec['n_train']} training "
         f"images at the inference size, epoch {rec['best_epoch']} picked on "
         f"{rec['n_holdout']} held-out training images (`python -m ensemble.refit_head`), "
         f"val acc {rec['val_accuracy_shipped_head']:.4f} -> "
-        f"{rec['val_accuracy_refitted_head']:.4f}"
+        f"{rec['val_accuracy_refitted_head']:.4f}{took}"
     )
 
 
@@ -78,7 +79,8 @@ def classification_section(root: Path) -> list[str]:
         ]
     rows = []
     for name in BACKBONES:
-        cfg = _json(root / "classification" / name / "config.json")
+        cfg_dir = root / "classification" / name
+        cfg = _json(cfg_dir / "config.json")
         if cfg is None:
             ckpt = root / "checkpoints" / name / "config.json"
             status = (
@@ -109,7 +111,10 @@ def classification_section(root: Path) -> list[str]:
                 f"{rec.get('bn_momentum')}, {rec.get('mixed_precision')}"
                 + (f", clipnorm {rec['clipnorm']}" if rec.get("clipnorm") else "")
                 + _recalibration_note(tr.get("batchnorm_recalibration"))
-                + _head_refit_note(tr.get("head_refit")),
+                + _head_refit_note(
+                    tr.get("head_refit"),
+                    (_json(cfg_dir / "head_refit.json") or {}).get("seconds"),
+                ),
                 "epochs run (all runs)": tr.get("epochs_run_total", tr.get("epochs_run")),
                 "best epoch (last run)": tr.get("best_epoch"),
                 "best val acc (at best epoch's size)": _fmt(tr.get("best_val_accuracy")),

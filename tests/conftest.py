@@ -131,6 +131,19 @@ def class_dataset(make_dataset_dir: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def class_dataset_split(class_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Split CSV over :func:`class_dataset`: rows alternate train / val, one group per row."""
+    from ensemble.data import list_class_folder
+
+    df = list_class_folder(class_dataset)
+    split = tmp_path_factory.mktemp("split") / "split.csv"
+    df.assign(group=range(len(df)), split=["train", "val"] * (len(df) // 2)).to_csv(
+        split, index=False
+    )
+    return split
+
+
+@pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete tiny random artifact tree (built once, ~30-50 s). Treat as read-only."""
     from neurostack.testing import make_tiny_artifacts

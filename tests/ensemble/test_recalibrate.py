@@ -71,7 +71,7 @@ def test_models_without_batchnorm_and_empty_input_are_refused() -> None:
 
 
 def test_cli_writes_a_recalibrated_artifact_that_loads(
-    tiny_artifacts, class_dataset, tmp_path, capsys
+    tiny_artifacts, class_dataset, class_dataset_split, tmp_path, capsys
 ) -> None:
     """Tiny ResNet50 artifact: scored on the val rows before and after, rewritten with a
     new checksum, its training record extended and its log carried over."""
@@ -83,10 +83,7 @@ def test_cli_writes_a_recalibrated_artifact_that_loads(
     from neurostack.artifacts import sha256_file
 
     df = list_class_folder(class_dataset)
-    split = tmp_path / "split.csv"
-    df.assign(group=range(len(df)), split=["train", "val"] * (len(df) // 2)).to_csv(
-        split, index=False
-    )
+    split = class_dataset_split
     src = tiny_artifacts / "classification" / "resnet50"
     out = tmp_path / "recal" / "resnet50"
     argv = [str(src), "--images", "10", "--out", str(out), "--data-dir", str(class_dataset)]

@@ -139,17 +139,14 @@ def test_fit_stops_after_patience_and_falls_back_to_the_start() -> None:
 
 
 def test_cli_writes_a_loadable_artifact_with_an_untouched_backbone(
-    tiny_artifacts, class_dataset, tmp_path, capsys
+    tiny_artifacts, class_dataset, class_dataset_split, tmp_path, capsys
 ) -> None:
     from ensemble.data import list_class_folder
     from ensemble.inference import load_classifier
     from ensemble.refit_head import main
 
     df = list_class_folder(class_dataset)
-    split = tmp_path / "split.csv"
-    df.assign(group=range(len(df)), split=["train", "val"] * (len(df) // 2)).to_csv(
-        split, index=False
-    )
+    split = class_dataset_split
     src = tiny_artifacts / "classification" / "resnet50"
     out = tmp_path / "refit" / "resnet50"
     argv = [str(src), "--out", str(out), "--features-dir", str(tmp_path / "feats")]

@@ -23,6 +23,7 @@ def test_head_refit_note_states_protocol_and_validation_change() -> None:
     note = model_card._head_refit_note(rec)
     assert "3386 training images" in note and "612 held-out" in note
     assert "epoch 33" in note and note.endswith("val acc 0.8613 -> 0.8904")
+    assert model_card._head_refit_note(rec, 1587.9).endswith("0.8904, 26 min wall")
     assert model_card._head_refit_note(None) == "" == model_card._head_refit_note({})
 
 
