@@ -515,9 +515,9 @@ def _expand(items: Iterable[tuple[str, Path | bytes]], rename: Callable[[str], s
     return units
 
 
-def _check_options(threshold: float, spacing_cm: tuple[float, float] | None,
+def _check_options(threshold: float | None, spacing_cm: tuple[float, float] | None,
                    spacing_source: str | None) -> tuple[tuple[float, float] | None, str | None]:
-    if not 0.0 < float(threshold) < 1.0:
+    if threshold is not None and not 0.0 < float(threshold) < 1.0:
         raise ValueError(f"threshold must be in (0, 1); received {threshold}")
     if spacing_cm is None:
         return None, None
@@ -611,7 +611,7 @@ def run_batch(
     out_csv: Path | None = None,
     failures_csv: Path | None = None,
     resume: bool = False,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     spacing_cm: tuple[float, float] | None = None,
     spacing_source: str | None = None,
     force_segmentation: bool = False,
@@ -643,7 +643,8 @@ def run_batch(
             removed, items whose ``(item, file_sha256)`` is already in the results
             (or failed on bad input, :class:`InputImageError`) are skipped; other
             failures are retried.
-        threshold: Tumour-mask probability threshold, in (0, 1).
+        threshold: Tumour-mask probability threshold, in (0, 1); ``None`` leaves it
+            to the pipeline (the segmenter's operating point).
         spacing_cm: ``(row, col)`` pixel spacing in cm for every image (DICOM's own
             spacing is used when ``None``).
         spacing_source: ``"user"`` (default with a spacing) or ``"assumed"``.
@@ -670,8 +671,10 @@ def run_batch(
     spacing, s_source = _check_options(threshold, spacing_cm, spacing_source)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1; received {chunk_size!r}")
-    options = {"spacing_cm": spacing, "spacing_source": s_source, "threshold": threshold,
+    options = {"spacing_cm": spacing, "spacing_source": s_source,
                "force_segmentation": force_segmentation}
+    if threshold is not None:
+        options["threshold"] = float(threshold)
     if postprocess is not None:
         from segmentation.postprocess import check_postprocess
 

@@ -152,13 +152,24 @@ class Pipeline:
             self.segmenter.predict_crops(np.zeros((1, s, s), np.float32))
 
     # --------------------------------------------------------------- analyse
+    def resolve_threshold(self, threshold: float | None) -> float:
+        """Validate ``threshold``; ``None`` becomes the segmenter's operating point.
+
+        Raises:
+            ValueError: Unless the result is in (0, 1).
+        """
+        if threshold is None:
+            threshold = self.segmenter.default_threshold if self.segmenter is not None else 0.5
+        _check_threshold(threshold)
+        return float(threshold)
+
     def analyse(
         self,
         source: LoadedImage | str | Path | bytes,
         *,
         spacing_cm: tuple[float, float] | None = None,
         spacing_source: str | None = None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         force_segmentation: bool = False,
         frame: int | None = None,
         postprocess: str | None = None,
@@ -170,7 +181,9 @@ class Pipeline:
             spacing_cm: ``(row, col)`` pixel spacing in cm given by the user; a DICOM
                 file's own spacing is used when this is ``None``.
             spacing_source: Where ``spacing_cm`` came from: ``"user"`` or ``"assumed"``.
-            threshold: Probability threshold of the tumour mask, in (0, 1).
+            threshold: Probability threshold of the tumour mask, in (0, 1); ``None``
+                uses the segmenter's own operating point (``default_threshold``, chosen
+                on the validation patients), 0.5 without a segmenter.
             force_segmentation: Segment even when the ensemble says "notumor".
             frame: Frame of a multi-frame file.
             postprocess: Mask post-processing (``"none"`` or ``"largest_component"``);
@@ -180,7 +193,7 @@ class Pipeline:
             InputImageError: For unreadable input (message says why).
             ValueError: For invalid options.
         """
-        _check_threshold(threshold)
+        threshold = self.resolve_threshold(threshold)
         t0 = time.perf_counter()
         if isinstance(source, LoadedImage):
             img = source
@@ -202,7 +215,7 @@ class Pipeline:
         *,
         spacing_cm: tuple[float, float] | None = None,
         spacing_source: str | None = None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         force_segmentation: bool = False,
         postprocess: str | None = None,
     ) -> list[CaseResult | Exception]:
@@ -230,7 +243,7 @@ class Pipeline:
         Raises:
             ValueError: For invalid options (nothing is analysed).
         """
-        _check_threshold(threshold)
+        threshold = self.resolve_threshold(threshold)
         _check_spacing(spacing_cm, spacing_source)  # once, before any work
         if postprocess is not None:
             from segmentation.postprocess import check_postprocess

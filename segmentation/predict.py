@@ -155,13 +155,14 @@ class Segmenter:
         return SegmentationResult(full, mask, box, float(threshold), mode, removed)
 
     def predict(
-        self, gray: np.ndarray, threshold: float = 0.5, postprocess: str | None = None
+        self, gray: np.ndarray, threshold: float | None = None, postprocess: str | None = None
     ) -> SegmentationResult:
         """Segment one greyscale slice.
 
         Args:
             gray: ``(H, W)`` uint8 slice (e.g. ``LoadedImage.gray``), any size.
-            threshold: Probability at or above which a pixel is tumour.
+            threshold: Probability at or above which a pixel is tumour; ``None`` uses
+                the artifact's operating point (``default_threshold``).
             postprocess: Mask post-processing; ``None`` uses the artifact's setting.
 
         Returns:
@@ -172,7 +173,7 @@ class Segmenter:
     def predict_batch(
         self,
         grays: Sequence[np.ndarray],
-        threshold: float = 0.5,
+        threshold: float | None = None,
         batch_size: int = 8,
         postprocess: str | None = None,
     ) -> list[SegmentationResult]:
@@ -180,7 +181,8 @@ class Segmenter:
 
         Args:
             grays: ``(H_i, W_i)`` uint8 slices.
-            threshold: Probability at or above which a pixel is tumour.
+            threshold: Probability at or above which a pixel is tumour; ``None`` uses
+                the artifact's operating point (``default_threshold``).
             batch_size: Crops per network call.
             postprocess: Mask post-processing (:data:`POSTPROCESS_MODES`); ``None``
                 uses the artifact's setting (``self.postprocess``).
@@ -188,6 +190,8 @@ class Segmenter:
         Returns:
             One :class:`SegmentationResult` per input, in order.
         """
+        if threshold is None:
+            threshold = self.default_threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1]; received {threshold!r}")
         if postprocess is not None:

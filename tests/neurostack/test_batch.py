@@ -652,3 +652,22 @@ def test_cli_threshold_defaults_to_the_segmenter_operating_point(
     assert nb.main([str(tmp_path / "in"), "--out", str(out), "--overwrite",
                     "--threshold", "0.7"]) == 0
     assert read_results(out)["mask_threshold"].eq(0.7).all()
+
+
+def test_run_batch_leaves_an_unset_threshold_to_the_pipeline(tmp_path: Path) -> None:
+    """No threshold given: the pipeline's own default applies (the real one resolves it
+    to the segmenter's operating point); a given one is passed on."""
+    seen: list[dict] = []
+
+    class Recording(FakePipeline):
+        def analyse(self, source: Any, **options: Any) -> CaseResult:
+            seen.append(options)
+            return super().analyse(source, **options)
+
+    make_slices(tmp_path / "in", 2)
+    items = [(p.name, p) for p in sorted((tmp_path / "in").iterdir())]
+    run_batch(Recording(), items, chunk_size=1)
+    assert seen and all("threshold" not in o for o in seen)
+    seen.clear()
+    run_batch(Recording(), items, chunk_size=1, threshold=0.35)
+    assert seen and all(o["threshold"] == 0.35 for o in seen)

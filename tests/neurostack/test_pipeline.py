@@ -422,3 +422,23 @@ def test_load_pipeline_missing_segmentation(tiny_artifacts: Path, tmp_path: Path
     pipe = load_pipeline(root, strict=False)
     assert pipe.segmenter is None
     assert pipe.missing == [f"{root / 'segmentation' / 'resunet'} (segmentation model)"]
+
+
+def test_threshold_defaults_to_the_segmenters_operating_point(tiny_pipeline, png_slice) -> None:
+    """Library callers get the validated operating point, not a hard-coded 0.5."""
+    seg = tiny_pipeline.segmenter
+    saved = seg.default_threshold
+    thr = _low_threshold(tiny_pipeline, png_slice)
+    try:
+        seg.default_threshold = thr
+        res = tiny_pipeline.analyse(png_slice, force_segmentation=True)
+        explicit = tiny_pipeline.analyse(png_slice, force_segmentation=True, threshold=thr)
+        [many] = tiny_pipeline.analyse_many([load_image(png_slice)], force_segmentation=True)
+        direct = seg.predict(load_image(png_slice).gray)
+    finally:
+        seg.default_threshold = saved
+    assert res.threshold == thr == many.threshold == direct.threshold
+    assert res.mask.any() and np.array_equal(res.mask, explicit.mask)
+    assert tiny_pipeline.resolve_threshold(0.25) == 0.25
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\); received 0.0"):
+        tiny_pipeline.resolve_threshold(0.0)
