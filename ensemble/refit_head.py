@@ -111,13 +111,18 @@ def extract_features(
     shard_dir: Path | None = None,
     shard_size: int = 256,
     desc: str = "features",
+    ident: str | None = None,
 ) -> np.ndarray:
     """``(N, S, S)`` uint8 greyscale crops -> ``(N, F)`` float32 pooled features.
 
     With ``shard_dir`` every ``shard_size`` images are written as one ``.npy``
     shard as soon as they are computed, and shards already on disk (with the
     right row count) are read instead of recomputed, so an interrupted run
-    resumes. The caller owns the folder: one folder per (model, image list).
+    resumes. ``ident`` (e.g. the weights' SHA-256 and the image list) is stored in
+    ``manifest.json``; shards made for another ``ident`` are never reused.
+
+    Raises:
+        ValueError: If ``shard_dir`` holds features made for another ``ident``.
     """
     import tensorflow as tf
 
@@ -129,7 +134,7 @@ def extract_features(
         input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
     )
     if shard_dir is not None:
-        Path(shard_dir).mkdir(parents=True, exist_ok=True)
+        _claim_shard_dir(Path(shard_dir), ident)
     parts = []
     starts = range(0, len(crops), shard_size)
     for k, start in enumerate(tqdm(starts, desc=desc, unit="shard")):
@@ -152,6 +157,33 @@ def extract_features(
             tmp.replace(path)
         parts.append(feats)
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _claim_shard_dir(shard_dir: Path, ident: str | None) -> None:
+    """Create ``shard_dir`` or check that its shards were made for ``ident``."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    manifest = shard_dir / "manifest.json"
+    if ident is None:
+        return
+    if manifest.is_file():
+        stored = json.loads(manifest.read_text()).get("ident")
+        if stored != ident:
+            raise ValueError(
+                f"{shard_dir} holds features of other weights or another image list "
+                f"(manifest {stored!r}, needed {ident!r}); delete it or use another folder"
+            )
+    elif any(shard_dir.glob("shard_*.npy")):
+        raise ValueError(f"{shard_dir} holds shards without a manifest; delete it")
+    else:
+        manifest.write_text(json.dumps({"ident": ident}) + "\n")
+
+
+def features_ident(weights_sha256: str, paths: list[str]) -> str:
+    """Identity of a feature set: the weights' SHA-256 and a hash of the image list."""
+    import hashlib
+
+    listed = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+    return f"{weights_sha256[:16]}-{listed}"
 
 
 def group_holdout(groups: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -267,12 +299,6 @@ def fit_head(
     return log
 
 
-def _features_for(clf, crops: np.ndarray, shard_dir: Path, desc: str) -> np.ndarray:
-    return extract_features(
-        feature_extractor(clf.model), clf.preprocess_mode, crops, shard_dir=shard_dir, desc=desc
-    )
-
-
 def refit_artifact(
     folder: Path,
     out: Path | None,
@@ -307,12 +333,20 @@ def refit_artifact(
     clf = load_classifier(folder)
     size = clf.input_size
     kw = {"cache_dir": cache_dir} if cache_dir else {}
+    extractor = feature_extractor(clf.model)
     feats, labels, groups = {}, {}, {}
     for part in ("train", "val"):
         rows = load_split(split_csv, part)
-        crops = np.asarray(cached_arrays(data_dir, rows["path"].tolist(), size, **kw))
-        shard = Path(features_dir) / f"{clf.name}_{size}" / part
-        feats[part] = _features_for(clf, crops, shard, f"{clf.name} {part} features")
+        paths = rows["path"].tolist()
+        crops = np.asarray(cached_arrays(data_dir, paths, size, **kw))
+        feats[part] = extract_features(
+            extractor,
+            clf.preprocess_mode,
+            crops,
+            shard_dir=Path(features_dir) / f"{clf.name}_{size}" / part,
+            desc=f"{clf.name} {part} features",
+            ident=features_ident(clf.config["weights_sha256"], paths),
+        )
         labels[part] = label_indices(rows["label"])
         groups[part] = rows["group"].to_numpy() if "group" in rows else np.arange(len(rows))
     t_feat = time.time() - t0

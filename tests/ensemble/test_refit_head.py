@@ -180,3 +180,24 @@ def test_cli_reports_a_bad_option_without_writing(tiny_artifacts, tmp_path, caps
     assert main([src, "--out", str(out), "--features-dir", str(tmp_path), "--lr", "-1"]) == 2
     assert "lr must be > 0; received -1.0" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_shards_of_other_weights_or_images_are_never_reused(tmp_path) -> None:
+    from ensemble.refit_head import features_ident
+
+    model = _tiny_classifier()
+    ext = feature_extractor(model)
+    crops = np.random.default_rng(2).integers(0, 256, (5, 8, 8), dtype=np.uint8)
+    ident = features_ident("ab" * 32, ["a.png", "b.png"])
+    assert ident != features_ident("ab" * 32, ["a.png", "c.png"])
+    assert ident != features_ident("cd" * 32, ["a.png", "b.png"])
+    first = extract_features(ext, "tf", crops, shard_dir=tmp_path / "f", shard_size=2, ident=ident)
+    again = extract_features(ext, "tf", crops, shard_dir=tmp_path / "f", shard_size=2, ident=ident)
+    np.testing.assert_array_equal(first, again)
+    other = features_ident("cd" * 32, ["a.png", "b.png"])
+    with pytest.raises(ValueError, match="other weights or another image list"):
+        extract_features(ext, "tf", crops, shard_dir=tmp_path / "f", ident=other)
+    (tmp_path / "g").mkdir()  # shards but no manifest
+    np.save(tmp_path / "g" / "shard_00000.npy", first[:2])
+    with pytest.raises(ValueError, match="without a manifest"):
+        extract_features(ext, "tf", crops, shard_dir=tmp_path / "g", ident=ident)
