@@ -26,7 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ensemble.data import label_indices, list_class_folder, load_split
-from ensemble.inference import Ensemble, load_ensemble
+from ensemble.inference import Ensemble, EnsemblePrediction, load_ensemble
 from ensemble.metrics import classification_metrics
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
@@ -42,9 +42,23 @@ def probability_columns(model: str) -> list[str]:
 
 
 def predict_files(
-    ensemble: Ensemble, root: Path, rows: pd.DataFrame, batch_size: int = 32
+    ensemble: Ensemble,
+    root: Path,
+    rows: pd.DataFrame,
+    batch_size: int = 32,
+    reuse: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Predict every file in ``rows`` (columns ``path``, ``label``); collect failures.
+
+    Args:
+        ensemble: The loaded ensemble.
+        root: Folder the ``path`` column is relative to.
+        rows: Files to predict.
+        batch_size: Images per forward pass.
+        reuse: Probabilities of some members computed before for the same weights,
+            indexed by ``path`` with ``<model>_<class>`` columns (:func:`reusable_predictions`);
+            those members are not run again, the final answer is recomputed. A batch
+            with a path missing from ``reuse`` is run in full.
 
     Returns:
         ``(predictions, failures)``: one row per readable image; one dict
@@ -53,6 +67,7 @@ def predict_files(
     out_rows: list[dict] = []
     failures: list[dict] = []
     names = list(ensemble.members)
+    reused = [n for n in names if reuse is not None and probability_columns(n)[0] in reuse]
     for start in tqdm(range(0, len(rows), batch_size), desc="evaluating", unit="batch"):
         chunk = rows.iloc[start : start + batch_size]
         crops, kept = [], []
@@ -66,7 +81,10 @@ def predict_files(
             kept.append(rec)
         if not crops:
             continue
-        pred = ensemble.predict_crops(crops)
+        if reused and reuse.index.isin([r.path for r in kept]).sum() == len(kept):
+            pred = _predict_reusing(ensemble, crops, [r.path for r in kept], reuse, reused)
+        else:
+            pred = ensemble.predict_crops(crops)
         for i, rec in enumerate(kept):
             row = {
                 "path": rec.path,
@@ -82,6 +100,52 @@ def predict_files(
             )
             out_rows.append(row)
     return pd.DataFrame(out_rows), failures
+
+
+def _predict_reusing(
+    ensemble: Ensemble, crops: list, paths: list[str], reuse: pd.DataFrame, reused: list[str]
+) -> EnsemblePrediction:
+    """Run only the members not in ``reused``; take the others' probabilities from ``reuse``."""
+    per_model: dict[str, np.ndarray] = {}
+    prepared: dict[tuple[int, str], np.ndarray] = {}
+    for name, clf in ensemble.members.items():
+        if name in reused:
+            per_model[name] = reuse.loc[paths, probability_columns(name)].to_numpy(np.float32)
+            continue
+        key = (clf.input_size, clf.preprocess_mode)
+        if key not in prepared:
+            prepared[key] = clf.prepare(crops)
+        per_model[name] = clf.predict_preprocessed(prepared[key])
+    return EnsemblePrediction(per_model, ensemble.combine(per_model), ensemble.method)
+
+
+def reusable_predictions(previous: Path, ensemble: Ensemble) -> tuple[pd.DataFrame, list[str]]:
+    """Probabilities from an earlier evaluation folder that are still valid.
+
+    A member's columns are reused only when the earlier ``metrics.json`` records the
+    same weights SHA-256 as the loaded artifact.
+
+    Returns:
+        ``(table indexed by path, names of the reused members)``.
+
+    Raises:
+        ValueError: If ``previous`` lacks ``metrics.json`` or ``predictions.csv``.
+    """
+    previous = Path(previous)
+    try:
+        old_sha = json.loads((previous / "metrics.json").read_text())["artifacts"]
+        old = pd.read_csv(previous / "predictions.csv").set_index("path")
+    except (FileNotFoundError, KeyError) as exc:
+        raise ValueError(
+            f"--reuse needs metrics.json (with 'artifacts') and predictions.csv in {previous}"
+        ) from exc
+    names = [
+        n
+        for n, clf in ensemble.members.items()
+        if old_sha.get(n) == clf.config["weights_sha256"] and probability_columns(n)[0] in old
+    ]
+    cols = [c for n in names for c in probability_columns(n)]
+    return old.loc[:, cols], names
 
 
 def metrics_from_predictions(df: pd.DataFrame) -> dict:
@@ -110,12 +174,24 @@ def evaluate(
     part: str | None = None,
     strict: bool = True,
     batch_size: int = 32,
+    reuse: Path | None = None,
 ) -> dict:
-    """Run the ensemble over a dataset and write predictions, metrics and failures."""
+    """Run the ensemble over a dataset and write predictions, metrics and failures.
+
+    With ``reuse`` (an earlier output folder of this function) the members whose
+    weights are unchanged are not run again (see :func:`reusable_predictions`);
+    ``metrics.json`` names them under ``reused``.
+    """
     rows = load_split(split_csv, part) if split_csv else list_class_folder(data_dir)
     t0 = time.time()
-    ensemble = load_ensemble(artifacts, strict=strict)
-    preds, failures = predict_files(ensemble, Path(data_dir), rows, batch_size)
+    reused: list[str] = []
+    if reuse is not None:
+        ensemble = load_ensemble(artifacts, strict=strict, fused=False)
+        table, reused = reusable_predictions(reuse, ensemble)
+    else:
+        ensemble = load_ensemble(artifacts, strict=strict)
+        table = None
+    preds, failures = predict_files(ensemble, Path(data_dir), rows, batch_size, table)
     out_dir.mkdir(parents=True, exist_ok=True)
     preds.to_csv(out_dir / "predictions.csv", index=False)
     if failures:
@@ -130,6 +206,8 @@ def evaluate(
         | ({"meta": ensemble.meta.config["weights_sha256"]} if ensemble.meta else {}),
         wall_time_s=round(time.time() - t0, 1),
     )
+    if reuse is not None:
+        metrics["reused"] = {"from": str(reuse), "members": reused}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -176,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="earlier --out folder: members whose weights SHA-256 is unchanged are not rerun",
+    )
+    p.add_argument(
         "--record-in-artifacts",
         action="store_true",
         help="also write each model's metrics for --part into ARTIFACTS/<model>/metrics.json",
@@ -193,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         part=a.part,
         strict=not a.allow_missing,
         batch_size=a.batch_size,
+        reuse=a.reuse,
     )
     if a.record_in_artifacts and m["n_images"]:
         for path in record_in_artifacts(m, a.artifacts, a.out / "metrics.json", a.part):

@@ -457,12 +457,17 @@ class Ensemble:
             if key not in prepared:
                 prepared[key] = clf.prepare(crops)
             per_model[name] = clf.predict_preprocessed(prepared[key])
+        return EnsemblePrediction(per_model, self.combine(per_model), self.method)
+
+    def combine(self, per_model: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Return the final ``(N, 4)`` probabilities from every member's ``(N, 4)`` ones.
+
+        The meta-learner when there is one, else the mean (see :attr:`method`).
+        """
         if self.meta is not None:
             stacked = np.concatenate([per_model[n] for n in self.meta.inputs], axis=1)
-            final = self.meta.predict(stacked)
-        else:
-            final = np.mean(list(per_model.values()), axis=0)
-        return EnsemblePrediction(per_model, final, self.method)
+            return np.asarray(self.meta.predict(stacked), dtype=np.float32)
+        return np.mean([per_model[n] for n in self.members], axis=0)
 
 
 def load_ensemble(

@@ -1,4 +1,4 @@
-"""Refit a base classifier's head on features computed at the native input size.
+"""Refit a base classifier's head (or its last stage) on features at the native input size.
 
 A backbone trained mostly at a reduced size and then briefly at its native size
 still hands its head features whose distribution differs from the ones the
@@ -7,6 +7,13 @@ pooled features of the training split at the native size adapts the decision
 to the native scale at the cost of one forward pass per training image: the
 backbone is frozen and runs in inference mode, so its batch-norm statistics and
 every convolution weight stay exactly as shipped.
+
+With ``--from-layer`` (e.g. ``conv4_block6_out`` of ResNet50) the cut moves
+down: the cached features are that layer's feature maps (stored as float16) and
+everything above it, the last backbone stage plus the head, is fine-tuned. The
+batch-normalisation layers of that tail stay frozen in inference mode, so only
+convolution and dense weights move. Each epoch is checkpointed and an
+interrupted fit resumes from the last finished epoch.
 
 Protocol (the validation split stays untouched for the decision to ship):
 
@@ -44,8 +51,6 @@ from neurostack.hardware import set_tensorflow_threads
 
 FEATURE_LAYER = "flatten"
 """Name of the layer whose output feeds the head (see :func:`ensemble.models.build_classifier`)."""
-HEAD_LAYERS = ("head_dense", "probs")
-"""The trainable layers of the head, in order."""
 DEFAULT_DATA = Path("../shared/datasets/brain-tumor-mri/Training")
 DEFAULT_SPLIT = Path("artifacts/splits/classification_split.csv")
 
@@ -91,15 +96,37 @@ class HeadFitConfig:
         return self
 
 
-def feature_extractor(model):
-    """Return the part of a base classifier that maps preprocessed images to pooled features."""
+def _layer(model, name: str):
+    try:
+        return model.get_layer(name)
+    except ValueError as exc:
+        raise ArtifactError(f"{model.name} has no {name!r} layer to refit from") from exc
+
+
+def feature_extractor(model, layer: str = FEATURE_LAYER):
+    """Return the part of a base classifier that maps preprocessed images to ``layer``'s output."""
     import keras
 
-    try:
-        layer = model.get_layer(FEATURE_LAYER)
-    except ValueError as exc:
-        raise ArtifactError(f"{model.name} has no {FEATURE_LAYER!r} layer to refit from") from exc
-    return keras.Model(model.inputs, layer.output, name=f"{model.name}_features")
+    return keras.Model(model.inputs, _layer(model, layer).output, name=f"{model.name}_features")
+
+
+def build_tail(model, layer: str = FEATURE_LAYER):
+    """Return the part of ``model`` above ``layer``: ``layer``'s output -> class probabilities.
+
+    The tail shares its layers (and so its weights) with ``model``: fitting the tail
+    changes ``model``. Its batch-normalisation layers are set non-trainable, which in
+    Keras 3 also runs them in inference mode, so their moving statistics never move.
+
+    Raises:
+        ArtifactError: If ``model`` has no layer called ``layer``.
+    """
+    import keras
+
+    tail = keras.Model(_layer(model, layer).output, model.output, name=f"{model.name}_tail")
+    for sub in tail.layers:
+        if isinstance(sub, keras.layers.BatchNormalization):
+            sub.trainable = False
+    return tail
 
 
 def extract_features(
@@ -113,7 +140,10 @@ def extract_features(
     desc: str = "features",
     ident: str | None = None,
 ) -> np.ndarray:
-    """``(N, S, S)`` uint8 greyscale crops -> ``(N, F)`` float32 pooled features.
+    """``(N, S, S)`` uint8 greyscale crops -> ``(N, ...)`` features of ``extractor``.
+
+    Pooled ``(N, F)`` features are kept in float32; feature maps ``(N, H, W, C)`` in
+    float16, which halves the disk and memory they need (the tail casts them back).
 
     With ``shard_dir`` every ``shard_size`` images are written as one ``.npy``
     shard as soon as they are computed, and shards already on disk (with the
@@ -150,7 +180,8 @@ def extract_features(
             gray = np.asarray(crops[b : min(b + batch_size, stop)], np.float32)
             rgb = np.repeat(gray[..., None], 3, -1)
             chunk.append(fn(preprocess_array(rgb, preprocess_mode)).numpy())
-        feats = np.concatenate(chunk).astype(np.float32)
+        feats = np.concatenate(chunk)
+        feats = feats.astype(np.float32 if feats.ndim == 2 else np.float16)
         if path is not None:
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, feats)
@@ -178,12 +209,13 @@ def _claim_shard_dir(shard_dir: Path, ident: str | None) -> None:
         manifest.write_text(json.dumps({"ident": ident}) + "\n")
 
 
-def features_ident(weights_sha256: str, paths: list[str]) -> str:
-    """Identity of a feature set: the weights' SHA-256 and a hash of the image list."""
+def features_ident(weights_sha256: str, paths: list[str], layer: str = FEATURE_LAYER) -> str:
+    """Identity of a feature set: the weights' SHA-256, the layer and a hash of the image list."""
     import hashlib
 
     listed = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
-    return f"{weights_sha256[:16]}-{listed}"
+    ident = f"{weights_sha256[:16]}-{listed}"
+    return ident if layer == FEATURE_LAYER else f"{ident}-{layer}"
 
 
 def group_holdout(groups: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -211,30 +243,47 @@ def group_holdout(groups: np.ndarray, labels: np.ndarray, fraction: float, seed:
     return np.isin(groups, list(held))
 
 
-def build_head(n_features: int, head_units: int = 128, dropout: tuple[float, float] = (0.3, 0.25)):
-    """Build the classifier head alone, with the same layer names as in ``build_classifier``."""
-    import keras
-
-    from ensemble.models import N_CLASSES
-
-    inp = keras.Input((n_features,), name="features")
-    x = keras.layers.Dropout(dropout[0], name="head_dropout_1")(inp)
-    x = keras.layers.Dense(head_units, activation="relu", name="head_dense")(x)
-    x = keras.layers.Dropout(dropout[1], name="head_dropout_2")(x)
-    out = keras.layers.Dense(N_CLASSES, activation="softmax", dtype="float32", name="probs")(x)
-    return keras.Model(inp, out, name="head")
-
-
-def copy_head_weights(src, dst) -> None:
-    """Copy the weights of :data:`HEAD_LAYERS` from model ``src`` to model ``dst``."""
-    for name in HEAD_LAYERS:
-        dst.get_layer(name).set_weights(src.get_layer(name).get_weights())
+def _eval_batch(features: np.ndarray) -> int:
+    """Batch size for scoring: large for pooled rows, small for feature maps."""
+    return 1024 if features.ndim == 2 else 64
 
 
 def head_accuracy(head, features: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of ``(N, F)`` feature rows whose argmax under ``head`` matches ``labels``."""
-    proba = head.predict(features, batch_size=1024, verbose=0)
+    """Fraction of feature rows whose argmax under ``head`` (or a tail) matches ``labels``."""
+    proba = head.predict(features, batch_size=_eval_batch(features), verbose=0)
     return float((proba.argmax(1) == labels).mean())
+
+
+def _save_checkpoint(path: Path, head, best_weights: list, state: dict) -> None:
+    """Write the fit state after an epoch: weights, best weights, optimizer, log (atomic)."""
+    arrays = {f"w{i}": w for i, w in enumerate(head.get_weights())}
+    arrays |= {f"b{i}": w for i, w in enumerate(best_weights)}
+    arrays |= {f"o{i}": np.asarray(v) for i, v in enumerate(head.optimizer.variables)}
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "state.tmp.npz"
+    np.savez(tmp, **arrays)
+    tmp.replace(path / "state.npz")
+    (path / "state.json").write_text(json.dumps(state) + "\n")
+
+
+def _load_checkpoint(path: Path, head, ident: str) -> tuple[list, dict] | None:
+    """Restore a fit state written by :func:`_save_checkpoint`; ``None`` when there is none."""
+    if not (path / "state.json").is_file() or not (path / "state.npz").is_file():
+        return None
+    state = json.loads((path / "state.json").read_text())
+    if state.get("ident") != ident:
+        raise ValueError(
+            f"{path} holds a fit of other features or options (checkpoint {state.get('ident')!r}, "
+            f"needed {ident!r}); delete it or use another folder"
+        )
+    with np.load(path / "state.npz") as z:
+        n = len(head.get_weights())
+        head.set_weights([z[f"w{i}"] for i in range(n)])
+        best = [z[f"b{i}"] for i in range(n)]
+        head.optimizer.build(head.trainable_variables)
+        for i, var in enumerate(head.optimizer.variables):
+            var.assign(z[f"o{i}"])
+    return best, state
 
 
 def fit_head(
@@ -244,12 +293,20 @@ def fit_head(
     x_hold: np.ndarray,
     y_hold: np.ndarray,
     cfg: HeadFitConfig,
+    *,
+    checkpoint: Path | None = None,
+    ident: str = "",
 ) -> list[dict]:
-    """Train ``head`` in place; keep the weights of the best hold-out epoch.
+    """Train ``head`` (or a tail from :func:`build_tail`) in place; keep the best hold-out epoch.
 
     "Best" is the highest hold-out accuracy, ties broken by the lower hold-out
     loss. Epoch 0 (the starting weights) competes too, so the result is never
-    worse on the hold-out than the start. Returns one log row per epoch.
+    worse on the hold-out than the start. With ``checkpoint`` the state is saved
+    after every epoch and a rerun with the same ``ident`` resumes after the last
+    saved epoch. Returns one log row per epoch.
+
+    Raises:
+        ValueError: If ``checkpoint`` holds a fit made under another ``ident``.
     """
     import keras
 
@@ -258,26 +315,38 @@ def fit_head(
     cfg.check()
     keras.utils.set_random_seed(cfg.seed)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    head.compile(optimizer=keras.optimizers.Adam(cfg.lr), loss=loss, metrics=["accuracy"])
+    head.compile(
+        optimizer=keras.optimizers.Adam(cfg.lr), loss=loss, metrics=["accuracy"], jit_compile=False
+    )
     eye = np.eye(N_CLASSES, dtype=np.float32)
     yt, yh = eye[y_train], eye[y_hold]
+    ident = f"{ident}|{json.dumps(cfg.__dict__, sort_keys=True)}"
 
     def score() -> tuple[float, float]:
-        hold_loss, hold_acc = head.evaluate(x_hold, yh, batch_size=1024, verbose=0)
+        hold_loss, hold_acc = head.evaluate(x_hold, yh, batch_size=_eval_batch(x_hold), verbose=0)
         return float(hold_acc), float(hold_loss)
 
-    acc, lss = score()
-    best, best_weights, since = (acc, -lss), head.get_weights(), 0
-    log = [
-        {
-            "epoch": 0,
-            "train_loss": None,
-            "train_accuracy": None,
-            "holdout_loss": round(lss, 5),
-            "holdout_accuracy": round(acc, 5),
-        }
-    ]
-    for epoch in range(1, cfg.epochs + 1):
+    resumed = _load_checkpoint(Path(checkpoint), head, ident) if checkpoint else None
+    if resumed is not None:
+        best_weights, state = resumed
+        log, since, best = state["log"], state["since"], tuple(state["best"])
+    else:
+        acc, lss = score()
+        best, best_weights, since = (acc, -lss), head.get_weights(), 0
+        log = [
+            {
+                "epoch": 0,
+                "train_loss": None,
+                "train_accuracy": None,
+                "holdout_loss": round(lss, 5),
+                "holdout_accuracy": round(acc, 5),
+            }
+        ]
+    bar = tqdm(range(log[-1]["epoch"] + 1, cfg.epochs + 1), desc="fit", unit="epoch")
+    for epoch in bar:
+        if since >= cfg.patience:
+            break
+        keras.utils.set_random_seed(cfg.seed + epoch)
         hist = head.fit(x_train, yt, batch_size=cfg.batch_size, epochs=1, shuffle=True, verbose=0)
         acc, lss = score()
         log.append(
@@ -293,8 +362,10 @@ def fit_head(
             best, best_weights, since = (acc, -lss), head.get_weights(), 0
         else:
             since += 1
-            if since >= cfg.patience:
-                break
+        bar.set_postfix(holdout_acc=f"{acc:.4f}", best=f"{best[0]:.4f}")
+        if checkpoint:
+            state = {"ident": ident, "log": log, "since": since, "best": list(best)}
+            _save_checkpoint(Path(checkpoint), head, best_weights, state)
     head.set_weights(best_weights)
     return log
 
@@ -308,17 +379,20 @@ def refit_artifact(
     data_dir: Path = DEFAULT_DATA,
     split_csv: Path = DEFAULT_SPLIT,
     cache_dir: Path | None = None,
+    from_layer: str = FEATURE_LAYER,
 ) -> dict:
-    """Refit one classifier artifact's head and score it against the shipped head.
+    """Refit one classifier artifact's head (or tail) and score it against the shipped one.
 
     Args:
         folder: Classifier artifact folder (SHA-256 checked on load).
         out: Where to write the refitted artifact; ``None`` only scores.
-        features_dir: Feature shards go to ``features_dir/<model>_<size>/<part>/``.
+        features_dir: Feature shards go to ``features_dir/<model>_<size>[_<layer>]/<part>/``,
+            the per-epoch fit checkpoint to ``.../fit/``.
         cfg: Fit options.
         data_dir: Class-folder dataset the split refers to.
         split_csv: Split CSV (``path, label, group, split``).
         cache_dir: Crop cache folder.
+        from_layer: Cut point: everything above this layer is fitted (default: the head).
 
     Returns:
         The record written to ``head_refit.json``: validation accuracy of the shipped
@@ -333,44 +407,47 @@ def refit_artifact(
     clf = load_classifier(folder)
     size = clf.input_size
     kw = {"cache_dir": cache_dir} if cache_dir else {}
-    extractor = feature_extractor(clf.model)
-    feats, labels, groups = {}, {}, {}
+    extractor = feature_extractor(clf.model, from_layer)
+    key = f"{clf.name}_{size}" + ("" if from_layer == FEATURE_LAYER else f"_{from_layer}")
+    feats, labels, groups, idents = {}, {}, {}, {}
     for part in ("train", "val"):
         rows = load_split(split_csv, part)
         paths = rows["path"].tolist()
         crops = np.asarray(cached_arrays(data_dir, paths, size, **kw))
+        idents[part] = features_ident(clf.config["weights_sha256"], paths, from_layer)
         feats[part] = extract_features(
             extractor,
             clf.preprocess_mode,
             crops,
-            shard_dir=Path(features_dir) / f"{clf.name}_{size}" / part,
+            shard_dir=Path(features_dir) / key / part,
             desc=f"{clf.name} {part} features",
-            ident=features_ident(clf.config["weights_sha256"], paths),
+            ident=idents[part],
         )
         labels[part] = label_indices(rows["label"])
         groups[part] = rows["group"].to_numpy() if "group" in rows else np.arange(len(rows))
     t_feat = time.time() - t0
 
     hold = group_holdout(groups["train"], labels["train"], cfg.holdout_fraction, cfg.seed)
-    shipped = build_head(feats["train"].shape[1])
-    copy_head_weights(clf.model, shipped)
-    val_before = head_accuracy(shipped, feats["val"], labels["val"])
-    head = build_head(feats["train"].shape[1])
-    copy_head_weights(clf.model, head)
+    tail = build_tail(clf.model, from_layer)  # shares its weights with clf.model
+    val_before = head_accuracy(tail, feats["val"], labels["val"])
     log = fit_head(
-        head,
+        tail,
         feats["train"][~hold],
         labels["train"][~hold],
         feats["train"][hold],
         labels["train"][hold],
         cfg,
+        checkpoint=Path(features_dir) / key / "fit",
+        ident=idents["train"],
     )
-    val_after = head_accuracy(head, feats["val"], labels["val"])
+    val_after = head_accuracy(tail, feats["val"], labels["val"])
     best = max(log, key=lambda r: (r["holdout_accuracy"], -r["holdout_loss"]))
     record = {
         "model": clf.name,
         "source": str(folder),
         "input_size": size,
+        "from_layer": from_layer,
+        "trainable_params": int(sum(np.prod(w.shape) for w in tail.trainable_weights)),
         "n_train": int((~hold).sum()),
         "n_holdout": int(hold.sum()),
         "n_val": int(len(labels["val"])),
@@ -385,20 +462,24 @@ def refit_artifact(
     }
     if out is not None:
         out = Path(out)
-        copy_head_weights(head, clf.model)
         training = dict(clf.config.get("training", {}))
         training["head_refit"] = {
             k: record[k]
             for k in (
                 "n_train",
                 "n_holdout",
+                "from_layer",
+                "trainable_params",
                 "best_epoch",
                 "holdout_accuracy",
                 "val_accuracy_shipped_head",
                 "val_accuracy_refitted_head",
                 "config",
             )
-        } | {"features": "pooled backbone output at input_size, train split, no augmentation"}
+        } | {
+            "features": f"output of {from_layer!r} at input_size, train split, no augmentation",
+            "batchnorm": "frozen (inference mode, statistics unchanged)",
+        }
         write_classifier_artifact(
             clf.model, out, backbone=clf.name, input_size=size, training=training
         )
@@ -422,7 +503,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--split", type=Path, default=DEFAULT_SPLIT)
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument(
+        "--from-layer",
+        default=FEATURE_LAYER,
+        help="fit everything above this layer (default: the head only), e.g. conv4_block6_out",
+    )
     p.add_argument("--epochs", type=int, default=HeadFitConfig.epochs)
+    p.add_argument("--batch-size", type=int, default=HeadFitConfig.batch_size)
     p.add_argument("--lr", type=float, default=HeadFitConfig.lr)
     p.add_argument("--patience", type=int, default=HeadFitConfig.patience)
     p.add_argument("--holdout-fraction", type=float, default=HeadFitConfig.holdout_fraction)
@@ -435,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = HeadFitConfig(
             epochs=a.epochs,
             lr=a.lr,
+            batch_size=a.batch_size,
             patience=a.patience,
             holdout_fraction=a.holdout_fraction,
             seed=a.seed,
@@ -447,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=a.data_dir,
             split_csv=a.split,
             cache_dir=a.cache_dir,
+            from_layer=a.from_layer,
         )
 
     return print_record(run)

@@ -138,3 +138,39 @@ def test_record_in_artifacts_keeps_other_parts(tmp_path: Path) -> None:
     v = json.loads((tmp_path / "vgg19" / "metrics.json").read_text())
     assert list(v) == ["evaluations"] and v["evaluations"]["val"]["accuracy"] == 0.25
     assert not (tmp_path / "meta").exists()
+
+
+def test_reuse_runs_only_members_whose_weights_changed(evaluated, tmp_path: Path) -> None:
+    """Reused columns come from the earlier table; the others and the final answer are rerun."""
+    prev = tmp_path / "prev"
+    shutil.copytree(evaluated["out"], prev)
+    old = pd.read_csv(prev / "predictions.csv")
+    marked = old.copy()
+    marked[probability_columns("xception")] = 0.25  # visible only if reused
+    marked.to_csv(prev / "predictions.csv", index=False)
+    m = json.loads((prev / "metrics.json").read_text())
+    m["artifacts"]["resnet50"] = "0" * 64  # as if resnet50 had been retrained since
+    (prev / "metrics.json").write_text(json.dumps(m))
+
+    out = tmp_path / "new"
+    argv = [str(evaluated["data"]), "--out", str(out), "--artifacts", str(evaluated["artifacts"])]
+    assert main([*argv, "--reuse", str(prev)]) == 0
+    new = pd.read_csv(out / "predictions.csv")
+    assert new["path"].tolist() == old["path"].tolist()
+    np.testing.assert_array_equal(new[probability_columns("xception")].to_numpy(), 0.25)
+    for name in ("resnet50", "inceptionv3", "vgg19"):  # rerun or reused: same numbers
+        np.testing.assert_allclose(
+            new[probability_columns(name)], old[probability_columns(name)], atol=1e-5
+        )
+    meta = load_meta(evaluated["artifacts"] / "meta")
+    stacked = new[[c for n in meta.inputs for c in probability_columns(n)]].to_numpy(np.float32)
+    np.testing.assert_allclose(
+        new[probability_columns("ensemble")], meta.predict(stacked), atol=1e-5
+    )
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["reused"] == {"from": str(prev), "members": ["xception", "inceptionv3", "vgg19"]}
+    assert record["n_failed"] == 2
+
+    (prev / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="--reuse needs metrics.json"):
+        main([*argv, "--reuse", str(prev)])

@@ -251,8 +251,12 @@ def test_parse_and_format_precision_known_answers() -> None:
     assert parse_precision("bfloat16") == dict.fromkeys(every, "bfloat16")
     assert parse_precision(" float32 ") == dict.fromkeys(every, "float32")
     mixed = parse_precision("resnet50=bfloat16, vgg19=bfloat16")
-    assert mixed == {"xception": "float32", "inceptionv3": "float32",
-                     "resnet50": "bfloat16", "vgg19": "bfloat16"}
+    assert mixed == {
+        "xception": "float32",
+        "inceptionv3": "float32",
+        "resnet50": "bfloat16",
+        "vgg19": "bfloat16",
+    }
     assert parse_precision({"vgg19": "bfloat16"})["vgg19"] == "bfloat16"
     assert format_precision(mixed) == "resnet50=bfloat16,vgg19=bfloat16"
     assert parse_precision(format_precision(mixed)) == mixed  # round trip

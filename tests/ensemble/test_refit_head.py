@@ -10,8 +10,7 @@ import pytest
 
 from ensemble.refit_head import (
     HeadFitConfig,
-    build_head,
-    copy_head_weights,
+    build_tail,
     extract_features,
     feature_extractor,
     fit_head,
@@ -61,10 +60,14 @@ def _tiny_classifier(size: int = 8) -> keras.Model:
     x = keras.layers.Conv2D(4, 3, name="conv")(inp)
     x = keras.layers.GlobalMaxPooling2D()(x)
     x = keras.layers.Flatten(name="flatten")(x)
+    return keras.Model(inp, _tiny_head(x))
+
+
+def _tiny_head(x):
     x = keras.layers.Dropout(0.3, name="head_dropout_1")(x)
     x = keras.layers.Dense(128, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(0.25, name="head_dropout_2")(x)
-    return keras.Model(inp, keras.layers.Dense(4, activation="softmax", name="probs")(x))
+    return keras.layers.Dense(4, activation="softmax", name="probs")(x)
 
 
 def test_features_match_the_model_and_resume_from_shards(tmp_path) -> None:
@@ -79,11 +82,12 @@ def test_features_match_the_model_and_resume_from_shards(tmp_path) -> None:
     ]
     rgb = np.repeat(crops[..., None].astype(np.float32), 3, -1) / 127.5 - 1.0
     np.testing.assert_allclose(feats, ext.predict(rgb, verbose=0), rtol=1e-5, atol=1e-6)
-    # the head on these features reproduces the full model
-    head = build_head(4)
-    copy_head_weights(model, head)
+    # the tail (here: the head) on these features reproduces the full model
     np.testing.assert_allclose(
-        head.predict(feats, verbose=0), model.predict(rgb, verbose=0), rtol=1e-5, atol=1e-6
+        build_tail(model).predict(feats, verbose=0),
+        model.predict(rgb, verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
     )
     # a finished shard is read back, not recomputed; a short one is recomputed
     np.save(tmp_path / "shard_00001.npy", np.full((4, 4), 7.0, np.float32))
@@ -101,6 +105,14 @@ def test_missing_feature_layer_is_an_artifact_error() -> None:
         feature_extractor(keras.Model(inp, keras.layers.Dense(4)(inp), name="plain"))
 
 
+def _head(n_features: int) -> keras.Model:
+    """A head as in ``build_classifier``, on ``n_features`` pooled inputs."""
+    inp = keras.Input((n_features,))
+    x = keras.layers.Flatten(name="flatten")(inp)
+    model = keras.Model(inp, _tiny_head(x))
+    return build_tail(model)
+
+
 def _separable(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     y = rng.integers(0, 4, n)
     centres = np.eye(4, 16, dtype=np.float32) * 4.0
@@ -111,7 +123,7 @@ def test_fit_learns_separable_features_and_keeps_the_best_epoch() -> None:
     rng = np.random.default_rng(0)
     xt, yt = _separable(400, rng)
     xh, yh = _separable(100, rng)
-    head = build_head(16)
+    head = _head(16)
     start = head_accuracy(head, xh, yh)
     log = fit_head(head, xt, yt, xh, yh, HeadFitConfig(epochs=15, lr=3e-3, patience=15))
     assert log[0]["epoch"] == 0 and log[0]["train_loss"] is None
@@ -125,7 +137,7 @@ def test_fit_stops_after_patience_and_falls_back_to_the_start() -> None:
     rng = np.random.default_rng(1)
     xt, yt = _separable(200, rng)
     xh, yh = _separable(60, rng)
-    head = build_head(16)
+    head = _head(16)
     fit_head(head, xt, yt, xh, yh, HeadFitConfig(epochs=30, lr=3e-3, patience=30))
     good = [w.copy() for w in head.get_weights()]
     acc = head_accuracy(head, xh, yh)
@@ -201,3 +213,72 @@ def test_shards_of_other_weights_or_images_are_never_reused(tmp_path) -> None:
     np.save(tmp_path / "g" / "shard_00000.npy", first[:2])
     with pytest.raises(ValueError, match="without a manifest"):
         extract_features(ext, "tf", crops, shard_dir=tmp_path / "g", ident=ident)
+
+
+def _bn_classifier(size: int = 8) -> keras.Model:
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv_a")(inp)
+    x = keras.layers.Activation("relu", name="cut")(x)
+    x = keras.layers.Conv2D(6, 3, name="conv_b")(x)
+    x = keras.layers.BatchNormalization(name="bn_b")(x)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    return keras.Model(inp, _tiny_head(x))
+
+
+def test_tail_from_a_feature_map_reproduces_the_model_and_freezes_batchnorm() -> None:
+    model = _bn_classifier()
+    bn = model.get_layer("bn_b")
+    bn.set_weights([w + 0.5 for w in bn.get_weights()])  # non-trivial moving statistics
+    rng = np.random.default_rng(5)
+    crops = rng.integers(0, 256, (12, 8, 8), dtype=np.uint8)
+    feats = extract_features(feature_extractor(model, "cut"), "tf", crops)
+    assert feats.shape == (12, 6, 6, 4) and feats.dtype == np.float16
+    rgb = np.repeat(crops[..., None].astype(np.float32), 3, -1) / 127.5 - 1.0
+    tail = build_tail(model, "cut")
+    np.testing.assert_allclose(
+        tail.predict(feats, verbose=0), model.predict(rgb, verbose=0), atol=2e-3
+    )
+    assert not bn.trainable
+    stats = [w.copy() for w in bn.get_weights()]
+    conv = model.get_layer("conv_b").get_weights()[0].copy()
+    y = rng.integers(0, 4, 12)
+    fit_head(tail, feats, y, feats, y, HeadFitConfig(epochs=3, lr=1e-2, batch_size=4, patience=3))
+    assert all(np.array_equal(a, b) for a, b in zip(bn.get_weights(), stats, strict=True))
+    assert not np.array_equal(model.get_layer("conv_b").get_weights()[0], conv)  # shared weights
+    with pytest.raises(Exception, match="no 'nope' layer"):
+        build_tail(model, "nope")
+
+
+def test_an_interrupted_fit_resumes_after_the_last_saved_epoch(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(6)
+    xt, yt = _separable(200, rng)
+    xh, yh = _separable(60, rng)
+    cfg = HeadFitConfig(epochs=4, lr=3e-3, patience=4)
+    head = _head(16)
+    start = [w.copy() for w in head.get_weights()]
+    calls = []
+    real_fit = keras.Model.fit
+
+    def dying_fit(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", dying_fit)
+    with pytest.raises(KeyboardInterrupt):
+        fit_head(head, xt, yt, xh, yh, cfg, checkpoint=tmp_path / "fit", ident="a")
+    saved = json.loads((tmp_path / "fit" / "state.json").read_text())
+    assert [r["epoch"] for r in saved["log"]] == [0, 1, 2]
+
+    calls.clear()
+    fresh = _head(16)
+    fresh.set_weights(start)
+    log = fit_head(fresh, xt, yt, xh, yh, cfg, checkpoint=tmp_path / "fit", ident="a")
+    assert len(calls) == 2  # epochs 3 and 4 only
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3, 4] and log[:3] == saved["log"]
+    best = max(log, key=lambda r: (r["holdout_accuracy"], -r["holdout_loss"]))
+    assert head_accuracy(fresh, xh, yh) == pytest.approx(best["holdout_accuracy"], abs=1e-6)
+    with pytest.raises(ValueError, match="fit of other features or options"):
+        fit_head(_head(16), xt, yt, xh, yh, cfg, checkpoint=tmp_path / "fit", ident="b")
