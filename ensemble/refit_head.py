@@ -51,6 +51,8 @@ from neurostack.hardware import set_tensorflow_threads
 
 FEATURE_LAYER = "flatten"
 """Name of the layer whose output feeds the head (see :func:`ensemble.models.build_classifier`)."""
+KEPT_RECORDS = ("training_log.csv", "resolution.json", "recalibration.json")
+"""Records of earlier steps copied from the source artifact (with an earlier head refit's)."""
 DEFAULT_DATA = Path("../shared/datasets/brain-tumor-mri/Training")
 DEFAULT_SPLIT = Path("artifacts/splits/classification_split.csv")
 
@@ -395,8 +397,10 @@ def refit_artifact(
         from_layer: Cut point: everything above this layer is fitted (default: the head).
 
     Returns:
-        The record written to ``head_refit.json``: validation accuracy of the shipped
-        and the refitted head, the chosen epoch, sizes and timings.
+        The record written to ``head_refit.json`` (``tail_finetune.json`` with a
+        ``from_layer`` below the head; the config's ``training`` gets the same key):
+        validation accuracy of the shipped and the refitted weights, the chosen epoch,
+        sizes and timings.
     """
     from ensemble.data import cached_arrays, label_indices, load_split
     from ensemble.export import write_classifier_artifact
@@ -462,8 +466,9 @@ def refit_artifact(
     }
     if out is not None:
         out = Path(out)
+        step = "head_refit" if from_layer == FEATURE_LAYER else "tail_finetune"
         training = dict(clf.config.get("training", {}))
-        training["head_refit"] = {
+        training[step] = {
             k: record[k]
             for k in (
                 "n_train",
@@ -483,14 +488,14 @@ def refit_artifact(
         write_classifier_artifact(
             clf.model, out, backbone=clf.name, input_size=size, training=training
         )
-        for name in ("training_log.csv", "resolution.json", "recalibration.json"):
+        for name in (*KEPT_RECORDS, "head_refit.json", "head_refit_log.csv"):
             if (Path(folder) / name).is_file():
                 shutil.copy(Path(folder) / name, out / name)
-        with open(out / "head_refit_log.csv", "w", newline="") as fh:
+        with open(out / f"{step}_log.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(log[0]))
             w.writeheader()
             w.writerows(log)
-        (out / "head_refit.json").write_text(json.dumps(record, indent=2) + "\n")
+        (out / f"{step}.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -47,8 +47,15 @@ def _head_refit_note(rec: dict | None, seconds: float | None = None) -> str:
     if not rec:
         return ""
     took = f", {seconds / 60:.0f} min wall" if seconds else ""
+    layer = rec.get("from_layer", "flatten")
+    what = (
+        "the head refitted on frozen pooled features"
+        if layer == "flatten"
+        else f"the layers above `{layer}` ({rec['trainable_params'] / 1e6:.1f} M weights, "
+        f"batch norm frozen) fine-tuned on frozen `{layer}` feature maps"
+    )
     return (
-        f"; then the head refitted on frozen pooled features of {rec['n_train']} training "
+        f"; then {what} of {rec['n_train']} training "
         f"images at the inference size, epoch {rec['best_epoch']} picked on "
         f"{rec['n_holdout']} held-out training images (`python -m ensemble.refit_head`), "
         f"val acc {rec['val_accuracy_shipped_head']:.4f} -> "
@@ -111,9 +118,11 @@ def classification_section(root: Path) -> list[str]:
                 f"{rec.get('bn_momentum')}, {rec.get('mixed_precision')}"
                 + (f", clipnorm {rec['clipnorm']}" if rec.get("clipnorm") else "")
                 + _recalibration_note(tr.get("batchnorm_recalibration"))
-                + _head_refit_note(
-                    tr.get("head_refit"),
-                    (_json(cfg_dir / "head_refit.json") or {}).get("seconds"),
+                + "".join(
+                    _head_refit_note(
+                        tr.get(step), (_json(cfg_dir / f"{step}.json") or {}).get("seconds")
+                    )
+                    for step in ("head_refit", "tail_finetune")
                 ),
                 "epochs run (all runs)": tr.get("epochs_run_total", tr.get("epochs_run")),
                 "best epoch (last run)": tr.get("best_epoch"),

@@ -282,3 +282,37 @@ def test_an_interrupted_fit_resumes_after_the_last_saved_epoch(tmp_path, monkeyp
     assert head_accuracy(fresh, xh, yh) == pytest.approx(best["holdout_accuracy"], abs=1e-6)
     with pytest.raises(ValueError, match="fit of other features or options"):
         fit_head(_head(16), xt, yt, xh, yh, cfg, checkpoint=tmp_path / "fit", ident="b")
+
+
+def test_cli_tail_finetune_moves_only_the_last_stage_and_keeps_earlier_records(
+    tiny_artifacts, class_dataset, class_dataset_split, tmp_path, capsys
+) -> None:
+    from ensemble.inference import load_classifier
+    from ensemble.refit_head import main
+
+    src = tiny_artifacts / "classification" / "resnet50"
+    head_out, tail_out = tmp_path / "head", tmp_path / "tail"
+    common = ["--features-dir", str(tmp_path / "feats"), "--data-dir", str(class_dataset)]
+    common += ["--split", str(class_dataset_split), "--cache-dir", str(tmp_path / "cache")]
+    common += ["--holdout-fraction", "0.25", "--epochs", "2"]
+    assert main([str(src), "--out", str(head_out), *common]) == 0
+    capsys.readouterr()
+    argv = [str(head_out), "--out", str(tail_out), "--from-layer", "conv4_block6_out"]
+    assert main([*argv, *common, "--lr", "1e-3", "--batch-size", "4"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["from_layer"] == "conv4_block6_out" and printed["trainable_params"] > 0
+    assert json.loads((tail_out / "tail_finetune.json").read_text()) == printed
+    assert (tail_out / "head_refit.json").read_text() == (head_out / "head_refit.json").read_text()
+    before, after = load_classifier(head_out), load_classifier(tail_out)
+    assert {"head_refit", "tail_finetune"} <= set(after.config["training"])
+    changed = set()
+    for old, new in zip(before.model.layers, after.model.layers, strict=True):
+        for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
+            if not np.array_equal(a, b):
+                changed.add(new.name)
+    if printed["best_epoch"] > 0:
+        assert changed, "a chosen epoch > 0 must change weights"
+    assert all(n.startswith("conv5_") or n in {"head_dense", "probs"} for n in changed)
+    assert not any(n.endswith("_bn") for n in changed)  # batch norm frozen
+    feats = tmp_path / "feats" / f"resnet50_{before.input_size}_conv4_block6_out"
+    assert (feats / "fit" / "state.json").is_file() and (feats / "val" / "manifest.json").is_file()

@@ -25,6 +25,10 @@ def test_head_refit_note_states_protocol_and_validation_change() -> None:
     assert "epoch 33" in note and note.endswith("val acc 0.8613 -> 0.8904")
     assert model_card._head_refit_note(rec, 1587.9).endswith("0.8904, 26 min wall")
     assert model_card._head_refit_note(None) == "" == model_card._head_refit_note({})
+    tail = rec | {"from_layer": "conv4_block6_out", "trainable_params": 15_000_000}
+    note = model_card._head_refit_note(tail)
+    assert "layers above `conv4_block6_out` (15.0 M weights, batch norm frozen)" in note
+    assert "frozen `conv4_block6_out` feature maps of 3386 training images" in note
 
 
 def test_recalibration_note_with_and_without_scores() -> None:
