@@ -4,6 +4,9 @@ The input is a ``predictions.csv`` written by ``python -m ensemble.evaluate``
 on images the base models never trained on (the validation split). The
 test split is refused. The number of epochs is chosen by stratified K-fold
 cross-validation on the held-out rows, then the model is refitted on all of them.
+When the evaluation recorded its split CSV, the folds keep each duplicate group
+(exact and near-duplicate slices) whole, so no fold is scored on a copy of a
+slice it was fitted on.
 
 Example::
 
@@ -39,6 +42,38 @@ def stacked_features(df: pd.DataFrame, models: list[str]) -> np.ndarray:
     if missing:
         raise ValueError(f"held-out predictions lack columns {missing}")
     return df[cols].to_numpy(dtype=np.float32)
+
+
+def heldout_groups(heldout_csv: Path, paths: pd.Series) -> np.ndarray | None:
+    """Duplicate-group id per held-out row, from the split CSV the evaluation recorded.
+
+    Returns ``None`` when the evaluation recorded no split CSV or it is not on disk.
+
+    Raises:
+        ValueError: If the split CSV lacks a ``group`` for some held-out path.
+    """
+    src = Path(heldout_csv).parent / "metrics.json"
+    csv = json.loads(src.read_text()).get("split", {}).get("csv") if src.exists() else None
+    if not csv or not Path(csv).is_file():
+        return None
+    split = pd.read_csv(csv)
+    if "group" not in split:
+        return None
+    groups = paths.map(split.set_index("path")["group"])
+    if groups.isna().any():
+        raise ValueError(f"{csv} has no group for {int(groups.isna().sum())} held-out path(s)")
+    return groups.to_numpy()
+
+
+def cv_folds(y: np.ndarray, groups: np.ndarray | None, folds: int, seed: int) -> list[tuple]:
+    """Stratified K-fold ``(train_idx, val_idx)`` pairs; whole groups per fold when given."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if groups is None:
+        skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        return list(skf.split(np.zeros(len(y)), y))
+    sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(sgkf.split(np.zeros(len(y)), y, groups))
 
 
 def _fit(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, x_val=None, y_val=None):
@@ -78,8 +113,6 @@ def fit_meta_learner(
     Raises:
         ValueError: If the predictions come from the test split or lack columns.
     """
-    from sklearn.model_selection import StratifiedKFold
-
     heldout_csv = Path(heldout_csv)
     src_metrics = heldout_csv.parent / "metrics.json"
     if src_metrics.exists():
@@ -92,17 +125,18 @@ def fit_meta_learner(
     df = pd.read_csv(heldout_csv)
     x = stacked_features(df, models)
     y = label_indices(df["label"])
+    groups = heldout_groups(heldout_csv, df["path"])
+    splits = cv_folds(y, groups, folds, seed)
     t0 = time.time()
     curves = []
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (tr, va) in enumerate(skf.split(x, y)):
+    for k, (tr, va) in enumerate(splits):
         _, hist = _fit(x[tr], y[tr], max_epochs, seed + k, x[va], y[va])
         curves.append(hist["val_loss"])
     mean_curve = np.mean(curves, axis=0)
     best_epochs = int(np.argmin(mean_curve)) + 1
     # cross-validated accuracy at the chosen epoch count, refitting each fold
     accs = []
-    for k, (tr, va) in enumerate(skf.split(x, y)):
+    for k, (tr, va) in enumerate(splits):
         m, _ = _fit(x[tr], y[tr], best_epochs, seed + k)
         accs.append(float((m.predict(x[va], verbose=0).argmax(1) == y[va]).mean()))
     cv_acc = float(np.mean(accs))
@@ -117,6 +151,9 @@ def fit_meta_learner(
             "n_rows": int(len(df)),
             "epochs": best_epochs,
             "epochs_chosen_by": f"{folds}-fold CV minimum of mean validation loss",
+            "cv_folds": "stratified, duplicate groups kept whole"
+            if groups is not None
+            else "stratified (no duplicate groups recorded)",
             "optimizer": "Adam 1e-3, batch 32",
             "seed": seed,
             "wall_time_s": round(time.time() - t0, 1),

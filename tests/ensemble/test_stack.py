@@ -116,3 +116,35 @@ def test_stacked_features_order() -> None:
     assert x.shape == (5, 8) and x.dtype == np.float32
     np.testing.assert_allclose(x[:, :4], df[probability_columns("vgg19")].to_numpy(), rtol=1e-6)
     np.testing.assert_allclose(x[:, 4:], df[probability_columns("xception")].to_numpy(), rtol=1e-6)
+
+
+def test_cv_folds_keep_duplicate_groups_whole_and_stratify() -> None:
+    y = np.repeat(np.arange(4), 30)
+    groups = np.arange(120) // 3  # groups of 3 rows, one class each
+    folds = stack.cv_folds(y, groups, 5, seed=0)
+    assert len(folds) == 5
+    seen = np.concatenate([va for _, va in folds])
+    assert sorted(seen.tolist()) == list(range(120))  # every row scored once
+    for tr, va in folds:
+        assert not set(groups[tr]) & set(groups[va])
+        assert set(y[va]) == {0, 1, 2, 3}
+    plain = stack.cv_folds(y, None, 5, seed=0)
+    assert any(set(groups[tr]) & set(groups[va]) for tr, va in plain)  # would leak
+
+
+def test_heldout_groups_come_from_the_recorded_split(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame(
+        {"path": ["a.png", "b.png", "c.png"], "label": ["glioma"] * 3, "group": [7, 7, 9]}
+    ).to_csv("split.csv", index=False)
+    (tmp_path / "ev").mkdir()
+    csv = tmp_path / "ev" / "predictions.csv"
+    (tmp_path / "ev" / "metrics.json").write_text(
+        json.dumps({"split": {"csv": "split.csv", "part": "val"}})
+    )
+    groups = stack.heldout_groups(csv, pd.Series(["c.png", "a.png"]))
+    assert groups.tolist() == [9, 7]
+    with pytest.raises(ValueError, match="no group for 1 held-out path"):
+        stack.heldout_groups(csv, pd.Series(["a.png", "zz.png"]))
+    (tmp_path / "ev" / "metrics.json").write_text(json.dumps({"split": {"csv": None}}))
+    assert stack.heldout_groups(csv, pd.Series(["a.png"])) is None
