@@ -26,7 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ensemble.data import label_indices, list_class_folder, load_split
-from ensemble.inference import Ensemble, EnsemblePrediction, load_ensemble
+from ensemble.inference import Ensemble, load_ensemble
 from ensemble.metrics import classification_metrics
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
@@ -81,10 +81,13 @@ def predict_files(
             kept.append(rec)
         if not crops:
             continue
-        if reused and reuse.index.isin([r.path for r in kept]).sum() == len(kept):
-            pred = _predict_reusing(ensemble, crops, [r.path for r in kept], reuse, reused)
-        else:
-            pred = ensemble.predict_crops(crops)
+        paths = [r.path for r in kept]
+        given = {}
+        if reused and pd.Index(paths).isin(reuse.index).all():
+            given = {
+                n: reuse.loc[paths, probability_columns(n)].to_numpy(np.float32) for n in reused
+            }
+        pred = ensemble.predict_crops(crops, given)
         for i, rec in enumerate(kept):
             row = {
                 "path": rec.path,
@@ -100,23 +103,6 @@ def predict_files(
             )
             out_rows.append(row)
     return pd.DataFrame(out_rows), failures
-
-
-def _predict_reusing(
-    ensemble: Ensemble, crops: list, paths: list[str], reuse: pd.DataFrame, reused: list[str]
-) -> EnsemblePrediction:
-    """Run only the members not in ``reused``; take the others' probabilities from ``reuse``."""
-    per_model: dict[str, np.ndarray] = {}
-    prepared: dict[tuple[int, str], np.ndarray] = {}
-    for name, clf in ensemble.members.items():
-        if name in reused:
-            per_model[name] = reuse.loc[paths, probability_columns(name)].to_numpy(np.float32)
-            continue
-        key = (clf.input_size, clf.preprocess_mode)
-        if key not in prepared:
-            prepared[key] = clf.prepare(crops)
-        per_model[name] = clf.predict_preprocessed(prepared[key])
-    return EnsemblePrediction(per_model, ensemble.combine(per_model), ensemble.method)
 
 
 def reusable_predictions(previous: Path, ensemble: Ensemble) -> tuple[pd.DataFrame, list[str]]:
@@ -135,10 +121,13 @@ def reusable_predictions(previous: Path, ensemble: Ensemble) -> tuple[pd.DataFra
     try:
         old_sha = json.loads((previous / "metrics.json").read_text())["artifacts"]
         old = pd.read_csv(previous / "predictions.csv").set_index("path")
-    except (FileNotFoundError, KeyError) as exc:
+    except (OSError, KeyError, TypeError, ValueError) as exc:  # missing, unreadable, malformed
         raise ValueError(
-            f"--reuse needs metrics.json (with 'artifacts') and predictions.csv in {previous}"
+            f"--reuse needs metrics.json (with 'artifacts') and predictions.csv in {previous}: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
+    if old.index.has_duplicates:
+        raise ValueError(f"{previous / 'predictions.csv'} lists some paths twice")
     names = [
         n
         for n, clf in ensemble.members.items()
@@ -269,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--part needs --split")
     if a.record_in_artifacts and not a.part:
         p.error("--record-in-artifacts needs --split and --part")
+    if a.reuse and not all((a.reuse / f).is_file() for f in ("metrics.json", "predictions.csv")):
+        p.error(f"--reuse needs metrics.json and predictions.csv in {a.reuse}")
     m = evaluate(
         a.data_dir,
         a.out,

@@ -435,14 +435,19 @@ class Ensemble:
             return "meta-learner (stacking)"
         return f"mean of {len(self.members)} base model(s); meta-learner not available"
 
-    def predict_crops(self, crops: list[np.ndarray]) -> EnsemblePrediction:
+    def predict_crops(
+        self, crops: list[np.ndarray], given: Mapping[str, np.ndarray] | None = None
+    ) -> EnsemblePrediction:
         """Classify greyscale uint8 brain crops (any sizes).
 
         Each crop is resized once per distinct input size and shared by the models
         that use it; with the fused graph (default) one call computes every
-        base model and the final probabilities.
+        base model and the final probabilities. Members named in ``given``
+        (``name -> (N, 4)`` probabilities already computed for these crops) are not
+        run; the final answer is formed from them and the others.
         """
-        if self._fused is not None:
+        given = dict(given or {})
+        if self._fused is not None and not given:
             grays = [
                 np.stack([resize_square(c, s) for c in crops]).astype(np.float32)
                 for s in self.sizes
@@ -453,6 +458,9 @@ class Ensemble:
         per_model: dict[str, np.ndarray] = {}
         prepared: dict[tuple[int, str], np.ndarray] = {}
         for name, clf in self.members.items():
+            if name in given:
+                per_model[name] = np.asarray(given[name], dtype=np.float32)
+                continue
             key = (clf.input_size, clf.preprocess_mode)
             if key not in prepared:
                 prepared[key] = clf.prepare(crops)

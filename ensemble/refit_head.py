@@ -261,24 +261,28 @@ def _save_checkpoint(path: Path, head, best_weights: list, state: dict) -> None:
     arrays = {f"w{i}": w for i, w in enumerate(head.get_weights())}
     arrays |= {f"b{i}": w for i, w in enumerate(best_weights)}
     arrays |= {f"o{i}": np.asarray(v) for i, v in enumerate(head.optimizer.variables)}
+    arrays["state"] = np.array(json.dumps(state))  # one file: weights and log never disagree
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / "state.tmp.npz"
     np.savez(tmp, **arrays)
     tmp.replace(path / "state.npz")
-    (path / "state.json").write_text(json.dumps(state) + "\n")
 
 
 def _load_checkpoint(path: Path, head, ident: str) -> tuple[list, dict] | None:
     """Restore a fit state written by :func:`_save_checkpoint`; ``None`` when there is none."""
-    if not (path / "state.json").is_file() or not (path / "state.npz").is_file():
+    if not (path / "state.npz").is_file():
         return None
-    state = json.loads((path / "state.json").read_text())
+    try:
+        z = np.load(path / "state.npz")
+        state = json.loads(str(z["state"]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path / 'state.npz'} is unreadable ({exc}); delete it") from exc
     if state.get("ident") != ident:
         raise ValueError(
             f"{path} holds a fit of other features or options (checkpoint {state.get('ident')!r}, "
             f"needed {ident!r}); delete it or use another folder"
         )
-    with np.load(path / "state.npz") as z:
+    with z:
         n = len(head.get_weights())
         head.set_weights([z[f"w{i}"] for i in range(n)])
         best = [z[f"b{i}"] for i in range(n)]

@@ -171,6 +171,10 @@ def test_reuse_runs_only_members_whose_weights_changed(evaluated, tmp_path: Path
     assert record["reused"] == {"from": str(prev), "members": ["xception", "inceptionv3", "vgg19"]}
     assert record["n_failed"] == 2
 
-    (prev / "metrics.json").unlink()
-    with pytest.raises(ValueError, match="--reuse needs metrics.json"):
+    (prev / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match="--reuse needs metrics.json.*JSONDecodeError"):
         main([*argv, "--reuse", str(prev)])
+    (prev / "metrics.json").unlink()
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--reuse", str(prev)])
+    assert exc.value.code == 2

@@ -269,7 +269,8 @@ def test_an_interrupted_fit_resumes_after_the_last_saved_epoch(tmp_path, monkeyp
     monkeypatch.setattr(keras.Model, "fit", dying_fit)
     with pytest.raises(KeyboardInterrupt):
         fit_head(head, xt, yt, xh, yh, cfg, checkpoint=tmp_path / "fit", ident="a")
-    saved = json.loads((tmp_path / "fit" / "state.json").read_text())
+    with np.load(tmp_path / "fit" / "state.npz") as z:
+        saved = json.loads(str(z["state"]))
     assert [r["epoch"] for r in saved["log"]] == [0, 1, 2]
 
     calls.clear()
@@ -282,6 +283,9 @@ def test_an_interrupted_fit_resumes_after_the_last_saved_epoch(tmp_path, monkeyp
     assert head_accuracy(fresh, xh, yh) == pytest.approx(best["holdout_accuracy"], abs=1e-6)
     with pytest.raises(ValueError, match="fit of other features or options"):
         fit_head(_head(16), xt, yt, xh, yh, cfg, checkpoint=tmp_path / "fit", ident="b")
+    (tmp_path / "fit" / "state.npz").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="state.npz is unreadable"):
+        fit_head(_head(16), xt, yt, xh, yh, cfg, checkpoint=tmp_path / "fit", ident="a")
 
 
 def test_cli_tail_finetune_moves_only_the_last_stage_and_keeps_earlier_records(
@@ -312,7 +316,9 @@ def test_cli_tail_finetune_moves_only_the_last_stage_and_keeps_earlier_records(
                 changed.add(new.name)
     if printed["best_epoch"] > 0:
         assert changed, "a chosen epoch > 0 must change weights"
+    else:
+        assert not changed, "epoch 0 keeps the starting weights exactly"
     assert all(n.startswith("conv5_") or n in {"head_dense", "probs"} for n in changed)
     assert not any(n.endswith("_bn") for n in changed)  # batch norm frozen
     feats = tmp_path / "feats" / f"resnet50_{before.input_size}_conv4_block6_out"
-    assert (feats / "fit" / "state.json").is_file() and (feats / "val" / "manifest.json").is_file()
+    assert (feats / "fit" / "state.npz").is_file() and (feats / "val" / "manifest.json").is_file()
