@@ -115,7 +115,8 @@ def reusable_predictions(previous: Path, ensemble: Ensemble) -> tuple[pd.DataFra
         ``(table indexed by path, names of the reused members)``.
 
     Raises:
-        ValueError: If ``previous`` lacks ``metrics.json`` or ``predictions.csv``.
+        ValueError: If ``previous`` lacks ``metrics.json`` or ``predictions.csv``, either
+            cannot be parsed, or the table lists a path twice.
     """
     previous = Path(previous)
     try:
