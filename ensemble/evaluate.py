@@ -31,7 +31,7 @@ from ensemble.metrics import classification_metrics
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
 from neurostack.imaging import load_image
-from neurostack.preprocess import crop, find_brain_box
+from neurostack.preprocess import TTA_MODES, crop, find_brain_box
 
 ENSEMBLE_COLUMN = "ensemble"
 
@@ -109,7 +109,8 @@ def reusable_predictions(previous: Path, ensemble: Ensemble) -> tuple[pd.DataFra
     """Probabilities from an earlier evaluation folder that are still valid.
 
     A member's columns are reused only when the earlier ``metrics.json`` records the
-    same weights SHA-256 as the loaded artifact.
+    same weights SHA-256 as the loaded artifact and the same test-time augmentation
+    as ``ensemble.tta`` (``"none"`` when it records none).
 
     Returns:
         ``(table indexed by path, names of the reused members)``.
@@ -120,7 +121,8 @@ def reusable_predictions(previous: Path, ensemble: Ensemble) -> tuple[pd.DataFra
     """
     previous = Path(previous)
     try:
-        old_sha = json.loads((previous / "metrics.json").read_text())["artifacts"]
+        old_metrics = json.loads((previous / "metrics.json").read_text())
+        old_sha = old_metrics["artifacts"]
         old = pd.read_csv(previous / "predictions.csv").set_index("path")
     except (OSError, KeyError, TypeError, ValueError) as exc:  # missing, unreadable, malformed
         raise ValueError(
@@ -129,10 +131,13 @@ def reusable_predictions(previous: Path, ensemble: Ensemble) -> tuple[pd.DataFra
         ) from exc
     if old.index.has_duplicates:
         raise ValueError(f"{previous / 'predictions.csv'} lists some paths twice")
+    same_tta = old_metrics.get("tta", "none") == ensemble.tta
     names = [
         n
         for n, clf in ensemble.members.items()
-        if old_sha.get(n) == clf.config["weights_sha256"] and probability_columns(n)[0] in old
+        if same_tta
+        and old_sha.get(n) == clf.config["weights_sha256"]
+        and probability_columns(n)[0] in old
     ]
     cols = [c for n in names for c in probability_columns(n)]
     return old.loc[:, cols], names
@@ -165,8 +170,12 @@ def evaluate(
     strict: bool = True,
     batch_size: int = 32,
     reuse: Path | None = None,
+    tta: str | None = None,
 ) -> dict:
     """Run the ensemble over a dataset and write predictions, metrics and failures.
+
+    ``tta`` is the base models' test-time augmentation (``None``: the meta-learner's,
+    see :func:`~ensemble.inference.load_ensemble`); ``metrics.json`` records it.
 
     With ``reuse`` (an earlier output folder of this function) the members whose
     weights are unchanged are not run again (see :func:`reusable_predictions`);
@@ -176,10 +185,10 @@ def evaluate(
     t0 = time.time()
     reused: list[str] = []
     if reuse is not None:
-        ensemble = load_ensemble(artifacts, strict=strict, fused=False)
+        ensemble = load_ensemble(artifacts, strict=strict, fused=False, tta=tta)
         table, reused = reusable_predictions(reuse, ensemble)
     else:
-        ensemble = load_ensemble(artifacts, strict=strict)
+        ensemble = load_ensemble(artifacts, strict=strict, tta=tta)
         table = None
     preds, failures = predict_files(ensemble, Path(data_dir), rows, batch_size, table)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +199,7 @@ def evaluate(
     metrics.update(
         n_failed=len(failures),
         ensemble_method=ensemble.method,
+        tta=ensemble.tta,
         missing_artifacts=ensemble.missing,
         split={"csv": str(split_csv) if split_csv else None, "part": part},
         artifacts={name: clf.config["weights_sha256"] for name, clf in ensemble.members.items()}
@@ -219,6 +229,7 @@ def record_in_artifacts(metrics: dict, artifacts: Path, record: Path, part: str)
         evaluations[part] = {
             "record": str(record),
             "weights_sha256": sha,
+            "tta": metrics.get("tta", "none"),
             "n_images": metrics["n_images"],
             **metrics["models"][name],
         }
@@ -243,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         help="evaluate whichever base models exist (final = their mean)",
     )
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default=None,
+        help="base models' test-time augmentation (default: the meta-learner's input_tta)",
+    )
     p.add_argument(
         "--reuse",
         type=Path,
@@ -270,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         strict=not a.allow_missing,
         batch_size=a.batch_size,
         reuse=a.reuse,
+        tta=a.tta,
     )
     if a.record_in_artifacts and m["n_images"]:
         for path in record_in_artifacts(m, a.artifacts, a.out / "metrics.json", a.part):

@@ -50,9 +50,18 @@ def write_classifier_artifact(
 
 
 def write_meta_artifact(
-    model: Any, dest: Path, *, inputs: list[str], training: dict | None = None
+    model: Any,
+    dest: Path,
+    *,
+    inputs: list[str],
+    training: dict | None = None,
+    input_tta: str = "none",
 ) -> str:
-    """Save the meta-learner's weights (float16) and its config; return the SHA-256."""
+    """Save the meta-learner's weights (float16) and its config; return the SHA-256.
+
+    ``input_tta`` is the test-time augmentation its input probabilities were computed
+    with; inference uses the same one by default.
+    """
     dest = Path(dest)
     sha = save_weights_compact(model, dest / WEIGHTS_FILE)
     write_json(
@@ -61,6 +70,7 @@ def write_meta_artifact(
             "kind": "meta_learner",
             "inputs": list(inputs),
             "input_features": [f"{m}_{c}" for m in inputs for c in CLASS_NAMES],
+            "input_tta": input_tta,
             "class_names": list(CLASS_NAMES),
             "architecture": META_DESCRIPTION,
             "decision": "argmax of the softmax",

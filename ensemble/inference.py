@@ -18,6 +18,12 @@ Speed (measured in ``benchmarks/README.md``):
   arithmetic are bfloat16 (outputs stay float32). Use it only after
   ``benchmarks/precision_check.py`` shows unchanged test-split accuracy. The
   original model (``LoadedClassifier.model``, used by Grad-CAM) is never changed.
+
+Test-time augmentation (``tta="hflip"``) runs every base model on the crop and on
+its left-right mirror image in the same call and averages the two probability
+vectors; the meta-learner then sees those averages. The meta-learner's config
+records which mode its training inputs were computed with (``input_tta``) and
+:func:`load_ensemble` uses that mode unless told otherwise.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from neurostack.artifacts import (
     verify_sha256,
 )
 from neurostack.errors import ArtifactError
-from neurostack.preprocess import resize_square
+from neurostack.preprocess import TTA_MODES, check_tta, resize_square
 
 META_NAME = "meta"
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
@@ -344,6 +350,11 @@ def load_meta(folder: str | Path) -> LoadedMeta:
     folder = Path(folder)
     cfg = _checked_config(folder, "meta_learner")
     inputs = list(cfg["inputs"])
+    if cfg.get("input_tta", "none") not in TTA_MODES:
+        raise ArtifactError(
+            f"{folder / CONFIG_FILE}: input_tta must be one of {list(TTA_MODES)}; "
+            f"received {cfg['input_tta']!r}"
+        )
     model = build_meta_learner(len(inputs), len(CLASS_NAMES))
     load_weights_compact(model, folder / cfg.get("weights_file", WEIGHTS_FILE))
     meta = LoadedMeta(model, inputs, cfg, folder)
@@ -370,6 +381,7 @@ class Ensemble:
 
     When the meta-learner or a base model is missing (only with ``strict=False``)
     the final answer is the mean of the available base models and ``method`` says so.
+    ``tta`` (:data:`~neurostack.preprocess.TTA_MODES`) is applied to every base model.
 
     With ``fused=True`` (default) :meth:`predict_crops` runs everything in one
     compiled graph (see the module docstring); it is traced here, once.
@@ -382,9 +394,11 @@ class Ensemble:
         missing: list[str] | None = None,
         *,
         fused: bool = True,
+        tta: str = "none",
     ) -> None:
         if not members:
             raise ArtifactError("No classifier could be loaded")
+        self.tta = check_tta(tta)
         self.members = members
         self.meta = meta
         self.missing = missing or []
@@ -400,6 +414,15 @@ class Ensemble:
         meta = self.meta
         sizes = self.sizes
         models = {n: c.predictor for n, c in members.items()}
+        mirror = self.tta == "hflip"
+
+        def member_probs(name, x):
+            if not mirror:
+                return tf.cast(models[name](x, training=False), tf.float32)
+            n = tf.shape(x)[0]
+            both = models[name](tf.concat([x, tf.reverse(x, axis=[2])], 0), training=False)
+            both = tf.cast(both, tf.float32)
+            return 0.5 * (both[:n] + both[n:])
 
         def run(*grays):
             by_size = dict(zip(sizes, grays, strict=True))
@@ -415,7 +438,7 @@ class Ensemble:
                         inputs[key] = rgb[..., ::-1] - tf.constant(_CAFFE_MEAN_BGR, tf.float32)
                     else:
                         raise ValueError(f"unknown preprocess mode {clf.preprocess_mode!r}")
-                probs[name] = tf.cast(models[name](inputs[key], training=False), tf.float32)
+                probs[name] = member_probs(name, inputs[key])
             if meta is not None:
                 stacked = tf.concat([probs[n] for n in meta.inputs], axis=1)
                 final = tf.cast(meta.model(stacked, training=False), tf.float32)
@@ -430,10 +453,14 @@ class Ensemble:
 
     @property
     def method(self) -> str:
-        """How the final probabilities are formed."""
+        """How the final probabilities are formed (and the test-time augmentation, if any)."""
         if self.meta is not None:
-            return "meta-learner (stacking)"
-        return f"mean of {len(self.members)} base model(s); meta-learner not available"
+            how = "meta-learner (stacking)"
+        else:
+            how = f"mean of {len(self.members)} base model(s); meta-learner not available"
+        if self.tta == "hflip":
+            how += "; each base model averaged over the slice and its mirror image"
+        return how
 
     def predict_crops(
         self, crops: list[np.ndarray], given: Mapping[str, np.ndarray] | None = None
@@ -464,8 +491,15 @@ class Ensemble:
             key = (clf.input_size, clf.preprocess_mode)
             if key not in prepared:
                 prepared[key] = clf.prepare(crops)
-            per_model[name] = clf.predict_preprocessed(prepared[key])
+            per_model[name] = self._member_probs(clf, prepared[key])
         return EnsemblePrediction(per_model, self.combine(per_model), self.method)
+
+    def _member_probs(self, clf: LoadedClassifier, x: np.ndarray) -> np.ndarray:
+        """``(N, S, S, 3)`` preprocessed batch -> ``(N, 4)`` probabilities, with ``self.tta``."""
+        if self.tta == "none":
+            return clf.predict_preprocessed(x)
+        both = clf.predict_preprocessed(np.concatenate([x, x[:, :, ::-1]]))
+        return 0.5 * (both[: len(x)] + both[len(x) :])
 
     def combine(self, per_model: Mapping[str, np.ndarray]) -> np.ndarray:
         """Return the final ``(N, 4)`` probabilities from every member's ``(N, 4)`` ones.
@@ -485,6 +519,7 @@ def load_ensemble(
     precision: str | Mapping[str, str] = "float32",
     fused: bool = True,
     fold_batchnorm: bool | None = None,
+    tta: str | None = None,
 ) -> Ensemble:
     """Load every base classifier and the meta-learner from ``classification_dir``.
 
@@ -499,10 +534,17 @@ def load_ensemble(
         fused: Run all models in one compiled graph (default) instead of one call each.
         fold_batchnorm: Fold BatchNormalization into convolutions for inference
             (default: only with ``"bfloat16"``; see :func:`load_classifier`).
+        tta: Test-time augmentation of the base models
+            (:data:`~neurostack.preprocess.TTA_MODES`). ``None`` (default): the mode
+            the meta-learner was fitted with (its config's ``input_tta``), or
+            ``"none"`` without a meta-learner. ``"hflip"`` doubles the compute.
 
     Raises:
         ArtifactError: Naming each missing or corrupt artifact.
+        ValueError: If ``tta`` is not a known mode.
     """
+    if tta is not None:
+        check_tta(tta)
     root = Path(classification_dir)
     per_model = parse_precision(precision)
     members: dict[str, LoadedClassifier] = {}
@@ -524,4 +566,6 @@ def load_ensemble(
         raise ArtifactError("Missing artifacts: " + "; ".join(missing))
     if not members:
         raise ArtifactError("No classifier artifacts found: " + "; ".join(missing))
-    return Ensemble(members, meta, missing, fused=fused)
+    if tta is None:
+        tta = meta.config.get("input_tta", "none") if meta is not None else "none"
+    return Ensemble(members, meta, missing, fused=fused, tta=tta)

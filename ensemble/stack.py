@@ -110,13 +110,19 @@ def fit_meta_learner(
 ) -> dict:
     """Choose epochs by K-fold CV, refit on all held-out rows, write the artifact folder.
 
+    The config records as ``input_tta`` the test-time augmentation the held-out
+    evaluation ran with (its ``metrics.json``), so inference feeds the same inputs.
+
     Raises:
         ValueError: If the predictions come from the test split or lack columns.
     """
     heldout_csv = Path(heldout_csv)
     src_metrics = heldout_csv.parent / "metrics.json"
+    tta = "none"
     if src_metrics.exists():
-        part = json.loads(src_metrics.read_text()).get("split", {}).get("part")
+        recorded = json.loads(src_metrics.read_text())
+        tta = recorded.get("tta", "none")
+        part = recorded.get("split", {}).get("part")
         if part == "test":
             raise ValueError("refusing to fit the meta-learner on test-split predictions")
         if part not in ("val", None):
@@ -146,6 +152,7 @@ def fit_meta_learner(
         model,
         out,
         inputs=models,
+        input_tta=tta,
         training={
             "heldout_predictions": str(heldout_csv),
             "n_rows": int(len(df)),
@@ -164,6 +171,7 @@ def fit_meta_learner(
         "cv_fold_accuracies": accs,
         "epochs": best_epochs,
         "n_rows": int(len(df)),
+        "input_tta": tta,
     }
     write_json(out / "metrics.json", metrics)
     return metrics

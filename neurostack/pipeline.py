@@ -39,6 +39,7 @@ COLOUR_LIMIT = 8.0
 """Mean channel difference above which an image is flagged as not a greyscale MRI."""
 SPACING_SOURCES = ("dicom", "user", "assumed", "none")
 PRECISION_ENV = "NEUROSTACK_PRECISION"
+TTA_ENV = "NEUROSTACK_TTA"
 """Environment variable giving :func:`load_pipeline`'s default classifier precision."""
 
 
@@ -458,7 +459,7 @@ def _resolve_spacing(
 
 def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = False,
                   limits: InputLimits | None = None, precision: str | None = None,
-                  warm_up: bool = True) -> Pipeline:
+                  warm_up: bool = True, tta: str | None = None) -> Pipeline:
     """Load every model from ``artifacts_dir`` (``classification/`` and ``segmentation/resunet``).
 
     Args:
@@ -472,6 +473,9 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
             ``$NEUROSTACK_PRECISION`` and falls back to ``"float32"``, so a deployment
             can switch after ``benchmarks/precision_check.py`` without code changes.
         warm_up: Run every model once before returning (:meth:`Pipeline.warm_up`).
+        tta: The base classifiers' test-time augmentation (``"none"`` or ``"hflip"``).
+            ``None`` (default) reads ``$NEUROSTACK_TTA`` and falls back to the one the
+            meta-learner was fitted with; ``"none"`` halves the classifiers' compute.
 
     Raises:
         ArtifactError: Naming missing (strict) or corrupt artifacts.
@@ -480,8 +484,10 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
 
     if precision is None:
         precision = os.environ.get(PRECISION_ENV, "").strip() or "float32"
+    if tta is None:
+        tta = os.environ.get(TTA_ENV, "").strip() or None
     root = Path(artifacts_dir)
-    ensemble = load_ensemble(root / "classification", strict=strict, precision=precision)
+    ensemble = load_ensemble(root / "classification", strict=strict, precision=precision, tta=tta)
     missing = list(ensemble.missing)
     segmenter = None
     seg_dir = root / "segmentation" / "resunet"

@@ -11,6 +11,20 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+TTA_MODES: tuple[str, ...] = ("none", "hflip")
+"""Test-time augmentation modes shared by the classifiers and the segmenter: ``"hflip"``
+averages the predictions for the crop and for its left-right mirror image (a mirrored
+mask is mirrored back), ``"none"`` runs the crop once."""
+
+
+def check_tta(mode: str) -> str:
+    """Return ``mode`` if it is one of :data:`TTA_MODES`, else raise ``ValueError``."""
+    if mode not in TTA_MODES:
+        raise ValueError(
+            f"test-time augmentation must be one of {list(TTA_MODES)}; received {mode!r}"
+        )
+    return mode
+
 
 @dataclass(frozen=True)
 class CropBox:

@@ -166,7 +166,14 @@ def classification_section(root: Path) -> list[str]:
             f"probabilities ({meta['training'].get('n_rows')} rows), "
             f"{meta['training'].get('epochs')} epochs chosen by "
             f"{meta['training'].get('epochs_chosen_by')}; CV accuracy "
-            f"{_fmt(meta_m.get('cv_accuracy') if meta_m else None)}.",
+            f"{_fmt(meta_m.get('cv_accuracy') if meta_m else None)}. Its inputs, here and at "
+            f"inference, are computed with test-time augmentation "
+            f"`{meta.get('input_tta', 'none')}`"
+            + (
+                " (each base model's probabilities averaged over the slice and its mirror image)."
+                if meta.get("input_tta") == "hflip"
+                else "."
+            ),
             "",
         ]
     else:

@@ -24,14 +24,11 @@ from neurostack.artifacts import (
     verify_sha256,
 )
 from neurostack.errors import ArtifactError
-from neurostack.preprocess import CropBox, paste_crop
+from neurostack.preprocess import TTA_MODES, CropBox, paste_crop
 from segmentation.data import preprocess_slice
 from segmentation.postprocess import POSTPROCESS_MODES, check_postprocess, probability_to_mask
 
 REQUIRED_KEYS = ("architecture", "input_size", "weights_sha256")
-TTA_MODES = ("none", "hflip")
-"""Test-time augmentation: ``"hflip"`` averages the probabilities of the crop and of its
-left-right mirror image (mirrored back), ``"none"`` runs the crop once."""
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,12 @@ def test_evaluation_records_were_made_with_the_shipped_weights() -> None:
     configs = _configs()
     records = sorted((ART / "evaluation" / "classification").glob("*/metrics.json"))
     assert records, "no classification evaluation record"
+    meta_cfg = json.loads((ART / "classification" / "meta" / "config.json").read_text())
     for path in records:
-        used = json.loads(path.read_text())["artifacts"]
+        record = json.loads(path.read_text())
+        # the meta-learner was fitted on, and is applied to, inputs of one augmentation
+        assert record.get("tta", "none") == meta_cfg.get("input_tta", "none"), path
+        used = record["artifacts"]
         for name, sha in used.items():
             if name in configs:
                 assert sha == configs[name]["weights_sha256"], f"{path} is stale for {name}"

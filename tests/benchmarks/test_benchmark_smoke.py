@@ -27,7 +27,7 @@ def test_benchmark_runs_and_reports_every_number(bench_artifacts: Path, tmp_path
     out = tmp_path / "bench.json"
     # small everything: the cold-start process (TensorFlow import + four backbones) dominates
     small = "--repeats 1 --max-samples 1 --batch-slices 2 --matmul-size 256 --matmul-repeats 1"
-    small += " --no-profiler-flops --busy-sample-s 0.2"
+    small += " --no-profiler-flops --busy-sample-s 0.2 --tta hflip"  # tiny meta: input_tta none
     report = run.main(["--artifacts", str(bench_artifacts), "--json", str(out), *small.split()])
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(report))
@@ -65,7 +65,7 @@ def test_benchmark_runs_and_reports_every_number(bench_artifacts: Path, tmp_path
     assert data["artifacts"]["dir"] == str(bench_artifacts.resolve())
     start = data["conditions"]["start"]
     assert len(start["loadavg_1_5_15"]) == 3 and isinstance(start["busy_processes"], list)
-    assert data["config"]["precision"] == "float32"
+    assert data["config"]["precision"] == "float32" and data["config"]["tta"] == "hflip"
     assert set(data["targets"]) >= {
         "speedup_vs_naive",
         "throughput_slices_per_s",

@@ -122,6 +122,7 @@ def test_record_in_artifacts_keeps_other_parts(tmp_path: Path) -> None:
     )
     metrics = {
         "n_images": 7,
+        "tta": "hflip",
         "artifacts": {"resnet50": "aa", "vgg19": "bb", "meta": "cc"},
         "models": {"resnet50": {"accuracy": 0.5}, "vgg19": {"accuracy": 0.25}, "ensemble": {}},
     }
@@ -132,6 +133,7 @@ def test_record_in_artifacts_keeps_other_parts(tmp_path: Path) -> None:
     assert r["val"] == {
         "record": "rec/metrics.json",
         "weights_sha256": "aa",
+        "tta": "hflip",
         "n_images": 7,
         "accuracy": 0.5,
     }
@@ -177,4 +179,25 @@ def test_reuse_runs_only_members_whose_weights_changed(evaluated, tmp_path: Path
     (prev / "metrics.json").unlink()
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--reuse", str(prev)])
+    assert exc.value.code == 2
+
+
+def test_tta_is_recorded_and_reuse_needs_the_same_tta(evaluated, tmp_path: Path) -> None:
+    first = json.loads((evaluated["out"] / "metrics.json").read_text())
+    assert first["tta"] == "none"  # the tiny meta-learner records no input_tta
+    out = tmp_path / "hflip"
+    argv = [str(evaluated["data"]), "--out", str(out), "--artifacts", str(evaluated["artifacts"])]
+    assert main([*argv, "--tta", "hflip", "--reuse", str(evaluated["out"])]) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["tta"] == "hflip"
+    assert record["reused"]["members"] == []  # same weights, other augmentation: all rerun
+    old = pd.read_csv(evaluated["out"] / "predictions.csv")
+    new = pd.read_csv(out / "predictions.csv")
+    assert new["path"].tolist() == old["path"].tolist()
+    assert any(
+        not np.allclose(new[probability_columns(n)], old[probability_columns(n)], atol=1e-4)
+        for n in BACKBONES
+    )
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--tta", "vflip"])
     assert exc.value.code == 2

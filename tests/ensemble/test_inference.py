@@ -268,3 +268,42 @@ def test_parse_and_format_precision_known_answers() -> None:
         parse_precision("vgg19=float16")
     with pytest.raises(ValueError, match="name=precision"):
         parse_precision("vgg19=bfloat16,resnet50")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", [True, False])
+def test_hflip_tta_averages_the_crop_and_its_mirror(tiny_artifacts: Path, fused: bool) -> None:
+    root = tiny_artifacts / "classification"
+    plain = load_ensemble(root, fused=False)
+    assert plain.tta == "none"  # the tiny meta-learner records no input_tta
+    crops = _crops(3, seed=5)
+    a = plain.predict_crops(crops)
+    b = plain.predict_crops([np.ascontiguousarray(c[:, ::-1]) for c in crops])
+    # the mirror must change some member's answer, or this test could not fail
+    assert any(not np.allclose(a.per_model[n], b.per_model[n], atol=1e-4) for n in BACKBONES)
+
+    ens = load_ensemble(root, tta="hflip", fused=fused)
+    got = ens.predict_crops(crops)
+    for name in BACKBONES:
+        expected = (a.per_model[name] + b.per_model[name]) / 2
+        np.testing.assert_allclose(got.per_model[name], expected, atol=1e-5)
+    np.testing.assert_allclose(got.ensemble, ens.combine(got.per_model), atol=1e-5)
+    assert got.method == "meta-learner (stacking); each base model averaged over the slice and " \
+        "its mirror image"
+
+
+def test_tta_default_follows_the_meta_learner(tiny_artifacts: Path, tmp_path: Path) -> None:
+    root = _link_tree(
+        tiny_artifacts / "classification", tmp_path / "cls", [n for n in BACKBONES]
+    )
+    shutil.copytree(tiny_artifacts / "classification" / "meta", root / "meta")
+    cfg_path = root / "meta" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(cfg | {"input_tta": "hflip"}))
+    assert load_ensemble(root, fused=False).tta == "hflip"
+    assert load_ensemble(root, fused=False, tta="none").tta == "none"
+    with pytest.raises(ValueError, match=r"\['none', 'hflip'\]; received 'vflip'"):
+        load_ensemble(root, fused=False, tta="vflip")
+    cfg_path.write_text(json.dumps(cfg | {"input_tta": "rot90"}))
+    with pytest.raises(ArtifactError, match="input_tta must be one of .* received 'rot90'"):
+        load_ensemble(root, fused=False)

@@ -41,11 +41,12 @@ def synthetic_heldout(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     return df[["path", "label", "pred", *[c for m in MODELS for c in probability_columns(m)]]], y
 
 
-def _write(folder: Path, df: pd.DataFrame, part: str | None) -> Path:
+def _write(folder: Path, df: pd.DataFrame, part: str | None, **recorded) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     df.to_csv(folder / "predictions.csv", index=False)
     if part is not None:
-        (folder / "metrics.json").write_text(json.dumps({"split": {"csv": "x.csv", "part": part}}))
+        record = {"split": {"csv": "x.csv", "part": part}, **recorded}
+        (folder / "metrics.json").write_text(json.dumps(record))
     return folder / "predictions.csv"
 
 
@@ -70,6 +71,7 @@ def test_meta_learner_beats_the_average_and_round_trips(tmp_path: Path, monkeypa
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["inputs"] == MODELS and cfg["training"]["epochs"] == metrics["epochs"]
     assert cfg["input_features"] == [c for m in MODELS for c in probability_columns(m)]
+    assert cfg["input_tta"] == metrics["input_tta"] == "none"  # the evaluation recorded none
 
     # fresh data from the same distribution
     test_df, y = synthetic_heldout(600, seed=1)
@@ -148,3 +150,11 @@ def test_heldout_groups_come_from_the_recorded_split(tmp_path: Path, monkeypatch
         stack.heldout_groups(csv, pd.Series(["a.png", "zz.png"]))
     (tmp_path / "ev" / "metrics.json").write_text(json.dumps({"split": {"csv": None}}))
     assert stack.heldout_groups(csv, pd.Series(["a.png"])) is None
+
+
+def test_meta_learner_records_the_heldout_tta(tmp_path: Path) -> None:
+    df, _ = synthetic_heldout(60, seed=4)
+    csv = _write(tmp_path / "val", df, "val", tta="hflip")
+    metrics = stack.fit_meta_learner(csv, tmp_path / "meta", folds=2, max_epochs=2, seed=0)
+    assert metrics["input_tta"] == "hflip"
+    assert json.loads((tmp_path / "meta" / "config.json").read_text())["input_tta"] == "hflip"

@@ -442,3 +442,15 @@ def test_threshold_defaults_to_the_segmenters_operating_point(tiny_pipeline, png
     assert tiny_pipeline.resolve_threshold(0.25) == 0.25
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\); received 0.0"):
         tiny_pipeline.resolve_threshold(0.0)
+
+
+@pytest.mark.slow
+def test_tta_comes_from_the_argument_then_the_environment(tiny_artifacts, monkeypatch) -> None:
+    monkeypatch.setenv("NEUROSTACK_TTA", "hflip")
+    assert load_pipeline(tiny_artifacts, warm_up=False).ensemble.tta == "hflip"
+    assert load_pipeline(tiny_artifacts, warm_up=False, tta="none").ensemble.tta == "none"
+    monkeypatch.setenv("NEUROSTACK_TTA", "")
+    assert load_pipeline(tiny_artifacts, warm_up=False).ensemble.tta == "none"  # meta's own
+    monkeypatch.setenv("NEUROSTACK_TTA", "mirror")
+    with pytest.raises(ValueError, match="received 'mirror'"):
+        load_pipeline(tiny_artifacts, warm_up=False)
