@@ -149,3 +149,33 @@ def classification_metrics(
         "roc_auc": aucs,
         "ece": ece,
     }
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float | int]:
+    """Exact McNemar test of two classifiers scored on the same images.
+
+    Only the discordant images count: ``only_a`` where A is right and B wrong,
+    ``only_b`` the reverse. Under "equally accurate" each discordant image is a fair
+    coin, so the two-sided p-value is the binomial one of ``only_a`` in
+    ``only_a + only_b`` tosses (1.0 when there is no discordant image).
+
+    Args:
+        correct_a: ``(N,)`` bool, whether classifier A was right on image ``i``.
+        correct_b: ``(N,)`` bool, the same for classifier B.
+
+    Returns:
+        ``{"only_a": int, "only_b": int, "p_value": float}``.
+
+    Raises:
+        ValueError: If the two arrays are not 1-D of the same length.
+    """
+    from scipy.stats import binomtest
+
+    a = np.asarray(correct_a, dtype=bool)
+    b = np.asarray(correct_b, dtype=bool)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"need two (N,) arrays of one length; received {a.shape} and {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
+    return {"only_a": only_a, "only_b": only_b, "p_value": p}

@@ -12,7 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from neurostack import CLASS_NAMES
 
 BACKBONES = ("xception", "inceptionv3", "resnet50", "vgg19")
 
@@ -178,10 +181,12 @@ def classification_section(root: Path) -> list[str]:
         ]
     else:
         lines += ["**Meta-learner.** Not fitted yet (it needs all four base models).", ""]
-    ev = _json(root / "evaluation" / "classification" / "test" / "metrics.json")
+    ev_dir = root / "evaluation" / "classification" / "test"
+    ev = _json(ev_dir / "metrics.json")
     title = "Test split"
     if ev is None:
-        ev = _json(root / "evaluation" / "classification" / "val" / "metrics.json")
+        ev_dir = root / "evaluation" / "classification" / "val"
+        ev = _json(ev_dir / "metrics.json")
         title = "Validation split (interim; the test split is evaluated once, at the end)"
     if ev:
         res = [
@@ -209,23 +214,44 @@ def classification_section(root: Path) -> list[str]:
             pd.DataFrame(res).to_markdown(index=False),
             "",
         ]
-        lines += _ensemble_vs_best(ev["models"])
+        table = ev_dir / "predictions.csv"
+        preds = pd.read_csv(table) if table.is_file() else None
+        lines += _ensemble_vs_best(ev["models"], preds)
     return lines
 
 
-def _ensemble_vs_best(models: dict[str, Any]) -> list[str]:
-    """One sentence comparing the ensemble with its best base model (issue 8's floor)."""
+def _ensemble_vs_best(models: dict[str, Any], predictions: pd.DataFrame | None = None) -> list[str]:
+    """Compare the ensemble with its best base model (issue 8's floor).
+
+    With the evaluation's ``predictions`` table, also the slices only one of the two
+    got right and the exact McNemar p-value of the difference.
+    """
     if "ensemble" not in models or len(models) < 2:
         return []
     base = {m: r["accuracy"] for m, r in models.items() if m != "ensemble"}
     best = max(base, key=base.get)
     ens = models["ensemble"]["accuracy"]
     verdict = "at least as accurate as" if ens >= base[best] else "**less accurate than**"
-    return [
+    text = (
         f"The ensemble ({_fmt(ens)}) is {verdict} its best base model, {best} "
-        f"({_fmt(base[best])}), on this split.",
-        "",
-    ]
+        f"({_fmt(base[best])}), on this split."
+    )
+    if predictions is not None:
+        from ensemble.evaluate import probability_columns
+        from ensemble.metrics import mcnemar_exact
+
+        truth = predictions["label"].to_numpy()
+
+        def right(model: str) -> Any:
+            proba = predictions[probability_columns(model)].to_numpy()
+            return np.asarray(CLASS_NAMES)[proba.argmax(axis=1)] == truth
+
+        test = mcnemar_exact(right("ensemble"), right(best))
+        text += (
+            f" Only the ensemble was right on {test['only_a']} slices, only {best} on "
+            f"{test['only_b']} (exact McNemar p = {test['p_value']:.2f})."
+        )
+    return [text, ""]
 
 
 def segmentation_section(root: Path) -> list[str]:

@@ -175,3 +175,18 @@ def test_classification_metrics_with_an_absent_class() -> None:
 def test_classification_metrics_rejects_bad_shape() -> None:
     with pytest.raises(ValueError, match=r"proba must have shape \(9, 3\)"):
         classification_metrics(Y_TRUE, np.ones((9, 4)) / 4, NAMES)
+
+
+def test_mcnemar_exact_known_answers() -> None:
+    from ensemble.metrics import mcnemar_exact
+
+    a = np.array([1, 1, 1, 1, 1, 1, 0, 0], bool)
+    b = np.array([0, 0, 0, 0, 0, 0, 0, 1], bool)
+    # 6 discordant for A, 1 for B: 2 * (1 + 7) / 2**7 = 0.125
+    assert mcnemar_exact(a, b) == {"only_a": 6, "only_b": 1, "p_value": pytest.approx(0.125)}
+    # 6 to 0: 2 / 2**6
+    assert mcnemar_exact(a[:6], b[:6])["p_value"] == pytest.approx(0.03125)
+    # agreement everywhere: nothing to test
+    assert mcnemar_exact(a, a) == {"only_a": 0, "only_b": 0, "p_value": 1.0}
+    with pytest.raises(ValueError, match=r"\(8,\) and \(7,\)"):
+        mcnemar_exact(a, b[:7])

@@ -42,3 +42,25 @@ def test_recalibration_note_with_and_without_scores() -> None:
         "val_accuracy_after": 0.83,
     }
     assert model_card._recalibration_note(scored).endswith("val acc 0.8000 -> 0.8300")
+
+
+def test_ensemble_vs_best_counts_the_discordant_slices() -> None:
+    import pandas as pd
+
+    from neurostack import CLASS_NAMES
+
+    def onehot(names: list[str], prefix: str) -> dict[str, list[float]]:
+        return {f"{prefix}_{c}": [float(n == c) for n in names] for c in CLASS_NAMES}
+
+    labels = ["glioma"] * 8
+    ens = ["glioma"] * 6 + ["notumor"] * 2  # right on 0-5
+    best = ["pituitary"] * 6 + ["glioma"] * 2  # right on 6-7
+    table = pd.DataFrame({"label": labels, **onehot(ens, "ensemble"), **onehot(best, "resnet50")})
+    models = {"resnet50": {"accuracy": 0.25}, "ensemble": {"accuracy": 0.75}}
+    (text, blank) = model_card._ensemble_vs_best(models, table)
+    assert blank == ""
+    assert "is at least as accurate as its best base model, resnet50 (0.2500)" in text
+    # 6 against 2 discordant slices: p = 2 * (1 + 8 + 28) / 2**8 = 0.289
+    assert "Only the ensemble was right on 6 slices, only resnet50 on 2" in text
+    assert "exact McNemar p = 0.29" in text
+    assert model_card._ensemble_vs_best(models) == [text.split(" Only")[0], ""]
