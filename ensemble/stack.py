@@ -33,6 +33,7 @@ from ensemble.export import write_meta_artifact
 from ensemble.registry import BACKBONES
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import write_json
+from neurostack.preprocess import check_tta
 
 
 def stacked_features(df: pd.DataFrame, models: list[str]) -> np.ndarray:
@@ -114,14 +115,15 @@ def fit_meta_learner(
     evaluation ran with (its ``metrics.json``), so inference feeds the same inputs.
 
     Raises:
-        ValueError: If the predictions come from the test split or lack columns.
+        ValueError: If the predictions come from the test split, lack columns, or
+            their ``metrics.json`` records an unknown test-time augmentation.
     """
     heldout_csv = Path(heldout_csv)
     src_metrics = heldout_csv.parent / "metrics.json"
     tta = "none"
     if src_metrics.exists():
         recorded = json.loads(src_metrics.read_text())
-        tta = recorded.get("tta", "none")
+        tta = check_tta(recorded.get("tta", "none"))
         part = recorded.get("split", {}).get("part")
         if part == "test":
             raise ValueError("refusing to fit the meta-learner on test-split predictions")

@@ -148,12 +148,11 @@ def write_operating_point(
     scores) is kept under ``operating_point`` so the choice can be traced.
     """
     from neurostack.artifacts import read_json
-    from segmentation.predict import TTA_MODES
+    from neurostack.preprocess import check_tta
 
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1); received {threshold}")
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {list(TTA_MODES)}; received {tta!r}")
+    check_tta(tta)
     check_postprocess(postprocess)
     path = Path(artifacts) / "config.json"
     config = read_json(path)

@@ -158,3 +158,11 @@ def test_meta_learner_records_the_heldout_tta(tmp_path: Path) -> None:
     metrics = stack.fit_meta_learner(csv, tmp_path / "meta", folds=2, max_epochs=2, seed=0)
     assert metrics["input_tta"] == "hflip"
     assert json.loads((tmp_path / "meta" / "config.json").read_text())["input_tta"] == "hflip"
+
+
+def test_unknown_heldout_tta_is_refused_before_fitting(tmp_path: Path) -> None:
+    df, _ = synthetic_heldout(40, seed=5)
+    csv = _write(tmp_path / "val", df, "val", tta="rot90")
+    with pytest.raises(ValueError, match=r"\['none', 'hflip'\]; received 'rot90'"):
+        stack.fit_meta_learner(csv, tmp_path / "meta", folds=2, max_epochs=2, seed=0)
+    assert not (tmp_path / "meta").exists()
