@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,23 @@ def verify_sha256(path: str | Path, expected: str) -> None:
             f"Checksum mismatch for {path}: expected SHA-256 {expected}, found {actual}. "
             "The file is corrupt or was modified; restore it from the repository."
         )
+
+
+@contextmanager
+def float32_policy() -> Iterator[None]:
+    """Build Keras layers under the float32 dtype policy, restoring the previous one after.
+
+    Rebuilt artifacts are always float32, whatever policy a trainer left set
+    (the policy is per thread in Keras 3).
+    """
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def save_weights_compact(model: Any, path: str | Path) -> str:

@@ -39,8 +39,10 @@ COLOUR_LIMIT = 8.0
 """Mean channel difference above which an image is flagged as not a greyscale MRI."""
 SPACING_SOURCES = ("dicom", "user", "assumed", "none")
 PRECISION_ENV = "NEUROSTACK_PRECISION"
-TTA_ENV = "NEUROSTACK_TTA"
 """Environment variable giving :func:`load_pipeline`'s default classifier precision."""
+TTA_ENV = "NEUROSTACK_TTA"
+"""Environment variable giving :func:`load_pipeline`'s default test-time augmentation."""
+
 
 
 @dataclass
@@ -123,12 +125,13 @@ class Pipeline:
     def model_info(self) -> dict[str, dict[str, Any]]:
         """Name -> ``{"sha256", "folder", "input_size"}`` for every loaded model.
 
-        Classifiers also carry their inference ``precision``.
+        Classifiers also carry their inference ``precision`` and ``runtime``.
         """
         info = {
             name: {"sha256": clf.config["weights_sha256"], "folder": str(clf.folder),
                    "input_size": clf.input_size,
-                   "precision": getattr(clf, "precision", "float32")}
+                   "precision": getattr(clf, "precision", "float32"),
+                   "runtime": getattr(clf, "runtime", "tensorflow")}
             for name, clf in self.ensemble.members.items()
         }
         if self.ensemble.meta is not None:
@@ -459,7 +462,8 @@ def _resolve_spacing(
 
 def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = False,
                   limits: InputLimits | None = None, precision: str | None = None,
-                  warm_up: bool = True, tta: str | None = None) -> Pipeline:
+                  warm_up: bool = True, tta: str | None = None,
+                  runtime: str | None = None) -> Pipeline:
     """Load every model from ``artifacts_dir`` (``classification/`` and ``segmentation/resunet``).
 
     Args:
@@ -476,6 +480,10 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
         tta: The base classifiers' test-time augmentation (``"none"`` or ``"hflip"``).
             ``None`` (default) reads ``$NEUROSTACK_TTA`` and falls back to the one the
             meta-learner was fitted with; ``"none"`` halves the classifiers' compute.
+        runtime: Where the base classifiers run: ``"auto"``, ``"tensorflow"``,
+            ``"litert"`` or per model (see :func:`ensemble.inference.parse_runtime`).
+            ``None`` (default) reads ``$NEUROSTACK_RUNTIME`` and falls back to ``"auto"``
+            (:func:`ensemble.inference.load_ensemble`).
 
     Raises:
         ArtifactError: Naming missing (strict) or corrupt artifacts.
@@ -487,7 +495,9 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
     if tta is None:
         tta = os.environ.get(TTA_ENV, "").strip() or None
     root = Path(artifacts_dir)
-    ensemble = load_ensemble(root / "classification", strict=strict, precision=precision, tta=tta)
+    ensemble = load_ensemble(
+        root / "classification", strict=strict, precision=precision, tta=tta, runtime=runtime
+    )
     missing = list(ensemble.missing)
     segmenter = None
     seg_dir = root / "segmentation" / "resunet"

@@ -19,6 +19,7 @@ import numpy as np
 from neurostack.artifacts import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    float32_policy,
     load_weights_compact,
     read_json,
     verify_sha256,
@@ -225,8 +226,6 @@ def load_segmenter(
             missing, the weights fail their checksum, or they do not fit the
             architecture; the message names the file or key.
     """
-    import keras
-
     from segmentation.model import build_resunet
 
     folder = Path(folder)
@@ -249,14 +248,11 @@ def load_segmenter(
     weights = folder / config.get("weights_file", WEIGHTS_FILE)
     verify_sha256(weights, config["weights_sha256"])
 
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
     try:
-        model = build_resunet(**config["architecture"])
+        with float32_policy():
+            model = build_resunet(**config["architecture"])
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{folder / CONFIG_FILE}: invalid architecture: {exc}") from None
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
     if model.input_shape[1] != int(config["input_size"]):
         raise ArtifactError(
             f"{folder / CONFIG_FILE}: input_size {config['input_size']} does not match "

@@ -7,6 +7,8 @@ tiny ResUNet) is built once and only read by the tests.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,11 @@ import pytest
 from PIL import Image
 
 from neurostack import CLASS_NAMES
+
+# Tests build many throwaway artifacts: run the classifiers in TensorFlow unless a test
+# asks for LiteRT, and keep LiteRT conversions out of the user's cache.
+os.environ["NEUROSTACK_RUNTIME"] = "tensorflow"
+os.environ["NEUROSTACK_CACHE_DIR"] = tempfile.mkdtemp(prefix="neurostack-test-cache-")
 
 
 def synthetic_slice(

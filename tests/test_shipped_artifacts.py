@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -88,3 +89,28 @@ def test_evaluation_records_were_made_with_the_shipped_weights() -> None:
 def test_all_weights_together_stay_under_200_mb() -> None:
     total = sum(p.stat().st_size for p in ART.rglob("weights.npz"))
     assert total < 200 * MB, f"{total / MB:.1f} MB of weights"
+
+
+@pytest.mark.slow
+def test_shipped_classifiers_give_the_same_answers_in_litert() -> None:
+    """The default runtime ("auto": three backbones in LiteRT) reproduces TensorFlow's output."""
+    from ensemble.inference import AUTO_RUNTIMES, load_ensemble
+    from neurostack.imaging import load_image
+    from neurostack.litert import litert_available
+    from neurostack.preprocess import crop, find_brain_box
+
+    if not litert_available():
+        pytest.skip("ai-edge-litert missing")
+    samples = sorted((ART / "samples").glob("*.jpg"))
+    crops = []
+    for cls in CLASS_NAMES:  # one slice per class
+        gray = load_image(next(p for p in samples if p.name.startswith(cls)).read_bytes()).gray
+        crops.append(crop(gray, find_brain_box(gray)))
+    ref = load_ensemble(ART / "classification", runtime="tensorflow")
+    auto = load_ensemble(ART / "classification", runtime="auto")
+    assert auto.runtimes == AUTO_RUNTIMES and auto.tta == ref.tta == "hflip"
+    want, got = ref.predict_crops(crops), auto.predict_crops(crops)
+    for name in BACKBONES:
+        np.testing.assert_allclose(got.per_model[name], want.per_model[name], atol=1e-4)
+    np.testing.assert_allclose(got.ensemble, want.ensemble, atol=1e-4)
+    assert list(got.ensemble.argmax(1)) == list(want.ensemble.argmax(1))

@@ -307,3 +307,63 @@ def test_tta_default_follows_the_meta_learner(tiny_artifacts: Path, tmp_path: Pa
     cfg_path.write_text(json.dumps(cfg | {"input_tta": "rot90"}))
     with pytest.raises(ArtifactError, match="input_tta must be one of .* received 'rot90'"):
         load_ensemble(root, fused=False)
+
+
+def test_parse_runtime_known_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ensemble import inference
+    from neurostack import litert
+
+    monkeypatch.setattr(litert, "litert_available", lambda: True)
+    assert inference.parse_runtime("auto") == inference.AUTO_RUNTIMES
+    assert inference.parse_runtime(None)["vgg19"] == "tensorflow"
+    assert inference.parse_runtime("litert") == dict.fromkeys(BACKBONES, "litert")
+    mixed = inference.parse_runtime("vgg19=litert, resnet50=tensorflow")
+    assert mixed == {
+        "xception": "litert", "inceptionv3": "litert", "resnet50": "tensorflow", "vgg19": "litert"
+    }
+    with pytest.raises(ValueError, match=r"\['tensorflow', 'litert'\]; received 'onnx'"):
+        inference.parse_runtime("onnx")
+    with pytest.raises(ValueError, match="allowed: "):
+        inference.parse_runtime("resnet18=litert")
+    # without the package, "auto" falls back to TensorFlow everywhere
+    monkeypatch.setattr(litert, "litert_available", lambda: False)
+    assert inference.parse_runtime("auto") == dict.fromkeys(BACKBONES, "tensorflow")
+
+
+def test_litert_refuses_other_precisions(resnet_artifact) -> None:
+    _, folder = resnet_artifact
+    with pytest.raises(ValueError, match="litert runtime runs the float32 model"):
+        load_classifier(folder, runtime="litert", precision="bfloat16")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        load_classifier(folder, runtime="torch")
+
+
+@pytest.mark.slow
+def test_litert_members_match_tensorflow(tiny_artifacts: Path, monkeypatch) -> None:
+    """The default mixed runtime gives the TensorFlow probabilities, with and without TTA."""
+    from neurostack import litert
+
+    if not litert.litert_available():
+        pytest.skip("ai-edge-litert missing")
+    root = tiny_artifacts / "classification"
+    crops = _crops(3, seed=9)
+    for tta in ("none", "hflip"):
+        ref = load_ensemble(root, tta=tta, runtime="tensorflow")
+        assert ref._fused is not None and set(ref.runtimes.values()) == {"tensorflow"}
+        mixed = load_ensemble(root, tta=tta, runtime="xception=litert,resnet50=litert")
+        assert mixed._fused is None  # not every member is in TensorFlow
+        assert mixed.runtimes["resnet50"] == "litert" and mixed.runtimes["vgg19"] == "tensorflow"
+        want, got = ref.predict_crops(crops), mixed.predict_crops(crops)
+        for name in BACKBONES:
+            np.testing.assert_allclose(got.per_model[name], want.per_model[name], atol=1e-5)
+        np.testing.assert_allclose(got.ensemble, want.ensemble, atol=1e-5)
+    # the Keras model of a LiteRT member came from the same verified weights and serves Grad-CAM
+    clf = mixed.members["resnet50"]
+    np.testing.assert_allclose(
+        clf.predict(crops),
+        np.asarray(clf.model(clf.prepare(crops), training=False)),
+        atol=1e-5,
+    )
+    # $NEUROSTACK_RUNTIME is the default
+    monkeypatch.setenv("NEUROSTACK_RUNTIME", "resnet50=litert")
+    assert load_ensemble(root).runtimes["resnet50"] == "litert"
