@@ -28,6 +28,8 @@ def test_benchmark_runs_and_reports_every_number(bench_artifacts: Path, tmp_path
     # small everything: the cold-start process (TensorFlow import + four backbones) dominates
     small = "--repeats 1 --max-samples 1 --batch-slices 2 --matmul-size 256 --matmul-repeats 1"
     small += " --no-profiler-flops --busy-sample-s 0.2 --tta hflip"  # tiny meta: input_tta none
+    # the mixed path with one member in LiteRT (unlisted members would follow "auto")
+    small += " --runtime xception=tensorflow,inceptionv3=tensorflow,resnet50=litert"
     report = run.main(["--artifacts", str(bench_artifacts), "--json", str(out), *small.split()])
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(report))
@@ -66,6 +68,11 @@ def test_benchmark_runs_and_reports_every_number(bench_artifacts: Path, tmp_path
     start = data["conditions"]["start"]
     assert len(start["loadavg_1_5_15"]) == 3 and isinstance(start["busy_processes"], list)
     assert data["config"]["precision"] == "float32" and data["config"]["tta"] == "hflip"
+    assert data["config"]["runtimes"] == {
+        "xception": "tensorflow", "inceptionv3": "tensorflow", "resnet50": "litert",
+        "vgg19": "tensorflow",
+    }
+    assert set(data["litert_cache"]["conversion_s_when_made"]) == {"resnet50"}
     assert set(data["targets"]) >= {
         "speedup_vs_naive",
         "throughput_slices_per_s",
