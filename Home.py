@@ -89,6 +89,8 @@ if pipeline is not None:
             "model": model_label(name),
             "role": role,
             "input size": info.get("input_size"),
+            "runs in": {"litert": "LiteRT (XNNPACK)", "tensorflow": "TensorFlow"}.get(
+                info.get("runtime", "tensorflow")),
             "weights sha256": components.sha_prefix(info.get("sha256")),
             "checksum": "verified at load",
             "test accuracy": test.get("accuracy"),

@@ -171,11 +171,13 @@ def evaluate(
     batch_size: int = 32,
     reuse: Path | None = None,
     tta: str | None = None,
+    runtime: str | None = None,
 ) -> dict:
     """Run the ensemble over a dataset and write predictions, metrics and failures.
 
     ``tta`` is the base models' test-time augmentation (``None``: the meta-learner's,
-    see :func:`~ensemble.inference.load_ensemble`); ``metrics.json`` records it.
+    see :func:`~ensemble.inference.load_ensemble`); ``metrics.json`` records it, and
+    each member's ``runtime`` (TensorFlow or LiteRT, ``None``: ``"auto"``).
 
     With ``reuse`` (an earlier output folder of this function) the members whose
     weights are unchanged are not run again (see :func:`reusable_predictions`);
@@ -185,10 +187,10 @@ def evaluate(
     t0 = time.time()
     reused: list[str] = []
     if reuse is not None:
-        ensemble = load_ensemble(artifacts, strict=strict, fused=False, tta=tta)
+        ensemble = load_ensemble(artifacts, strict=strict, fused=False, tta=tta, runtime=runtime)
         table, reused = reusable_predictions(reuse, ensemble)
     else:
-        ensemble = load_ensemble(artifacts, strict=strict, tta=tta)
+        ensemble = load_ensemble(artifacts, strict=strict, tta=tta, runtime=runtime)
         table = None
     preds, failures = predict_files(ensemble, Path(data_dir), rows, batch_size, table)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +202,7 @@ def evaluate(
         n_failed=len(failures),
         ensemble_method=ensemble.method,
         tta=ensemble.tta,
+        runtimes=ensemble.runtimes,
         missing_artifacts=ensemble.missing,
         split={"csv": str(split_csv) if split_csv else None, "part": part},
         artifacts={name: clf.config["weights_sha256"] for name, clf in ensemble.members.items()}
@@ -261,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         help="base models' test-time augmentation (default: the meta-learner's input_tta)",
     )
     p.add_argument(
+        "--runtime",
+        default=None,
+        help="auto, tensorflow, litert or per model (default: $NEUROSTACK_RUNTIME, else auto)",
+    )
+    p.add_argument(
         "--reuse",
         type=Path,
         default=None,
@@ -288,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=a.batch_size,
         reuse=a.reuse,
         tta=a.tta,
+        runtime=a.runtime,
     )
     if a.record_in_artifacts and m["n_images"]:
         for path in record_in_artifacts(m, a.artifacts, a.out / "metrics.json", a.part):

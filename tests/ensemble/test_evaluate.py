@@ -185,6 +185,7 @@ def test_reuse_runs_only_members_whose_weights_changed(evaluated, tmp_path: Path
 def test_tta_is_recorded_and_reuse_needs_the_same_tta(evaluated, tmp_path: Path) -> None:
     first = json.loads((evaluated["out"] / "metrics.json").read_text())
     assert first["tta"] == "none"  # the tiny meta-learner records no input_tta
+    assert first["runtimes"] == dict.fromkeys(BACKBONES, "tensorflow")  # $NEUROSTACK_RUNTIME
     out = tmp_path / "hflip"
     argv = [str(evaluated["data"]), "--out", str(out), "--artifacts", str(evaluated["artifacts"])]
     assert main([*argv, "--tta", "hflip", "--reuse", str(evaluated["out"])]) == 0
