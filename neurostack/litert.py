@@ -156,6 +156,8 @@ def cached_tflite(
 class LiteRTRunner:
     """A ``.tflite`` model with one input and one output, callable like a compiled function.
 
+    ``num_threads`` defaults to the CPUs this process may run on.
+
     ``runner(x)`` takes a float32 batch of any size (the interpreter's input is
     resized when the batch size changes) and returns a float32 array. Calls are
     serialised by a lock: a LiteRT interpreter is not thread-safe.
@@ -165,7 +167,10 @@ class LiteRTRunner:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
-        threads = num_threads or max(1, len(os.sched_getaffinity(0)))
+        if num_threads is None:
+            affinity = getattr(os, "sched_getaffinity", None)
+            num_threads = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+        threads = max(1, int(num_threads))
         self._interp = Interpreter(model_path=str(self.path), num_threads=threads)
         inputs = self._interp.get_input_details()
         outputs = self._interp.get_output_details()
