@@ -23,7 +23,8 @@ with left:
 **What it does.** For one axial MRI slice (PNG, JPEG, TIFF, BMP or DICOM) NeuroStack
 
 1. classifies it as **glioma, meningioma, pituitary tumour or no tumour** with four
-   ImageNet backbones (Xception, InceptionV3, ResNet50, VGG19) stacked by a meta-learner;
+   CNN backbones (Xception, InceptionV3, ResNet50, VGG19; trained from scratch on brain
+   MRI, no ImageNet weights) stacked by a meta-learner;
 2. segments the tumour with a **Res-UNet** and overlays it in green;
 3. measures the mask — area, perimeter, axes, Feret diameter, shape and intensity — in
    cm when the pixel spacing is known (DICOM, user-entered or a labelled assumption),

@@ -160,12 +160,12 @@ def _mtime(path: Path) -> float:
 
 
 def classification_runs() -> list[str]:
-    """Classification evaluation runs with predictions, newest first."""
+    """Classification evaluation runs with predictions, the test run first, then newest first."""
     return ev.list_runs(paths.classification_eval_dir(), "predictions.csv")
 
 
 def segmentation_runs() -> list[str]:
-    """Segmentation evaluation runs with per-image scores, newest first."""
+    """Segmentation evaluation runs with per-image scores, the test run first, then newest."""
     return ev.list_runs(paths.segmentation_eval_dir(), "per_image.csv")
 
 

@@ -43,13 +43,22 @@ def model_label(name: str) -> str:
 
 
 # --------------------------------------------------------------------- files
+HEADLINE_RUN = "test"
+
+
 def list_runs(folder: Path, required: str) -> list[str]:
-    """Names of the run subfolders of ``folder`` holding ``required``, newest first."""
+    """Names of the run subfolders of ``folder`` holding ``required``.
+
+    The held-out test run (:data:`HEADLINE_RUN`) comes first, since the headline
+    metrics are the test split's; the others follow newest first. File times alone
+    cannot decide: a fresh clone gives every file its checkout time.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     runs = [p for p in folder.iterdir() if p.is_dir() and (p / required).is_file()]
     runs.sort(key=lambda p: ((p / required).stat().st_mtime, p.name), reverse=True)
+    runs.sort(key=lambda p: p.name != HEADLINE_RUN)  # stable: the rest stay newest first
     return [p.name for p in runs]
 
 

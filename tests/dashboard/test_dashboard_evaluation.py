@@ -123,6 +123,16 @@ def test_list_runs_newest_first_and_requires_file(tmp_path):
     assert ev.list_runs(tmp_path / "nowhere", "predictions.csv") == []
 
 
+def test_list_runs_puts_the_test_run_first_whatever_its_file_time(tmp_path):
+    for name in ("val", "test", "extra"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.csv").write_text("x")
+    now = time.time()
+    for age, name in ((300, "test"), (200, "extra"), (100, "val")):  # test is the oldest
+        os.utime(tmp_path / name / "predictions.csv", (now - age, now - age))
+    assert ev.list_runs(tmp_path, "predictions.csv") == ["test", "val", "extra"]
+
+
 def test_training_log_reading(tmp_path):
     assert ev.read_training_log(tmp_path / "none.csv") is None
     (tmp_path / "empty.csv").write_text("")
