@@ -96,7 +96,10 @@ if pipeline is not None:
             "checksum": "verified at load",
             "test accuracy": test.get("accuracy"),
             "test macro F1": test.get("macro_f1"),
-            "epochs trained": training.get("epochs_run", config.get("epochs_completed")),
+            "epochs trained (all runs)": next(
+                (v for v in (training.get("epochs_run_total"), training.get("epochs_run"),
+                             config.get("epochs_completed_total"),
+                             config.get("epochs_completed")) if v is not None), None),
         })
     st.dataframe(rows, hide_index=True, width="stretch", column_config={
         "test accuracy": st.column_config.NumberColumn(format="%.3f"),
