@@ -318,7 +318,8 @@ without native bfloat16 trains in float32 (`--mixed-precision auto`, the default
 since emulated bfloat16 measured about 5x slower there. The runs of 2026-12-05
 (ResNet50 and Xception continued at their native sizes) used mixed bfloat16 on an
 Intel Xeon with AMX (2 cores: float32 matmul 369 GFLOP/s, bfloat16 1535 GFLOP/s),
-two trainings side by side with one thread each.
+the two trainings side by side with one thread each, ResNet50's last epoch
+resumed with two threads.
 
 ## Known limitations
 
