@@ -96,7 +96,7 @@ if pipeline is not None:
             "checksum": "verified at load",
             "test accuracy": test.get("accuracy"),
             "test macro F1": test.get("macro_f1"),
-            "epochs trained (all runs)": next(
+            "epochs": next(
                 (v for v in (training.get("epochs_run_total"), training.get("epochs_run"),
                              config.get("epochs_completed_total"),
                              config.get("epochs_completed")) if v is not None), None),
@@ -104,6 +104,8 @@ if pipeline is not None:
     st.dataframe(rows, hide_index=True, width="stretch", column_config={
         "test accuracy": st.column_config.NumberColumn(format="%.3f"),
         "test macro F1": st.column_config.NumberColumn(format="%.3f"),
+        "epochs": st.column_config.NumberColumn(
+            help="Training epochs over every run the shipped weights continued"),
     })
     st.caption(f"Final decision: {pipeline.ensemble.method}. Each weight file's SHA-256 is "
                "checked against its config.json before the model is built.")
