@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pandas as pd
+
 _SPEC = importlib.util.spec_from_file_location(
     "model_card", Path(__file__).resolve().parents[2] / "scripts" / "model_card.py"
 )
@@ -64,3 +66,22 @@ def test_ensemble_vs_best_counts_the_discordant_slices() -> None:
     assert "Only the ensemble was right on 6 slices, only resnet50 on 2" in text
     assert "exact McNemar p = 0.29" in text
     assert model_card._ensemble_vs_best(models) == [text.split(" Only")[0], ""]
+
+
+def test_segmentation_failures_known_answer():
+    table = pd.DataFrame(
+        {
+            "label": ["glioma", "glioma", "meningioma", "pituitary", "glioma"],
+            "dice": [0.0, 0.02, 0.9, 0.8, 0.7],
+            "pred_area_px": [0, 150, 300, 200, 100],
+        }
+    )
+    text = model_card._segmentation_failures(table)
+    assert "2 of 5 slices (40.0%) have Dice below 0.05 (glioma 2)" in text
+    assert (
+        "1 with no predicted tumour, 1 with a predicted region that (almost) misses the tumour"
+        in text
+    )
+    assert "the other 3 average Dice 0.8000" in text
+    assert model_card._segmentation_failures(table.iloc[2:]) == "No slice has Dice below 0.05."
+    assert model_card._segmentation_failures(table.iloc[:0]) == ""
