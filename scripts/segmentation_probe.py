@@ -27,7 +27,6 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from neurostack.preprocess import paste_crop
 from segmentation.data import preprocess_slice, read_mask, read_split
 from segmentation.metrics import dice_coefficient
 from segmentation.postprocess import probability_to_mask
@@ -36,17 +35,18 @@ from segmentation.predict import Segmenter, load_segmenter
 EIGHT = np.ones((3, 3), dtype=bool)
 
 
-def _crops(data_dir: Path, ids: list[str], size: int) -> tuple[np.ndarray, list, list]:
+def _find(folder: Path, stem: str) -> Path:
+    """Return the file ``folder/stem.*``; raise ``FileNotFoundError`` naming it if absent."""
+    found = sorted(folder.glob(f"{stem}.*"))
+    if not found:
+        raise FileNotFoundError(f"no file for id {stem!r} in {folder}")
+    return found[0]
+
+
+def _grays(data_dir: Path, ids: list[str]) -> list[np.ndarray]:
     from neurostack.imaging import load_image
 
-    crops, boxes, shapes = [], [], []
-    for i in ids:
-        gray = load_image(next((data_dir / "images").glob(f"{i}.*"))).gray
-        crop, box = preprocess_slice(gray, size)
-        crops.append(crop)
-        boxes.append(box)
-        shapes.append(gray.shape)
-    return np.stack(crops).astype(np.float32) / 255.0, boxes, shapes
+    return [load_image(_find(data_dir / "images", i)).gray for i in ids]
 
 
 def _at_size(seg: Segmenter, size: int) -> Segmenter:
@@ -62,12 +62,11 @@ def _at_size(seg: Segmenter, size: int) -> Segmenter:
 
 
 def _full_probabilities(seg: Segmenter, data_dir: Path, ids: list[str]) -> list[np.ndarray]:
+    """Original-grid probabilities of ``ids`` through the segmenter's own inference path."""
     out = []
     for start in tqdm(range(0, len(ids), 16), desc=f"val {seg.input_size}px", leave=False):
-        chunk = ids[start : start + 16]
-        x, boxes, shapes = _crops(data_dir, chunk, seg.input_size)
-        for p, box, shape in zip(seg.predict_crops(x), boxes, shapes, strict=True):
-            out.append(np.clip(paste_crop(p, box, shape, fill=0.0), 0.0, 1.0))
+        grays = _grays(data_dir, ids[start : start + 16])
+        out += [r.probability for r in seg.predict_batch(grays, batch_size=16)]
     return out
 
 
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     split = read_split(args.split)
     ids = split.loc[split["split"] == "val", "id"].astype(str).tolist()
-    masks = [read_mask(next((args.data_dir / "masks").glob(f"{i}.*"))) > 0 for i in ids]
+    masks = [read_mask(_find(args.data_dir / "masks", i)) for i in ids]
     seg = load_segmenter(args.artifacts)
     t, post = seg.default_threshold, seg.postprocess
     report: dict = {"split": "val", "n_images": len(ids), "threshold": t, "postprocess": post}
@@ -124,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         train = split.loc[split["split"] == "train", "id"].astype(str).tolist()
         pick = np.random.default_rng(0).permutation(len(train))[: 32 * args.bn_batches]
         chosen = [train[i] for i in pick]
+        size = seg.input_size
         batches = (
-            _crops(args.data_dir, chosen[k : k + 32], seg.input_size)[0][..., None]
+            np.stack(
+                [preprocess_slice(g, size)[0] for g in _grays(args.data_dir, chosen[k : k + 32])]
+            ).astype(np.float32)[..., None]
+            / 255.0
             for k in range(0, len(chosen), 32)
         )
         used = recalibrate_batchnorm(seg.model, batches)
