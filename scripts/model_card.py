@@ -266,7 +266,13 @@ def _segmentation_failures(per_image: pd.DataFrame, cutoff: float = 0.05) -> str
         One sentence: how many slices are misses (per class when labelled), how many
         of them have an empty prediction, and the mean Dice of the other slices;
         ``""`` for an empty table.
+
+    Raises:
+        ValueError: If ``dice`` or ``pred_area_px`` is missing.
     """
+    missing = {"dice", "pred_area_px"} - set(per_image.columns)
+    if missing:
+        raise ValueError(f"per_image table lacks columns {sorted(missing)}")
     if per_image.empty:
         return ""
     miss = per_image["dice"] < cutoff

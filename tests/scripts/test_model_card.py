@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 _SPEC = importlib.util.spec_from_file_location(
     "model_card", Path(__file__).resolve().parents[2] / "scripts" / "model_card.py"
@@ -85,3 +86,5 @@ def test_segmentation_failures_known_answer():
     assert "the other 3 average Dice 0.8000" in text
     assert model_card._segmentation_failures(table.iloc[2:]) == "No slice has Dice below 0.05."
     assert model_card._segmentation_failures(table.iloc[:0]) == ""
+    with pytest.raises(ValueError, match="pred_area_px"):
+        model_card._segmentation_failures(table.drop(columns="pred_area_px"))
