@@ -28,7 +28,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -73,21 +73,60 @@ def cache_path(name: str, weights_sha256: str, input_shape: tuple[int, ...]) -> 
     return cache_dir() / f"{name}-{shape}-{weights_sha256[:16]}-v{FORMAT_VERSION}.tflite"
 
 
-def convert(model: Any, out: str | Path) -> str:
-    """Convert a float32 Keras model to a float32 ``.tflite`` file; return its SHA-256.
+QUANTIZATIONS: tuple[str, ...] = ("none", "dynamic", "int8")
+"""Conversion recipes: ``none`` (float32, what the runtime uses), ``dynamic`` (int8
+weights, activations quantised on the fly) and ``int8`` (int8 weights and
+activations calibrated on a representative set, float32 input and output).
+The two int8 recipes exist for :mod:`benchmarks.quantization`; on the AVX2 host
+of 2026-12-05 neither was faster than float32 (see benchmarks/README.md)."""
+
+
+def convert(
+    model: Any,
+    out: str | Path,
+    *,
+    quantization: str = "none",
+    representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+) -> str:
+    """Convert a float32 Keras model to a ``.tflite`` file; return its SHA-256.
 
     The model is exported as a SavedModel to a temporary folder and converted with
-    TensorFlow's ``TFLiteConverter`` (no quantisation: same weights, same dtype).
-    The file is written under a temporary name and renamed, so a concurrent
-    reader never sees half a file.
+    TensorFlow's ``TFLiteConverter``. The file is written under a temporary name
+    and renamed, so a concurrent reader never sees half a file.
+
+    Args:
+        model: A float32 Keras model with one input.
+        out: Where to write the flatbuffer.
+        quantization: One of :data:`QUANTIZATIONS`; ``"none"`` (default) keeps the
+            float32 weights and arithmetic.
+        representative: For ``"int8"`` only (required there): returns an iterable of
+            ``[batch]`` lists of float32 model inputs used to calibrate the
+            activation ranges.
+
+    Raises:
+        ValueError: For an unknown ``quantization``, or ``"int8"`` without
+            ``representative`` (or ``representative`` with another recipe).
     """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}; received {quantization!r}")
+    if (quantization == "int8") != (representative is not None):
+        raise ValueError(
+            "a representative dataset is required for quantization='int8' and only there; "
+            f"received quantization={quantization!r} with "
+            f"representative={'set' if representative is not None else None}"
+        )
     import tensorflow as tf
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="neurostack-export-") as tmp:
         model.export(tmp, format="tf_saved_model", verbose=False)
-        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if quantization != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if representative is not None:
+            converter.representative_dataset = representative
+        flatbuffer = converter.convert()
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     partial.write_bytes(flatbuffer)
     os.replace(partial, out)

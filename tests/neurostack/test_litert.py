@@ -96,3 +96,52 @@ def test_conversion_round_trip_cache_hit_and_corrupt_entry(cache: Path) -> None:
 
     with pytest.raises(ValueError, match=r"expected input \(N, 16, 16, 3\)"):
         runner(np.zeros((1, 8, 8, 3), np.float32))
+
+
+def _int8_tensors(path: Path) -> int:
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path)).get_tensor_details()
+    return sum(d["dtype"] == np.int8 for d in details)
+
+
+def test_quantized_conversions_run_close_to_float32(tmp_path: Path) -> None:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(32, activation="relu")(x)  # 65k weights: above the dynamic-range cut-off
+    model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(x))
+    rng = np.random.default_rng(1)
+    calib = rng.uniform(0, 1, size=(16, 16, 16, 3)).astype(np.float32)
+    x_test = rng.uniform(0, 1, size=(8, 16, 16, 3)).astype(np.float32)
+    want = np.asarray(model(x_test, training=False))
+
+    paths = {}
+    for recipe in litert.QUANTIZATIONS:
+        rep = None
+        if recipe == "int8":
+            rep = lambda: ([calib[i : i + 1]] for i in range(len(calib)))  # noqa: E731
+        paths[recipe] = tmp_path / f"{recipe}.tflite"
+        digest = litert.convert(model, paths[recipe], quantization=recipe, representative=rep)
+        assert digest == litert.sha256_file(paths[recipe])
+        got = litert.LiteRTRunner(paths[recipe], num_threads=1)(x_test)
+        assert got.shape == (8, 4) and got.dtype == np.float32  # float32 in and out
+        np.testing.assert_allclose(got, want, atol=1e-5 if recipe == "none" else 0.05)
+    assert _int8_tensors(paths["none"]) == 0
+    assert _int8_tensors(paths["dynamic"]) > 0 and _int8_tensors(paths["int8"]) > 0
+    # int8 weights take about a quarter of the float32 bytes
+    assert paths["dynamic"].stat().st_size < 0.5 * paths["none"].stat().st_size
+
+
+def test_convert_rejects_unknown_recipe_and_misplaced_calibration(tmp_path: Path) -> None:
+    model = _tiny_model()
+    with pytest.raises(ValueError, match=r"quantization must be one of .*received 'fp8'"):
+        litert.convert(model, tmp_path / "m.tflite", quantization="fp8")
+    with pytest.raises(ValueError, match="representative dataset is required"):
+        litert.convert(model, tmp_path / "m.tflite", quantization="int8")
+    with pytest.raises(ValueError, match="representative dataset is required"):
+        litert.convert(model, tmp_path / "m.tflite", representative=lambda: iter([]))
+    assert not (tmp_path / "m.tflite").exists()
