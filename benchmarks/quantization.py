@@ -86,8 +86,9 @@ def compare_model(
         log: Progress printer.
 
     Returns:
-        ``{recipe: {file_mb, conversion_s, batch2_latency_s, speedup_vs_float32,
-        agreement, max_abs_prob_diff}}`` plus the model's name and input size.
+        ``{"model", "input_size", "recipes": {recipe: {file_mb, conversion_s,
+        batch2_latency_s, speedup_vs_float32, agreement, max_abs_prob_diff}}}``;
+        agreement and probability differences are against the float32 copy.
     """
     import numpy as np
 
