@@ -73,3 +73,10 @@ def test_command_line_round_trip(tmp_path: Path):
     pd.DataFrame({"id": IDS, "score": [0.5] * 6}).to_csv(b, index=False)
     with pytest.raises(ValueError, match=r"lacks columns \['dice'\]"):
         cmp.main([str(a), str(b), "--split", str(split_csv)])
+
+
+def test_a_file_listing_a_slice_twice_is_refused(tmp_path: Path):
+    path = tmp_path / "dup.csv"
+    pd.DataFrame({"id": ["0001", "0001"], "dice": [0.5, 0.6]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="lists slice ids more than once"):
+        cmp._read(path)
