@@ -187,18 +187,22 @@ def read_zip(
 ) -> list[tuple[str, bytes]]:
     """Read a ZIP archive's files into memory, defensively.
 
-    Directories, hidden files and ``__MACOSX`` are skipped. The archive is
-    refused if it has more than ``max_members`` entries, if a member's name is
-    absolute or contains ``..``, if it is encrypted, or if the declared *or*
-    actually decompressed size of a member exceeds ``max_member_bytes``
-    (default: ``InputLimits().max_bytes``) or of all members together
-    ``max_total_bytes`` (zip bombs). Nothing is written to disk.
+    Directories, hidden files and ``__MACOSX`` are skipped. A problem with one
+    member (its data fail the CRC or do not decompress, or it declares more
+    than ``max_member_bytes``, default ``InputLimits().max_bytes``) is returned
+    in place of its bytes, so the other members are still analysed. The whole
+    archive is refused when it is unsafe: more than ``max_members`` entries, a
+    member name that is absolute or contains ``..``, encryption, members
+    declaring more than ``max_total_bytes`` together, or a member that
+    decompresses to more than it declared or than the archive budget (zip
+    bombs). Error messages never contain member names (they may identify a
+    patient). Nothing is written to disk.
 
     Returns:
-        ``(member name, bytes)`` pairs in archive order.
+        ``(member name, bytes or the member's InputImageError)`` pairs in archive order.
 
     Raises:
-        InputImageError: For any unreadable or unsafe archive; the message says why.
+        InputImageError: For an unreadable or unsafe archive; the message says why.
     """
     member_limit = InputLimits().max_bytes if max_member_bytes is None else max_member_bytes
     try:
@@ -215,41 +219,46 @@ def read_zip(
             )
         chosen: list[zipfile.ZipInfo] = []
         declared = 0
-        for info in infos:
+        for k, info in enumerate(infos, start=1):
             if not _member_name_ok(info.filename):
                 raise InputImageError(
-                    f"The ZIP archive contains an unsafe member name {info.filename[:120]!r} "
-                    "(absolute path or '..'); refused"
+                    f"The ZIP archive contains an unsafe member name (entry {k} of {len(infos)}: "
+                    "absolute path or '..'); refused"
                 )
             parts = info.filename.replace("\\", "/").split("/")
             if info.is_dir() or any(_is_hidden(p) for p in parts if p):
                 continue
             if info.flag_bits & 0x1:
                 raise InputImageError("The ZIP archive is encrypted; refused")
-            if info.file_size > member_limit:
-                raise InputImageError(
-                    f"ZIP member {len(chosen) + 1} declares {info.file_size / 1e6:.1f} MB "
-                    f"uncompressed; the limit is {member_limit / 1e6:.0f} MB per file"
-                )
-            declared += info.file_size
+            if info.file_size <= member_limit:
+                declared += info.file_size
             if declared > max_total_bytes:
                 raise InputImageError(
                     f"The ZIP archive declares more than {max_total_bytes / 1e6:.0f} MB "
                     "uncompressed; refused as a possible zip bomb"
                 )
             chosen.append(info)
-        out: list[tuple[str, bytes]] = []
+        out: list[tuple[str, bytes | InputImageError]] = []
         total = 0
         for info in chosen:
+            if info.file_size > member_limit:
+                out.append((info.filename, InputImageError(
+                    f"This ZIP member declares {info.file_size / 1e6:.1f} MB uncompressed; "
+                    f"the limit is {member_limit / 1e6:.0f} MB per file"
+                )))
+                continue
             try:
                 body = _read_member(zf, info, min(member_limit, max_total_bytes - total))
             except InputImageError:
                 raise
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
                     NotImplementedError) as exc:
-                raise InputImageError(
-                    f"ZIP member {info.filename[:120]!r} is corrupt ({type(exc).__name__}: {exc})"
-                ) from None
+                # zipfile's messages quote member names: only the type is kept.
+                out.append((info.filename, InputImageError(
+                    f"This ZIP member is corrupt ({type(exc).__name__}: its data fail the "
+                    "checksum or do not decompress); the archive's other files were read"
+                )))
+                continue
             total += len(body)
             out.append((info.filename, body))
     return out
@@ -265,8 +274,8 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> byt
             size += len(chunk)
             if size > allowed:
                 raise InputImageError(
-                    f"ZIP member {info.filename[:120]!r} decompresses to more than its declared "
-                    "size or the archive limit; refused as a possible zip bomb"
+                    "A ZIP member decompresses to more than its declared size or the archive "
+                    "limit; the archive is refused as a possible zip bomb"
                 )
             chunks.append(chunk)
     return b"".join(chunks)
@@ -470,10 +479,12 @@ def _is_zip(name: str, source: Path | bytes) -> bool:
     return False
 
 
-def _member_wanted(name: str, data: bytes) -> bool:
+def _member_wanted(name: str, data: bytes | InputImageError) -> bool:
     suffix = Path(name).suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix == ZIP_SUFFIX:
         return True
+    if isinstance(data, InputImageError):  # unreadable: an extension-less file is reported
+        return suffix == ""
     head = data[:1024]
     return suffix == "" and ((len(head) >= 132 and head[128:132] == b"DICM")
                              or _looks_like_raw_dicom(head))
@@ -507,7 +518,9 @@ def _expand(items: Iterable[tuple[str, Path | bytes]], rename: Callable[[str], s
             continue
         for member, body in sorted(members, key=lambda mb: mb[0]):
             full = f"{name}/{member}"
-            if Path(member).suffix.lower() == ZIP_SUFFIX:
+            if isinstance(body, InputImageError):  # unreadable member: the archive's hash
+                units.append(_Unit(full, out_name(full), error=body, sha=sha))
+            elif Path(member).suffix.lower() == ZIP_SUFFIX:
                 err = InputImageError("Nested ZIP archives are not expanded")
                 units.append(_Unit(full, out_name(full), error=err, sha=_sha(body)))
             else:
@@ -624,8 +637,10 @@ def run_batch(
 
     Each item is ``(name, path or bytes)``. ZIP archives (``.zip`` name or ZIP
     signature) are expanded with :func:`read_zip` into items named
-    ``<archive name>/<member>``. Every item is read and hashed (SHA-256 of the
-    file bytes) and decoded with :func:`~neurostack.imaging.load_image`; every
+    ``<archive name>/<member>``; one unreadable member is a failure of its own
+    (its ``file_sha256`` is the archive's) and the others are analysed. Every
+    item is read and hashed (SHA-256 of the file bytes) and decoded with
+    :func:`~neurostack.imaging.load_image`; every
     ``chunk_size`` decoded slices go to ``pipeline.analyse_many`` together (one
     call per network for the chunk), or to ``pipeline.analyse`` one by one when
     the pipeline has no ``analyse_many``. Any exception in one item becomes a

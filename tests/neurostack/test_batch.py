@@ -239,15 +239,18 @@ def test_read_zip_refuses_bombs_and_garbage() -> None:
     assert len(three) < 10_000  # highly compressed
     with pytest.raises(InputImageError, match="zip bomb"):
         read_zip(three, max_total_bytes=1_000_000)  # declared 1.2 MB > 1 MB
-    with pytest.raises(InputImageError, match="per file"):
-        read_zip(three, max_member_bytes=100_000)
+    # A member over the per-file limit is reported on its own, without being decompressed.
+    over = read_zip(three, max_member_bytes=100_000)
+    assert [name for name, _ in over] == ["0.png", "1.png", "2.png"]
+    assert all(isinstance(e, InputImageError) and "per file" in str(e) for _, e in over)
     # A header declaring ~4 GB is refused with the default limits, before decompressing.
-    with pytest.raises(InputImageError, match="MB"):
-        read_zip(_patch_sizes(_zip({"a.png": b"x" * 100}), central=0xF000_0000))
+    ((name, err),) = read_zip(_patch_sizes(_zip({"a.png": b"x" * 100}), central=0xF000_0000))
+    assert isinstance(err, InputImageError) and "MB" in str(err)
     # Lying headers: declared 1000 bytes, actually 400 kB of zeros.
+    # zipfile stops at the declared size, the CRC then fails: that member is reported.
     liar = _patch_sizes(_zip({"a.png": zeros}), central=1000, local=1000)
-    with pytest.raises(InputImageError):
-        read_zip(liar)
+    ((_, lied),) = read_zip(liar)
+    assert isinstance(lied, InputImageError) and "corrupt" in str(lied)
     with pytest.raises(InputImageError, match="entries"):
         read_zip(_zip({f"{i}.png": b"x" for i in range(11)}), max_members=10)
     with pytest.raises(InputImageError, match="encrypted"):
@@ -256,6 +259,44 @@ def test_read_zip_refuses_bombs_and_garbage() -> None:
         read_zip(b"PK\x03\x04 this is not really a zip")
     with pytest.raises(InputImageError, match="Not a valid ZIP"):
         read_zip(b"")
+
+
+def _corrupt_member(archive: bytes, payload: bytes) -> bytes:
+    """Flip one byte inside a stored member's data, so that its CRC-32 no longer matches."""
+    pos = archive.find(payload)
+    assert pos > 0 and archive.find(payload, pos + 1) == -1
+    out = bytearray(archive)
+    out[pos + len(payload) // 2] ^= 0xFF
+    return bytes(out)
+
+
+def test_one_corrupt_zip_member_loses_only_itself_and_no_name_leaks(tmp_path: Path) -> None:
+    names = ["DOE_JOHN_1970/s1.png", "DOE_JOHN_1970/s2.png", "DOE_JOHN_1970/s3.png"]
+    bodies = [slice_png(i) for i in (1, 2, 4)]
+    archive = _corrupt_member(_zip(dict(zip(names, bodies, strict=True)), zipfile.ZIP_STORED),
+                              bodies[1])
+    members = read_zip(archive)
+    assert [m for m, _ in members] == names
+    assert members[0][1] == bodies[0] and members[2][1] == bodies[2]
+    err = members[1][1]
+    assert isinstance(err, InputImageError) and "corrupt" in str(err)
+    assert "DOE" not in str(err) and "s2" not in str(err)
+
+    out, fails = tmp_path / "r.csv", tmp_path / "f.csv"
+    res = run_batch(FakePipeline(), [("SMITH_JANE.zip", archive)], out_csv=out,
+                    failures_csv=fails, rename=anonymise_name)
+    assert res.analysed == 2 and res.failed == 1
+    assert list(res.failures["item"]) == [anonymise_name("SMITH_JANE.zip/" + names[1])]
+    written = out.read_text() + fails.read_text()
+    for identifier in ("SMITH", "JANE", "DOE", "JOHN", "1970"):
+        assert identifier not in written
+
+
+def test_unsafe_member_name_is_not_echoed() -> None:
+    archive = _zip({"ok.png": b"A", "../DOE_JOHN/evil.png": b"B"})
+    with pytest.raises(InputImageError, match="unsafe member name") as info:
+        read_zip(archive)
+    assert "DOE" not in str(info.value) and "entry 2 of 2" in str(info.value)
 
 
 def test_run_batch_expands_zips_and_records_bad_archives(tmp_path: Path) -> None:
@@ -274,11 +315,11 @@ def test_run_batch_expands_zips_and_records_bad_archives(tmp_path: Path) -> None
     res = run_batch(pipe, items, out_csv=out, failures_csv=fails)
     assert sorted(res.rows["item"]) == sorted(f"pack.zip/{m}" for m in good)
     reasons = dict(zip(res.failures["item"], res.failures["error"], strict=True))
-    assert set(reasons) == {"pack.zip/scans/broken.png", "pack.zip/inner.zip", "bomb.zip",
+    assert set(reasons) == {"pack.zip/scans/broken.png", "pack.zip/inner.zip", "bomb.zip/a.png",
                             "upload", "empty.zip"}
     assert "truncated" in reasons["pack.zip/scans/broken.png"]
     assert "Nested ZIP" in reasons["pack.zip/inner.zip"]
-    assert "MB" in reasons["bomb.zip"] and "unsafe member name" in reasons["upload"]
+    assert "MB" in reasons["bomb.zip/a.png"] and "unsafe member name" in reasons["upload"]
     assert "no image files" in reasons["empty.zip"]
     assert pipe.calls == 5
 
