@@ -71,6 +71,65 @@ def read_json_file(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+@dataclass(frozen=True)
+class InSampleNote:
+    """The meta-learner was fitted on a run's predictions: its scores there are in-sample.
+
+    Attributes:
+        cv_accuracy: Its cross-validated accuracy on those predictions (``None`` if unrecorded).
+        cv_fold_accuracies: Per-fold accuracies of that cross-validation.
+        cv_folds: How the folds were made, as recorded.
+    """
+
+    cv_accuracy: float | None
+    cv_fold_accuracies: tuple[float, ...]
+    cv_folds: str
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.is_file() and b.is_file() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def meta_in_sample(predictions_csv: Path, meta_config: dict[str, Any] | None,
+                   meta_metrics: dict[str, Any] | None, repo_root: Path) -> InSampleNote | None:
+    """Whether the meta-learner was fitted on ``predictions_csv``.
+
+    The meta-learner's ``config.json`` records the held-out predictions it was
+    fitted on (``training.heldout_predictions``, relative to the repository root
+    or absolute). Evaluating the ensemble on that same file scores it on its own
+    training data, so the dashboard must not present it as an evaluation.
+
+    Args:
+        predictions_csv: A run's ``predictions.csv``.
+        meta_config: The meta-learner's ``config.json`` (``None``: unknown, no note).
+        meta_metrics: The meta-learner's ``metrics.json`` (cross-validation record).
+        repo_root: Folder that relative recorded paths are resolved against.
+
+    Returns:
+        An :class:`InSampleNote` with the cross-validated accuracy when the files are
+        the same file, otherwise ``None``.
+    """
+    training = (meta_config or {}).get("training") or {}
+    recorded = training.get("heldout_predictions")
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    fitted_on = Path(recorded)
+    candidates = [fitted_on] if fitted_on.is_absolute() else [repo_root / fitted_on]
+    if not any(_same_file(Path(predictions_csv), c) for c in candidates):
+        return None
+    metrics = meta_metrics or {}
+    cv = metrics.get("cv_accuracy")
+    folds = metrics.get("cv_fold_accuracies") or []
+    return InSampleNote(
+        cv_accuracy=float(cv) if isinstance(cv, (int, float)) else None,
+        cv_fold_accuracies=tuple(float(f) for f in folds if isinstance(f, (int, float))),
+        cv_folds=str(training.get("cv_folds", "")),
+    )
+
+
 def read_predictions(path: Path) -> pd.DataFrame:
     """Read a classification ``predictions.csv`` (``path, label, pred, <model>_<class>``)."""
     df = pd.read_csv(path)
@@ -167,13 +226,22 @@ def evaluate_model(df: pd.DataFrame, model: str) -> ModelEvaluation:
     return ev
 
 
-def comparison_table(evals: list[ModelEvaluation]) -> pd.DataFrame:
-    """One row per model: accuracy, macro F1, macro AUC, ECE and per-class recall."""
+IN_SAMPLE_SUFFIX = " — in-sample (fitted on this run)"
+
+
+def comparison_table(evals: list[ModelEvaluation], in_sample: frozenset[str] = frozenset(),
+                     ) -> pd.DataFrame:
+    """One row per model: accuracy, macro F1, macro AUC, ECE and per-class recall.
+
+    Models named in ``in_sample`` were fitted on these predictions; their label
+    says so (:data:`IN_SAMPLE_SUFFIX`).
+    """
     rows = []
     for ev in evals:
         m = ev.metrics
+        label = model_label(ev.name) + (IN_SAMPLE_SUFFIX if ev.name in in_sample else "")
         row: dict[str, Any] = {
-            "model": model_label(ev.name),
+            "model": label,
             "images": ev.n,
             "accuracy": m["accuracy"],
             "macro F1": m["macro_f1"],

@@ -5,7 +5,14 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, charts, components, paths
-from dashboard.evaluation import BASE_MODELS, comparison_table, model_label, report_table
+from dashboard.evaluation import (
+    BASE_MODELS,
+    ENSEMBLE,
+    comparison_table,
+    meta_in_sample,
+    model_label,
+    report_table,
+)
 
 components.page_setup("Model Evaluation", ":material/monitoring:")
 st.title(":material/monitoring: Model Evaluation")
@@ -44,8 +51,22 @@ if record.get("ensemble_method"):
     facts.append(f"ensemble: {record['ensemble_method']}")
 st.markdown(" · ".join(facts))
 
+meta_dir = paths.classifier_dir("meta")
+in_sample = meta_in_sample(run_dir / "predictions.csv", cache.json_record(meta_dir / "config.json"),
+                           cache.json_record(meta_dir / "metrics.json"), paths.REPO_ROOT)
+if in_sample is not None and any(e.name == ENSEMBLE for e in evals):
+    cv = ("not recorded" if in_sample.cv_accuracy is None
+          else f"**{in_sample.cv_accuracy:.3f}**")
+    folds = ", ".join(f"{a:.3f}" for a in in_sample.cv_fold_accuracies)
+    st.warning(
+        "The meta-learner was **fitted on this run's predictions**, so its scores on this "
+        "page are in-sample, not an evaluation. Its cross-validated accuracy on these "
+        f"slices is {cv}" + (f" (folds: {folds}; {in_sample.cv_folds})" if folds else "")
+        + ". The base models' scores here are held out; the test run scores all five.",
+        icon=":material/warning:")
+
 st.subheader("Comparison of all models")
-table = comparison_table(evals)
+table = comparison_table(evals, frozenset({ENSEMBLE}) if in_sample is not None else frozenset())
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in table.columns if c not in ("model", "images")})
@@ -53,7 +74,8 @@ components.chart(charts.comparison_bars(table, ["accuracy", "macro F1", "macro R
                  "me_compare")
 
 st.subheader("Per-model results")
-tabs = st.tabs([model_label(e.name) for e in evals])
+tabs = st.tabs([model_label(e.name) + (" (in-sample)" if in_sample is not None
+                                        and e.name == ENSEMBLE else "") for e in evals])
 for tab, ev in zip(tabs, evals, strict=True):
     with tab:
         k1, k2, k3, k4 = st.columns(4)

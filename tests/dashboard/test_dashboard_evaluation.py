@@ -159,3 +159,31 @@ def test_read_threshold_sweep(tmp_path):
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("a,b\n1,2\n")
     assert ev.read_threshold_sweep(wrong) is None
+
+
+def test_meta_in_sample_matches_the_recorded_file_only(tmp_path):
+    val = tmp_path / "artifacts" / "evaluation" / "classification" / "val"
+    test = val.parent / "test"
+    for d in (val, test):
+        d.mkdir(parents=True)
+        (d / "predictions.csv").write_text("label\n0\n")
+    config = {"training": {"heldout_predictions": "artifacts/evaluation/classification/val/"
+                                                  "predictions.csv", "cv_folds": "stratified"}}
+    metrics = {"cv_accuracy": 0.959, "cv_fold_accuracies": [0.95, 0.97]}
+    note = ev.meta_in_sample(val / "predictions.csv", config, metrics, tmp_path)
+    assert note == ev.InSampleNote(0.959, (0.95, 0.97), "stratified")
+    assert ev.meta_in_sample(test / "predictions.csv", config, metrics, tmp_path) is None
+    # an absolute recorded path; unknown provenance gives no note
+    absolute = {"training": {"heldout_predictions": str(val / "predictions.csv")}}
+    assert ev.meta_in_sample(val / "predictions.csv", absolute, None, tmp_path) == \
+        ev.InSampleNote(None, (), "")
+    assert ev.meta_in_sample(val / "predictions.csv", None, metrics, tmp_path) is None
+    assert ev.meta_in_sample(val / "predictions.csv", {"training": {}}, metrics, tmp_path) is None
+
+
+def test_comparison_table_labels_in_sample_models():
+    df = _predictions(perfect=False)
+    evals = [ev.evaluate_model(df, m) for m in ev.models_in_predictions(df)]
+    table = ev.comparison_table(evals, frozenset({"ensemble"}))
+    assert list(table["model"]) == ["Xception", "VGG19", "custom",
+                                    "Meta-learner (ensemble)" + ev.IN_SAMPLE_SUFFIX]

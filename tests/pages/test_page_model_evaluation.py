@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 
 from page_helpers import chart_titles
@@ -53,3 +54,30 @@ def test_no_records_is_explained(make_app, tmp_path, monkeypatch):
     at = make_app("pages/3_Model_Evaluation.py").run()
     assert not at.exception
     assert "No classification evaluation run" in at.warning[0].value
+
+
+def test_a_run_the_meta_learner_was_fitted_on_is_flagged(make_app, dashboard_artifacts, tmp_path,
+                                                         monkeypatch):
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts, root)
+    fitted = root / "evaluation" / "classification" / "fitted_on"
+    shutil.copytree(root / "evaluation" / "classification" / "test", fitted)
+    config_path = root / "classification" / "meta" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.setdefault("training", {})["heldout_predictions"] = str(fitted / "predictions.csv")
+    config_path.write_text(json.dumps(config))
+    (root / "classification" / "meta" / "metrics.json").write_text(
+        json.dumps({"cv_accuracy": 0.5, "cv_fold_accuracies": [0.25, 0.75]}))
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox(key="me_run").value == "test"  # the headline run: nothing flagged
+    assert not any("fitted on this run" in w.value for w in at.warning)
+    assert list(at.dataframe[0].value["model"]) == MODELS
+
+    at.selectbox(key="me_run").select("fitted_on").run()
+    assert not at.exception, [e.message for e in at.exception]
+    warning = next(w.value for w in at.warning if "fitted on this run" in w.value)
+    assert "0.500" in warning and "0.250, 0.750" in warning
+    assert list(at.dataframe[0].value["model"])[-1].endswith("in-sample (fitted on this run)")
