@@ -120,15 +120,26 @@ def fit_meta_learner(
     """
     heldout_csv = Path(heldout_csv)
     src_metrics = heldout_csv.parent / "metrics.json"
-    tta = "none"
-    if src_metrics.exists():
+    if not src_metrics.is_file():
+        raise ValueError(
+            f"{src_metrics} is missing: the meta-learner is only fitted on predictions whose "
+            "record proves they are of the 'val' split (python -m ensemble.evaluate ... "
+            "--split SPLIT.csv --part val)"
+        )
+    try:
         recorded = json.loads(src_metrics.read_text())
-        tta = check_tta(recorded.get("tta", "none"))
-        part = recorded.get("split", {}).get("part")
-        if part == "test":
-            raise ValueError("refusing to fit the meta-learner on test-split predictions")
-        if part not in ("val", None):
-            raise ValueError(f"held-out predictions must come from the 'val' split; got {part!r}")
+    except ValueError as exc:
+        raise ValueError(f"{src_metrics} is not valid JSON ({exc})") from None
+    tta = check_tta(recorded.get("tta", "none"))
+    split = recorded.get("split")
+    part = split.get("part") if isinstance(split, dict) else None
+    if part == "test":
+        raise ValueError("refusing to fit the meta-learner on test-split predictions")
+    if part != "val":
+        raise ValueError(
+            f"held-out predictions must come from the 'val' split; got {part!r} in {src_metrics} "
+            "(an evaluation without --part covers every image, training images included)"
+        )
     models = models or list(BACKBONES)
     df = pd.read_csv(heldout_csv)
     x = stacked_features(df, models)

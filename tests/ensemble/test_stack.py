@@ -105,6 +105,21 @@ def test_refuses_predictions_not_from_val(tmp_path: Path, part: str) -> None:
     assert not (tmp_path / "meta").exists()
 
 
+@pytest.mark.parametrize("record", [None, {"split": {"csv": None, "part": None}}, {"split": None},
+                                    "not json"])
+def test_refuses_predictions_without_a_val_record(tmp_path: Path, record) -> None:
+    df, _ = synthetic_heldout(40, seed=2)
+    csv = _write(tmp_path / "ev", df, None)
+    if record is not None:
+        text = record if isinstance(record, str) else json.dumps(record)
+        (tmp_path / "ev" / "metrics.json").write_text(text)
+    match = "is missing" if record is None else ("not valid JSON" if record == "not json"
+                                                 else "'val' split; got None")
+    with pytest.raises(ValueError, match=match):
+        stack.fit_meta_learner(csv, tmp_path / "meta", folds=2, max_epochs=2)
+    assert not (tmp_path / "meta").exists()
+
+
 def test_missing_probability_columns(tmp_path: Path) -> None:
     df, _ = synthetic_heldout(40, seed=3)
     csv = _write(tmp_path / "val", df.drop(columns=["vgg19_pituitary"]), "val")
