@@ -29,6 +29,7 @@ arguments.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -364,6 +365,44 @@ def evaluate(
     return result
 
 
+RECORDED_KEYS: tuple[str, ...] = (
+    "n_images", "mean_dice", "median_dice", "mean_iou", "median_iou", "per_class",
+    "threshold", "test_time_augmentation", "postprocess",
+)
+
+
+def record_in_artifact(result: dict[str, Any], artifacts: str | Path, record: str | Path,
+                       split: str) -> Path:
+    """Write an evaluation's summary into ``<artifacts>/metrics.json`` under ``split``.
+
+    The file maps split -> the summary (:data:`RECORDED_KEYS`), the evaluation
+    record it came from and the SHA-256 of the weights evaluated. Entries of other
+    splits are kept only if they were made with the same weights, so the file never
+    describes weights that are no longer shipped.
+
+    Args:
+        result: What :func:`evaluate` returned.
+        artifacts: The segmenter's artifact folder.
+        record: The evaluation's ``metrics.json``.
+        split: The split evaluated (e.g. ``"val"``, ``"test"``).
+
+    Returns:
+        The path written.
+    """
+    sha = (result.get("artifact") or {}).get("weights_sha256")
+    path = Path(artifacts) / "metrics.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        old = {}
+    kept = {part: rec for part, rec in (old.get("evaluations") or {}).items()
+            if isinstance(rec, dict) and rec.get("weights_sha256") == sha}
+    kept[split] = {"record": str(record), "weights_sha256": sha,
+                   **{k: result[k] for k in RECORDED_KEYS if k in result}}
+    write_json(path, {"evaluations": dict(sorted(kept.items()))})
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(
@@ -400,12 +439,19 @@ def main(argv: list[str] | None = None) -> int:
         help="write the sweep's best threshold and post-processing, and the --tta used, "
         "into the artifact's config.json (refused on the test split)",
     )
+    p.add_argument(
+        "--record-in-artifacts",
+        action="store_true",
+        help="also write this split's summary into ARTIFACTS/metrics.json (needs --split)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.split and not args.ids_from:
         p.error("--split needs --ids-from")
+    if args.record_in_artifacts and not args.split:
+        p.error("--record-in-artifacts needs --ids-from and --split")
     if args.choose_threshold and not args.sweep:
         p.error("--choose-threshold needs --sweep")
     if args.choose_threshold and args.split == "test":
@@ -450,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for label, s in result.get("per_class", {}).items():
         print(f"  {label}: n={s['n_images']} mean Dice {s['mean_dice']:.4f}")
+    if args.record_in_artifacts:
+        written = record_in_artifact(result, args.artifacts, Path(args.out) / "metrics.json",
+                                     args.split)
+        print(f"recorded in {written}")
     if sweep:
         table = pd.read_csv(Path(args.out) / "threshold_sweep.csv")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

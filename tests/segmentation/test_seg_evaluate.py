@@ -227,3 +227,36 @@ def test_cli_sweep_and_choose_threshold_on_val(figshare_like, tiny_artifact, tmp
             ]
         )
     assert "refused on the test split" in capsys.readouterr().err
+
+
+def test_record_in_artifacts_keeps_only_entries_of_the_same_weights(
+    figshare_like, tiny_artifact, tmp_path, capsys
+):
+    from segmentation.data import load_metadata, make_patient_split, write_split
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    sha = json.loads((art / "config.json").read_text())["weights_sha256"]
+    stale = {"record": "old", "weights_sha256": "0" * 64, "mean_dice": 0.1}
+    (art / "metrics.json").write_text(json.dumps({"evaluations": {"val": stale, "x": stale}}))
+    split_csv = write_split(make_patient_split(load_metadata(figshare_like)), tmp_path / "s.csv")
+    common = [str(figshare_like / "images"), str(figshare_like / "masks"), "--artifacts",
+              str(art), "--ids-from", str(split_csv), "--no-progress", "--record-in-artifacts"]
+    assert main([*common, "--split", "test", "--out", str(tmp_path / "t")]) == 0
+    recorded = json.loads((art / "metrics.json").read_text())["evaluations"]
+    assert set(recorded) == {"test"}  # both stale entries dropped
+    test_record = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert recorded["test"]["weights_sha256"] == sha
+    assert recorded["test"]["record"] == str(tmp_path / "t" / "metrics.json")
+    for key in ("n_images", "mean_dice", "median_dice", "mean_iou", "threshold", "postprocess"):
+        assert recorded["test"][key] == test_record[key], key
+    assert main([*common, "--split", "val", "--out", str(tmp_path / "v")]) == 0
+    recorded = json.loads((art / "metrics.json").read_text())["evaluations"]
+    assert set(recorded) == {"test", "val"}  # same weights: the other split is kept
+    assert "recorded in" in capsys.readouterr().out
+
+
+def test_record_in_artifacts_needs_a_split(tiny_artifact, tmp_path):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"), "--artifacts",
+              str(tiny_artifact), "--record-in-artifacts"])
