@@ -460,6 +460,22 @@ def load_classifier(
     return clf
 
 
+def stale_meta_inputs(meta_config: dict, members: dict[str, LoadedClassifier]) -> list[str]:
+    """Name the base models whose weights differ from those the meta-learner was fitted on.
+
+    The meta-learner's ``training.input_models_sha256`` (written by
+    :func:`ensemble.stack.fit_meta_learner`) records the SHA-256 of each base
+    model's weights that produced its training inputs. A model not recorded there
+    is not judged (older artifacts carry no record).
+
+    Returns:
+        The names of the loaded base models whose ``weights_sha256`` differs, sorted.
+    """
+    recorded = (meta_config.get("training") or {}).get("input_models_sha256") or {}
+    return sorted(name for name, clf in members.items()
+                  if name in recorded and recorded[name] != clf.config.get("weights_sha256"))
+
+
 def load_meta(folder: str | Path) -> LoadedMeta:
     """Rebuild the meta-learner from its folder, verifying the weights' SHA-256 first."""
     from ensemble.models import build_meta_learner
@@ -670,7 +686,8 @@ def load_ensemble(
             float32 or with ``fold_batchnorm`` runs in TensorFlow.
 
     Raises:
-        ArtifactError: Naming each missing or corrupt artifact.
+        ArtifactError: Naming each missing or corrupt artifact (a meta-learner fitted
+            on other base weights counts as missing, see :func:`stale_meta_inputs`).
         ValueError: If ``tta``, ``precision`` or ``runtime`` is not allowed, or LiteRT
             is asked for a model that is not float32.
     """
@@ -701,6 +718,13 @@ def load_ensemble(
     meta = None
     if (root / META_NAME / CONFIG_FILE).exists() and not missing:
         meta = load_meta(root / META_NAME)
+        stale = stale_meta_inputs(meta.config, members)
+        if stale:
+            missing.append(
+                f"{root / META_NAME} (meta-learner fitted on other weights of {', '.join(stale)}; "
+                "refit it on their new validation predictions with python -m ensemble.stack)"
+            )
+            meta = None
     elif not (root / META_NAME / CONFIG_FILE).exists():
         missing.append(f"{root / META_NAME} (meta-learner)")
     if missing and strict:

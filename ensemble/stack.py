@@ -168,6 +168,10 @@ def fit_meta_learner(
         input_tta=tta,
         training={
             "heldout_predictions": str(heldout_csv),
+            # the base weights that made these inputs (checked by load_ensemble)
+            "input_models_sha256": {
+                m: sha for m, sha in (recorded.get("artifacts") or {}).items() if m in models
+            },
             "n_rows": int(len(df)),
             "epochs": best_epochs,
             "epochs_chosen_by": f"{folds}-fold CV minimum of mean validation loss",

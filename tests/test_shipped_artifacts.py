@@ -13,7 +13,8 @@ from ensemble.registry import BACKBONES
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import sha256_file
 
-ART = Path(__file__).resolve().parents[1] / "artifacts"
+REPO = Path(__file__).resolve().parents[1]
+ART = REPO / "artifacts"
 MB = 1024 * 1024
 
 
@@ -60,6 +61,22 @@ def test_segmenter_checksum_and_log() -> None:
     assert log["epoch"].tolist() == list(range(len(log)))
     total = cfg.get("epochs_completed_total", cfg["epochs_completed"])
     assert total == len(log)
+    # segmentation.evaluate --record-in-artifacts: every entry describes the shipped weights
+    evaluations = json.loads((folder / "metrics.json").read_text())["evaluations"]
+    assert {"val", "test"} <= set(evaluations)
+    for split, rec in evaluations.items():
+        assert rec["weights_sha256"] == cfg["weights_sha256"], f"resunet {split} is stale"
+        record = json.loads((REPO / rec["record"]).read_text())
+        assert record["mean_dice"] == rec["mean_dice"] and record["split"] == split
+
+
+def test_meta_learner_was_fitted_on_the_shipped_base_weights() -> None:
+    configs = _configs()
+    meta = json.loads((ART / "classification" / "meta" / "config.json").read_text())
+    recorded = meta["training"]["input_models_sha256"]
+    assert set(recorded) == set(meta["inputs"]) == set(BACKBONES)
+    for name, sha in recorded.items():
+        assert sha == configs[name]["weights_sha256"], f"meta-learner is stale for {name}"
 
 
 def test_evaluation_records_were_made_with_the_shipped_weights() -> None:

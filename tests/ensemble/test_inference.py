@@ -309,6 +309,32 @@ def test_tta_default_follows_the_meta_learner(tiny_artifacts: Path, tmp_path: Pa
         load_ensemble(root, fused=False)
 
 
+def test_a_meta_learner_fitted_on_other_base_weights_is_not_used(
+    tiny_artifacts: Path, tmp_path: Path
+) -> None:
+    root = _link_tree(tiny_artifacts / "classification", tmp_path / "cls", list(BACKBONES))
+    shutil.copytree(tiny_artifacts / "classification" / "meta", root / "meta")
+    shas = {n: json.loads((root / n / "config.json").read_text())["weights_sha256"]
+            for n in BACKBONES}
+    cfg_path = root / "meta" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+
+    def record(inputs: dict[str, str]) -> None:
+        cfg_path.write_text(json.dumps(cfg | {"training": {"input_models_sha256": inputs}}))
+
+    record(shas)  # the weights it was fitted on: used
+    ens = load_ensemble(root, fused=False, strict=True)
+    assert ens.meta is not None and not ens.missing
+    record({**shas, "vgg19": "0" * 64, "resnet50": "1" * 64})
+    with pytest.raises(ArtifactError, match="fitted on other weights of resnet50, vgg19"):
+        load_ensemble(root, fused=False, strict=True)
+    lenient = load_ensemble(root, fused=False, strict=False)
+    assert lenient.meta is None and lenient.method.startswith("mean of 4 base model(s)")
+    assert any("ensemble.stack" in m for m in lenient.missing)
+    record({"vgg19": shas["vgg19"]})  # models not recorded are not judged
+    assert load_ensemble(root, fused=False, strict=True).meta is not None
+
+
 def test_parse_runtime_known_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     from ensemble import inference
     from neurostack import litert

@@ -167,12 +167,15 @@ def test_heldout_groups_come_from_the_recorded_split(tmp_path: Path, monkeypatch
     assert stack.heldout_groups(csv, pd.Series(["a.png"])) is None
 
 
-def test_meta_learner_records_the_heldout_tta(tmp_path: Path) -> None:
+def test_meta_learner_records_the_heldout_tta_and_base_weights(tmp_path: Path) -> None:
     df, _ = synthetic_heldout(60, seed=4)
-    csv = _write(tmp_path / "val", df, "val", tta="hflip")
+    shas = {m: f"{i}" * 64 for i, m in enumerate(MODELS)}
+    csv = _write(tmp_path / "val", df, "val", tta="hflip", artifacts={**shas, "meta": "f" * 64})
     metrics = stack.fit_meta_learner(csv, tmp_path / "meta", folds=2, max_epochs=2, seed=0)
     assert metrics["input_tta"] == "hflip"
-    assert json.loads((tmp_path / "meta" / "config.json").read_text())["input_tta"] == "hflip"
+    cfg = json.loads((tmp_path / "meta" / "config.json").read_text())
+    assert cfg["input_tta"] == "hflip"
+    assert cfg["training"]["input_models_sha256"] == shas  # the old meta's hash is not an input
 
 
 def test_unknown_heldout_tta_is_refused_before_fitting(tmp_path: Path) -> None:
