@@ -20,6 +20,7 @@ from dashboard import evaluation as ev
 from dashboard import paths
 from neurostack.imaging import InputLimits, LoadedImage, load_image
 from neurostack.pipeline import CaseResult, Pipeline, load_pipeline
+from segmentation.evaluate import load_mask
 
 _ANALYSIS_CACHE_ENTRIES = 16
 _CACHE_TTL_S = 3600
@@ -233,6 +234,20 @@ def segmentation_test_ids() -> list[str] | None:
 @st.cache_data(show_spinner=False)
 def _test_ids(path: str, mtime: float) -> list[str] | None:
     return ev.test_ids(Path(path))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def review_case(image_path: str, image_mtime: float, mask_path: str, mask_mtime: float,
+                threshold: float) -> ev.CaseReview:
+    """Segment a held-out slice and score it against its ground-truth mask.
+
+    Raises:
+        InputImageError: If the image or the mask cannot be read.
+        ValueError: If the mask and the image differ in shape.
+    """
+    img, pred = segment_file(image_path, image_mtime, threshold)
+    truth = load_mask(mask_path, limits=input_limits())
+    return ev.review_case(img, pred, truth)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -22,6 +22,7 @@ from ensemble.metrics import (
     roc_curve,
 )
 from neurostack import CLASS_NAMES
+from segmentation.metrics import dice_coefficient, iou
 
 ENSEMBLE = "ensemble"
 BASE_MODELS: tuple[str, ...] = ("xception", "inceptionv3", "resnet50", "vgg19")
@@ -358,6 +359,48 @@ def with_files(cases: pd.DataFrame, images_dir: Path, masks_dir: Path) -> pd.Dat
     out["mask_path"] = [find_image(masks_dir, i) for i in out["id"]]
     keep = out["image_path"].notna() & out["mask_path"].notna()
     return out[keep].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class CaseReview:
+    """One held-out slice, its predicted and true masks, and their overlap.
+
+    Attributes:
+        image: The decoded slice.
+        predicted: ``(H, W)`` bool predicted mask.
+        truth: ``(H, W)`` bool ground-truth mask.
+        dice: Dice of the two masks (both empty: 1.0, see :mod:`segmentation.metrics`).
+        iou: Intersection over union, same policy.
+    """
+
+    image: Any
+    predicted: np.ndarray
+    truth: np.ndarray
+    dice: float
+    iou: float
+
+    @property
+    def truth_area_px(self) -> int:
+        """Ground-truth area in pixels."""
+        return int(self.truth.sum())
+
+    @property
+    def predicted_area_px(self) -> int:
+        """Predicted area in pixels."""
+        return int(self.predicted.sum())
+
+
+def review_case(image: Any, predicted: np.ndarray, truth: np.ndarray) -> CaseReview:
+    """Score a predicted mask against the ground truth of the same slice.
+
+    Raises:
+        ValueError: If the two masks differ in shape.
+    """
+    if truth.shape != predicted.shape:
+        raise ValueError(f"the mask has shape {truth.shape}, the image {predicted.shape}")
+    truth, predicted = truth.astype(bool), predicted.astype(bool)
+    return CaseReview(image, predicted, truth, float(dice_coefficient(truth, predicted)),
+                      float(iou(truth, predicted)))
 
 
 def find_image(folder: Path, image_id: str) -> Path | None:

@@ -7,9 +7,7 @@ import streamlit as st
 from dashboard import cache, charts, components, paths
 from dashboard.evaluation import browser_cases, seg_summary, with_files
 from neurostack.errors import InputImageError
-from neurostack.imaging import load_image
 from neurostack.render import overlay_mask
-from segmentation.metrics import dice_coefficient, iou
 
 GT_COLOUR = (255, 0, 255)  # magenta: ground truth; green: prediction (render.GREEN)
 
@@ -122,14 +120,12 @@ if pipeline.segmenter is None:
     st.stop()
 try:
     with st.spinner("Segmenting…"):
-        img, pred = cache.segment_file(str(image_path), image_path.stat().st_mtime, threshold)
-    truth = load_image(mask_path).gray > 127
-except InputImageError as exc:
-    st.error(f"Case {case['id']} could not be read: {exc}")
+        review = cache.review_case(str(image_path), image_path.stat().st_mtime, str(mask_path),
+                                   mask_path.stat().st_mtime, threshold)
+except (InputImageError, ValueError) as exc:
+    st.error(f"Case {case['id']} could not be reviewed: {exc}")
     st.stop()
-if truth.shape != pred.shape:
-    st.error(f"The mask of case {case['id']} has shape {truth.shape}, the image {pred.shape}.")
-    st.stop()
+img, pred, truth = review.image, review.predicted, review.truth
 
 both = overlay_mask(overlay_mask(img.display, truth, color=GT_COLOUR, alpha=0.0), pred,
                     alpha=0.0)
@@ -139,12 +135,12 @@ v1.image(both, width="stretch",
 with v2:
     st.markdown(f"**Image {case['id']}** — {case['label']}")
     s1, s2 = st.columns(2)
-    s1.metric("Dice (this view)", f"{float(dice_coefficient(truth, pred)):.3f}")
-    s2.metric("IoU (this view)", f"{float(iou(truth, pred)):.3f}")
+    s1.metric("Dice (this view)", f"{review.dice:.3f}")
+    s2.metric("IoU (this view)", f"{review.iou:.3f}")
     s1.metric("Dice (stored)", f"{case['dice']:.3f}")
     s2.metric("IoU (stored)", f"{case['iou']:.3f}")
-    s1.metric("Ground-truth area", f"{int(truth.sum()):,} px")
-    s2.metric("Predicted area", f"{int(pred.sum()):,} px")
+    s1.metric("Ground-truth area", f"{review.truth_area_px:,} px")
+    s2.metric("Predicted area", f"{review.predicted_area_px:,} px")
     st.caption("'This view' is recomputed at the threshold above with the loaded model; "
                "'stored' comes from the evaluation record.")
     g1, g2 = st.columns(2)

@@ -35,16 +35,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from neurostack.artifacts import write_json
 from neurostack.errors import ArtifactError, InputImageError
-from neurostack.imaging import load_image
+from neurostack.imaging import InputLimits, load_image
 from segmentation.metrics import dice_coefficient, iou
 from segmentation.postprocess import POSTPROCESS_MODES, check_postprocess, probability_to_mask
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
 DEFAULT_ARTIFACTS = "artifacts/segmentation/resunet"
+
+
+MASK_LEVEL = 127
+"""Ground-truth mask pixels brighter than this (8-bit grey) are tumour."""
+
+
+def load_mask(path: str | Path, limits: InputLimits | None = None) -> np.ndarray:
+    """Read a ground-truth mask file as ``(H, W)`` bool (grey > :data:`MASK_LEVEL`).
+
+    Raises:
+        InputImageError: If the file cannot be read (see :func:`~neurostack.imaging.load_image`).
+    """
+    return load_image(path, limits=limits).gray > MASK_LEVEL
 
 
 def _index_folder(folder: Path, skipped: list[dict[str, str]], kind: str) -> dict[str, Path]:
@@ -284,7 +298,7 @@ def evaluate(
         for stem in pairs[start : start + batch_size]:
             try:
                 gray = load_image(images[stem]).gray
-                gt = load_image(masks[stem]).gray > 127
+                gt = load_mask(masks[stem])
             except InputImageError as exc:
                 skipped.append({"file": stem, "reason": f"unreadable: {exc}"})
                 continue

@@ -187,3 +187,17 @@ def test_comparison_table_labels_in_sample_models():
     table = ev.comparison_table(evals, frozenset({"ensemble"}))
     assert list(table["model"]) == ["Xception", "VGG19", "custom",
                                     "Meta-learner (ensemble)" + ev.IN_SAMPLE_SUFFIX]
+
+
+def test_review_case_scores_known_masks():
+    truth = np.zeros((8, 8), bool)
+    truth[2:6, 2:6] = True  # 16 px
+    pred = np.zeros((8, 8), np.uint8)
+    pred[2:6, 4:8] = 1  # 16 px, 8 shared
+    r = ev.review_case("img", pred, truth)
+    assert r.dice == pytest.approx(0.5) and r.iou == pytest.approx(8 / 24)
+    assert (r.truth_area_px, r.predicted_area_px) == (16, 16) and r.predicted.dtype == bool
+    empty = np.zeros((8, 8), bool)
+    assert ev.review_case("img", empty, empty).dice == 1.0  # both empty: the stated policy
+    with pytest.raises(ValueError, match=r"\(8, 8\), the image \(8, 9\)"):
+        ev.review_case("img", np.zeros((8, 9), bool), truth)

@@ -260,3 +260,17 @@ def test_record_in_artifacts_needs_a_split(tiny_artifact, tmp_path):
     with pytest.raises(SystemExit):
         main([str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o"), "--artifacts",
               str(tiny_artifact), "--record-in-artifacts"])
+
+
+def test_load_mask_thresholds_at_the_stated_level(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from segmentation.evaluate import MASK_LEVEL, load_mask
+
+    grey = np.tile(np.array([[0, MASK_LEVEL, MASK_LEVEL + 1, 255]], np.uint8), (32, 8))
+    Image.fromarray(grey).save(tmp_path / "m.png")  # 32 x 32, the smallest accepted
+    mask = load_mask(tmp_path / "m.png")
+    assert mask.dtype == bool and mask.shape == (32, 32)
+    np.testing.assert_array_equal(mask[0, :4], [False, False, True, True])
+    assert mask.sum() == 32 * 16
