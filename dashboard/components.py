@@ -101,12 +101,15 @@ def sha_prefix(sha: str | None, n: int = 12) -> str:
 
 # ------------------------------------------------------------------- spacing
 def spacing_controls(
-    key: str, dicom_spacing_cm: tuple[float, float] | None = None, *, stacked: bool = False
+    key: str, dicom_spacing_cm: tuple[float, float] | None = None, *, stacked: bool = False,
+    image_shape: tuple[int, ...] | None = None,
 ) -> tuple[tuple[float, float] | None, str | None]:
     """Pixel-spacing widgets; returns ``(spacing_cm, source)`` for ``Pipeline.analyse``.
 
     ``(None, None)`` means: the file's own spacing (DICOM) or none (pixel units).
-    ``stacked`` puts the two inputs under each other (narrow sidebars).
+    ``stacked`` puts the two inputs under each other (narrow sidebars). With
+    ``image_shape``, choosing the figshare assumption for an image that is not a
+    512 x 512 matrix shows a warning.
     """
     st.markdown("**Pixel spacing**")
     if dicom_spacing_cm is not None:
@@ -118,9 +121,13 @@ def spacing_controls(
         f"Use the figshare assumption {paths.FIGSHARE_SPACING_MM} mm (assumed)",
         key=f"{key}_assumed",
         help="The figshare slices are usually reported as 512×512 matrices of about 0.49 mm "
-             "pixels. Results are labelled 'assumed', not measured.",
+             "pixels; it does not hold for resized images. Results are labelled 'assumed', "
+             "not measured.",
     )
     if assumed:
+        caveat = paths.figshare_assumption_caveat(image_shape)
+        if caveat:
+            st.warning(caveat, icon=":material/straighten:")
         mm = paths.FIGSHARE_SPACING_MM
         return (mm / 10.0, mm / 10.0), "assumed"
     col1, col2 = (st, st) if stacked else st.columns(2)

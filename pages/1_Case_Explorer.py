@@ -86,7 +86,8 @@ with st.sidebar:
              "validation patients; switch it off to see every region, e.g. a second focus.")
     postprocess = "largest_component" if largest_only else "none"
     spacing_cm, spacing_source = components.spacing_controls("ce_spacing", image.spacing_cm,
-                                                                 stacked=True)
+                                                                 stacked=True,
+                                                                 image_shape=image.gray.shape)
 
     display = image.display
     if image.raw is not None:

@@ -66,3 +66,12 @@ def test_paths_follow_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("NEUROSTACK_DB_URL", "sqlite:///x.db")
     monkeypatch.setenv("NEUROSTACK_DATA_DIR", "")
     assert paths.store_location() == ("sqlite:///x.db", None)
+
+
+def test_figshare_assumption_caveat_known_answers():
+    from dashboard.paths import figshare_assumption_caveat
+
+    assert figshare_assumption_caveat((512, 512)) is None
+    assert figshare_assumption_caveat((512, 512, 3)) is None
+    assert figshare_assumption_caveat(None) is None
+    assert "256×512 px" in figshare_assumption_caveat((512, 256))

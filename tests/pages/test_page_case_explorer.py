@@ -83,6 +83,16 @@ def test_assumed_spacing_gives_cm_and_says_so(make_app):
     assert any("assumed" in c.value and "0.49" in c.value for c in at.caption)
 
 
+def test_assumed_spacing_on_a_resized_image_is_warned_about(make_app):
+    at = make_app("pages/1_Case_Explorer.py").run()
+    at.checkbox(key="ce_spacing_assumed").check().run()
+    assert not any("figshare matrix" in w.value for w in at.warning)  # a 512 x 512 sample
+    at.selectbox(key="ce_sample").select("notumor_Tr-no_0354.jpg").run()
+    assert not at.exception, [e.message for e in at.exception]
+    warning = next(w.value for w in at.warning if "figshare matrix" in w.value)
+    assert "236×268 px" in warning  # width x height (PIL size (236, 268))
+
+
 def test_user_spacing_per_axis(make_app):
     at = make_app("pages/1_Case_Explorer.py").run()
     at.number_input(key="ce_spacing_row_mm").set_value(0.5)
