@@ -161,7 +161,8 @@ def training_curves(
                                 legendgroup=name, showlegend=i == 1,
                                 line={"dash": dash, "color": colour}, row=1, col=i)
         if "phase" in log.columns:
-            changes = log.index[log["phase"].ne(log["phase"].shift())][1:]
+            keys = ["phase"] + (["image_size"] if "image_size" in log.columns else [])
+            changes = log.index[log[keys].ne(log[keys].shift()).any(axis=1)][1:]
             for idx in changes:
                 fig.add_vline(x=float(log.loc[idx, "epoch"]) - 0.5, line_dash="dot",
                               line_color="#888888", row=1, col=i)

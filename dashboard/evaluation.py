@@ -297,6 +297,29 @@ def read_training_log(path: Path) -> pd.DataFrame | None:
 
 
 # ---------------------------------------------------------------- segmentation
+def training_phases(log: pd.DataFrame) -> list[str]:
+    """Describe each run of consecutive epochs sharing a phase (and input size).
+
+    Args:
+        log: A training log with ``epoch`` and ``phase`` (optionally ``image_size``).
+
+    Returns:
+        One string per segment in epoch order, e.g. ``"scratch at 128 px (epochs 0–8)"``;
+        empty without a ``phase`` column.
+    """
+    if "phase" not in log.columns or log.empty:
+        return []
+    keys = ["phase"] + (["image_size"] if "image_size" in log.columns else [])
+    changed = log[keys].ne(log[keys].shift()).any(axis=1)
+    out = []
+    for _, seg in log.groupby(changed.cumsum(), sort=True):
+        first, last = int(seg["epoch"].iloc[0]), int(seg["epoch"].iloc[-1])
+        size = f" at {int(seg['image_size'].iloc[0])} px" if "image_size" in seg.columns else ""
+        span = f"epoch {first}" if first == last else f"epochs {first}–{last}"
+        out.append(f"{seg['phase'].iloc[0]}{size} ({span})")
+    return out
+
+
 def read_per_image(path: Path) -> pd.DataFrame:
     """Read a segmentation ``per_image.csv``, ``id`` kept as text (``0006`` stays ``0006``)."""
     df = pd.read_csv(path, dtype={"id": str, "label": str})

@@ -70,7 +70,7 @@ with st.sidebar:
         try:
             image = cache.decode(data, frame)
         except InputImageError as exc:
-            st.error(f"**Frame {frame} cannot be decoded:** {exc}")
+            st.error(f"**Frame {frame + 1} cannot be decoded:** {exc}")
             st.stop()
 
     st.header("Options")

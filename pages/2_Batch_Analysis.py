@@ -81,7 +81,7 @@ if run and uploads:
             components.not_available("The case registry", "neurostack.cases", exc)
     st.session_state["ba_result"] = {
         "rows": result.rows, "failures": result.failures, "elapsed_s": result.elapsed_s,
-        "stored": stored,
+        "stored": stored, "anonymised": anonymise,
     }
 
 outcome = st.session_state.get("ba_result")
@@ -105,7 +105,7 @@ if len(failures):
     st.dataframe(failures[["n", "item", "error", "error_type"]], hide_index=True,
                  width="stretch", column_config={"n": st.column_config.NumberColumn("#")})
 
-if anonymise and (len(rows) or len(failures)):
+if outcome.get("anonymised") and (len(rows) or len(failures)):
     st.caption("File names are anonymised (anon-<hash>); # is the position in the upload list "
                "(ZIP members in name order) and file_sha256 identifies each file.")
 

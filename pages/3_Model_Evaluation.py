@@ -12,6 +12,7 @@ from dashboard.evaluation import (
     meta_in_sample,
     model_label,
     report_table,
+    training_phases,
 )
 
 components.page_setup("Model Evaluation", ":material/monitoring:")
@@ -120,11 +121,9 @@ else:
             curves = charts.training_curves(log, f"Training curves — {model_label(name)}", [
                 ("Accuracy", "accuracy", "val_accuracy"), ("Loss", "loss", "val_loss")])
             components.chart(curves, f"me_log_{name}")
-            if "phase" in log.columns:
-                phases = log.groupby("phase", sort=False)["epoch"].agg(["min", "max"])
-                st.caption("Phases: " + "; ".join(
-                    f"{p} (epochs {r['min']}–{r['max']})" for p, r in phases.iterrows()
-                ) + ". Dotted lines mark phase changes.")
+            phases = training_phases(log)
+            if phases:
+                st.caption("Phases: " + "; ".join(phases) + ". Dotted lines mark phase changes.")
 missing = [model_label(k) for k, v in logs.items() if v is None and k in BASE_MODELS]
 if missing and available:
     st.caption("No training log for: " + ", ".join(missing) + ".")
