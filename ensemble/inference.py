@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 META_NAME = "meta"
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 """Inference precisions of the base classifiers; ``float32`` is the default."""
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 RUNTIME_ENV = "NEUROSTACK_RUNTIME"
 """Environment variable giving :func:`load_ensemble`'s default runtime (``"auto"`` if unset)."""
 RUNTIMES: tuple[str, ...] = ("tensorflow", "litert")
@@ -423,6 +422,12 @@ def load_classifier(
     spec = get_backbone(cfg["backbone"])
     size = int(cfg["input_size"])
     weights = folder / cfg.get("weights_file", WEIGHTS_FILE)
+    mode = (cfg.get("preprocessing") or {}).get("keras_preprocess_mode")
+    if mode != spec.preprocess_mode:
+        raise ArtifactError(
+            f"{folder / CONFIG_FILE}: preprocessing.keras_preprocess_mode must be "
+            f"{spec.preprocess_mode!r} for {spec.name} (the backbone registry); received {mode!r}"
+        )
 
     def build() -> Any:
         with float32_policy():
@@ -433,7 +438,7 @@ def load_classifier(
     clf = LoadedClassifier(
         spec.name,
         size,
-        cfg["preprocessing"]["keras_preprocess_mode"],
+        spec.preprocess_mode,
         cfg,
         folder,
         precision,
@@ -568,12 +573,8 @@ class Ensemble:
                 key = (clf.input_size, clf.preprocess_mode)
                 if key not in inputs:
                     rgb = tf.repeat(by_size[clf.input_size][..., None], 3, axis=-1)
-                    if clf.preprocess_mode == "tf":
-                        inputs[key] = rgb / 127.5 - 1.0
-                    elif clf.preprocess_mode == "caffe":
-                        inputs[key] = rgb[..., ::-1] - tf.constant(_CAFFE_MEAN_BGR, tf.float32)
-                    else:
-                        raise ValueError(f"unknown preprocess mode {clf.preprocess_mode!r}")
+                    # the registry's own function: its arithmetic works on tensors too
+                    inputs[key] = preprocess_array(rgb, clf.preprocess_mode)
                 probs[name] = member_probs(name, inputs[key])
             if meta is not None:
                 stacked = tf.concat([probs[n] for n in meta.inputs], axis=1)

@@ -207,7 +207,9 @@ def test_training_phases_split_on_phase_or_size_changes():
     log = pd.DataFrame({"epoch": range(6),
                         "phase": ["scratch", "scratch", "native", "scratch", "scratch", "x"],
                         "image_size": [128, 128, 299, 299, 299, 299]})
-    assert ev.training_phases(log) == ["scratch at 128 px (epochs 0–1)", "native at 299 px (epoch 2)",
-                                       "scratch at 299 px (epochs 3–4)", "x at 299 px (epoch 5)"]
+    assert ev.training_phases(log) == [
+        "scratch at 128 px (epochs 0–1)", "native at 299 px (epoch 2)",
+        "scratch at 299 px (epochs 3–4)", "x at 299 px (epoch 5)",
+    ]
     assert ev.training_phases(log.drop(columns="image_size"))[0] == "scratch (epochs 0–1)"
     assert ev.training_phases(log.drop(columns="phase")) == []

@@ -152,6 +152,16 @@ def test_class_order_mismatch(resnet_artifact, tmp_path: Path) -> None:
     assert "meningioma', 'glioma'" in str(info.value)
 
 
+def test_preprocessing_other_than_the_registry_is_refused(resnet_artifact, tmp_path: Path) -> None:
+    folder = tmp_path / "r"
+    shutil.copytree(resnet_artifact[1], folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["preprocessing"]["keras_preprocess_mode"] = "tf"  # ResNet50 is 'caffe'
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match="must be 'caffe' for resnet50 .* received 'tf'"):
+        load_classifier(folder)
+
+
 def test_wrong_kind_and_missing_checksum(resnet_artifact, tmp_path: Path) -> None:
     _, folder = resnet_artifact
     with pytest.raises(ArtifactError, match="describes a 'classifier', expected 'meta_learner'"):
