@@ -43,10 +43,21 @@ def build_classifier(
         ``(B, 4)`` class probabilities (float32) in :data:`CLASS_NAMES` order.
 
     Raises:
-        ValueError: For an unknown backbone, a too small input size, a weights value
-            that is neither None, "imagenet" nor an existing file.
+        ValueError: For an unknown backbone, a too small or fractional input size,
+            head dropout rates outside [0, 1), a head width below 1, or a weights value
+            that is neither None, "imagenet" nor an existing file (checked before the
+            backbone is built).
     """
     spec = get_backbone(backbone)
+    if input_size is not None and (isinstance(input_size, bool)
+                                   or int(input_size) != input_size):
+        raise ValueError(f"input_size must be a whole number of pixels; received {input_size!r}")
+    if len(head_dropout) != 2 or not all(0.0 <= float(r) < 1.0 for r in head_dropout):
+        raise ValueError(
+            f"head_dropout must be two rates in [0, 1); received {tuple(head_dropout)!r}"
+        )
+    if isinstance(head_units, bool) or int(head_units) != head_units or head_units < 1:
+        raise ValueError(f"head_units must be a positive integer; received {head_units!r}")
     size = spec.native_size if input_size is None else int(input_size)
     if size < spec.min_size:
         raise ValueError(

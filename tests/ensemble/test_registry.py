@@ -115,6 +115,25 @@ def test_too_small_input_size(name: str) -> None:
         build_classifier(name, input_size=SMALL[name] - 1)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"input_size": 224.7}, "whole number of pixels; received 224.7"),
+        ({"input_size": True}, "whole number of pixels; received True"),
+        ({"head_dropout": (0.3, 1.0)}, r"two rates in \[0, 1\); received \(0.3, 1.0\)"),
+        ({"head_dropout": (0.3,)}, r"two rates in \[0, 1\); received \(0.3,\)"),
+        ({"head_units": 0}, "positive integer; received 0"),
+        ({"head_units": 12.5}, "positive integer; received 12.5"),
+    ],
+)
+def test_builder_options_are_validated_before_building(monkeypatch, options, message) -> None:
+    built = []
+    monkeypatch.setattr(keras.applications, "VGG19", lambda **kw: built.append(kw))
+    with pytest.raises(ValueError, match=message):
+        build_classifier("vgg19", **options)
+    assert not built  # refused before any backbone was constructed
+
+
 def test_unknown_backbone_in_builder() -> None:
     with pytest.raises(ValueError, match="backbone must be one of"):
         build_classifier("foo")
