@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ensemble.data import label_indices
 from ensemble.evaluate import probability_columns
@@ -108,8 +109,11 @@ def fit_meta_learner(
     folds: int = 5,
     max_epochs: int = 150,
     seed: int = 42,
+    progress: bool = True,
 ) -> dict:
     """Choose epochs by K-fold CV, refit on all held-out rows, write the artifact folder.
+
+    ``progress`` shows a bar over the ``2 x folds + 1`` fits on stderr.
 
     The config records as ``input_tta`` the test-time augmentation the held-out
     evaluation ran with (its ``metrics.json``), so inference feeds the same inputs.
@@ -148,18 +152,25 @@ def fit_meta_learner(
     splits = cv_folds(y, groups, folds, seed)
     t0 = time.time()
     curves = []
+    bar = tqdm(total=2 * len(splits) + 1, desc="meta-learner fits", unit="fit",
+               disable=not progress)
     for k, (tr, va) in enumerate(splits):
         _, hist = _fit(x[tr], y[tr], max_epochs, seed + k, x[va], y[va])
         curves.append(hist["val_loss"])
+        bar.update()
     mean_curve = np.mean(curves, axis=0)
     best_epochs = int(np.argmin(mean_curve)) + 1
+    bar.set_postfix(epochs=best_epochs)
     # cross-validated accuracy at the chosen epoch count, refitting each fold
     accs = []
     for k, (tr, va) in enumerate(splits):
         m, _ = _fit(x[tr], y[tr], best_epochs, seed + k)
         accs.append(float((m.predict(x[va], verbose=0).argmax(1) == y[va]).mean()))
+        bar.update()
     cv_acc = float(np.mean(accs))
     model, _ = _fit(x, y, best_epochs, seed)
+    bar.update()
+    bar.close()
     out.mkdir(parents=True, exist_ok=True)
     write_meta_artifact(
         model,
@@ -202,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--max-epochs", type=int, default=150)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    m = fit_meta_learner(a.heldout_csv, a.out, folds=a.folds, max_epochs=a.max_epochs, seed=a.seed)
+    m = fit_meta_learner(a.heldout_csv, a.out, folds=a.folds, max_epochs=a.max_epochs, seed=a.seed,
+                         progress=not a.no_progress)
     print(json.dumps(m, indent=2))
     return 0
 
