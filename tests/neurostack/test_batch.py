@@ -470,10 +470,13 @@ def test_rename_keeps_file_names_out_of_the_csv(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / f"{patient}.png").write_bytes(slice_png(1))
     (folder / f"{patient}.zip").write_bytes(_zip({f"{patient}/x.png": slice_png(2)}))
+    (folder / f"{patient}_cut.png").write_bytes(slice_png(3)[:60])  # failures carry no name
+    (folder / f"{patient}_cut.dcm").write_bytes(b"DICM" * 10)
     out, fails = tmp_path / "r.csv", tmp_path / "f.csv"
     res = run_batch(FakePipeline(), items_of(folder), out_csv=out, failures_csv=fails,
                     rename=anonymise_name)
     assert len(res.rows) == 2 and res.rows["item"].str.fullmatch(r"anon-[0-9a-f]{16}").all()
+    assert len(res.failures) == 2 and res.failures["item"].str.startswith("anon-").all()
     for path in (out, fails):
         assert patient.encode() not in path.read_bytes()
     again = FakePipeline()
