@@ -132,11 +132,24 @@ def reliability_figure(ev: ModelEvaluation) -> go.Figure:
     return _finish(fig, title, height=420)
 
 
-def comparison_bars(table: pd.DataFrame, metrics: Sequence[str]) -> go.Figure:
-    """Draw grouped bars of headline metrics, one group per metric, one bar per model."""
+def comparison_bars(table: pd.DataFrame, metrics: Sequence[str],
+                    intervals: dict[str, tuple[str, str]] | None = None) -> go.Figure:
+    """Draw grouped bars of headline metrics, one group per metric, one bar per model.
+
+    ``intervals`` maps a metric to its ``(low, high)`` columns, drawn as error bars.
+    """
     fig = go.Figure()
+    intervals = intervals or {}
     for _, row in table.iterrows():
-        fig.add_bar(name=row["model"], x=list(metrics), y=[row[m] for m in metrics])
+        values = [row[m] for m in metrics]
+        error = None
+        if intervals:
+            up = [row[intervals[m][1]] - v if m in intervals else 0.0
+                  for m, v in zip(metrics, values, strict=True)]
+            down = [v - row[intervals[m][0]] if m in intervals else 0.0
+                    for m, v in zip(metrics, values, strict=True)]
+            error = {"type": "data", "symmetric": False, "array": up, "arrayminus": down}
+        fig.add_bar(name=row["model"], x=list(metrics), y=values, error_y=error)
     fig.update_layout(barmode="group", yaxis={"range": [0, 1.05]},
                       legend={"orientation": "h", "y": -0.2})
     return _finish(fig, "Model comparison", height=360)

@@ -18,8 +18,10 @@ from ensemble.metrics import (
     auc,
     classification_metrics,
     expected_calibration_error,
+    mcnemar_exact,
     precision_recall_curve,
     roc_curve,
+    wilson_interval,
 )
 from neurostack import CLASS_NAMES
 from segmentation.metrics import dice_coefficient, iou
@@ -192,6 +194,8 @@ class ModelEvaluation:
     pr: dict[str, Curve] = field(default_factory=dict)
     reliability: list[dict[str, Any]] = field(default_factory=list)
     ece: float = float("nan")
+    correct: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    """``(n,)`` bool: whether the top class was right, in the predictions file's row order."""
 
 
 def row_normalise(cm: np.ndarray) -> np.ndarray:
@@ -206,7 +210,8 @@ def evaluate_model(df: pd.DataFrame, model: str) -> ModelEvaluation:
     y, proba = labels_and_proba(df, model)
     metrics = classification_metrics(y, proba, CLASS_NAMES)
     cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
-    ev = ModelEvaluation(model, int(len(y)), metrics, cm, row_normalise(cm))
+    ev = ModelEvaluation(model, int(len(y)), metrics, cm, row_normalise(cm),
+                         correct=proba.argmax(axis=1) == y)
     grid = np.linspace(0.0, 1.0, 201)
     interpolated = []
     for k, cls in enumerate(CLASS_NAMES):
@@ -232,8 +237,9 @@ IN_SAMPLE_SUFFIX = " — in-sample (fitted on this run)"
 
 def comparison_table(evals: list[ModelEvaluation], in_sample: frozenset[str] = frozenset(),
                      ) -> pd.DataFrame:
-    """One row per model: accuracy, macro F1, macro AUC, ECE and per-class recall.
+    """One row per model: accuracy and its 95 % interval, macro F1 and AUC, ECE, recalls.
 
+    The accuracy interval is Wilson's (:func:`ensemble.metrics.wilson_interval`).
     Models named in ``in_sample`` were fitted on these predictions; their label
     says so (:data:`IN_SAMPLE_SUFFIX`).
     """
@@ -241,10 +247,13 @@ def comparison_table(evals: list[ModelEvaluation], in_sample: frozenset[str] = f
     for ev in evals:
         m = ev.metrics
         label = model_label(ev.name) + (IN_SAMPLE_SUFFIX if ev.name in in_sample else "")
+        low, high = wilson_interval(int(ev.correct.sum()), int(ev.correct.size))
         row: dict[str, Any] = {
             "model": label,
             "images": ev.n,
             "accuracy": m["accuracy"],
+            "accuracy 95% CI low": low,
+            "accuracy 95% CI high": high,
             "macro F1": m["macro_f1"],
             "macro ROC AUC": m["roc_auc"].get("macro"),
             "ECE": m["ece"],
@@ -253,6 +262,38 @@ def comparison_table(evals: list[ModelEvaluation], in_sample: frozenset[str] = f
             row[f"recall {cls}"] = m["per_class"][cls]["recall"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def paired_comparison(evals: list[ModelEvaluation], reference: str = ENSEMBLE) -> pd.DataFrame:
+    """Compare ``reference`` with every other model on the same images (exact McNemar).
+
+    Returns:
+        One row per other model: images both got right, only the reference, only the
+        model, both wrong, the accuracy difference (reference minus model) and the
+        two-sided exact McNemar p-value. Empty when ``reference`` is not evaluated.
+
+    Raises:
+        ValueError: If two evaluations cover different numbers of images.
+    """
+    ref = next((e for e in evals if e.name == reference), None)
+    columns = ["model", "both right", f"only {model_label(reference)} right",
+               "only this model right", "both wrong", "accuracy difference", "McNemar p"]
+    if ref is None:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for ev in evals:
+        if ev.name == reference:
+            continue
+        if ev.correct.shape != ref.correct.shape:
+            raise ValueError(f"{ev.name} covers {ev.correct.size} images, "
+                             f"{reference} {ref.correct.size}")
+        test = mcnemar_exact(ref.correct, ev.correct)
+        rows.append(dict(zip(columns, [
+            model_label(ev.name), int((ref.correct & ev.correct).sum()), test["only_a"],
+            test["only_b"], int((~ref.correct & ~ev.correct).sum()),
+            float(ref.correct.mean() - ev.correct.mean()), test["p_value"],
+        ], strict=True)))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def report_table(ev: ModelEvaluation) -> pd.DataFrame:

@@ -179,3 +179,37 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     n = only_a + only_b
     p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
     return {"only_a": only_a, "only_b": only_b, "p_value": p}
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion, e.g. an accuracy of ``successes / n``.
+
+    Unlike the normal approximation it stays inside ``[0, 1]`` and is sensible at
+    0 % and 100 %. ``(nan, nan)`` when ``n == 0``.
+
+    Args:
+        successes: Number of successes (e.g. correctly classified images), ``0..n``.
+        n: Number of trials.
+        confidence: Two-sided coverage in ``(0, 1)``.
+
+    Returns:
+        ``(low, high)`` bounds of the proportion.
+
+    Raises:
+        ValueError: If ``n < 0``, ``successes`` is outside ``0..n`` or ``confidence``
+            is outside ``(0, 1)``.
+    """
+    from scipy.stats import norm
+
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); received {confidence}")
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise ValueError(f"need 0 <= successes <= n; received successes={successes}, n={n}")
+    if n == 0:
+        return float("nan"), float("nan")
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

@@ -11,6 +11,7 @@ from dashboard.evaluation import (
     comparison_table,
     meta_in_sample,
     model_label,
+    paired_comparison,
     report_table,
     training_phases,
 )
@@ -71,8 +72,20 @@ table = comparison_table(evals, frozenset({ENSEMBLE}) if in_sample is not None e
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in table.columns if c not in ("model", "images")})
-components.chart(charts.comparison_bars(table, ["accuracy", "macro F1", "macro ROC AUC"]),
-                 "me_compare")
+components.chart(charts.comparison_bars(
+    table, ["accuracy", "macro F1", "macro ROC AUC"],
+    intervals={"accuracy": ("accuracy 95% CI low", "accuracy 95% CI high")}), "me_compare")
+st.caption("Accuracy intervals: 95 % Wilson score intervals over the images of this run.")
+
+paired = paired_comparison(evals)
+if len(paired):
+    st.markdown(f"**Paired comparison with the {model_label(ENSEMBLE).lower()}** — the same "
+                "images, so only those where exactly one of the two was right can tell them apart")
+    st.dataframe(paired, hide_index=True, width="stretch", column_config={
+        "accuracy difference": st.column_config.NumberColumn(format="%+.4f"),
+        "McNemar p": st.column_config.NumberColumn(format="%.3f")})
+    st.caption("Two-sided exact McNemar test on the discordant images; p ≥ 0.05 means the "
+               "difference is within what chance alone would often produce.")
 
 st.subheader("Per-model results")
 tabs = st.tabs([model_label(e.name) + (" (in-sample)" if in_sample is not None

@@ -213,3 +213,23 @@ def test_training_phases_split_on_phase_or_size_changes():
     ]
     assert ev.training_phases(log.drop(columns="image_size"))[0] == "scratch (epochs 0–1)"
     assert ev.training_phases(log.drop(columns="phase")) == []
+
+
+def test_paired_comparison_counts_discordant_images():
+    df = _predictions(perfect=False, seed=3)  # ensemble perfect, the others random
+    evals = [ev.evaluate_model(df, m) for m in ev.models_in_predictions(df)]
+    table = ev.paired_comparison(evals).set_index("model")
+    assert list(table.index) == ["Xception", "VGG19", "custom"]
+    for e in evals[:3]:
+        row = table.loc[ev.model_label(e.name)]
+        right = int(e.correct.sum())
+        # the ensemble is right everywhere: no image only the base model got right
+        assert row["both right"] == right and row["only this model right"] == 0
+        assert row["only Meta-learner (ensemble) right"] == 20 - right
+        assert row["both wrong"] == 0
+        assert row["accuracy difference"] == pytest.approx(1 - right / 20)
+        assert row["McNemar p"] == pytest.approx(2 * 0.5 ** (20 - right) if right < 20 else 1.0)
+    assert ev.paired_comparison(evals[:3]).empty  # no ensemble evaluated
+    table = ev.comparison_table(evals)
+    assert (table["accuracy 95% CI low"] <= table["accuracy"]).all()
+    assert (table["accuracy"] <= table["accuracy 95% CI high"]).all()

@@ -190,3 +190,19 @@ def test_mcnemar_exact_known_answers() -> None:
     assert mcnemar_exact(a, a) == {"only_a": 0, "only_b": 0, "p_value": 1.0}
     with pytest.raises(ValueError, match=r"\(8,\) and \(7,\)"):
         mcnemar_exact(a, b[:7])
+
+
+def test_wilson_interval_known_answers() -> None:
+    from ensemble.metrics import wilson_interval
+
+    # textbook values at 95 %: 0/10 -> (0, 0.2775), 10/10 -> (0.7225, 1), 5/10 -> (0.2366, 0.7634)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    low, high = wilson_interval(820, 856)
+    assert low < 820 / 856 < high and high - low < 0.03
+    assert np.isnan(wilson_interval(0, 0)[0])
+    with pytest.raises(ValueError, match="successes=11, n=10"):
+        wilson_interval(11, 10)
+    with pytest.raises(ValueError, match="confidence must be in"):
+        wilson_interval(1, 10, confidence=1.0)
