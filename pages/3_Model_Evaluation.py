@@ -83,7 +83,7 @@ if len(paired):
                 "images, so only those where exactly one of the two was right can tell them apart")
     st.dataframe(paired, hide_index=True, width="stretch", column_config={
         "accuracy difference": st.column_config.NumberColumn(format="%+.4f"),
-        "McNemar p": st.column_config.NumberColumn(format="%.3f")})
+        "McNemar p": st.column_config.NumberColumn(format="%.3g")})
     st.caption("Two-sided exact McNemar test on the discordant images; p ≥ 0.05 means the "
                "difference is within what chance alone would often produce.")
 
