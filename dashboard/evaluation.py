@@ -133,6 +133,32 @@ def meta_in_sample(predictions_csv: Path, meta_config: dict[str, Any] | None,
     )
 
 
+def operating_point_chosen_on(record: dict[str, Any], segmenter_config: dict[str, Any] | None,
+                              ) -> str | None:
+    """Name the split a segmentation run shares with the choice of the operating point.
+
+    ``segmentation.evaluate --choose-threshold`` records ``chosen_on`` as
+    ``"<split csv>:<split>"`` in the segmenter's config. Scores on that split were
+    used to pick the threshold, so they are optimistic.
+
+    Args:
+        record: The run's ``metrics.json``.
+        segmenter_config: The segmenter's ``config.json`` (``None``: unknown).
+
+    Returns:
+        The split name when the run evaluated the split the operating point was
+        chosen on, else ``None``.
+    """
+    chosen = ((segmenter_config or {}).get("operating_point") or {}).get("chosen_on")
+    if not isinstance(chosen, str) or ":" not in chosen:
+        return None
+    csv, split = chosen.rsplit(":", 1)
+    ids_from = record.get("ids_from")
+    if record.get("split") != split or not ids_from:
+        return None
+    return split if Path(str(ids_from)).name == Path(csv).name else None
+
+
 def read_predictions(path: Path) -> pd.DataFrame:
     """Read a classification ``predictions.csv`` (``path, label, pred, <model>_<class>``)."""
     df = pd.read_csv(path)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, charts, components, paths
-from dashboard.evaluation import browser_cases, seg_summary, with_files
+from dashboard.evaluation import (
+    browser_cases,
+    operating_point_chosen_on,
+    seg_summary,
+    with_files,
+)
 from neurostack.errors import InputImageError
 from neurostack.render import overlay_mask
 
@@ -41,6 +46,12 @@ if record.get("threshold") is not None:
                f"{record.get('test_time_augmentation', 'none')} · post-processing "
                f"{record.get('postprocess', 'none')} · {record.get('resolution', '')} · "
                f"empty masks: {record.get('empty_mask_policy', 'n/a')}")
+chosen_on = operating_point_chosen_on(record,
+                                      cache.json_record(paths.segmenter_dir() / "config.json"))
+if chosen_on:
+    st.info(f"The mask threshold and post-processing were chosen on this **{chosen_on}** "
+            "split, so its scores are slightly optimistic; the test run is the unbiased one.",
+            icon=":material/info:")
 
 if len(scores):
     c1, c2 = st.columns(2)
