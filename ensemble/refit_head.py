@@ -41,6 +41,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -48,6 +49,9 @@ from tqdm import tqdm
 from neurostack.cli import print_record
 from neurostack.errors import ArtifactError
 from neurostack.hardware import set_tensorflow_threads
+
+if TYPE_CHECKING:
+    import keras
 
 FEATURE_LAYER = "flatten"
 """Name of the layer whose output feeds the head (see :func:`ensemble.models.build_classifier`)."""
@@ -98,21 +102,21 @@ class HeadFitConfig:
         return self
 
 
-def _layer(model, name: str):
+def _layer(model: keras.Model, name: str) -> keras.layers.Layer:
     try:
         return model.get_layer(name)
     except ValueError as exc:
         raise ArtifactError(f"{model.name} has no {name!r} layer to refit from") from exc
 
 
-def feature_extractor(model, layer: str = FEATURE_LAYER):
+def feature_extractor(model: keras.Model, layer: str = FEATURE_LAYER) -> keras.Model:
     """Return the part of a base classifier that maps preprocessed images to ``layer``'s output."""
     import keras
 
     return keras.Model(model.inputs, _layer(model, layer).output, name=f"{model.name}_features")
 
 
-def build_tail(model, layer: str = FEATURE_LAYER):
+def build_tail(model: keras.Model, layer: str = FEATURE_LAYER) -> keras.Model:
     """Return the part of ``model`` above ``layer``: ``layer``'s output -> class probabilities.
 
     The tail shares its layers (and so its weights) with ``model``: fitting the tail
@@ -132,7 +136,7 @@ def build_tail(model, layer: str = FEATURE_LAYER):
 
 
 def extract_features(
-    extractor,
+    extractor: keras.Model,
     preprocess_mode: str,
     crops: np.ndarray,
     *,
@@ -250,13 +254,13 @@ def _eval_batch(features: np.ndarray) -> int:
     return 1024 if features.ndim == 2 else 64
 
 
-def head_accuracy(head, features: np.ndarray, labels: np.ndarray) -> float:
+def head_accuracy(head: keras.Model, features: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of feature rows whose argmax under ``head`` (or a tail) matches ``labels``."""
     proba = head.predict(features, batch_size=_eval_batch(features), verbose=0)
     return float((proba.argmax(1) == labels).mean())
 
 
-def _save_checkpoint(path: Path, head, best_weights: list, state: dict) -> None:
+def _save_checkpoint(path: Path, head: keras.Model, best_weights: list, state: dict) -> None:
     """Write the fit state after an epoch: weights, best weights, optimizer, log (atomic)."""
     arrays = {f"w{i}": w for i, w in enumerate(head.get_weights())}
     arrays |= {f"b{i}": w for i, w in enumerate(best_weights)}
@@ -268,7 +272,7 @@ def _save_checkpoint(path: Path, head, best_weights: list, state: dict) -> None:
     tmp.replace(path / "state.npz")
 
 
-def _load_checkpoint(path: Path, head, ident: str) -> tuple[list, dict] | None:
+def _load_checkpoint(path: Path, head: keras.Model, ident: str) -> tuple[list, dict] | None:
     """Restore a fit state written by :func:`_save_checkpoint`; ``None`` when there is none."""
     if not (path / "state.npz").is_file():
         return None
@@ -293,7 +297,7 @@ def _load_checkpoint(path: Path, head, ident: str) -> tuple[list, dict] | None:
 
 
 def fit_head(
-    head,
+    head: keras.Model,
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_hold: np.ndarray,

@@ -28,6 +28,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,10 @@ from neurostack.hardware import (
     resolve_training_precision,
     set_tensorflow_threads,
 )
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 DEFAULT_DATA = Path("../shared/datasets/brain-tumor-mri/Training")
 DEFAULT_SPLIT = Path("artifacts/splits/classification_split.csv")
@@ -108,7 +113,7 @@ def plan_phases(
     return phases
 
 
-def _apply_trainable(model, base_layers: int, scope: str) -> None:
+def _apply_trainable(model: keras.Model, base_layers: int, scope: str) -> None:
     """Freeze according to ``scope``; head layers are always trainable."""
     layers = model.layers
     if scope == "all":
@@ -126,7 +131,7 @@ def _apply_trainable(model, base_layers: int, scope: str) -> None:
 
 def make_dataset(
     x: np.ndarray, y: np.ndarray, mode: str, batch_size: int, *, train: bool, seed: int
-):
+) -> tf.data.Dataset:
     """Build a ``tf.data`` pipeline from ``(N, S, S)`` uint8 crops and integer labels."""
     import tensorflow as tf
 
@@ -141,7 +146,7 @@ def make_dataset(
     aug = build_augmenter(seed) if train else None
     mean = tf.constant(_CAFFE_MEAN_BGR)
 
-    def prep(images, labels):
+    def prep(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         images = tf.cast(images, tf.float32)[..., None]
         if train:
             images = aug(images, training=True)
@@ -166,12 +171,12 @@ def batch_warmup_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps)
 
 
-def _batch_warmup_callback(lr: float, warmup_steps: int):
+def _batch_warmup_callback(lr: float, warmup_steps: int) -> keras.callbacks.Callback:
     """Return a Keras callback applying :func:`batch_warmup_factor` to ``lr`` per batch."""
     import keras
 
     class _Warmup(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
+        def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
             step = int(self.model.optimizer.iterations.numpy())
             if step <= warmup_steps:
                 factor = batch_warmup_factor(step, warmup_steps)
@@ -180,15 +185,15 @@ def _batch_warmup_callback(lr: float, warmup_steps: int):
     return _Warmup()
 
 
-def _progress_callback(every: int = 20):
+def _progress_callback(every: int = 20) -> keras.callbacks.Callback:
     """Return a Keras callback printing one line every ``every`` batches (for log files)."""
     import keras
 
     class _Progress(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self.t0 = time.time()
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             if (batch + 1) % every == 0:
                 logs = logs or {}
                 rate = (batch + 1) / max(1e-9, time.time() - self.t0)
@@ -237,7 +242,7 @@ def _lr_for_epoch(phase: Phase, e: int, scale: float) -> float:
     return scale * (0.02 * phase.lr + 0.98 * phase.lr * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _build(cfg: TrainConfig, phase: Phase):
+def _build(cfg: TrainConfig, phase: Phase) -> keras.Model:
     import keras
 
     from ensemble.models import build_classifier, set_batchnorm_momentum

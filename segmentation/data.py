@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -25,6 +26,9 @@ import pandas as pd
 
 from neurostack.imaging import load_image
 from neurostack.preprocess import CropBox, crop, find_brain_box, resize_square
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 SPLIT_COLUMNS = ["id", "patient_id", "label", "fold", "split"]
 SPLITS = ("train", "val", "test")
@@ -324,7 +328,9 @@ class AugmentConfig:
             )
 
 
-def _augment_pair(image, mask, seed, size: int, cfg: AugmentConfig):
+def _augment_pair(
+    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, size: int, cfg: AugmentConfig
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Augment one float32 ``(S, S, 1)`` image/mask pair with a stateless seed ``(2,)``."""
     import tensorflow as tf
 
@@ -371,7 +377,7 @@ def make_train_dataset(
     seed: int = 42,
     augment: AugmentConfig | None = AugmentConfig(),  # noqa: B008 - frozen dataclass
     threads: int | None = None,
-):
+) -> tf.data.Dataset:
     """Shuffled, augmented ``tf.data`` batches for one epoch.
 
     The order and the augmentation depend only on ``(seed, epoch)``, so a resumed
@@ -396,7 +402,7 @@ def make_train_dataset(
     seeds = np.stack([np.full(n, seed * 100_003 + epoch), np.arange(n)], axis=1).astype(np.int64)
     ds = tf.data.Dataset.from_tensor_slices((data.images[order], data.masks[order], seeds))
 
-    def load(img, msk, s):
+    def load(img: tf.Tensor, msk: tf.Tensor, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         img = tf.cast(img, tf.float32)[..., None] / 255.0
         msk = tf.cast(msk, tf.float32)[..., None]
         if augment is not None:
@@ -408,7 +414,9 @@ def make_train_dataset(
     return _with_threads(ds, threads)
 
 
-def make_eval_dataset(data: PreparedData, batch_size: int, *, threads: int | None = None):
+def make_eval_dataset(
+    data: PreparedData, batch_size: int, *, threads: int | None = None
+) -> tf.data.Dataset:
     """Unshuffled, unaugmented ``(image, mask)`` float32 batches."""
     import tensorflow as tf
 
@@ -419,7 +427,7 @@ def make_eval_dataset(data: PreparedData, batch_size: int, *, threads: int | Non
     return _with_threads(ds.batch(batch_size).prefetch(2), threads)
 
 
-def _with_threads(ds, threads: int | None):
+def _with_threads(ds: tf.data.Dataset, threads: int | None) -> tf.data.Dataset:
     import tensorflow as tf
 
     if threads:

@@ -19,6 +19,8 @@ Conventions
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
@@ -124,7 +126,7 @@ def _flatten(y: keras.KerasTensor) -> keras.KerasTensor:
 
 
 @keras.saving.register_keras_serializable(package="neurostack_segmentation")
-def dice_loss(y_true, y_pred, smooth: float = DEFAULT_SMOOTH):
+def dice_loss(y_true: Any, y_pred: Any, smooth: float = DEFAULT_SMOOTH) -> Any:
     """Soft Dice loss ``1 - (2 sum(t p) + s) / (sum(t) + sum(p) + s)`` per image.
 
     Args:
@@ -144,7 +146,7 @@ def dice_loss(y_true, y_pred, smooth: float = DEFAULT_SMOOTH):
 
 
 @keras.saving.register_keras_serializable(package="neurostack_segmentation")
-def bce_dice_loss(y_true, y_pred, smooth: float = DEFAULT_SMOOTH):
+def bce_dice_loss(y_true: Any, y_pred: Any, smooth: float = DEFAULT_SMOOTH) -> Any:
     """Pixel-mean binary cross-entropy plus soft Dice loss, per image.
 
     Args:
@@ -161,7 +163,7 @@ def bce_dice_loss(y_true, y_pred, smooth: float = DEFAULT_SMOOTH):
     return bce + dice_loss(y_true, y_pred, smooth)
 
 
-def _hard_dice_per_image(y_true, y_pred, threshold: float):
+def _hard_dice_per_image(y_true: Any, y_pred: Any, threshold: float) -> Any:
     t = ops.cast(_flatten(y_true) > 0.5, "float32")
     p = ops.cast(_flatten(y_pred) >= threshold, "float32")
     inter = ops.sum(t * p, axis=1)
@@ -171,7 +173,7 @@ def _hard_dice_per_image(y_true, y_pred, threshold: float):
 
 
 @keras.saving.register_keras_serializable(package="neurostack_segmentation")
-def dice_metric(y_true, y_pred, threshold: float = 0.5):
+def dice_metric(y_true: Any, y_pred: Any, threshold: float = 0.5) -> Any:
     """Hard Dice per image at ``threshold`` with the empty-mask policy, for ``compile``.
 
     Args:
@@ -200,7 +202,7 @@ class DiceMetric(keras.metrics.Metric):
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
-    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         """Accumulate the per-image Dice of one batch (``sample_weight`` is not supported)."""
         if sample_weight is not None:
             raise ValueError("DiceMetric does not support sample_weight")
@@ -208,7 +210,7 @@ class DiceMetric(keras.metrics.Metric):
         self.total.assign_add(ops.sum(scores))
         self.count.assign_add(ops.cast(ops.shape(scores)[0], "float32"))
 
-    def result(self):
+    def result(self) -> Any:
         """Return the mean per-image Dice (0 before any update)."""
         return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), 0.0)
 
