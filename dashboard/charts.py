@@ -144,9 +144,10 @@ def comparison_bars(table: pd.DataFrame, metrics: Sequence[str],
         values = [row[m] for m in metrics]
         error = None
         if intervals:
-            up = [row[intervals[m][1]] - v if m in intervals else 0.0
+            # None: no error bar at all (a zero-length one would still draw its caps)
+            up = [row[intervals[m][1]] - v if m in intervals else None
                   for m, v in zip(metrics, values, strict=True)]
-            down = [v - row[intervals[m][0]] if m in intervals else 0.0
+            down = [v - row[intervals[m][0]] if m in intervals else None
                     for m, v in zip(metrics, values, strict=True)]
             error = {"type": "data", "symmetric": False, "array": up, "arrayminus": down}
         fig.add_bar(name=row["model"], x=list(metrics), y=values, error_y=error)

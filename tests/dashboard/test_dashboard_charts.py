@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dashboard import charts
 from dashboard import evaluation as ev
@@ -97,3 +98,14 @@ def test_threshold_sweep_with_postprocessing_draws_the_chosen_mode_and_the_other
     assert list(fig.data[1].y) == [0.6, 0.5] and list(fig.data[2].y) == [0.4, 0.2]
     plain = charts.threshold_sweep(sweep)  # no mode given: "none" is the solid line
     assert list(plain.data[1].y) == [0.5, 0.4]
+
+
+def test_comparison_bars_draw_intervals_only_where_given():
+    table = pd.DataFrame({"model": ["A", "B"], "accuracy": [0.9, 0.8], "macro F1": [0.85, 0.7],
+                          "lo": [0.88, 0.75], "hi": [0.93, 0.84]})
+    fig = charts.comparison_bars(table, ["accuracy", "macro F1"], {"accuracy": ("lo", "hi")})
+    a = fig.data[0]
+    assert list(a.y) == [0.9, 0.85]
+    assert list(a.error_y.array) == [pytest.approx(0.03), None]
+    assert list(a.error_y.arrayminus) == [pytest.approx(0.02), None]
+    assert charts.comparison_bars(table, ["accuracy"]).data[1].error_y.array is None
