@@ -157,6 +157,9 @@ with metric_cols[1]:
         c1.metric("Mean Dice", f"{seg['mean_dice']:.3f}")
         c2.metric("Median Dice", f"{seg['median_dice']:.3f}")
         c3.metric("Mean IoU", f"{seg['mean_iou']:.3f}" if seg.get("mean_iou") is not None else "—")
+        if seg.get("mean_dice_ci95"):
+            st.caption("Mean Dice 95 % interval {:.3f}–{:.3f}, resampling the {} patients."
+                       .format(*seg["mean_dice_ci95"], seg.get("n_patients", "?")))
     else:
         st.info("No segmentation evaluation record found under "
                 f"`{paths.segmentation_eval_dir()}`.")

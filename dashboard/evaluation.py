@@ -410,8 +410,18 @@ def read_threshold_sweep(path: Path) -> pd.DataFrame | None:
     return df if {"threshold", "mean_dice"} <= set(df.columns) else None
 
 
-def seg_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean / median / min Dice and IoU, overall and per tumour class."""
+SEG_CI_COLUMN = "mean Dice 95 % CI"
+
+
+def seg_summary(df: pd.DataFrame, record: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Mean / median / min Dice and IoU, overall and per tumour class.
+
+    Args:
+        df: ``per_image.csv`` rows (``dice``, ``iou``, optional ``label``).
+        record: The run's ``metrics.json``; when it holds patient-level intervals
+            (``segmentation.evaluate`` with patient ids), columns ``patients`` and
+            :data:`SEG_CI_COLUMN` (``"low–high"``, blank where not computed) are added.
+    """
     def _row(name: str, part: pd.DataFrame) -> dict[str, Any]:
         return {"class": name, "images": len(part),
                 "mean Dice": part["dice"].mean(), "median Dice": part["dice"].median(),
@@ -419,8 +429,18 @@ def seg_summary(df: pd.DataFrame) -> pd.DataFrame:
                 "median IoU": part["iou"].median()}
 
     rows = [_row("all", df)]
-    rows += [_row(str(label), part) for label, part in df.groupby("label", sort=True)]
-    return pd.DataFrame(rows)
+    if "label" in df.columns:
+        rows += [_row(str(label), part) for label, part in df.groupby("label", sort=True)]
+    out = pd.DataFrame(rows)
+    if record and record.get("mean_dice_ci95"):
+        per_class = record.get("per_class") or {}
+        sources = [record] + [per_class.get(name) or {} for name in out["class"].iloc[1:]]
+        out.insert(2, "patients", [s.get("n_patients") for s in sources])
+        out[SEG_CI_COLUMN] = [
+            "{:.3f}–{:.3f}".format(*s["mean_dice_ci95"]) if s.get("mean_dice_ci95") else ""
+            for s in sources
+        ]
+    return out
 
 
 def test_ids(split_csv: Path) -> list[str] | None:

@@ -46,6 +46,11 @@ if record.get("threshold") is not None:
                f"{record.get('test_time_augmentation', 'none')} · post-processing "
                f"{record.get('postprocess', 'none')} · {record.get('resolution', '')} · "
                f"empty masks: {record.get('empty_mask_policy', 'n/a')}")
+if record.get("mean_dice_ci95"):
+    low, high = record["mean_dice_ci95"]
+    st.caption(f"Mean Dice 95 % interval **{low:.3f}–{high:.3f}** over "
+               f"{record.get('n_patients')} patients: {record.get('ci_method', '')}. Slices of "
+               "one patient are correlated, so the patient, not the slice, is resampled.")
 chosen_on = operating_point_chosen_on(record,
                                       cache.json_record(paths.segmenter_dir() / "config.json"))
 if chosen_on:
@@ -57,7 +62,7 @@ if len(scores):
     c1, c2 = st.columns(2)
     components.chart(charts.score_histograms(scores), "sq_hist", c1)
     components.chart(charts.scores_by_class(scores), "sq_box", c2)
-    st.dataframe(seg_summary(scores), hide_index=True, width="stretch",
+    st.dataframe(seg_summary(scores, record), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in ("mean Dice", "median Dice", "min Dice", "mean IoU",
                                           "median IoU")})

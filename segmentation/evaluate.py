@@ -16,8 +16,11 @@ Outputs in ``OUT_DIR``:
 
 * ``per_image.csv``: ``id, [label,] dice, iou, gt_area_px, pred_area_px``.
 * ``metrics.json``: mean/median Dice and IoU, ``n_images``, per-class scores
-  when labels are known, the threshold and post-processing, the artifact's
-  weight SHA-256, and every skipped file with its reason.
+  when labels are known, patient-level 95 % bootstrap intervals of the means
+  when patient ids are known (``patient_id`` column of ``--ids-from`` or
+  ``--metadata``; the ids are used for resampling only and are not written),
+  the threshold and post-processing, the artifact's weight SHA-256, and every
+  skipped file with its reason.
 * ``threshold_sweep.csv`` (with ``--sweep``): mean and median Dice at each
   threshold, once per post-processing mode (column ``postprocess``).
 
@@ -41,7 +44,7 @@ import pandas as pd
 from neurostack.artifacts import write_json
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import InputLimits, load_image
-from segmentation.metrics import dice_coefficient, iou
+from segmentation.metrics import cluster_bootstrap_ci, dice_coefficient, iou
 from segmentation.postprocess import POSTPROCESS_MODES, check_postprocess, probability_to_mask
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
@@ -82,14 +85,34 @@ def _index_folder(folder: Path, skipped: list[dict[str, str]], kind: str) -> dic
     return index
 
 
-def _summary(df: pd.DataFrame) -> dict[str, Any]:
-    return {
+CI_METHOD = (
+    "95 % percentile bootstrap over patients (2000 resamples of whole patients, "
+    "slice-weighted mean, seed 0)"
+)
+"""How ``mean_dice_ci95`` / ``mean_iou_ci95`` are computed (recorded next to them)."""
+
+
+def _summary(df: pd.DataFrame, patients: dict[str, str] | None = None) -> dict[str, Any]:
+    """Mean/median Dice and IoU of ``df`` (columns ``id, dice, iou``).
+
+    With ``patients`` (image id -> patient id) covering every row and at least two
+    patients, also ``n_patients`` and patient-level bootstrap intervals
+    (:data:`CI_METHOD`) of the means.
+    """
+    out: dict[str, Any] = {
         "n_images": len(df),
         "mean_dice": float(df["dice"].mean()),
         "median_dice": float(df["dice"].median()),
         "mean_iou": float(df["iou"].mean()),
         "median_iou": float(df["iou"].median()),
     }
+    groups = df["id"].map(patients or {})
+    if patients and groups.notna().all() and groups.nunique() >= 2:
+        out["n_patients"] = int(groups.nunique())
+        for key in ("dice", "iou"):
+            low, high = cluster_bootstrap_ci(df[key].to_numpy(), groups.to_numpy())
+            out[f"mean_{key}_ci95"] = [low, high]
+    return out
 
 
 def threshold_sweep_table(per_image: pd.DataFrame) -> pd.DataFrame:
@@ -210,7 +233,9 @@ def evaluate(
             (e.g. the split file); with ``split``, only rows of that split.
         split: Value of the ``split`` column to keep.
         metadata: Optional CSV with ``id`` and ``label`` for per-class scores
-            (labels are also taken from ``ids_from`` when it has them).
+            (labels are also taken from ``ids_from`` when it has them). A
+            ``patient_id`` column in either CSV adds patient-level bootstrap
+            intervals of the mean Dice and IoU.
         threshold: Probability at or above which a pixel is tumour; ``None`` uses the
             artifact's own threshold.
         batch_size: Slices per network call.
@@ -252,6 +277,7 @@ def evaluate(
     masks = _index_folder(masks_dir, skipped, "mask")
 
     labels: dict[str, str] = {}
+    patients: dict[str, str] = {}  # only for the patient-level intervals; never written out
     wanted: list[str] | None = None
     if ids_from is not None:
         table = pd.read_csv(ids_from, dtype=str)
@@ -264,8 +290,12 @@ def evaluate(
         wanted = table["id"].tolist()
         if "label" in table.columns:
             labels.update(zip(table["id"], table["label"], strict=True))
+        if "patient_id" in table.columns:
+            patients.update(zip(table["id"], table["patient_id"], strict=True))
     if metadata is not None:
         meta = pd.read_csv(metadata, dtype=str)
+        if "patient_id" in meta.columns and "id" in meta.columns:
+            patients.update(zip(meta["id"], meta["patient_id"], strict=True))
         if {"id", "label"} <= set(meta.columns):
             labels.update(zip(meta["id"], meta["label"], strict=True))
         else:
@@ -347,12 +377,18 @@ def evaluate(
 
     config = segmenter.config
     result: dict[str, Any] = (
-        _summary(df) if len(df) else {"n_images": 0, "mean_dice": None, "median_dice": None}
+        _summary(df, patients)
+        if len(df)
+        else {"n_images": 0, "mean_dice": None, "median_dice": None}
     )
     if labels and len(df):
         result["per_class"] = {
-            label: _summary(group) for label, group in df.groupby("label") if label != ""
+            label: _summary(group, patients)
+            for label, group in df.groupby("label")
+            if label != ""
         }
+    if "mean_dice_ci95" in result:
+        result["ci_method"] = CI_METHOD
     result.update(
         {
             "threshold": threshold,
@@ -381,6 +417,7 @@ def evaluate(
 
 RECORDED_KEYS: tuple[str, ...] = (
     "n_images", "mean_dice", "median_dice", "mean_iou", "median_iou", "per_class",
+    "n_patients", "mean_dice_ci95", "mean_iou_ci95", "ci_method",
     "threshold", "test_time_augmentation", "postprocess",
 )
 
@@ -428,7 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifacts", default=DEFAULT_ARTIFACTS)
     p.add_argument("--ids-from", default=None, help="CSV with an id column (e.g. the split file)")
     p.add_argument("--split", default=None, help="keep rows of this split (with --ids-from)")
-    p.add_argument("--metadata", default=None, help="CSV with id,label for per-class scores")
+    p.add_argument(
+        "--metadata",
+        default=None,
+        help="CSV with id,label[,patient_id]: per-class scores (and patient-level intervals)",
+    )
     p.add_argument(
         "--threshold", type=float, default=None, help="mask threshold (default: the artifact's)"
     )

@@ -116,6 +116,57 @@ def iou(
     return _overlap_scores(y_true, y_pred, threshold, "iou")
 
 
+def cluster_bootstrap_ci(
+    values: np.ndarray,
+    groups: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a mean over images, resampling whole groups.
+
+    Slices of one patient are correlated, so resampling slices would understate the
+    uncertainty of a data-set score; this resamples patients (``groups``) with
+    replacement and recomputes the mean over all their slices, the same
+    slice-weighted mean that is reported.
+
+    Args:
+        values: ``(N,)`` per-image scores (e.g. Dice).
+        groups: ``(N,)`` group key of each image (e.g. patient id); any hashable dtype.
+        confidence: Two-sided coverage in ``(0, 1)``.
+        n_resamples: Bootstrap resamples (>= 100).
+        seed: Seed of the random generator, so an interval is reproducible.
+
+    Returns:
+        ``(low, high)`` bounds of the mean.
+
+    Raises:
+        ValueError: On mismatched lengths, no values, fewer than 2 groups, a
+            non-finite value, or ``confidence`` / ``n_resamples`` out of range.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    g = np.asarray(groups).reshape(-1)
+    if v.shape != g.shape:
+        raise ValueError(f"values and groups differ in length: {v.size} vs {g.size}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); received {confidence}")
+    if n_resamples < 100:
+        raise ValueError(f"n_resamples must be >= 100; received {n_resamples}")
+    if not np.isfinite(v).all():
+        raise ValueError("values must be finite")
+    keys, index = np.unique(g, return_inverse=True)
+    if len(keys) < 2:
+        raise ValueError(f"need at least 2 groups to resample; received {len(keys)}")
+    sums = np.bincount(index, weights=v, minlength=len(keys))
+    counts = np.bincount(index, minlength=len(keys)).astype(np.float64)
+    picks = np.random.default_rng(seed).integers(0, len(keys), size=(n_resamples, len(keys)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
 # ----------------------------------------------------------------------------- Keras
 
 

@@ -87,6 +87,14 @@ def test_per_image_keeps_leading_zeros_and_browser_sorts_worst_first(tmp_path):
     summary = ev.seg_summary(df)
     assert list(summary["class"]) == ["all", "glioma", "pituitary"]
     assert summary.loc[1, "mean Dice"] == pytest.approx(0.7)
+    assert ev.SEG_CI_COLUMN not in summary.columns  # no record -> no interval column
+    record = {"n_patients": 3, "mean_dice_ci95": [0.1, 0.9],
+              "per_class": {"glioma": {"n_patients": 2, "mean_dice_ci95": [0.5, 0.9]},
+                            "pituitary": {"n_patients": 1}}}
+    summary = ev.seg_summary(df, record)
+    assert list(summary["patients"]) == [3, 2, 1]
+    assert list(summary[ev.SEG_CI_COLUMN]) == ["0.100–0.900", "0.500–0.900", ""]
+    assert ev.SEG_CI_COLUMN not in ev.seg_summary(df, {"n_images": 3}).columns
 
 
 def test_per_image_without_scores_is_refused(tmp_path):

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from segmentation.evaluate import main
+from segmentation.metrics import cluster_bootstrap_ci
 
 
 @pytest.fixture
@@ -89,6 +90,20 @@ def test_cli_with_split_and_metadata_gives_labels(figshare_like, tiny_artifact, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class"]) == set(per_image["label"])
     assert metrics["split"] == "test"
+    # patient-level interval: recomputed from the written scores and the split's
+    # patient ids, which are used but never written out
+    test_rows = split[split["split"] == "test"].set_index("id")
+    patients = per_image["id"].map(test_rows["patient_id"])
+    assert metrics["n_patients"] == patients.nunique() >= 2
+    expected = cluster_bootstrap_ci(per_image["dice"].to_numpy(), patients.to_numpy())
+    assert metrics["mean_dice_ci95"] == pytest.approx(list(expected), abs=1e-6)
+    assert metrics["mean_dice_ci95"][0] <= metrics["mean_dice"] <= metrics["mean_dice_ci95"][1]
+    assert metrics["mean_iou_ci95"][0] <= metrics["mean_iou"] <= metrics["mean_iou_ci95"][1]
+    assert "patient" in metrics["ci_method"]
+    assert "patient_id" not in per_image.columns
+    for label, record in metrics["per_class"].items():
+        n = test_rows.loc[test_rows["label"] == label, "patient_id"].nunique()
+        assert ("mean_dice_ci95" in record) == (n >= 2)
 
 
 def test_cli_nothing_evaluated_or_bad_artifact(tmp_path, tiny_artifact):

@@ -7,6 +7,7 @@ import pytest
 from segmentation.metrics import (
     DiceMetric,
     bce_dice_loss,
+    cluster_bootstrap_ci,
     dice_coefficient,
     dice_loss,
     dice_metric,
@@ -147,3 +148,66 @@ def test_usable_in_compile(float32_policy):
     y = (x > 0.7).astype(np.float32)
     logs = model.fit(x, y, epochs=1, batch_size=2, verbose=0).history
     assert {"loss", "dice", "dice_metric"} <= set(logs)
+
+
+# --------------------------------------------------------------- cluster bootstrap
+
+
+def test_cluster_bootstrap_constant_scores_give_a_point_interval():
+    low, high = cluster_bootstrap_ci(np.full(9, 0.7), np.repeat(["a", "b", "c"], 3))
+    assert low == pytest.approx(0.7) and high == pytest.approx(0.7)
+
+
+def test_cluster_bootstrap_two_patients_known_answer():
+    # Patient a scores 0 on every slice, patient b scores 1. A resample holds
+    # {a, a}, {a, b} or {b, b} with probability 1/4, 1/2, 1/4 -> means 0, 1/2, 1,
+    # so the 95 % percentile interval is (0, 1) and the 40 % one is (1/2, 1/2).
+    values = np.array([0.0, 0.0, 1.0, 1.0])
+    groups = np.array([1, 1, 2, 2])
+    assert cluster_bootstrap_ci(values, groups) == (0.0, 1.0)
+    assert cluster_bootstrap_ci(values, groups, confidence=0.4) == (0.5, 0.5)
+
+
+def test_cluster_bootstrap_is_wider_than_slice_bootstrap_for_correlated_slices():
+    # 10 patients x 20 slices: slices of one patient share its score. Resampling
+    # patients must see 10 independent values, not 200 -> a clearly wider interval.
+    rng = np.random.default_rng(1)
+    per_patient = rng.uniform(0.3, 1.0, size=10)
+    values = np.repeat(per_patient, 20)
+    patients = np.repeat(np.arange(10), 20)
+    clustered = cluster_bootstrap_ci(values, patients)
+    independent = cluster_bootstrap_ci(values, np.arange(200))
+    assert clustered[0] < values.mean() < clustered[1]
+    assert clustered[1] - clustered[0] > 3 * (independent[1] - independent[0])
+
+
+def test_cluster_bootstrap_weights_slices_like_the_reported_mean():
+    # Patient a: 3 slices at 0; patient b: 1 slice at 1. The reported mean is 1/4;
+    # resample {a, b} has mean 1/4 (slice-weighted), not 1/2 (patient-weighted).
+    values = np.array([0.0, 0.0, 0.0, 1.0])
+    groups = np.array(["a", "a", "a", "b"])
+    assert cluster_bootstrap_ci(values, groups, confidence=0.4) == (0.25, 0.25)
+
+
+def test_cluster_bootstrap_is_reproducible_and_seeded():
+    rng = np.random.default_rng(0)
+    values, groups = rng.uniform(size=60), np.repeat(np.arange(12), 5)
+    assert cluster_bootstrap_ci(values, groups, seed=3) == cluster_bootstrap_ci(
+        values, groups, seed=3
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "groups", "kwargs", "match"),
+    [
+        ([0.5, 0.6], [1], {}, "differ in length"),
+        ([0.5, 0.6], [1, 1], {}, "at least 2 groups"),
+        ([], [], {}, "at least 2 groups"),
+        ([0.5, np.nan], [1, 2], {}, "finite"),
+        ([0.5, 0.6], [1, 2], {"confidence": 1.0}, "confidence"),
+        ([0.5, 0.6], [1, 2], {"n_resamples": 10}, "n_resamples"),
+    ],
+)
+def test_cluster_bootstrap_rejects_bad_input(values, groups, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cluster_bootstrap_ci(np.array(values), np.array(groups), **kwargs)
