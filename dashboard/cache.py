@@ -204,6 +204,17 @@ def training_log(folder: Path) -> pd.DataFrame | None:
 
 
 @st.cache_data(show_spinner=False)
+def _robustness(path: str, mtime: float) -> pd.DataFrame | None:
+    return ev.read_robustness_summary(Path(path))
+
+
+def robustness_summary() -> pd.DataFrame | None:
+    """``summary.csv`` of the classifiers' robustness run (``None`` when absent)."""
+    path = paths.robustness_dir() / "summary.csv"
+    return _robustness(str(path), _mtime(path))
+
+
+@st.cache_data(show_spinner=False)
 def _per_image(path: str, mtime: float) -> pd.DataFrame:
     return ev.read_per_image(Path(path))
 

@@ -156,6 +156,36 @@ def comparison_bars(table: pd.DataFrame, metrics: Sequence[str],
     return _finish(fig, "Model comparison", height=360)
 
 
+def robustness_figure(summary: pd.DataFrame) -> go.Figure:
+    """Accuracy against severity (0 = clean), one panel per corruption, one line per model.
+
+    Args:
+        summary: ``summary.csv`` of ``ensemble.robustness``.
+    """
+    clean = summary[summary["corruption"] == "none"].set_index("model")["accuracy"]
+    names = sorted(set(summary["corruption"]) - {"none"})
+    cols = min(4, max(1, len(names)))
+    rows = -(-len(names) // cols) if names else 1
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[n.replace("_", " ") for n in names],
+                        shared_yaxes=True)
+    models = [m for m in MODEL_COLOURS if m in set(summary["model"])]
+    for i, name in enumerate(names):
+        part = summary[summary["corruption"] == name]
+        for model in models:
+            line = part[part["model"] == model].sort_values("severity")
+            x = [0, *line["severity"].tolist()]
+            y = [clean.get(model, np.nan), *line["accuracy"].tolist()]
+            fig.add_scatter(x=x, y=y, mode="lines+markers", name=model_label(model),
+                            legendgroup=model, showlegend=i == 0,
+                            line={"color": MODEL_COLOURS[model],
+                                  "width": 4 if model == "ensemble" else 2},
+                            row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(tickvals=[0, 1, 2], title_text="severity")
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(legend={"orientation": "h", "y": -0.15})
+    return _finish(fig, "Accuracy under acquisition shift", height=260 * rows + 80)
+
+
 def training_curves(
     log: pd.DataFrame, title: str, panels: Sequence[tuple[str, str, str]]
 ) -> go.Figure:

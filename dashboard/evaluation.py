@@ -521,3 +521,47 @@ def find_image(folder: Path, image_id: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+# ---------------------------------------------------------------- robustness
+ROBUSTNESS_COLUMNS = ("corruption", "severity", "model", "n", "accuracy", "changed")
+
+
+def read_robustness_summary(path: Path) -> pd.DataFrame | None:
+    """Read ``summary.csv`` of ``ensemble.robustness``; ``None`` if absent or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+    return df if set(ROBUSTNESS_COLUMNS) <= set(df.columns) else None
+
+
+def robustness_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per condition: each model's accuracy, and how often the final answer changed.
+
+    Args:
+        summary: ``summary.csv`` of ``ensemble.robustness``.
+
+    Returns:
+        Columns ``condition`` (e.g. ``"blur 2"``, ``"none"`` for the clean slices),
+        one accuracy column per model (display names, ensemble last) and
+        ``final answer changed`` (fraction of slices whose ensemble class differs
+        from the clean one); the clean row first, then the worst ensemble accuracy first.
+    """
+    wide = summary.pivot_table(index=["corruption", "severity"], columns="model",
+                               values="accuracy", sort=False)
+    models = [m for m in (*BASE_MODELS, ENSEMBLE) if m in wide.columns]
+    wide = wide[models].rename(columns=model_label)
+    if ENSEMBLE in set(summary["model"]):
+        changed = summary[summary["model"] == ENSEMBLE].set_index(["corruption", "severity"])
+        wide["final answer changed"] = changed["changed"]
+    wide = wide.reset_index()
+    wide.insert(0, "condition", [c if c == "none" else f"{c} {v}" for c, v in
+                                 zip(wide["corruption"], wide["severity"], strict=True)])
+    clean = wide["corruption"] == "none"
+    key = model_label(models[-1])  # the ensemble when present
+    ordered = pd.concat([wide[clean], wide[~clean].sort_values(key, kind="stable")])
+    return ordered.drop(columns=["corruption", "severity"]).reset_index(drop=True)

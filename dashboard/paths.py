@@ -70,6 +70,11 @@ def segmentation_eval_dir() -> Path:
     return artifacts_root() / "evaluation" / "segmentation"
 
 
+def robustness_dir() -> Path:
+    """Output of ``python -m ensemble.robustness`` for the shipped classifiers."""
+    return artifacts_root() / "evaluation" / "robustness" / "classification"
+
+
 def classifier_dir(name: str) -> Path:
     """Artifact folder of one classifier (``meta`` for the meta-learner)."""
     return artifacts_root() / "classification" / name

@@ -13,6 +13,7 @@ from dashboard.evaluation import (
     model_label,
     paired_comparison,
     report_table,
+    robustness_table,
     training_phases,
 )
 
@@ -118,6 +119,31 @@ for tab, ev in zip(tabs, evals, strict=True):
                 st.warning("metrics.json disagrees with predictions.csv for this model; "
                            "the page shows values recomputed from predictions.csv.")
         components.chart(charts.reliability_figure(ev), f"me_rel_{ev.name}", c6)
+
+st.subheader("Robustness to acquisition shift")
+robust = cache.robustness_summary()
+if robust is None:
+    st.info("No robustness run found: expected "
+            f"`{paths.robustness_dir()}/summary.csv` from `python -m ensemble.robustness …`.")
+else:
+    rec = cache.json_record(paths.robustness_dir() / "metrics.json") or {}
+    n = int(robust["n"].max())
+    st.caption(
+        f"The same {n} test slices ({rec.get('settings', {}).get('per_class', '?')} per class, "
+        "sampled once) classified unchanged (severity 0) and under simulated scanner and "
+        "site differences at two severities, through the full pipeline. With this many "
+        "slices an accuracy is uncertain by about ±0.05; the change in predictions is "
+        "paired and more telling.")
+    components.chart(charts.robustness_figure(robust), "me_robust")
+    shift_table = robustness_table(robust)
+    st.dataframe(shift_table, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in shift_table.columns if c != "condition"})
+    described = rec.get("corruptions") or {}
+    if described:
+        st.caption("Severities 1 / 2: " + "; ".join(
+            f"**{k.replace('_', ' ')}**: {v.get('description', '')}"
+            for k, v in described.items()) + ".")
 
 st.subheader("Training curves")
 logs = {name: cache.training_log(paths.classifier_dir(name)) for name in BASE_MODELS}

@@ -109,3 +109,18 @@ def test_comparison_bars_draw_intervals_only_where_given():
     assert list(a.error_y.array) == [pytest.approx(0.03), None]
     assert list(a.error_y.arrayminus) == [pytest.approx(0.02), None]
     assert charts.comparison_bars(table, ["accuracy"]).data[1].error_y.array is None
+
+
+def test_robustness_figure_has_a_panel_per_corruption_starting_from_clean():
+    rows = [("none", 0, "resnet50", 0.9), ("none", 0, "ensemble", 0.95),
+            ("blur", 1, "resnet50", 0.85), ("blur", 2, "resnet50", 0.5),
+            ("blur", 1, "ensemble", 0.9), ("blur", 2, "ensemble", 0.6),
+            ("rotation", 1, "resnet50", 0.9), ("rotation", 2, "resnet50", 0.8),
+            ("rotation", 1, "ensemble", 0.95), ("rotation", 2, "ensemble", 0.9)]
+    summary = pd.DataFrame(rows, columns=["corruption", "severity", "model", "accuracy"])
+    fig = charts.robustness_figure(summary)
+    assert [a.text for a in fig.layout.annotations] == ["blur", "rotation"]
+    assert len(fig.data) == 4  # 2 models x 2 panels
+    blur_resnet = next(t for t in fig.data if t.name == "ResNet50" and t.xaxis == "x")
+    assert list(blur_resnet.x) == [0, 1, 2] and list(blur_resnet.y) == [0.9, 0.85, 0.5]
+    assert sum(t.showlegend for t in fig.data) == 2  # one legend entry per model

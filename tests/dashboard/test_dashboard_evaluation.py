@@ -241,3 +241,26 @@ def test_paired_comparison_counts_discordant_images():
     table = ev.comparison_table(evals)
     assert (table["accuracy 95% CI low"] <= table["accuracy"]).all()
     assert (table["accuracy"] <= table["accuracy 95% CI high"]).all()
+
+
+def robustness_summary_frame() -> pd.DataFrame:
+    rows = [("none", 0, "resnet50", 0.9, 0.0), ("none", 0, "ensemble", 0.95, 0.0),
+            ("blur", 1, "resnet50", 0.85, 0.1), ("blur", 1, "ensemble", 0.9, 0.05),
+            ("blur", 2, "resnet50", 0.5, 0.4), ("blur", 2, "ensemble", 0.6, 0.35),
+            ("rotation", 1, "resnet50", 0.9, 0.0), ("rotation", 1, "ensemble", 0.95, 0.0)]
+    return pd.DataFrame(rows, columns=["corruption", "severity", "model", "accuracy",
+                                       "changed"]).assign(n=20)
+
+
+def test_robustness_table_is_clean_first_then_worst_first(tmp_path):
+    csv = tmp_path / "summary.csv"
+    robustness_summary_frame().to_csv(csv, index=False)
+    summary = ev.read_robustness_summary(csv)
+    table = ev.robustness_table(summary)
+    assert list(table["condition"]) == ["none", "blur 2", "blur 1", "rotation 1"]
+    assert list(table.columns) == ["condition", "ResNet50", "Meta-learner (ensemble)",
+                                   "final answer changed"]
+    assert table.loc[1, "ResNet50"] == 0.5 and table.loc[1, "final answer changed"] == 0.35
+    assert ev.read_robustness_summary(tmp_path / "absent.csv") is None
+    (tmp_path / "bad.csv").write_text("corruption,accuracy\nblur,0.5\n")
+    assert ev.read_robustness_summary(tmp_path / "bad.csv") is None

@@ -81,3 +81,32 @@ def test_a_run_the_meta_learner_was_fitted_on_is_flagged(make_app, dashboard_art
     warning = next(w.value for w in at.warning if "fitted on this run" in w.value)
     assert "0.500" in warning and "0.250, 0.750" in warning
     assert list(at.dataframe[0].value["model"])[-1].endswith("in-sample (fitted on this run)")
+
+
+def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifacts, tmp_path,
+                                                     monkeypatch):
+    import pandas as pd
+
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts, root)
+    at = make_app("pages/3_Model_Evaluation.py")
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+    at.run()
+    assert any("No robustness run" in i.value for i in at.info)
+
+    folder = root / "evaluation" / "robustness" / "classification"
+    folder.mkdir(parents=True)
+    pd.DataFrame([("none", 0, "ensemble", 0.95, 0.0), ("blur", 2, "ensemble", 0.6, 0.35)],
+                 columns=["corruption", "severity", "model", "accuracy", "changed"]
+                 ).assign(n=80).to_csv(folder / "summary.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps({
+        "settings": {"per_class": 20},
+        "corruptions": {"blur": {"description": "Gaussian blur, sigma 1 / 2 px"}}}))
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "Accuracy under acquisition shift" in chart_titles(at)
+    table = next(d.value for d in at.dataframe if "condition" in d.value.columns)
+    assert list(table["condition"]) == ["none", "blur 2"]
+    assert table.loc[1, "final answer changed"] == 0.35
+    assert any("80 test slices (20 per class" in c.value for c in at.caption)
+    assert any("Gaussian blur, sigma 1 / 2 px" in c.value for c in at.caption)
