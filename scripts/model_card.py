@@ -254,6 +254,21 @@ def _ensemble_vs_best(models: dict[str, Any], predictions: pd.DataFrame | None =
     return [text, ""]
 
 
+def _span(interval: object) -> str:
+    """``[low, high]`` -> ``"low–high"`` (4 decimals); anything else -> ``""``."""
+    if isinstance(interval, list | tuple) and len(interval) == 2:
+        return f"{interval[0]:.4f}–{interval[1]:.4f}"
+    return ""
+
+
+def _interval_text(ev: dict) -> str:
+    """Sentence on the patient-level interval of the mean Dice ("" when not recorded)."""
+    if not ev.get("mean_dice_ci95"):
+        return ""
+    return (f" Mean Dice 95 % interval {_span(ev['mean_dice_ci95'])} over "
+            f"{ev.get('n_patients')} patients; method: {ev.get('ci_method', 'bootstrap')}.")
+
+
 def _segmentation_failures(per_image: pd.DataFrame, cutoff: float = 0.05) -> str:
     """Describe the slices where the segmenter missed the tumour entirely.
 
@@ -340,12 +355,16 @@ def segmentation_section(root: Path) -> list[str]:
             f"### {title} ({ev['n_images']} slices)",
             "",
             f"mean Dice {_fmt(ev.get('mean_dice'))}, median Dice {_fmt(ev.get('median_dice'))}, "
-            f"mean IoU {_fmt(ev.get('mean_iou'))}.",
+            f"mean IoU {_fmt(ev.get('mean_iou'))}.{_interval_text(ev)}",
             "",
         ]
         per = ev.get("per_class") or {}
         if per:
-            lines += [pd.DataFrame(per).T.to_markdown(), ""]
+            table = pd.DataFrame(per).T
+            for col in ("mean_dice_ci95", "mean_iou_ci95"):
+                if col in table:
+                    table[col] = [_span(v) for v in table[col]]
+            lines += [table.to_markdown(), ""]
         split = "test" if title.startswith("Held-out test") else "val"
         table = root / "evaluation" / "segmentation" / split / "per_image.csv"
         if table.is_file():

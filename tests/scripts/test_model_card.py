@@ -88,3 +88,13 @@ def test_segmentation_failures_known_answer():
     assert model_card._segmentation_failures(table.iloc[:0]) == ""
     with pytest.raises(ValueError, match="pred_area_px"):
         model_card._segmentation_failures(table.drop(columns="pred_area_px"))
+
+
+def test_interval_text_and_span_known_answers():
+    ev = {"mean_dice_ci95": [0.67401, 0.79559], "n_patients": 23, "ci_method": "bootstrap"}
+    assert model_card._interval_text(ev) == (
+        " Mean Dice 95 % interval 0.6740–0.7956 over 23 patients; method: bootstrap."
+    )
+    assert model_card._interval_text({"mean_dice": 0.7}) == ""
+    assert model_card._span([0.5, 0.75]) == "0.5000–0.7500"
+    assert model_card._span(float("nan")) == ""
