@@ -22,7 +22,6 @@ unreadable files). Each condition is appended as soon as it is done, so
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -36,13 +35,10 @@ from ensemble.data import load_split
 from ensemble.evaluate import ENSEMBLE_COLUMN
 from ensemble.metrics import confusion_matrix, per_class_report
 from neurostack import CLASS_NAMES
-from neurostack.corrupt import CORRUPTIONS, SEVERITIES, corrupt
+from neurostack.corrupt import CLEAN, CORRUPTIONS, conditions, corrupt, slice_seed
 from neurostack.errors import InputImageError
 from neurostack.imaging import load_image
 from neurostack.preprocess import crop, find_brain_box
-
-CLEAN = "none"
-"""``corruption`` value of the unchanged slices (severity 0)."""
 
 
 def sample_rows(rows: pd.DataFrame, per_class: int, seed: int = 0) -> pd.DataFrame:
@@ -60,25 +56,6 @@ def sample_rows(rows: pd.DataFrame, per_class: int, seed: int = 0) -> pd.DataFra
         for _, group in rows.groupby("label", sort=True)
     ]
     return pd.concat(picked).sort_values("path").reset_index(drop=True)[["path", "label"]]
-
-
-def slice_seed(path: str, corruption: str, severity: int, seed: int = 0) -> int:
-    """Return a stable per-slice seed (same noise for the same slice on every run and machine)."""
-    digest = hashlib.sha256(f"{seed}|{corruption}|{severity}|{path}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def conditions(names: list[str] | None = None) -> list[tuple[str, int]]:
-    """List the clean condition then every ``(corruption, severity)`` of ``names`` (default: all).
-
-    Raises:
-        ValueError: Naming an unknown corruption and the allowed ones.
-    """
-    names = sorted(CORRUPTIONS) if names is None else list(names)
-    unknown = [n for n in names if n not in CORRUPTIONS]
-    if unknown:
-        raise ValueError(f"corruptions must be among {sorted(CORRUPTIONS)}; received {unknown}")
-    return [(CLEAN, 0)] + [(n, s) for n in names for s in SEVERITIES]
 
 
 def predict_condition(

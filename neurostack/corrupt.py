@@ -14,6 +14,7 @@ acquisition matrix (down- and up-sampling), blur, and head rotation.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ import numpy as np
 
 SEVERITIES = (1, 2)
 """Severity levels of every corruption (0 is the unchanged slice)."""
+
+CLEAN = "none"
+"""Name of the unchanged condition (severity 0) in robustness tables."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Corruption:
     description: str
     levels: tuple[float, float]
     apply: Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
+    geometric: bool = False
+    """Moves pixels (a mask must move with the image, see :func:`corrupt_mask`)."""
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -78,11 +84,12 @@ def _blur(gray: np.ndarray, sigma_512: float, rng: np.random.Generator) -> np.nd
     return cv2.GaussianBlur(gray, (0, 0), sigmaX=sigma, sigmaY=sigma)
 
 
-def _rotate(gray: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndarray:
+def _rotate(gray: np.ndarray, degrees: float, rng: np.random.Generator,
+            interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     h, w = gray.shape
     angle = degrees if rng.random() < 0.5 else -degrees
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
-    return cv2.warpAffine(gray, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    return cv2.warpAffine(gray, m, (w, h), flags=interpolation, borderValue=0)
 
 
 CORRUPTIONS: dict[str, Corruption] = {
@@ -100,10 +107,18 @@ CORRUPTIONS: dict[str, Corruption] = {
                    (2.0, 4.0), _lowres),
         Corruption("blur", "Gaussian blur, sigma 1 / 2 px at 512 px", (1.0, 2.0), _blur),
         Corruption("rotation", "in-plane rotation by 10 / 20 degrees (sign random)",
-                   (10.0, 20.0), _rotate),
+                   (10.0, 20.0), _rotate, geometric=True),
     )
 }
 """Registry: name -> :class:`Corruption`."""
+
+
+def _check(name: str, severity: int) -> Corruption:
+    if name not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {sorted(CORRUPTIONS)}; received {name!r}")
+    if severity not in (0, *SEVERITIES):
+        raise ValueError(f"severity must be one of {[0, *SEVERITIES]}; received {severity!r}")
+    return CORRUPTIONS[name]
 
 
 def corrupt(gray: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
@@ -121,14 +136,61 @@ def corrupt(gray: np.ndarray, name: str, severity: int, seed: int = 0) -> np.nda
     Raises:
         ValueError: On an unknown name or severity, or a slice that is not 2-D uint8.
     """
-    if name not in CORRUPTIONS:
-        raise ValueError(f"corruption must be one of {sorted(CORRUPTIONS)}; received {name!r}")
-    if severity not in (0, *SEVERITIES):
-        raise ValueError(f"severity must be one of {[0, *SEVERITIES]}; received {severity!r}")
+    c = _check(name, severity)
     gray = np.asarray(gray)
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"gray must be a 2-D uint8 array; received {gray.dtype} {gray.shape}")
     if severity == 0:
         return gray.copy()
-    c = CORRUPTIONS[name]
     return c.apply(gray, c.levels[severity - 1], np.random.default_rng(seed))
+
+
+def corrupt_mask(mask: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
+    """Move a ground-truth mask with its slice: ``corrupt(gray, ...)`` and this agree.
+
+    Intensity corruptions leave the mask unchanged; geometric ones (rotation)
+    apply the same transform, drawn from the same ``seed``, with nearest-neighbour
+    interpolation.
+
+    Args:
+        mask: ``(H, W)`` bool mask.
+        name: The corruption given to :func:`corrupt` for the slice.
+        severity: Its severity.
+        seed: Its seed.
+
+    Returns:
+        ``(H, W)`` bool mask.
+    """
+    c = _check(name, severity)
+    mask = np.asarray(mask, dtype=bool)
+    if severity == 0 or not c.geometric:
+        return mask.copy()
+    moved = _rotate(mask.astype(np.uint8), c.levels[severity - 1], np.random.default_rng(seed),
+                    interpolation=cv2.INTER_NEAREST)
+    return moved.astype(bool)
+
+
+def slice_seed(key: str, name: str, severity: int, seed: int = 0) -> int:
+    """Return a stable seed for one slice and condition (same on every run and machine).
+
+    Args:
+        key: The slice's identity, e.g. its relative path or id.
+        name: The corruption.
+        severity: Its severity.
+        seed: Base seed of the run.
+    """
+    digest = hashlib.sha256(f"{seed}|{name}|{severity}|{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def conditions(names: list[str] | None = None) -> list[tuple[str, int]]:
+    """List the clean condition then every ``(corruption, severity)`` of ``names`` (default: all).
+
+    Raises:
+        ValueError: Naming an unknown corruption and the allowed ones.
+    """
+    names = sorted(CORRUPTIONS) if names is None else list(names)
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"corruptions must be among {sorted(CORRUPTIONS)}; received {unknown}")
+    return [(CLEAN, 0)] + [(n, s) for n in names for s in SEVERITIES]

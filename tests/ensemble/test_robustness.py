@@ -12,7 +12,6 @@ import pytest
 
 from ensemble import robustness as rb
 from neurostack import CLASS_NAMES
-from neurostack.corrupt import CORRUPTIONS
 
 
 def split_table(n_per_class: int = 5) -> pd.DataFrame:
@@ -35,24 +34,6 @@ def test_sample_rows_is_stratified_capped_sorted_and_seeded():
         rb.sample_rows(rows, per_class=0)
     with pytest.raises(ValueError, match="'path' and 'label'"):
         rb.sample_rows(rows.rename(columns={"label": "y"}), per_class=1)
-
-
-def test_slice_seed_is_stable_and_distinct():
-    assert rb.slice_seed("a.png", "blur", 1) == rb.slice_seed("a.png", "blur", 1)
-    seeds = {rb.slice_seed(p, c, s, k) for p in ("a", "b") for c in ("blur", "rotation")
-             for s in (1, 2) for k in (0, 1)}
-    assert len(seeds) == 16
-    # a fixed value: the hash must not depend on the process (unlike Python's hash())
-    assert rb.slice_seed("glioma/x.jpg", "blur", 2) == int.from_bytes(
-        __import__("hashlib").sha256(b"0|blur|2|glioma/x.jpg").digest()[:8], "little"
-    )
-
-
-def test_conditions_start_clean_and_validate_names():
-    assert rb.conditions(["blur"]) == [("none", 0), ("blur", 1), ("blur", 2)]
-    assert len(rb.conditions()) == 1 + 2 * len(CORRUPTIONS)
-    with pytest.raises(ValueError, match="speckle"):
-        rb.conditions(["blur", "speckle"])
 
 
 def test_summarise_known_answers():

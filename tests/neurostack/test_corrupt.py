@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import hashlib
 import numpy as np
 import pytest
 
-from neurostack.corrupt import CORRUPTIONS, SEVERITIES, corrupt
+from neurostack.corrupt import (
+    CORRUPTIONS,
+    SEVERITIES,
+    conditions,
+    corrupt,
+    corrupt_mask,
+    slice_seed,
+)
 
 
 def phantom(size: int = 128) -> np.ndarray:
@@ -110,3 +118,39 @@ def test_bad_image_is_refused():
         corrupt(np.zeros((8, 8, 3), np.uint8), "blur", 1)
     with pytest.raises(ValueError, match="2-D uint8"):
         corrupt(np.zeros((8, 8), np.float32), "blur", 1)
+
+
+def test_slice_seed_is_stable_and_distinct():
+    assert slice_seed("a.png", "blur", 1) == slice_seed("a.png", "blur", 1)
+    seeds = {slice_seed(p, c, s, k) for p in ("a", "b") for c in ("blur", "rotation")
+             for s in (1, 2) for k in (0, 1)}
+    assert len(seeds) == 16
+    # a fixed value: the hash must not depend on the process (unlike Python's hash())
+    assert slice_seed("glioma/x.jpg", "blur", 2) == int.from_bytes(
+        hashlib.sha256(b"0|blur|2|glioma/x.jpg").digest()[:8], "little"
+    )
+
+
+def test_conditions_start_clean_and_validate_names():
+    assert conditions(["blur"]) == [("none", 0), ("blur", 1), ("blur", 2)]
+    assert len(conditions()) == 1 + 2 * len(CORRUPTIONS)
+    with pytest.raises(ValueError, match="speckle"):
+        conditions(["blur", "speckle"])
+
+
+def test_mask_moves_with_a_rotated_slice_and_stays_for_intensity_shifts():
+    img = np.zeros((101, 101), np.uint8)
+    img[50, 10:91] = 255
+    mask = img > 0
+    for severity in SEVERITIES:
+        moved_img = corrupt(img, "rotation", severity, seed=4) > 127
+        moved_mask = corrupt_mask(mask, "rotation", severity, seed=4)
+        assert moved_mask.dtype == bool
+        # same transform (same sign drawn from the same seed): the masks overlap closely
+        overlap = (moved_img & moved_mask).sum() / moved_mask.sum()
+        assert overlap > 0.8
+        assert not np.array_equal(moved_mask, mask)
+    np.testing.assert_array_equal(corrupt_mask(mask, "blur", 2), mask)
+    np.testing.assert_array_equal(corrupt_mask(mask, "rotation", 0), mask)
+    with pytest.raises(ValueError, match="severity"):
+        corrupt_mask(mask, "rotation", 5)
