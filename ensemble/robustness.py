@@ -12,7 +12,7 @@ Example::
         --split artifacts/splits/classification_split.csv --part test --per-class 20 \
         --out artifacts/evaluation/robustness/classification [--resume]
 
-Outputs in ``--out``: ``predictions.csv`` (one row per slice and condition:
+Outputs in ``--out``: ``per_slice.csv`` (one row per slice and condition:
 ``path, label, corruption, severity`` and the predicted class of every model),
 ``summary.csv`` (:func:`summarise`), ``metrics.json`` (settings, weights' SHA-256,
 unreadable files). Each condition is appended as soon as it is done, so
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ensemble.data import load_split
 from ensemble.evaluate import ENSEMBLE_COLUMN
@@ -39,6 +38,7 @@ from neurostack.corrupt import CLEAN, CORRUPTIONS, conditions, corrupt, slice_se
 from neurostack.errors import InputImageError
 from neurostack.imaging import load_image
 from neurostack.preprocess import crop, find_brain_box
+from neurostack.robustness import RECORD_FILE, check_weights, open_run, run_conditions
 
 
 def sample_rows(rows: pd.DataFrame, per_class: int, seed: int = 0) -> pd.DataFrame:
@@ -170,8 +170,8 @@ def run(
         The content of ``metrics.json``.
 
     Raises:
-        FileExistsError: If ``out_dir`` holds predictions and ``resume`` is false.
-        ValueError: On bad arguments, or a resumed run with other settings.
+        FileExistsError: If ``out_dir`` holds results and ``resume`` is false.
+        ValueError: On bad arguments, or a resumed run with other settings or weights.
     """
     from ensemble.inference import load_ensemble
 
@@ -179,16 +179,7 @@ def run(
     rows = sample_rows(load_split(split_csv, part), per_class, seed)
     settings = {"split": {"csv": str(split_csv), "part": part}, "per_class": per_class,
                 "seed": seed, "conditions": [list(c) for c in todo]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pred_csv, meta_json = out_dir / "predictions.csv", out_dir / "metrics.json"
-    done, old = pd.DataFrame(), {}
-    if pred_csv.exists():
-        if not resume:
-            raise FileExistsError(f"{pred_csv} exists; pass --resume to continue that run")
-        old = json.loads(meta_json.read_text()) if meta_json.exists() else {}
-        if old.get("settings") != settings:
-            raise ValueError(f"{out_dir} holds a run with other settings: {old.get('settings')}")
-        done = pd.read_csv(pred_csv, dtype={"path": str})
+    old = open_run(out_dir, settings, resume)
 
     grays, failures = {}, []
     for path in rows["path"]:
@@ -199,6 +190,10 @@ def run(
     rows = rows[rows["path"].isin(grays)].reset_index(drop=True)
 
     ensemble = load_ensemble(artifacts)
+    weights = {name: clf.config["weights_sha256"] for name, clf in ensemble.members.items()}
+    if ensemble.meta:
+        weights["meta"] = ensemble.meta.config["weights_sha256"]
+    check_weights(old, weights, out_dir)
     record = {
         "settings": settings,
         "n_slices": len(rows),
@@ -207,27 +202,20 @@ def run(
                         for n, c in CORRUPTIONS.items() if any(n == t[0] for t in todo)},
         "ensemble_method": ensemble.method,
         "tta": ensemble.tta,
-        "artifacts": {name: clf.config["weights_sha256"] for name, clf in ensemble.members.items()}
-        | ({"meta": ensemble.meta.config["weights_sha256"]} if ensemble.meta else {}),
+        "weights_sha256": weights,
         "failures": failures,
     }
-    if len(done) and old.get("artifacts") != record["artifacts"]:
-        raise ValueError(f"{out_dir} was made with other weights; start a new --out")
-    meta_json.write_text(json.dumps(record, indent=2) + "\n")
-    have = {(str(c), int(s)) for c, s in zip(done.get("corruption", []), done.get("severity", []),
-                                               strict=True)}
+    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     t0 = time.time()
-    for name, severity in tqdm(todo, desc="conditions", unit="condition"):
-        if (name, severity) in have:
-            continue
-        table = predict_condition(ensemble, grays, rows, name, severity, seed=seed,
-                                  batch_size=batch_size)
-        table.to_csv(pred_csv, mode="a", header=not pred_csv.exists(), index=False)
-    table = pd.read_csv(pred_csv, dtype={"path": str})
-    summary = summarise(table)
-    summary.to_csv(out_dir / "summary.csv", index=False, float_format="%.4f")
+    table = run_conditions(
+        out_dir, todo, len(rows),
+        lambda name, severity: predict_condition(ensemble, grays, rows, name, severity,
+                                                 seed=seed, batch_size=batch_size),
+        dtype={"path": str},
+    )
+    summarise(table).to_csv(out_dir / "summary.csv", index=False, float_format="%.4f")
     record["wall_time_s_this_session"] = round(time.time() - t0, 1)
-    meta_json.write_text(json.dumps(record, indent=2) + "\n")
+    (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -98,7 +98,7 @@ def test_run_reports_unreadable_files_and_resumes(tiny_artifacts: Path, make_dat
     record = json.loads((out / "metrics.json").read_text())
     assert record["n_slices"] == 7
     assert [f["path"] for f in record["failures"]] == ["glioma/glioma_001.png"]
-    table = pd.read_csv(out / "predictions.csv")
+    table = pd.read_csv(out / "per_slice.csv")
     assert len(table) == 7 * 3  # clean + blur 1 + blur 2
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["model"]) == {"xception", "inceptionv3", "resnet50", "vgg19", "ensemble"}
@@ -107,14 +107,14 @@ def test_run_reports_unreadable_files_and_resumes(tiny_artifacts: Path, make_dat
     assert rb.main(args) == 2  # refuses to overwrite without --resume
 
     # resume after an interruption: drop the last condition, it alone is recomputed
-    table[table["severity"] < 2].to_csv(out / "predictions.csv", index=False)
+    table[table["severity"] < 2].to_csv(out / "per_slice.csv", index=False)
     calls = []
     real = rb.predict_condition
     monkeypatch.setattr(rb, "predict_condition",
                         lambda *a, **k: calls.append(a[3:5]) or real(*a, **k))
     assert rb.main([*args, "--resume"]) == 0
     assert calls == [("blur", 2)]
-    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), table)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "per_slice.csv"), table)
 
     other = [a if a != "2" else "1" for a in args]  # --per-class 1
     assert rb.main([*other, "--resume"]) == 2  # a run with other settings is not mixed in
