@@ -64,8 +64,11 @@ def load_mask(path: str | Path, limits: InputLimits | None = None) -> np.ndarray
     return load_image(path, limits=limits).gray > MASK_LEVEL
 
 
-def _index_folder(folder: Path, skipped: list[dict[str, str]], kind: str) -> dict[str, Path]:
-    """Map file stem -> path for the image files of a folder; report duplicates."""
+def index_folder(folder: Path, skipped: list[dict[str, str]], kind: str) -> dict[str, Path]:
+    """Map file stem -> path for the image files of a folder.
+
+    Duplicate stems and non-image files are appended to ``skipped`` as ``{file, reason}``.
+    """
     index: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.name.startswith("."):
@@ -273,8 +276,8 @@ def evaluate(
     sweep_rows: list[dict[str, Any]] = []
 
     skipped: list[dict[str, str]] = []
-    images = _index_folder(images_dir, skipped, "image")
-    masks = _index_folder(masks_dir, skipped, "mask")
+    images = index_folder(images_dir, skipped, "image")
+    masks = index_folder(masks_dir, skipped, "mask")
 
     labels: dict[str, str] = {}
     patients: dict[str, str] = {}  # only for the patient-level intervals; never written out
