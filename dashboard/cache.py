@@ -215,6 +215,17 @@ def robustness_summary() -> pd.DataFrame | None:
 
 
 @st.cache_data(show_spinner=False)
+def _seg_robustness(path: str, mtime: float) -> pd.DataFrame | None:
+    return ev.read_seg_robustness_summary(Path(path))
+
+
+def seg_robustness_summary() -> pd.DataFrame | None:
+    """``summary.csv`` of the segmenter's robustness run (``None`` when absent)."""
+    path = paths.robustness_dir("segmentation") / "summary.csv"
+    return _seg_robustness(str(path), _mtime(path))
+
+
+@st.cache_data(show_spinner=False)
 def _per_image(path: str, mtime: float) -> pd.DataFrame:
     return ev.read_per_image(Path(path))
 

@@ -156,34 +156,41 @@ def comparison_bars(table: pd.DataFrame, metrics: Sequence[str],
     return _finish(fig, "Model comparison", height=360)
 
 
-def robustness_figure(summary: pd.DataFrame) -> go.Figure:
-    """Accuracy against severity (0 = clean), one panel per corruption, one line per model.
+def robustness_figure(summary: pd.DataFrame, *, value: str = "accuracy", series: str = "model",
+                      title: str = "Accuracy under acquisition shift") -> go.Figure:
+    """Draw a score against severity (0 = clean), one panel per corruption, one line per series.
 
     Args:
-        summary: ``summary.csv`` of ``ensemble.robustness``.
+        summary: Long table with ``corruption``, ``severity``, ``series`` and ``value``
+            columns (``summary.csv`` of ``ensemble.robustness`` with the defaults).
+        value: Column plotted on the y axis (a score in ``[0, 1]``).
+        series: Column naming the lines (models, or tumour classes).
+        title: Figure title.
     """
-    clean = summary[summary["corruption"] == "none"].set_index("model")["accuracy"]
+    clean = summary[summary["corruption"] == "none"].set_index(series)[value]
     names = sorted(set(summary["corruption"]) - {"none"})
     cols = min(4, max(1, len(names)))
     rows = -(-len(names) // cols) if names else 1
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[n.replace("_", " ") for n in names],
                         shared_yaxes=True)
-    models = [m for m in MODEL_COLOURS if m in set(summary["model"])]
+    colours = {**CLASS_COLOURS, "all": "#000000", **MODEL_COLOURS}
+    present = list(dict.fromkeys(summary[series]))
+    lines = [m for m in colours if m in present] + [m for m in present if m not in colours]
+    bold = {"ensemble", "all"}
     for i, name in enumerate(names):
         part = summary[summary["corruption"] == name]
-        for model in models:
-            line = part[part["model"] == model].sort_values("severity")
-            x = [0, *line["severity"].tolist()]
-            y = [clean.get(model, np.nan), *line["accuracy"].tolist()]
-            fig.add_scatter(x=x, y=y, mode="lines+markers", name=model_label(model),
-                            legendgroup=model, showlegend=i == 0,
-                            line={"color": MODEL_COLOURS[model],
-                                  "width": 4 if model == "ensemble" else 2},
+        for key in lines:
+            line = part[part[series] == key].sort_values("severity")
+            fig.add_scatter(x=[0, *line["severity"].tolist()],
+                            y=[clean.get(key, np.nan), *line[value].tolist()],
+                            mode="lines+markers", name=model_label(key), legendgroup=key,
+                            showlegend=i == 0,
+                            line={"color": colours.get(key), "width": 4 if key in bold else 2},
                             row=i // cols + 1, col=i % cols + 1)
     fig.update_xaxes(tickvals=[0, 1, 2], title_text="severity")
     fig.update_yaxes(range=[0, 1.02])
     fig.update_layout(legend={"orientation": "h", "y": -0.15})
-    return _finish(fig, "Accuracy under acquisition shift", height=260 * rows + 80)
+    return _finish(fig, title, height=260 * rows + 80)
 
 
 def training_curves(

@@ -399,15 +399,21 @@ def read_per_image(path: Path) -> pd.DataFrame:
     return df
 
 
-def read_threshold_sweep(path: Path) -> pd.DataFrame | None:
-    """Read ``threshold_sweep.csv``; ``None`` when absent, unreadable or lacking columns."""
+def read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame | None:
+    """Read a CSV holding at least the ``required`` columns; ``None`` if absent or malformed."""
+    path = Path(path)
     if not path.is_file():
         return None
     try:
         df = pd.read_csv(path)
     except (OSError, ValueError):
         return None
-    return df if {"threshold", "mean_dice"} <= set(df.columns) else None
+    return df if set(required) <= set(df.columns) else None
+
+
+def read_threshold_sweep(path: Path) -> pd.DataFrame | None:
+    """Read ``threshold_sweep.csv``; ``None`` when absent, unreadable or lacking columns."""
+    return read_table(path, ("threshold", "mean_dice"))
 
 
 SEG_CI_COLUMN = "mean Dice 95 % CI"
@@ -529,14 +535,7 @@ ROBUSTNESS_COLUMNS = ("corruption", "severity", "model", "n", "accuracy", "chang
 
 def read_robustness_summary(path: Path) -> pd.DataFrame | None:
     """Read ``summary.csv`` of ``ensemble.robustness``; ``None`` if absent or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        df = pd.read_csv(path)
-    except (OSError, ValueError):
-        return None
-    return df if set(ROBUSTNESS_COLUMNS) <= set(df.columns) else None
+    return read_table(path, ROBUSTNESS_COLUMNS)
 
 
 def robustness_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -565,3 +564,26 @@ def robustness_table(summary: pd.DataFrame) -> pd.DataFrame:
     key = model_label(models[-1])  # the ensemble when present
     ordered = pd.concat([wide[clean], wide[~clean].sort_values(key, kind="stable")])
     return ordered.drop(columns=["corruption", "severity"]).reset_index(drop=True)
+
+
+SEG_ROBUSTNESS_COLUMNS = ("corruption", "severity", "n", "mean_dice", "dice_change",
+                          "area_stable")
+
+
+def read_seg_robustness_summary(path: Path) -> pd.DataFrame | None:
+    """Read ``summary.csv`` of ``segmentation.robustness``; ``None`` if absent or malformed."""
+    return read_table(path, SEG_ROBUSTNESS_COLUMNS)
+
+
+def seg_robustness_long(summary: pd.DataFrame) -> pd.DataFrame:
+    """Reshape a segmentation robustness summary for :func:`~dashboard.charts.robustness_figure`.
+
+    Returns:
+        Columns ``corruption, severity, series, dice``: one row per condition for
+        ``"all"`` (``mean_dice``) and per tumour class (``mean_dice_<class>``).
+    """
+    per_class = [c for c in summary.columns if c.startswith("mean_dice_")]
+    long = summary.melt(id_vars=["corruption", "severity"], value_vars=["mean_dice", *per_class],
+                        var_name="series", value_name="dice")
+    long["series"] = long["series"].str.removeprefix("mean_dice_").replace("mean_dice", "all")
+    return long

@@ -70,9 +70,15 @@ def segmentation_eval_dir() -> Path:
     return artifacts_root() / "evaluation" / "segmentation"
 
 
-def robustness_dir() -> Path:
-    """Output of ``python -m ensemble.robustness`` for the shipped classifiers."""
-    return artifacts_root() / "evaluation" / "robustness" / "classification"
+def robustness_dir(stage: str = "classification") -> Path:
+    """Return the output folder of a robustness run of ``stage``.
+
+    ``"classification"``: ``python -m ensemble.robustness``; ``"segmentation"``:
+    ``python -m segmentation.robustness``.
+    """
+    if stage not in ("classification", "segmentation"):
+        raise ValueError(f"stage must be 'classification' or 'segmentation'; received {stage!r}")
+    return artifacts_root() / "evaluation" / "robustness" / stage
 
 
 def classifier_dir(name: str) -> Path:

@@ -8,6 +8,7 @@ from dashboard import cache, charts, components, paths
 from dashboard.evaluation import (
     browser_cases,
     operating_point_chosen_on,
+    seg_robustness_long,
     seg_summary,
     with_files,
 )
@@ -80,6 +81,35 @@ if seg_log is not None:
         curves = charts.training_curves(seg_log, "Training curves — Res-UNet", [
             ("Dice", "dice", "val_dice"), ("Loss", "loss", "val_loss")])
         components.chart(curves, "sq_log")
+
+robust = cache.seg_robustness_summary()
+with st.expander("Robustness to acquisition shift", expanded=robust is not None):
+    if robust is None:
+        st.info("No robustness run found: expected "
+                f"`{paths.robustness_dir('segmentation')}/summary.csv` from "
+                "`python -m segmentation.robustness …`.")
+    else:
+        rob_rec = cache.json_record(paths.robustness_dir("segmentation") / "metrics.json") or {}
+        st.caption(
+            f"The {int(robust['n'].max())} held-out slices of the "
+            f"`{rob_rec.get('settings', {}).get('split', '?')}` split segmented unchanged "
+            "(severity 0) and under simulated scanner and site differences, at the shipped "
+            "operating point; the ground truth is rotated with the slice. **Area stable**: "
+            "share of slices whose predicted tumour area stays within "
+            f"{rob_rec.get('area_tolerance', 0.2):.0%} of the clean prediction, i.e. how far "
+            "the morphology measurements can be trusted under that shift.")
+        components.chart(charts.robustness_figure(seg_robustness_long(robust), value="dice",
+                                                  series="series",
+                                                  title="Mean Dice under acquisition shift"),
+                         "sq_robust")
+        shown = robust.assign(condition=[c if c == "none" else f"{c} {v}" for c, v in
+                                         zip(robust["corruption"], robust["severity"],
+                                             strict=True)])
+        cols = ["condition", "n", "mean_dice", "dice_change", "area_stable", "empty_predictions"]
+        st.dataframe(shown[[c for c in cols if c in shown.columns]], hide_index=True,
+                     width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                    for c in cols[2:]})
 
 # ----------------------------------------------------------------- browser
 st.subheader("Held-out case browser")

@@ -264,3 +264,16 @@ def test_robustness_table_is_clean_first_then_worst_first(tmp_path):
     assert ev.read_robustness_summary(tmp_path / "absent.csv") is None
     (tmp_path / "bad.csv").write_text("corruption,accuracy\nblur,0.5\n")
     assert ev.read_robustness_summary(tmp_path / "bad.csv") is None
+
+
+def test_seg_robustness_long_has_all_and_each_class(tmp_path):
+    csv = tmp_path / "summary.csv"
+    pd.DataFrame({"corruption": ["none", "blur"], "severity": [0, 2], "n": [4, 4],
+                  "mean_dice": [0.7, 0.5], "dice_change": [0.0, -0.2], "area_stable": [1, 0.5],
+                  "mean_dice_glioma": [0.6, 0.3], "mean_dice_pituitary": [0.8, 0.7]}
+                 ).to_csv(csv, index=False)
+    long = ev.seg_robustness_long(ev.read_seg_robustness_summary(csv))
+    assert sorted(set(long["series"])) == ["all", "glioma", "pituitary"]
+    row = long[(long["series"] == "glioma") & (long["corruption"] == "blur")]
+    assert row["dice"].tolist() == [0.3]
+    assert ev.read_seg_robustness_summary(tmp_path / "none.csv") is None

@@ -35,3 +35,34 @@ def test_missing_dataset_is_reported(make_app, monkeypatch, tmp_path):
     assert not at.exception
     assert any("figshare-seg dataset is not available" in w.value for w in at.warning)
     assert REPO.exists()
+
+
+def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifacts, tmp_path,
+                                                     monkeypatch):
+    import json
+    import shutil
+
+    import pandas as pd
+
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts, root)
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+    monkeypatch.setenv("NEUROSTACK_FIGSHARE_SEG", str(tmp_path / "nowhere"))
+    at = make_app("pages/4_Segmentation_Quality.py").run()
+    assert any("No robustness run" in i.value for i in at.info)
+
+    folder = root / "evaluation" / "robustness" / "segmentation"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"corruption": ["none", "blur"], "severity": [0, 2], "n": [10, 10],
+                  "mean_dice": [0.7, 0.5], "dice_change": [0.0, -0.2],
+                  "area_stable": [1.0, 0.4], "empty_predictions": [0.1, 0.3],
+                  "mean_dice_glioma": [0.6, 0.3]}).to_csv(folder / "summary.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps({"settings": {"split": "test"},
+                                                     "area_tolerance": 0.2}))
+    at = make_app("pages/4_Segmentation_Quality.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "Mean Dice under acquisition shift" in chart_titles(at)
+    table = next(d.value for d in at.dataframe if "condition" in d.value.columns)
+    assert list(table["condition"]) == ["none", "blur 2"]
+    assert list(table["area_stable"]) == [1.0, 0.4]
+    assert any("within 20%" in c.value and "`test` split" in c.value for c in at.caption)
