@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segmentation.metrics import cluster_bootstrap_ci
+
 MISS_DICE = 0.05
 """A slice with Dice below this counts as a miss (as in ``scripts/model_card.py``)."""
 
@@ -62,7 +64,7 @@ def compare(
 
     Raises:
         ValueError: If the two sets of slice ids differ, a slice has no patient,
-            or ``n_bootstrap`` < 1.
+            ``n_bootstrap`` < 1, or fewer than 2 patients are compared.
     """
     from scipy.stats import wilcoxon
 
@@ -83,19 +85,16 @@ def compare(
     ref = reference.to_numpy(float)
     cand = candidate.loc[ids].to_numpy(float)
     diff = cand - ref
-    groups = pd.Series(diff, index=ids).groupby(patients.loc[ids].to_numpy())
-    sums, counts = groups.sum().to_numpy(), groups.count().to_numpy()
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(sums), size=(n_bootstrap, len(sums)))
-    boot = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    groups = patients.loc[ids].to_numpy()
+    ci95 = cluster_bootstrap_ci(diff, groups, n_resamples=n_bootstrap, seed=seed)
     p = 1.0 if not np.any(diff) else float(wilcoxon(cand, ref).pvalue)
     return {
         "n_slices": int(len(ids)),
-        "n_patients": int(len(sums)),
+        "n_patients": int(len(set(groups))),
         "mean_dice_reference": float(ref.mean()),
         "mean_dice_candidate": float(cand.mean()),
         "diff": float(diff.mean()),
-        "ci95": [float(v) for v in np.percentile(boot, [2.5, 97.5])],
+        "ci95": list(ci95),
         "wilcoxon_p": p,
         "better": int((diff > margin).sum()),
         "worse": int((diff < -margin).sum()),

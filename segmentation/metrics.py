@@ -135,7 +135,7 @@ def cluster_bootstrap_ci(
         values: ``(N,)`` per-image scores (e.g. Dice).
         groups: ``(N,)`` group key of each image (e.g. patient id); any hashable dtype.
         confidence: Two-sided coverage in ``(0, 1)``.
-        n_resamples: Bootstrap resamples (>= 100).
+        n_resamples: Bootstrap resamples (>= 1; use thousands).
         seed: Seed of the random generator, so an interval is reproducible.
 
     Returns:
@@ -151,8 +151,8 @@ def cluster_bootstrap_ci(
         raise ValueError(f"values and groups differ in length: {v.size} vs {g.size}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1); received {confidence}")
-    if n_resamples < 100:
-        raise ValueError(f"n_resamples must be >= 100; received {n_resamples}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1; received {n_resamples}")
     if not np.isfinite(v).all():
         raise ValueError("values must be finite")
     keys, index = np.unique(g, return_inverse=True)
