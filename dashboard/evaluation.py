@@ -546,9 +546,11 @@ def robustness_table(summary: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         Columns ``condition`` (e.g. ``"blur 2"``, ``"none"`` for the clean slices),
-        one accuracy column per model (display names, ensemble last) and
+        one accuracy column per model (display names, ensemble last),
         ``final answer changed`` (fraction of slices whose ensemble class differs
-        from the clean one); the clean row first, then the worst ensemble accuracy first.
+        from the clean one) and, when recorded, the ensemble's exact McNemar p-value
+        against the clean slices; the clean row first, then the worst ensemble
+        accuracy first.
     """
     wide = summary.pivot_table(index=["corruption", "severity"], columns="model",
                                values="accuracy", sort=False)
@@ -557,6 +559,8 @@ def robustness_table(summary: pd.DataFrame) -> pd.DataFrame:
     if ENSEMBLE in set(summary["model"]):
         changed = summary[summary["model"] == ENSEMBLE].set_index(["corruption", "severity"])
         wide["final answer changed"] = changed["changed"]
+        if "p_vs_clean" in changed.columns:
+            wide["p vs clean (McNemar)"] = changed["p_vs_clean"]
     wide = wide.reset_index()
     wide.insert(0, "condition", [c if c == "none" else f"{c} {v}" for c, v in
                                  zip(wide["corruption"], wide["severity"], strict=True)])

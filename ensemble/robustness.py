@@ -32,7 +32,7 @@ import pandas as pd
 
 from ensemble.data import load_split
 from ensemble.evaluate import ENSEMBLE_COLUMN
-from ensemble.metrics import confusion_matrix, per_class_report
+from ensemble.metrics import confusion_matrix, mcnemar_exact, per_class_report
 from neurostack import CLASS_NAMES
 from neurostack.corrupt import CLEAN, CORRUPTIONS, conditions, corrupt, slice_seed
 from neurostack.errors import InputImageError
@@ -119,8 +119,9 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per ``(corruption, severity, model)``: ``n``, ``accuracy``,
         ``macro_f1``, ``accuracy_change`` (vs. the same model on the same clean
-        slices) and ``changed`` (fraction of slices whose predicted class differs
-        from the clean prediction). Clean rows come first.
+        slices), ``changed`` (fraction of slices whose predicted class differs
+        from the clean prediction) and ``p_vs_clean`` (exact McNemar test of the
+        same model on the clean and the shifted slices). Clean rows come first.
 
     Raises:
         ValueError: If the clean condition is missing.
@@ -138,13 +139,14 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
             report = per_class_report(confusion_matrix(truth, pred, len(CLASS_NAMES)), CLASS_NAMES)
             f1s = [report[c]["f1"] for c in CLASS_NAMES if report[c]["support"] > 0]
             base = clean.loc[part.index, model]
-            base_accuracy = float((base == clean.loc[part.index, "label"]).mean())
-            accuracy = float((pred == truth).mean())
+            base_right = (base == clean.loc[part.index, "label"]).to_numpy()
+            right = pred == truth
             rows.append({
                 "corruption": name, "severity": int(severity), "model": model, "n": len(part),
-                "accuracy": accuracy, "macro_f1": float(np.mean(f1s)),
-                "accuracy_change": accuracy - base_accuracy,
+                "accuracy": float(right.mean()), "macro_f1": float(np.mean(f1s)),
+                "accuracy_change": float(right.mean() - base_right.mean()),
                 "changed": float((part[model] != base).mean()),
+                "p_vs_clean": mcnemar_exact(base_right, right)["p_value"],
             })
     out = pd.DataFrame(rows)
     order = out["corruption"].ne(CLEAN).astype(int)

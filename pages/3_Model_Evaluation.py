@@ -137,8 +137,9 @@ else:
     components.chart(charts.robustness_figure(robust), "me_robust")
     shift_table = robustness_table(robust)
     st.dataframe(shift_table, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in shift_table.columns if c != "condition"})
+                 column_config={c: st.column_config.NumberColumn(
+                     format="%.2g" if c.startswith("p vs") else "%.3f")
+                     for c in shift_table.columns if c != "condition"})
     described = rec.get("corruptions") or {}
     if described:
         st.caption("Severities 1 / 2: " + "; ".join(

@@ -277,3 +277,11 @@ def test_seg_robustness_long_has_all_and_each_class(tmp_path):
     row = long[(long["series"] == "glioma") & (long["corruption"] == "blur")]
     assert row["dice"].tolist() == [0.3]
     assert ev.read_seg_robustness_summary(tmp_path / "none.csv") is None
+
+
+def test_robustness_table_shows_the_ensemble_p_value_when_recorded():
+    summary = robustness_summary_frame().assign(p_vs_clean=[1.0, 1.0, 0.5, 0.25, 0.01, 0.002,
+                                                            1.0, 1.0])
+    table = ev.robustness_table(summary).set_index("condition")
+    assert table.loc["blur 2", "p vs clean (McNemar)"] == 0.002
+    assert table.loc["none", "p vs clean (McNemar)"] == 1.0

@@ -56,6 +56,9 @@ def test_summarise_known_answers():
     # F1: glioma 0 (missed its only slice), meningioma 2/3 (1 TP, 1 FP), others 1
     assert blur_a["macro_f1"] == pytest.approx((0 + 2 / 3 + 1 + 1) / 4)
     assert summary.loc[("blur", "ensemble"), "changed"] == 0.0
+    # McNemar: one discordant slice (clean right, blurred wrong) -> p = 1.0; none -> 1.0
+    assert blur_a["p_vs_clean"] == 1.0
+    assert summary.loc[("blur", "ensemble"), "p_vs_clean"] == 1.0
     assert list(rb.summarise(pd.DataFrame(rows))["corruption"])[:2] == ["none", "none"]
     with pytest.raises(ValueError, match="clean"):
         rb.summarise(pd.DataFrame(rows[1::2]))
@@ -118,3 +121,17 @@ def test_run_reports_unreadable_files_and_resumes(tiny_artifacts: Path, make_dat
 
     other = [a if a != "2" else "1" for a in args]  # --per-class 1
     assert rb.main([*other, "--resume"]) == 2  # a run with other settings is not mixed in
+
+
+def test_summarise_mcnemar_p_known_answer():
+    # 6 slices right when clean and all wrong when shifted: 6 discordant pairs one
+    # way -> exact two-sided p = 2 * 0.5**6 = 0.03125
+    rows = []
+    for i in range(6):
+        rows.append({"path": f"p{i}", "label": "glioma", "corruption": "none", "severity": 0,
+                     "ensemble": "glioma"})
+        rows.append({"path": f"p{i}", "label": "glioma", "corruption": "blur", "severity": 2,
+                     "ensemble": "notumor"})
+    summary = rb.summarise(pd.DataFrame(rows)).set_index("corruption")
+    assert summary.loc["blur", "p_vs_clean"] == pytest.approx(0.03125)
+    assert summary.loc["blur", "accuracy_change"] == -1.0
