@@ -591,3 +591,18 @@ def seg_robustness_long(summary: pd.DataFrame) -> pd.DataFrame:
                         var_name="series", value_name="dice")
     long["series"] = long["series"].str.removeprefix("mean_dice_").replace("mean_dice", "all")
     return long
+
+
+def stale_weights(record: dict[str, Any], current: dict[str, str | None]) -> list[str]:
+    """Name the models whose weights differ from those a stored run was made with.
+
+    Args:
+        record: A run's ``metrics.json`` with ``weights_sha256`` (model -> SHA-256).
+        current: Model -> SHA-256 of the shipped weights (``None``: unknown, ignored).
+
+    Returns:
+        Sorted names of the models recorded with another SHA-256 than shipped now.
+    """
+    made_with = record.get("weights_sha256") or {}
+    return sorted(name for name, sha in current.items()
+                  if sha is not None and name in made_with and made_with[name] != sha)

@@ -14,6 +14,7 @@ from dashboard.evaluation import (
     paired_comparison,
     report_table,
     robustness_table,
+    stale_weights,
     training_phases,
 )
 
@@ -127,6 +128,13 @@ if robust is None:
             f"`{paths.robustness_dir()}/summary.csv` from `python -m ensemble.robustness …`.")
 else:
     rec = cache.json_record(paths.robustness_dir() / "metrics.json") or {}
+    shipped = {name: (cache.json_record(paths.classifier_dir(name) / "config.json") or {})
+               .get("weights_sha256") for name in (*BASE_MODELS, "meta")}
+    changed = stale_weights(rec, shipped)
+    if changed:
+        st.warning("This robustness run was made with other weights than those shipped now ("
+                   + ", ".join(model_label(m) for m in changed) + "); rerun "
+                   "`python -m ensemble.robustness` to refresh it.", icon=":material/history:")
     n = int(robust["n"].max())
     st.caption(
         f"The same {n} test slices ({rec.get('settings', {}).get('per_class', '?')} per class, "

@@ -10,6 +10,7 @@ from dashboard.evaluation import (
     operating_point_chosen_on,
     seg_robustness_long,
     seg_summary,
+    stale_weights,
     with_files,
 )
 from neurostack.errors import InputImageError
@@ -90,6 +91,11 @@ with st.expander("Robustness to acquisition shift", expanded=robust is not None)
                 "`python -m segmentation.robustness …`.")
     else:
         rob_rec = cache.json_record(paths.robustness_dir("segmentation") / "metrics.json") or {}
+        shipped = (cache.json_record(paths.segmenter_dir() / "config.json") or {})
+        if stale_weights(rob_rec, {"resunet": shipped.get("weights_sha256")}):
+            st.warning("This robustness run was made with other Res-UNet weights than those "
+                       "shipped now; rerun `python -m segmentation.robustness` to refresh it.",
+                       icon=":material/history:")
         st.caption(
             f"The {int(robust['n'].max())} held-out slices of the "
             f"`{rob_rec.get('settings', {}).get('split', '?')}` split segmented unchanged "

@@ -285,3 +285,11 @@ def test_robustness_table_shows_the_ensemble_p_value_when_recorded():
     table = ev.robustness_table(summary).set_index("condition")
     assert table.loc["blur 2", "p vs clean (McNemar)"] == 0.002
     assert table.loc["none", "p vs clean (McNemar)"] == 1.0
+
+
+def test_stale_weights_names_models_recorded_with_other_weights():
+    record = {"weights_sha256": {"resnet50": "aa", "vgg19": "bb", "meta": "cc"}}
+    assert ev.stale_weights(record, {"resnet50": "aa", "vgg19": "XX", "meta": "YY"}) == [
+        "meta", "vgg19"]
+    assert ev.stale_weights(record, {"resnet50": None, "xception": "zz"}) == []
+    assert ev.stale_weights({}, {"resnet50": "aa"}) == []

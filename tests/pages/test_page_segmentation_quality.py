@@ -66,3 +66,9 @@ def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifac
     assert list(table["condition"]) == ["none", "blur 2"]
     assert list(table["area_stable"]) == [1.0, 0.4]
     assert any("within 20%" in c.value and "`test` split" in c.value for c in at.caption)
+    assert not any("other Res-UNet weights" in w.value for w in at.warning)
+
+    (folder / "metrics.json").write_text(json.dumps({"settings": {"split": "test"},
+                                                     "weights_sha256": {"resunet": "0" * 64}}))
+    at = make_app("pages/4_Segmentation_Quality.py").run()
+    assert any("other Res-UNet weights" in w.value for w in at.warning)
