@@ -215,7 +215,7 @@ def run(
                                                  seed=seed, batch_size=batch_size),
         dtype={"path": str},
     )
-    summarise(table).to_csv(out_dir / "summary.csv", index=False, float_format="%.4f")
+    summarise(table).to_csv(out_dir / "summary.csv", index=False, float_format="%.6g")
     record["wall_time_s_this_session"] = round(time.time() - t0, 1)
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
