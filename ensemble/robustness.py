@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                      per_class=args.per_class, corruptions=args.corruptions,
                      artifacts=args.artifacts, seed=args.seed, resume=args.resume,
                      batch_size=args.batch_size)
-    except (FileExistsError, ValueError) as exc:
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for f in record["failures"]:

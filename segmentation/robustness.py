@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         record = run(args.images_dir, args.masks_dir, args.out, ids_from=args.ids_from,
                      split=args.split, corruptions=args.corruptions, artifacts=args.artifacts,
                      seed=args.seed, resume=args.resume, batch_size=args.batch_size)
-    except (FileExistsError, ValueError, ArtifactError) as exc:
+    except (FileExistsError, FileNotFoundError, ValueError, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for f in record["failures"]:

@@ -93,3 +93,10 @@ def test_run_reports_bad_slices_and_resumes(figshare_like, tiny_artifact, tmp_pa
     assert srb.main([*args, "--resume"]) == 0  # nothing left to do, same outputs
     pd.testing.assert_frame_equal(pd.read_csv(out / "per_slice.csv", dtype={"id": str}),
                                   per_slice)
+
+
+def test_missing_split_file_is_a_clear_error(tmp_path, capsys):
+    code = srb.main([str(tmp_path), str(tmp_path), "--ids-from", str(tmp_path / "none.csv"),
+                     "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "none.csv" in capsys.readouterr().err
