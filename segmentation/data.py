@@ -299,6 +299,10 @@ class AugmentConfig:
         gamma: Contrast change for the image only: intensities in ``[0, 1]`` are
             raised to a power drawn log-uniformly from ``[1 / (1 + gamma), 1 + gamma]``;
             0 switches it off (and leaves every other random draw unchanged).
+        noise: Rician noise for the image only, the magnitude MRI stores:
+            ``sqrt((x + n1)**2 + n2**2)`` with ``n1, n2 ~ N(0, sigma)`` per pixel and
+            ``sigma`` drawn uniformly from ``[0, noise]`` (intensities in ``[0, 1]``);
+            0 switches it off (same rule as ``gamma``).
     """
 
     flip: bool = True
@@ -307,6 +311,7 @@ class AugmentConfig:
     zoom: float = 0.1
     brightness: tuple[float, float] = (0.8, 1.2)
     gamma: float = 0.0
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
         bad = {
@@ -318,12 +323,15 @@ class AugmentConfig:
             bad["zoom"] = self.zoom
         if self.gamma < 0:
             bad["gamma"] = self.gamma
+        if not 0 <= self.noise < 1:
+            bad["noise"] = self.noise
         lo, hi = self.brightness
         if not 0 < lo <= hi:
             bad["brightness"] = self.brightness
         if bad:
             raise ValueError(
-                f"augmentation ranges must be >= 0 (zoom < 1, 0 < brightness low <= high); "
+                "augmentation ranges must be >= 0 (zoom, noise < 1; "
+                f"0 < brightness low <= high); "
                 f"received {bad}"
             )
 
@@ -365,6 +373,12 @@ def _augment_pair(
     if cfg.gamma > 0:
         u = tf.random.stateless_uniform([], seed=seed + 1, minval=-1.0, maxval=1.0)
         image = tf.pow(image, tf.exp(u * float(np.log1p(cfg.gamma))))
+    if cfg.noise > 0:
+        sigma = tf.random.stateless_uniform([], seed=seed + 2, minval=0.0, maxval=cfg.noise)
+        n = tf.random.stateless_normal([size, size, 2], seed=seed + 3) * sigma
+        image = tf.clip_by_value(
+            tf.sqrt(tf.square(image + n[..., :1]) + tf.square(n[..., 1:])), 0.0, 1.0
+        )
     mask = tf.cast(pair[..., 1:] > 0.5, tf.float32)
     return image, mask
 

@@ -712,6 +712,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--aug-gamma", type=float, default=aug.gamma, help="contrast power range (0: off)"
     )
+    p.add_argument(
+        "--aug-noise",
+        type=float,
+        default=aug.noise,
+        help="max Rician noise sigma on [0, 1] intensities (0: off)",
+    )
     p.add_argument("--max-train-images", type=int, default=None, help="smoke tests only")
     p.add_argument(
         "--init-weights",
@@ -759,6 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         "shift": args.aug_shift,
         "zoom": args.aug_zoom,
         "gamma": args.aug_gamma,
+        "noise": args.aug_noise,
     }
     try:
         AugmentConfig(**ranges)  # validate up front

@@ -194,8 +194,39 @@ def test_gamma_changes_only_the_image_contrast_and_zero_changes_nothing():
         assert np.all(np.diff(b.ravel()[order]) >= -1e-6)
 
 
+def test_rician_noise_changes_only_the_image_and_zero_changes_nothing():
+    data = _toy_data(8)
+
+    def run(cfg):
+        x, y = next(iter(make_train_dataset(data, 8, epoch=1, augment=cfg)))
+        return np.asarray(x), np.asarray(y)
+
+    geometry = dict(rotation_deg=10, shift=0.05, zoom=0.1, gamma=0.3)
+    x0, y0 = run(AugmentConfig(**geometry))
+    x_off, _ = run(AugmentConfig(**geometry, noise=0.0))
+    np.testing.assert_array_equal(x0, x_off)  # noise 0: the same draws as before
+    x1, y1 = run(AugmentConfig(**geometry, noise=0.1))
+    np.testing.assert_array_equal(y0, y1)  # masks untouched
+    assert x1.min() >= 0.0 and x1.max() <= 1.0
+    diff = x1 - x0
+    assert np.abs(diff).max() > 0
+    # Rician noise lifts the black background (a magnitude is never below 0)...
+    background = x0 == 0
+    assert (x1[background] >= 0).all() and x1[background].mean() > 0
+    # ...and its spread stays within the largest sigma (0.1): |n| < 5 sigma everywhere
+    assert np.abs(diff).max() < 0.5
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"gamma": -0.1}, {"zoom": 1.0}, {"rotation_deg": -5}, {"brightness": (1.2, 0.8)}]
+    "kwargs",
+    [
+        {"gamma": -0.1},
+        {"zoom": 1.0},
+        {"rotation_deg": -5},
+        {"brightness": (1.2, 0.8)},
+        {"noise": -0.01},
+        {"noise": 1.0},
+    ],
 )
 def test_augment_config_rejects_bad_ranges(kwargs):
     with pytest.raises(ValueError, match="augmentation ranges"):

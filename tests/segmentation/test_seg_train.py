@@ -110,10 +110,14 @@ def test_cli_export_only_and_errors(figshare_like, tmp_path, capsys):
         main([*args, "--aug-zoom", "1.5"])
     assert "augmentation ranges" in capsys.readouterr().err
     assert not (tmp_path / "art").exists()
-    assert main([*args, "--aug-gamma", "0.3", "--aug-rotation", "15"]) == 0
+    with pytest.raises(SystemExit):
+        main([*args, "--aug-noise", "-0.1"])
+    assert "augmentation ranges" in capsys.readouterr().err
+    assert main([*args, "--aug-gamma", "0.3", "--aug-rotation", "15", "--aug-noise", "0.04"]) == 0
     assert (tmp_path / "art" / "weights.npz").is_file()
     recipe = json.loads((tmp_path / "art" / "config.json").read_text())["recipe"]
     assert recipe["augmentation"]["gamma"] == 0.3
+    assert recipe["augmentation"]["noise"] == 0.04
     assert recipe["augmentation"]["rotation_deg"] == 15.0
     assert recipe["augmentation"]["zoom"] == 0.1  # the default, unchanged
     assert main(args) == 2  # run exists, no --resume
