@@ -265,8 +265,10 @@ def _interval_text(ev: dict) -> str:
     """Sentence on the patient-level interval of the mean Dice ("" when not recorded)."""
     if not ev.get("mean_dice_ci95"):
         return ""
-    return (f" Mean Dice 95 % interval {_span(ev['mean_dice_ci95'])} over "
-            f"{ev.get('n_patients')} patients; method: {ev.get('ci_method', 'bootstrap')}.")
+    return (
+        f" Mean Dice 95 % interval {_span(ev['mean_dice_ci95'])} over "
+        f"{ev.get('n_patients')} patients; method: {ev.get('ci_method', 'bootstrap')}."
+    )
 
 
 def _segmentation_failures(per_image: pd.DataFrame, cutoff: float = 0.05) -> str:
@@ -368,9 +370,44 @@ def segmentation_section(root: Path) -> list[str]:
         split = "test" if title.startswith("Held-out test") else "val"
         table = root / "evaluation" / "segmentation" / split / "per_image.csv"
         if table.is_file():
-            failures = _segmentation_failures(pd.read_csv(table, dtype={"id": str}))
+            per_image = pd.read_csv(table, dtype={"id": str})
+            failures = _segmentation_failures(per_image)
             lines += [failures, ""] if failures else []
+            lines += _cohort_lines(per_image, root / "splits" / "segmentation_split.csv")
     return lines
+
+
+def _cohort_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
+    """Dice by patient series (``scripts/segmentation_cohorts.py``), if the split is present."""
+    import importlib.util
+
+    if not split_csv.is_file() or "label" not in per_image:
+        return []
+    spec = importlib.util.spec_from_file_location(
+        "segmentation_cohorts", Path(__file__).with_name("segmentation_cohorts.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    split = pd.read_csv(split_csv, dtype={"id": str, "patient_id": str})
+    if not set(per_image["id"]) <= set(split["id"]):
+        return []
+    table = module.cohort_table(per_image, split)
+    table = table[table["label"] == "all"]
+    rows = [
+        f"| {r.cohort} | {r.slices} | {r.patients} | {r.mean_dice:.3f}"
+        + (f" ({r.ci95_low:.3f}–{r.ci95_high:.3f})" if pd.notna(r.ci95_low) else "")
+        + f" | {r.median_dice:.3f} |"
+        for r in table.itertuples()
+    ]
+    return [
+        "**By patient series** (figshare-seg has numeric patient ids and alphanumeric "
+        "scanner-style ids, the latter all glioma; `scripts/segmentation_cohorts.py`):",
+        "",
+        "| series | slices | patients | mean Dice (95 % interval) | median |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 STATIC_TAIL = """## Hardware
@@ -395,6 +432,9 @@ resumed with two threads.
 - The classification data mixes three public sources (figshare, SARTAJ, Br35H);
   performance on other scanners and protocols is unknown.
 - Training at a reduced size, inference at the native size: see the recipes.
+- **Segmentation differs by patient series**: the outlines are much weaker on the
+  alphanumeric-id glioma series of figshare-seg than on the other patients (see
+  the table above); expect the same on scans that resemble that series.
 
 ## Intended use
 

@@ -98,3 +98,17 @@ def test_interval_text_and_span_known_answers():
     assert model_card._interval_text({"mean_dice": 0.7}) == ""
     assert model_card._span([0.5, 0.75]) == "0.5000–0.7500"
     assert model_card._span(float("nan")) == ""
+
+
+def test_cohort_lines_table_and_silent_without_split(tmp_path):
+    per_image = pd.DataFrame(
+        {"id": ["1", "2", "3", "4"], "label": ["glioma"] * 4, "dice": [0.2, 0.4, 0.8, 0.9]}
+    )
+    split = pd.DataFrame({"id": ["1", "2", "3", "4"], "patient_id": ["MRA", "MRB", "11", "12"]})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    lines = model_card._cohort_lines(per_image, tmp_path / "split.csv")
+    text = "\n".join(lines)
+    assert "| numeric id | 2 | 2 | 0.850 (" in text
+    assert "| alphanumeric id | 2 | 2 | 0.300 (" in text
+    assert "MRA" not in text and "| 11 |" not in text
+    assert model_card._cohort_lines(per_image, tmp_path / "missing.csv") == []
