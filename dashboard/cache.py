@@ -237,6 +237,18 @@ def per_image(run: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False)
+def _series(per_image_path: str, mtime: float, split_path: str, split_mtime: float):
+    return ev.series_table(ev.read_per_image(Path(per_image_path)), Path(split_path))
+
+
+def series_table(run: str) -> pd.DataFrame | None:
+    """Dice per patient series of a segmentation run (``None`` when it cannot be computed)."""
+    path = paths.segmentation_eval_dir() / run / "per_image.csv"
+    split = paths.splits_dir() / "segmentation_split.csv"
+    return _series(str(path), _mtime(path), str(split), _mtime(split))
+
+
+@st.cache_data(show_spinner=False)
 def _threshold_sweep(path: str, mtime: float) -> pd.DataFrame | None:
     return ev.read_threshold_sweep(Path(path))
 

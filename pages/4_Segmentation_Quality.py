@@ -68,6 +68,16 @@ if len(scores):
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
                                 for c in ("mean Dice", "median Dice", "min Dice", "mean IoU",
                                           "median IoU")})
+series = cache.series_table(run)
+if series is not None and len(series) > 1:
+    with st.expander("By patient series", expanded=True):
+        st.dataframe(series, hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                    for c in ("mean Dice", "median Dice")})
+        st.caption("figshare-seg holds two series of patients: numeric ids and alphanumeric "
+                   "scanner-style ids (all glioma). The outlines are much weaker on the second "
+                   "series, so the per-class rows above mix a class and a series effect. "
+                   "Intervals resample patients; no patient id is shown.")
 sweep = cache.threshold_sweep(run)
 if sweep is not None and len(sweep):
     components.chart(charts.threshold_sweep(sweep, record.get("threshold"),

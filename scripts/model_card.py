@@ -379,19 +379,14 @@ def segmentation_section(root: Path) -> list[str]:
 
 def _cohort_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
     """Dice by patient series (``scripts/segmentation_cohorts.py``), if the split is present."""
-    import importlib.util
+    from segmentation.cohorts import cohort_table
 
     if not split_csv.is_file() or "label" not in per_image:
         return []
-    spec = importlib.util.spec_from_file_location(
-        "segmentation_cohorts", Path(__file__).with_name("segmentation_cohorts.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     split = pd.read_csv(split_csv, dtype={"id": str, "patient_id": str})
     if not set(per_image["id"]) <= set(split["id"]):
         return []
-    table = module.cohort_table(per_image, split)
+    table = cohort_table(per_image, split)
     table = table[table["label"] == "all"]
     rows = [
         f"| {r.cohort} | {r.slices} | {r.patients} | {r.mean_dice:.3f}"

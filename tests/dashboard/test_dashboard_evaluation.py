@@ -293,3 +293,18 @@ def test_stale_weights_names_models_recorded_with_other_weights():
         "meta", "vgg19"]
     assert ev.stale_weights(record, {"resnet50": None, "xception": "zz"}) == []
     assert ev.stale_weights({}, {"resnet50": "aa"}) == []
+
+
+def test_series_table_needs_a_covering_split(tmp_path):
+    per_image = pd.DataFrame({"id": ["1", "2", "3", "4"], "label": ["glioma"] * 4,
+                              "dice": [0.2, 0.4, 0.8, 0.9], "iou": [0.1, 0.3, 0.7, 0.8]})
+    assert ev.series_table(per_image, tmp_path / "none.csv") is None
+    split = tmp_path / "split.csv"
+    pd.DataFrame({"id": ["1", "2", "3"], "patient_id": ["MRA", "MRB", "11"]}).to_csv(split)
+    assert ev.series_table(per_image, split) is None  # slice 4 has no patient
+    pd.DataFrame({"id": ["1", "2", "3", "4"],
+                  "patient_id": ["MRA", "MRB", "11", "12"]}).to_csv(split, index=False)
+    table = ev.series_table(per_image, split).set_index("series")
+    assert table.loc["numeric id", "mean Dice"] == pytest.approx(0.85)
+    assert table.loc["alphanumeric id", "patients"] == 2
+    assert table.loc["alphanumeric id", ev.SEG_CI_COLUMN].count("–") == 1

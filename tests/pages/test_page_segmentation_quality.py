@@ -72,3 +72,31 @@ def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifac
                                                      "weights_sha256": {"resunet": "0" * 64}}))
     at = make_app("pages/4_Segmentation_Quality.py").run()
     assert any("other Res-UNet weights" in w.value for w in at.warning)
+
+
+def test_series_table_shows_counts_not_patient_ids(make_app, dashboard_artifacts, tmp_path,
+                                                   monkeypatch):
+    import shutil
+
+    import pandas as pd
+
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts, root)
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+    monkeypatch.setenv("NEUROSTACK_FIGSHARE_SEG", str(tmp_path / "nowhere"))
+    found = (root / "evaluation" / "segmentation").glob("*/per_image.csv")
+    run = sorted(p.parent for p in found)[0]
+    ids = pd.read_csv(run / "per_image.csv", dtype={"id": str})["id"]
+    patients = [f"MRX{i % 3}" if i % 2 else f"7700{i % 4}" for i in range(len(ids))]
+    (root / "splits").mkdir(exist_ok=True)
+    pd.DataFrame({"id": ids, "patient_id": patients, "split": "test"}).to_csv(
+        root / "splits" / "segmentation_split.csv", index=False)
+    at = make_app("pages/4_Segmentation_Quality.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    tables = [d.value for d in at.dataframe if "series" in d.value.columns]
+    assert len(tables) == 1
+    table = tables[0]
+    assert set(table["series"]) == {"numeric id", "alphanumeric id"}
+    assert table["slices"].sum() == len(ids)
+    text = table.to_string()
+    assert "MRX" not in text and "7700" not in text

@@ -1,0 +1,45 @@
+"""segmentation.cohorts: known answers on a hand-made table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segmentation import cohorts as sc
+
+
+def _tables():
+    per_image = pd.DataFrame(
+        {
+            "id": ["1", "2", "3", "4", "5", "6"],
+            "label": ["glioma", "glioma", "glioma", "meningioma", "meningioma", "glioma"],
+            "dice": [0.2, 0.4, 0.6, 0.9, 0.7, 0.8],
+        }
+    )
+    split = pd.DataFrame(
+        {
+            "id": ["1", "2", "3", "4", "5", "6", "7"],
+            "patient_id": ["MR1A", "MR1A", "MR2B", "90101", "90102", "90103", "90104"],
+        }
+    )
+    return per_image, split
+
+
+def test_cohort_of_splits_numeric_from_alphanumeric_ids():
+    got = sc.cohort_of(pd.Series(["98871", " 101 ", "MR026175C", "A1"]))
+    assert got.tolist() == ["numeric id", "numeric id", "alphanumeric id", "alphanumeric id"]
+
+
+def test_known_means_counts_and_intervals():
+    table = sc.cohort_table(*_tables()).set_index(["cohort", "label"])
+    alpha = table.loc[("alphanumeric id", "all")]
+    assert alpha["slices"] == 3 and alpha["patients"] == 2
+    assert alpha["mean_dice"] == pytest.approx(0.4)
+    assert alpha["median_dice"] == pytest.approx(0.4)
+    assert alpha["ci95_low"] <= 0.4 <= alpha["ci95_high"]
+    numeric = table.loc[("numeric id", "all")]
+    assert numeric["slices"] == 3 and numeric["mean_dice"] == pytest.approx(0.8)
+    single = table.loc[("numeric id", "glioma")]  # one patient: no interval
+    assert single["patients"] == 1 and np.isnan(single["ci95_low"])
+    assert ("alphanumeric id", "meningioma") not in table.index
