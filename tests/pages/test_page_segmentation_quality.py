@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import shutil
+
+import pytest
 from page_helpers import REPO, chart_titles
 
 from dashboard import paths
@@ -37,17 +40,22 @@ def test_missing_dataset_is_reported(make_app, monkeypatch, tmp_path):
     assert REPO.exists()
 
 
-def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifacts, tmp_path,
-                                                     monkeypatch):
-    import json
-    import shutil
-
-    import pandas as pd
-
+@pytest.fixture
+def own_artifacts(dashboard_artifacts, tmp_path, monkeypatch):
+    """A private copy of the tiny artifact tree the page reads (no figshare data)."""
     root = tmp_path / "art"
     shutil.copytree(dashboard_artifacts, root)
     monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
     monkeypatch.setenv("NEUROSTACK_FIGSHARE_SEG", str(tmp_path / "nowhere"))
+    return root
+
+
+def test_robustness_section_reads_the_stored_summary(make_app, own_artifacts):
+    import json
+
+    import pandas as pd
+
+    root = own_artifacts
     at = make_app("pages/4_Segmentation_Quality.py").run()
     assert any("No robustness run" in i.value for i in at.info)
 
@@ -74,16 +82,10 @@ def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifac
     assert any("other Res-UNet weights" in w.value for w in at.warning)
 
 
-def test_series_table_shows_counts_not_patient_ids(make_app, dashboard_artifacts, tmp_path,
-                                                   monkeypatch):
-    import shutil
-
+def test_series_table_shows_counts_not_patient_ids(make_app, own_artifacts):
     import pandas as pd
 
-    root = tmp_path / "art"
-    shutil.copytree(dashboard_artifacts, root)
-    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
-    monkeypatch.setenv("NEUROSTACK_FIGSHARE_SEG", str(tmp_path / "nowhere"))
+    root = own_artifacts
     found = (root / "evaluation" / "segmentation").glob("*/per_image.csv")
     run = sorted(p.parent for p in found)[0]
     ids = pd.read_csv(run / "per_image.csv", dtype={"id": str})["id"]

@@ -13,19 +13,8 @@ import segmentation_cohorts as sc  # noqa: E402
 
 
 def _tables():
-    per_image = pd.DataFrame(
-        {
-            "id": ["1", "2", "3", "4", "5", "6"],
-            "label": ["glioma", "glioma", "glioma", "meningioma", "meningioma", "glioma"],
-            "dice": [0.2, 0.4, 0.6, 0.9, 0.7, 0.8],
-        }
-    )
-    split = pd.DataFrame(
-        {
-            "id": ["1", "2", "3", "4", "5", "6", "7"],
-            "patient_id": ["MR1A", "MR1A", "MR2B", "90101", "90102", "90103", "90104"],
-        }
-    )
+    per_image = pd.DataFrame({"id": ["a", "b", "c"], "label": "glioma", "dice": [0.5, 0.7, 0.9]})
+    split = pd.DataFrame({"id": ["a", "b", "c"], "patient_id": ["MRQ7", "MRQ8", "90555"]})
     return per_image, split
 
 
@@ -39,7 +28,13 @@ def test_cli_writes_no_patient_ids_and_rejects_unknown_slices(tmp_path, capsys):
     printed = capsys.readouterr().out + out.read_text()
     for pid in split["patient_id"]:
         assert pid not in printed
-    assert len(json.loads(out.read_text())) == 5
-    split.iloc[:5].to_csv(tmp_path / "split.csv", index=False)  # slice 6 loses its patient
+    rows = json.loads(out.read_text())
+    assert {(r["cohort"], r["label"], r["slices"]) for r in rows} == {
+        ("alphanumeric id", "all", 2),
+        ("numeric id", "all", 1),
+        ("alphanumeric id", "glioma", 2),
+        ("numeric id", "glioma", 1),
+    }
+    split.iloc[:2].to_csv(tmp_path / "split.csv", index=False)  # slice c loses its patient
     assert sc.main(argv) == 2
     assert "1 slices have no patient" in capsys.readouterr().err
