@@ -450,30 +450,19 @@ def seg_summary(df: pd.DataFrame, record: dict[str, Any] | None = None) -> pd.Da
 
 
 def series_table(per_image: pd.DataFrame, split_csv: Path) -> pd.DataFrame | None:
-    """Dice per patient series of figshare-seg (:func:`segmentation.cohorts.cohort_table`).
+    """Dice per patient series of figshare-seg (:func:`segmentation.cohorts.cohort_summary`).
 
-    Returns the overall rows (``label == "all"``) with an interval column, or ``None``
-    when the split CSV is missing, lacks patient ids or does not cover every image
-    (e.g. an evaluation of other data). Patient ids never leave this function.
+    ``None`` when it cannot be computed (no usable split covering every image).
+    Patient ids never leave the library function.
     """
-    from segmentation.cohorts import cohort_table
+    from segmentation.cohorts import cohort_summary
 
-    split_csv = Path(split_csv)
-    if not split_csv.is_file() or "label" not in per_image.columns or per_image.empty:
+    table = cohort_summary(per_image, split_csv)
+    if table is None:
         return None
-    split = pd.read_csv(split_csv, dtype=str)
-    if not {"id", "patient_id"} <= set(split.columns):
-        return None
-    if not set(per_image["id"].astype(str)) <= set(split["id"]):
-        return None
-    table = cohort_table(per_image.assign(id=per_image["id"].astype(str)), split)
-    table = table[table["label"] == "all"].drop(columns="label")
-    table[SEG_CI_COLUMN] = [
-        "" if pd.isna(lo) else f"{lo:.3f}–{hi:.3f}"
-        for lo, hi in zip(table["ci95_low"], table["ci95_high"], strict=True)
-    ]
     return table.drop(columns=["ci95_low", "ci95_high"]).rename(
-        columns={"cohort": "series", "mean_dice": "mean Dice", "median_dice": "median Dice"}
+        columns={"cohort": "series", "mean_dice": "mean Dice", "median_dice": "median Dice",
+                 "ci95": SEG_CI_COLUMN}
     )
 
 

@@ -379,18 +379,14 @@ def segmentation_section(root: Path) -> list[str]:
 
 def _cohort_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
     """Dice by patient series (``scripts/segmentation_cohorts.py``), if the split is present."""
-    from segmentation.cohorts import cohort_table
+    from segmentation.cohorts import cohort_summary
 
-    if not split_csv.is_file() or "label" not in per_image:
+    table = cohort_summary(per_image, split_csv)
+    if table is None:
         return []
-    split = pd.read_csv(split_csv, dtype={"id": str, "patient_id": str})
-    if not set(per_image["id"]) <= set(split["id"]):
-        return []
-    table = cohort_table(per_image, split)
-    table = table[table["label"] == "all"]
     rows = [
         f"| {r.cohort} | {r.slices} | {r.patients} | {r.mean_dice:.3f}"
-        + (f" ({r.ci95_low:.3f}–{r.ci95_high:.3f})" if pd.notna(r.ci95_low) else "")
+        + (f" ({r.ci95})" if r.ci95 else "")
         + f" | {r.median_dice:.3f} |"
         for r in table.itertuples()
     ]

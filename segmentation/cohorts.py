@@ -10,6 +10,7 @@ appear in the output.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,3 +78,33 @@ def cohort_table(per_image: pd.DataFrame, split: pd.DataFrame, *, seed: int = 0)
                 }
             )
     return pd.DataFrame(rows)
+
+
+def cohort_summary(per_image: pd.DataFrame, split_csv: str | Path) -> pd.DataFrame | None:
+    """Return the per-cohort rows of :func:`cohort_table` over all classes, for display.
+
+    Reads ``split_csv`` (``id, patient_id``) and adds ``ci95`` as ``"low–high"`` text
+    (blank for a single-patient cohort). Returns ``None`` when the split file is
+    missing, unreadable or lacks patient ids, when ``per_image`` has no ``id, label,
+    dice`` columns or rows, or when some slice has no patient in the split (e.g. an
+    evaluation of other data), so a report can simply leave the table out.
+    """
+    split_csv = Path(split_csv)
+    if per_image.empty or not {"id", "label", "dice"} <= set(per_image.columns):
+        return None
+    try:
+        split = pd.read_csv(split_csv, dtype=str)
+    except (OSError, ValueError):  # missing, unreadable or not a CSV
+        return None
+    if not {"id", "patient_id"} <= set(split.columns):
+        return None
+    per_image = per_image.assign(id=per_image["id"].astype(str))
+    if not set(per_image["id"]) <= set(split["id"]):
+        return None
+    table = cohort_table(per_image, split)
+    table = table[table["label"] == "all"].drop(columns="label").reset_index(drop=True)
+    table["ci95"] = [
+        "" if pd.isna(lo) else f"{lo:.3f}–{hi:.3f}"
+        for lo, hi in zip(table["ci95_low"], table["ci95_high"], strict=True)
+    ]
+    return table

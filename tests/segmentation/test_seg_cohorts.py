@@ -43,3 +43,21 @@ def test_known_means_counts_and_intervals():
     single = table.loc[("numeric id", "glioma")]  # one patient: no interval
     assert single["patients"] == 1 and np.isnan(single["ci95_low"])
     assert ("alphanumeric id", "meningioma") not in table.index
+
+
+def test_summary_reads_the_split_and_gives_up_cleanly(tmp_path):
+    per_image, split = _tables()
+    path = tmp_path / "split.csv"
+    split.to_csv(path, index=False)
+    table = sc.cohort_summary(per_image, path).set_index("cohort")
+    assert table.loc["alphanumeric id", "mean_dice"] == pytest.approx(0.4)
+    assert table.loc["numeric id", "slices"] == 3
+    assert table.loc["alphanumeric id", "ci95"].count("–") == 1
+    assert sc.cohort_summary(per_image, tmp_path / "missing.csv") is None
+    path.write_bytes(b"\xff\xfe\x00garbage\x00\x81")  # not a CSV
+    assert sc.cohort_summary(per_image, path) is None
+    split.drop(columns="patient_id").to_csv(path, index=False)
+    assert sc.cohort_summary(per_image, path) is None
+    split.iloc[:3].to_csv(path, index=False)  # slices 4-6 have no patient
+    assert sc.cohort_summary(per_image, path) is None
+    assert sc.cohort_summary(per_image.iloc[:0], path) is None
