@@ -13,6 +13,7 @@ from morphology import format_record
 from neurostack import __version__
 from neurostack.errors import ArtifactError
 from neurostack.pipeline import CaseResult, Pipeline
+from neurostack.report import format_value
 
 DISCLAIMER = (
     "**Research tool — not a diagnostic device.** NeuroStack's predictions, masks and "
@@ -20,13 +21,6 @@ DISCLAIMER = (
     "have not been validated for clinical use and must not be used to diagnose, treat or "
     "triage patients."
 )
-SPACING_LABELS = {
-    "dicom": "read from the DICOM file (Pixel Spacing)",
-    "user": "entered by the user",
-    "assumed": f"assumed: figshare acquisitions, {paths.FIGSHARE_SPACING_MM} mm per pixel "
-               "(an assumption, not a measurement)",
-    "none": "unknown — measurements in pixel units",
-}
 PAGES: list[tuple[str, str, str, str]] = [
     ("pages/1_Case_Explorer.py", "Case Explorer", ":material/biotech:",
      "Radiologists: analyse one slice — class, tumour mask, measurements, Grad-CAM."),
@@ -146,33 +140,12 @@ def spacing_controls(
     return None, None
 
 
-def spacing_sentence(spacing_cm: tuple[float, float] | None, source: str) -> str:
-    """One line saying which spacing the measurements use and where it came from."""
-    if not spacing_cm:
-        return f"Pixel spacing {SPACING_LABELS['none']}."
-    r, c = spacing_cm
-    return (f"Pixel spacing {r * 10:.4g} × {c * 10:.4g} mm (row × column), "
-            f"{SPACING_LABELS.get(source, source)}.")
-
-
 # ---------------------------------------------------------------- results
 def morphology_frame(record: dict[str, Any]) -> pd.DataFrame:
     """Morphology record as a ``feature / value / unit`` table."""
-    rows = [{"feature": name, "value": _fmt_value(value), "unit": unit}
+    rows = [{"feature": name, "value": format_value(value), "unit": unit}
             for name, value, unit in format_record(record)]
     return pd.DataFrame(rows, columns=["feature", "value", "unit"])
-
-
-def _fmt_value(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def record_downloads(result: CaseResult) -> tuple[bytes, bytes]:

@@ -6,11 +6,12 @@ import numpy as np
 import streamlit as st
 
 from dashboard import cache, charts, components, paths
-from dashboard.evaluation import model_label
+from dashboard.evaluation import MODEL_LABELS, model_label
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
 from neurostack.imaging import window_to_uint8
 from neurostack.render import encode_png, overlay_mask
+from neurostack.report import case_report_html, spacing_sentence
 
 components.page_setup("Case Explorer", ":material/biotech:")
 st.title(":material/biotech: Case Explorer")
@@ -189,7 +190,7 @@ with left:
 with right:
     st.markdown("**Measurements**")
     if result.morphology:
-        st.caption(components.spacing_sentence(result.spacing_cm, result.spacing_source))
+        st.caption(spacing_sentence(result.spacing_cm, result.spacing_source))
         st.table(components.morphology_frame(result.morphology).set_index("feature"))
     elif result.segmented:
         st.caption("The mask is empty at this threshold.")
@@ -216,7 +217,9 @@ with st.expander("Grad-CAM heatmaps per base model",
 st.markdown("**Downloads**")
 stem = f"neurostack_{result.image_sha256[:12]}"
 csv_bytes, json_bytes = components.record_downloads(result)
-d1, d2, d3, d4 = st.columns(4)
+report = case_report_html(result, display=display, overlay=shown,
+                          model_labels=MODEL_LABELS).encode()
+d1, d2, d3, d4, d5 = st.columns(5)
 d1.download_button("Overlay PNG", encode_png(shown) if result.segmented else b"",
                    f"{stem}_overlay.png", "image/png", disabled=not result.segmented,
                    key="ce_dl_overlay", on_click="ignore")
@@ -227,6 +230,11 @@ d3.download_button("Features CSV", csv_bytes, f"{stem}_features.csv", "text/csv"
                    key="ce_dl_csv", on_click="ignore")
 d4.download_button("Features JSON", json_bytes, f"{stem}_features.json", "application/json",
                    key="ce_dl_json", on_click="ignore")
+d5.download_button("Report (HTML)", report, f"{stem}_report.html", "text/html",
+                   key="ce_dl_report", on_click="ignore",
+                   help="One printable page: decision, every model's probabilities, images, "
+                        "measurements, spacing source and model versions; no file name or "
+                        "DICOM tags.")
 
 with st.container(border=True):
     st.markdown("**Case registry**")

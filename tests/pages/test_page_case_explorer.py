@@ -30,7 +30,7 @@ def test_sample_is_classified_and_measured(make_app):
     features = list(at.table[0].value.index)
     assert "area_px" in features and "circularity" in features
     assert any("pixel units" in c.value for c in at.caption)
-    assert len(at.get("download_button")) == 4
+    assert len(at.get("download_button")) == 5
     assert len(at.get("image")) == 3  # original, overlay, mask
 
 

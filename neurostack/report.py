@@ -1,0 +1,245 @@
+"""A printable one-page case report: one self-contained HTML file per analysed slice.
+
+:func:`case_report_html` lays out what the Case Explorer shows for a
+:class:`~neurostack.pipeline.CaseResult` — decision, each model's probabilities,
+the slice with its green overlay and binary mask, the measurements with their
+units and pixel-spacing source, the mask settings and the model versions — as
+one HTML document with the images embedded as PNG data URIs, so it can be
+saved, mailed or printed to PDF from a browser without the dashboard.
+
+The report identifies the image by its SHA-256 only: it never receives a file
+name or DICOM tags, so it cannot contain them. Every text value is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from morphology import format_record
+from neurostack import CLASS_NAMES, __version__
+from neurostack.pipeline import CaseResult
+from neurostack.render import encode_png
+
+SPACING_SOURCE_TEXT: dict[str, str] = {
+    "dicom": "read from the DICOM file (Pixel Spacing)",
+    "user": "entered by the user",
+    "assumed": "assumed from the usual figshare acquisition (an assumption, not a measurement)",
+    "none": "unknown — measurements in pixel units",
+}
+"""How each ``spacing_source`` value is worded for a reader."""
+
+DISCLAIMER = (
+    "Research tool — not a diagnostic device. These predictions, masks and measurements "
+    "come from machine-learning models for research and teaching; they have not been "
+    "validated for clinical use and must not be used to diagnose, treat or triage patients."
+)
+
+
+def spacing_sentence(spacing_cm: tuple[float, float] | None, source: str) -> str:
+    """One sentence saying which pixel spacing the measurements use and where it came from.
+
+    Args:
+        spacing_cm: ``(row, column)`` pixel size in cm, or ``None`` when unknown.
+        source: One of :data:`SPACING_SOURCE_TEXT`'s keys (other values are shown as given).
+
+    Returns:
+        E.g. ``"Pixel spacing 0.5 × 0.8 mm (row × column), read from the DICOM file
+        (Pixel Spacing)."``
+    """
+    if not spacing_cm:
+        return f"Pixel spacing {SPACING_SOURCE_TEXT['none']}."
+    row, col = spacing_cm
+    return (f"Pixel spacing {row * 10:.4g} × {col * 10:.4g} mm (row × column), "
+            f"{SPACING_SOURCE_TEXT.get(source, source)}.")
+
+
+def format_value(value: Any) -> str:
+    """Format a measurement or flag for display.
+
+    ``None`` -> ``"—"``, booleans -> yes/no, integers with thousands separators,
+    floats to 4 significant digits, anything else via ``str``.
+    """
+    if value is None:
+        return "—"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    """``(H, W)`` or ``(H, W, 3)`` uint8 RGB array -> ``data:image/png;base64,...``."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(
+            f"image must be (H, W) or (H, W, 3) uint8; received {arr.dtype} {arr.shape}"
+        )
+    return "data:image/png;base64," + base64.b64encode(encode_png(arr)).decode("ascii")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#111;
+max-width:980px;margin:24px auto;padding:0 16px;line-height:1.4}
+h1{font-size:1.5em;margin:0 0 4px}h2{font-size:1.1em;margin:22px 0 6px;
+border-bottom:1px solid #ccc;padding-bottom:2px}
+.meta{color:#555;font-size:.9em}.disclaimer{border:1px solid #b00;background:#fff4f4;
+padding:8px 10px;font-size:.9em;margin:12px 0}.warn{color:#8a4b00}
+table{border-collapse:collapse;font-size:.92em}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}
+.top{font-weight:700}.figs{display:flex;gap:12px;flex-wrap:wrap}
+figure{margin:0;flex:1 1 280px;max-width:320px}figure img{width:100%;image-rendering:auto;
+border:1px solid #999}figcaption{font-size:.85em;color:#444;text-align:center}
+.summary td:first-child{font-weight:600}
+@media print{body{margin:0;max-width:none}h2{break-after:avoid}figure,table{break-inside:avoid}}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _table(header: list[str] | None, rows: list[list[str]], numeric_from: int = 1,
+           bold: list[set[int]] | None = None) -> str:
+    """Build an escaped HTML table.
+
+    No header row when ``header`` is ``None``; columns from ``numeric_from`` on are
+    right-aligned; ``bold[i]`` holds the bold columns of row ``i``.
+    """
+    head = ("<thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr></thead>"
+            if header else "")
+    body = []
+    for i, row in enumerate(rows):
+        cells = []
+        for j, cell in enumerate(row):
+            cls = ["num"] if j >= numeric_from else []
+            if bold and j in bold[i]:
+                cls.append("top")
+            attr = f' class="{" ".join(cls)}"' if cls else ""
+            cells.append(f"<td{attr}>{_esc(cell)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table>{head}<tbody>{''.join(body)}</tbody></table>"
+
+
+def _figure(image: np.ndarray, caption: str) -> str:
+    return (f'<figure><img alt="{_esc(caption)}" src="{png_data_uri(image)}">'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+def _probability_rows(result: CaseResult, labels: Mapping[str, str],
+                      classes: tuple[str, ...]) -> tuple[list[list[str]], list[set[int]]]:
+    rows, bold = [], []
+    named = [*result.per_model.items(), ("ensemble", result.ensemble)]
+    for name, probs in named:
+        values = [float(probs[c]) for c in classes]
+        rows.append([labels.get(name, name), *(f"{v:.3f}" for v in values)])
+        bold.append({1 + int(np.argmax(values))})
+    return rows, bold
+
+
+def case_report_html(
+    result: CaseResult,
+    *,
+    display: np.ndarray | None = None,
+    overlay: np.ndarray | None = None,
+    model_labels: Mapping[str, str] | None = None,
+    generated_at: datetime | None = None,
+    title: str = "NeuroStack case report",
+) -> str:
+    """Render one analysed slice as a self-contained, printable HTML document.
+
+    Args:
+        result: The analysis (:meth:`~neurostack.pipeline.Pipeline.analyse`).
+        display: ``(H, W)`` or ``(H, W, 3)`` uint8 image shown as the original (e.g. the
+            DICOM window on screen); ``None`` leaves the original out.
+        overlay: ``(H, W, 3)`` uint8 overlay to show instead of ``result.overlay`` (e.g.
+            drawn on the on-screen window).
+        model_labels: Display names of the models (``name -> label``); missing names are
+            shown as they are.
+        generated_at: Time stamp printed in the header (UTC now when ``None``).
+        title: Document title and heading.
+
+    Returns:
+        The HTML document as text (UTF-8 when encoded).
+
+    Raises:
+        ValueError: If an image is not uint8 (H, W) / (H, W, 3).
+    """
+    labels = dict(model_labels or {})
+    when = (generated_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    classes = tuple(c for c in CLASS_NAMES if c in result.ensemble) or tuple(result.ensemble)
+    parts: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+        f'<div class="meta">Generated {_esc(when.strftime("%Y-%m-%d %H:%M UTC"))} by '
+        f"NeuroStack {_esc(__version__)} · image SHA-256 {_esc(result.image_sha256)} · "
+        f"{result.shape[1]} × {result.shape[0]} px</div>",
+        f'<div class="disclaimer">{_esc(DISCLAIMER)}</div>',
+        "<h2>Decision</h2>",
+    ]
+    summary = [
+        ["Predicted class", result.predicted_class],
+        ["Confidence", f"{result.confidence:.1%}"],
+        ["Final decision", result.method],
+        ["Base models agree", "yes" if result.models_agree else "NO"],
+        ["Tumour found", "yes" if result.tumor_found else "no"],
+        ["Segmented", "yes" if result.segmented else "no"],
+    ]
+    parts.append(f'<div class="summary">{_table(None, summary, numeric_from=2)}</div>')
+    if result.warnings:
+        parts.append("<ul>" + "".join(f'<li class="warn">{_esc(w)}</li>'
+                                       for w in result.warnings) + "</ul>")
+
+    figures = []
+    if display is not None:
+        figures.append(_figure(np.asarray(display), "Original"))
+    shown = overlay if overlay is not None else result.overlay
+    if result.segmented and shown is not None:
+        figures.append(_figure(np.asarray(shown), "Tumour overlay (green)"))
+    if result.segmented and result.mask_png is not None:
+        figures.append(_figure(result.mask_png, "Mask (white = tumour)"))
+    if figures:
+        parts += ["<h2>Images</h2>", f'<div class="figs">{"".join(figures)}</div>']
+
+    rows, bold = _probability_rows(result, labels, classes)
+    parts += ["<h2>Class probabilities</h2>",
+              _table(["model", *classes], rows, bold=bold),
+              '<p class="meta">Highest probability of each model in bold. The final class is '
+              f"the {_esc(labels.get('ensemble', 'ensemble'))} row.</p>"]
+
+    parts.append("<h2>Measurements</h2>")
+    if result.morphology:
+        parts.append(f"<p>{_esc(spacing_sentence(result.spacing_cm, result.spacing_source))}</p>")
+        feats = [[name, format_value(value), unit]
+                 for name, value, unit in format_record(result.morphology)]
+        parts.append(_table(["feature", "value", "unit"], feats, numeric_from=1))
+    elif result.segmented:
+        parts.append("<p>The mask is empty at this threshold: nothing to measure.</p>")
+    else:
+        parts.append("<p>No measurements: the slice was not segmented "
+                     "(no tumour predicted).</p>")
+
+    parts.append("<h2>Settings and model versions</h2>")
+    if result.segmented:
+        parts.append(f"<p>Mask threshold {result.threshold:.2f} (probability at or above); "
+                     f"post-processing: {_esc(result.postprocess)}.</p>")
+    versions = [[labels.get(name, name), str(info.get("sha256", ""))[:12],
+                 format_value(info.get("input_size"))]
+                for name, info in result.models.items()]
+    if versions:
+        parts.append(_table(["model", "weights SHA-256 (prefix)", "input size"], versions,
+                            numeric_from=2))
+    parts.append('<p class="meta">This report holds no file name and no DICOM tags; the image '
+                 "is identified by its SHA-256 only.</p></body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,174 @@
+"""The printable case report: content, escaping, embedded images, no identifiers."""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pytest
+from neurostack_samples import IDENTIFIERS, make_dicom
+
+from neurostack import CLASS_NAMES
+from neurostack.pipeline import CaseResult
+from neurostack.render import mask_image, overlay_mask
+from neurostack.report import case_report_html, format_value, png_data_uri, spacing_sentence
+
+WHEN = datetime(2026, 12, 6, 5, 0, tzinfo=timezone.utc)
+
+
+class _Collect(HTMLParser):
+    """Text, image sources and open/close balance of a document."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.images: list[tuple[str, str]] = []
+        self.stack: list[str] = []
+        self.mismatched: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            a = dict(attrs)
+            self.images.append((a["alt"], a["src"]))
+        elif tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.mismatched.append(tag)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(doc: str) -> _Collect:
+    p = _Collect()
+    p.feed(doc)
+    p.close()
+    assert not p.mismatched and not p.stack, (p.mismatched, p.stack)
+    return p
+
+
+def _decode(src: str) -> np.ndarray:
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    buf = np.frombuffer(base64.b64decode(src[len(prefix):]), np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _result(segmented: bool = True, warnings: list[str] | None = None) -> CaseResult:
+    gray = np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1))
+    mask = np.zeros((30, 40), bool)
+    mask[10:20, 5:25] = True  # 10 x 20 px
+    per_model = {m: dict(zip(CLASS_NAMES, p, strict=True)) for m, p in {
+        "xception": (0.70, 0.10, 0.10, 0.10),
+        "resnet50": (0.20, 0.60, 0.10, 0.10)}.items()}
+    morph = {"area_cm2": 200 * 0.05 * 0.08, "area_px": 200, "circularity": 0.6981,
+             "spacing_source": "dicom", "row_spacing_cm": 0.05, "col_spacing_cm": 0.08}
+    return CaseResult(
+        image_sha256="ab" * 32, shape=(30, 40), per_model=per_model,
+        ensemble=dict(zip(CLASS_NAMES, (0.81, 0.09, 0.05, 0.05), strict=True)),
+        predicted_class="glioma", confidence=0.81, method="meta-learner (stacking)",
+        models_agree=False, warnings=warnings or [], tumor_found=True, segmented=segmented,
+        threshold=0.2, spacing_cm=(0.05, 0.08), spacing_source="dicom",
+        morphology=morph if segmented else None, mask=mask if segmented else None,
+        overlay=overlay_mask(gray, mask), mask_png=mask_image(mask) if segmented else None,
+        models={"xception": {"sha256": "0123456789abcdef" * 4, "input_size": 299}},
+        postprocess="largest_component",
+    )
+
+
+def test_report_states_decision_probabilities_measurements_and_versions() -> None:
+    res = _result()
+    doc = case_report_html(res, model_labels={"xception": "Xception", "ensemble": "Meta"},
+                           generated_at=WHEN)
+    text = " ".join(_parse(doc).text)
+    assert "Generated 2026-12-06 05:00 UTC" in text and res.image_sha256 in text
+    assert "Predicted class" in text and "glioma" in text and "81.0%" in text
+    assert "Base models agree NO" in re.sub(r"\s+", " ", text)
+    # one row per model plus the ensemble, probabilities to 3 decimals, labels applied
+    for row in ("Xception 0.700 0.100 0.100 0.100", "resnet50 0.200 0.600 0.100 0.100",
+                "Meta 0.810 0.090 0.050 0.050"):
+        assert row in re.sub(r"\s+", " ", text), row
+    # each row's top class in bold, ensemble row included
+    assert doc.count('class="num top"') == 3
+    assert "Pixel spacing 0.5 × 0.8 mm (row × column), read from the DICOM file" in text
+    assert "area_cm2 0.8 cm2 area_px 200 px2 circularity 0.6981" in re.sub(r"\s+", " ", text)
+    assert "Mask threshold 0.20" in text and "largest_component" in text
+    assert "0123456789ab" in text and "0123456789abc" not in text  # 12-character prefix
+
+
+def test_embedded_images_round_trip() -> None:
+    res = _result()
+    display = np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1))
+    images = dict(_parse(case_report_html(res, display=display)).images)
+    assert list(images) == ["Original", "Tumour overlay (green)", "Mask (white = tumour)"]
+    np.testing.assert_array_equal(_decode(images["Original"]), display)
+    np.testing.assert_array_equal(_decode(images["Tumour overlay (green)"]), res.overlay)
+    np.testing.assert_array_equal(_decode(images["Mask (white = tumour)"]), res.mask_png)
+
+
+def test_overlay_argument_replaces_the_results_overlay() -> None:
+    res = _result()
+    other = np.full((30, 40, 3), 7, np.uint8)
+    images = dict(_parse(case_report_html(res, overlay=other)).images)
+    np.testing.assert_array_equal(_decode(images["Tumour overlay (green)"]), other)
+
+
+def test_unsegmented_slice_has_no_mask_and_says_why() -> None:
+    doc = case_report_html(_result(segmented=False), display=np.zeros((30, 40), np.uint8))
+    parsed = _parse(doc)
+    assert [alt for alt, _ in parsed.images] == ["Original"]
+    assert "the slice was not segmented" in " ".join(parsed.text)
+    assert "Mask threshold" not in doc
+
+
+def test_text_is_escaped() -> None:
+    doc = case_report_html(_result(warnings=['<script>alert("x")</script> & more']),
+                           model_labels={"xception": "<b>X</b>"})
+    assert "<script>" not in doc and "<b>X</b>" not in doc
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in doc
+    assert '<li class="warn">' in doc
+
+
+def test_report_of_a_dicom_holds_no_identifiers(tiny_pipeline, make_slice) -> None:
+    dicom = make_dicom(make_slice("glioma", np.random.default_rng(3), (120, 150)),
+                       spacing=(0.5, 0.8))
+    res = tiny_pipeline.analyse(dicom, threshold=0.05, force_segmentation=True)
+    doc = case_report_html(res, display=np.zeros(res.shape, np.uint8))
+    assert res.spacing_source == "dicom" and "read from the DICOM file" in doc
+    for key, ident in IDENTIFIERS.items():
+        for fragment in {ident, *ident.replace("^", " ").replace("-", " ").split()}:
+            if len(fragment) >= 5:
+                assert fragment not in doc, key
+
+
+@pytest.mark.parametrize(("spacing", "source", "expected"), [
+    (None, "none", "Pixel spacing unknown — measurements in pixel units."),
+    ((0.049, 0.049), "assumed", "Pixel spacing 0.49 × 0.49 mm (row × column), assumed"),
+    ((0.1, 0.05), "user", "Pixel spacing 1 × 0.5 mm (row × column), entered by the user."),
+])
+def test_spacing_sentence(spacing, source, expected) -> None:
+    assert spacing_sentence(spacing, source).startswith(expected)
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (None, "—"), (True, "yes"), (np.bool_(False), "no"), (1234567, "1,234,567"),
+    (np.int64(12), "12"), (0.123456, "0.1235"), (np.float32(2.5), "2.5"), ("dicom", "dicom"),
+])
+def test_format_value(value, text) -> None:
+    assert format_value(value) == text
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4), np.float32), np.zeros((4, 4, 4), np.uint8),
+                                 np.zeros(4, np.uint8)])
+def test_png_data_uri_rejects_what_it_cannot_encode(bad) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        png_data_uri(bad)
