@@ -23,20 +23,11 @@ from ensemble.metrics import (
     roc_curve,
     wilson_interval,
 )
-from neurostack import CLASS_NAMES
+from neurostack import CLASS_NAMES, MODEL_LABELS
 from segmentation.metrics import dice_coefficient, iou
 
 ENSEMBLE = "ensemble"
 BASE_MODELS: tuple[str, ...] = ("xception", "inceptionv3", "resnet50", "vgg19")
-MODEL_LABELS: dict[str, str] = {
-    "xception": "Xception",
-    "inceptionv3": "InceptionV3",
-    "resnet50": "ResNet50",
-    "vgg19": "VGG19",
-    "ensemble": "Meta-learner (ensemble)",
-    "meta": "Meta-learner",
-    "resunet": "Res-UNet",
-}
 RELIABILITY_BINS = 10
 
 

@@ -13,16 +13,19 @@ name or DICOM tags, so it cannot contain them. Every text value is HTML-escaped.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
+import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from morphology import format_record
-from neurostack import CLASS_NAMES, __version__
+from neurostack import CLASS_NAMES, MODEL_LABELS, __version__
 from neurostack.pipeline import CaseResult
 from neurostack.render import encode_png
 
@@ -162,8 +165,8 @@ def case_report_html(
             DICOM window on screen); ``None`` leaves the original out.
         overlay: ``(H, W, 3)`` uint8 overlay to show instead of ``result.overlay`` (e.g.
             drawn on the on-screen window).
-        model_labels: Display names of the models (``name -> label``); missing names are
-            shown as they are.
+        model_labels: Display names of the models (``name -> label``); ``None`` uses
+            :data:`neurostack.MODEL_LABELS`; names without a label are shown as they are.
         generated_at: Time stamp printed in the header (UTC now when ``None``).
         title: Document title and heading.
 
@@ -173,7 +176,7 @@ def case_report_html(
     Raises:
         ValueError: If an image is not uint8 (H, W) / (H, W, 3).
     """
-    labels = dict(model_labels or {})
+    labels = dict(MODEL_LABELS if model_labels is None else model_labels)
     when = (generated_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
     classes = tuple(c for c in CLASS_NAMES if c in result.ensemble) or tuple(result.ensemble)
     parts: list[str] = [
@@ -243,3 +246,100 @@ def case_report_html(
     parts.append('<p class="meta">This report holds no file name and no DICOM tags; the image '
                  "is identified by its SHA-256 only.</p></body></html>")
     return "\n".join(parts)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m neurostack.report",
+        description="Analyse one MRI slice and write its printable one-page HTML report "
+                    "(no file name, no DICOM tags).",
+    )
+    p.add_argument("image", type=Path, help="PNG, JPEG, TIFF, BMP or DICOM slice")
+    p.add_argument("--out", required=True, type=Path, help="HTML file to write")
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="model artifacts")
+    p.add_argument("--frame", type=int, default=None,
+                   help="frame of a multi-frame file, numbered from 1 (default: the middle)")
+    p.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"), default=None,
+                   help="pixel spacing in mm (a DICOM file's own spacing is used otherwise)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="mask threshold in (0, 1) (default: the segmenter's operating point)")
+    p.add_argument("--postprocess", choices=["none", "largest_component"], default=None,
+                   help="mask post-processing (default: the segmenter's operating point)")
+    p.add_argument("--force-segmentation", action="store_true",
+                   help="segment even when the ensemble predicts no tumour")
+    return p
+
+
+def write_case_report(
+    image: Path,
+    out: Path,
+    *,
+    artifacts: Path = Path("artifacts"),
+    frame: int | None = None,
+    spacing_mm: tuple[float, float] | None = None,
+    threshold: float | None = None,
+    postprocess: str | None = None,
+    force_segmentation: bool = False,
+) -> CaseResult:
+    """Analyse ``image`` with the models in ``artifacts`` and write its report to ``out``.
+
+    Args:
+        image: The slice file.
+        out: HTML file to write (its folder must exist); nothing is written on error.
+        artifacts: Root of the artifact tree (every SHA-256 is checked).
+        frame: Frame of a multi-frame file, numbered from 1; ``None`` takes the middle.
+        spacing_mm: ``(row, column)`` pixel spacing in mm given by the user.
+        threshold: Mask threshold; ``None`` uses the segmenter's operating point.
+        postprocess: Mask post-processing; ``None`` uses the segmenter's operating point.
+        force_segmentation: Segment even when no tumour is predicted.
+
+    Returns:
+        The analysis the report shows.
+
+    Raises:
+        InputImageError: If the image cannot be read.
+        ValueError: For invalid options (e.g. frame < 1, non-positive spacing).
+        FileNotFoundError: If the image or the folder of ``out`` does not exist.
+    """
+    from neurostack.imaging import load_image
+    from neurostack.pipeline import load_pipeline
+
+    if frame is not None and frame < 1:
+        raise ValueError(f"frame is numbered from 1; received {frame}")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the folder of --out does not exist: {out.parent}")
+    spacing_cm = None if spacing_mm is None else (spacing_mm[0] / 10.0, spacing_mm[1] / 10.0)
+    pipeline = load_pipeline(artifacts, strict=True)
+    loaded = load_image(image, frame=None if frame is None else frame - 1,
+                        limits=pipeline.limits)
+    result = pipeline.analyse(loaded, spacing_cm=spacing_cm,
+                              spacing_source=None if spacing_cm is None else "user",
+                              threshold=threshold, force_segmentation=force_segmentation,
+                              postprocess=postprocess)
+    text = case_report_html(result, display=loaded.display)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the report CLI: 0 on success, 2 for bad input, options or artifacts."""
+    from neurostack.cli import USER_ERRORS
+
+    args = _parser().parse_args(argv)
+    try:
+        result = write_case_report(
+            args.image, args.out, artifacts=args.artifacts, frame=args.frame,
+            spacing_mm=None if args.spacing_mm is None else tuple(args.spacing_mm),
+            threshold=args.threshold, postprocess=args.postprocess,
+            force_segmentation=args.force_segmentation)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result.predicted_class} ({result.confidence:.1%}); report written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

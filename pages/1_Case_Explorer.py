@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard import cache, charts, components, paths
-from dashboard.evaluation import MODEL_LABELS, model_label
+from dashboard.evaluation import model_label
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
 from neurostack.imaging import window_to_uint8
@@ -217,8 +217,7 @@ with st.expander("Grad-CAM heatmaps per base model",
 st.markdown("**Downloads**")
 stem = f"neurostack_{result.image_sha256[:12]}"
 csv_bytes, json_bytes = components.record_downloads(result)
-report = case_report_html(result, display=display, overlay=shown,
-                          model_labels=MODEL_LABELS).encode()
+report = case_report_html(result, display=display, overlay=shown).encode()
 d1, d2, d3, d4, d5 = st.columns(5)
 d1.download_button("Overlay PNG", encode_png(shown) if result.segmented else b"",
                    f"{stem}_overlay.png", "image/png", disabled=not result.segmented,

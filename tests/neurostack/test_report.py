@@ -105,6 +105,11 @@ def test_report_states_decision_probabilities_measurements_and_versions() -> Non
     assert "0123456789ab" in text and "0123456789abc" not in text  # 12-character prefix
 
 
+def test_default_model_labels() -> None:
+    text = re.sub(r"\s+", " ", " ".join(_parse(case_report_html(_result())).text))
+    assert "ResNet50 0.200 0.600" in text and "Meta-learner (ensemble) 0.810" in text
+
+
 def test_embedded_images_round_trip() -> None:
     res = _result()
     display = np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1))
@@ -144,6 +149,7 @@ def test_report_of_a_dicom_holds_no_identifiers(tiny_pipeline, make_slice) -> No
     res = tiny_pipeline.analyse(dicom, threshold=0.05, force_segmentation=True)
     doc = case_report_html(res, display=np.zeros(res.shape, np.uint8))
     assert res.spacing_source == "dicom" and "read from the DICOM file" in doc
+    doc = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", doc)  # chance matches only
     for key, ident in IDENTIFIERS.items():
         for fragment in {ident, *ident.replace("^", " ").replace("-", " ").split()}:
             if len(fragment) >= 5:
@@ -172,3 +178,44 @@ def test_format_value(value, text) -> None:
 def test_png_data_uri_rejects_what_it_cannot_encode(bad) -> None:
     with pytest.raises(ValueError, match="uint8"):
         png_data_uri(bad)
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_writes_the_report_of_one_slice(tiny_artifacts, make_slice, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from neurostack.report import main
+
+    src = tmp_path / "Doe_John_slice.png"  # a name that must not reach the report
+    Image.fromarray(make_slice("glioma", np.random.default_rng(5), (140, 170))).save(src)
+    out = tmp_path / "report.html"
+    code = main([str(src), "--out", str(out), "--artifacts", str(tiny_artifacts),
+                 "--spacing-mm", "0.5", "0.5", "--threshold", "0.05", "--force-segmentation"])
+    assert code == 0
+    doc = out.read_text(encoding="utf-8")
+    parsed = _parse(doc)
+    assert [alt for alt, _ in parsed.images] == ["Original", "Tumour overlay (green)",
+                                                 "Mask (white = tumour)"]
+    assert _decode(parsed.images[0][1]).shape[:2] == (140, 170)
+    assert "Doe_John" not in doc and "slice.png" not in doc  # "_" and "." are not base64
+    assert "0.5 × 0.5 mm (row × column), entered by the user" in doc
+    assert "report written to" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_cli_reports_bad_input_and_writes_nothing(tiny_pipeline, tmp_path, capsys,
+                                                  monkeypatch) -> None:
+    import neurostack.pipeline
+    from neurostack.report import main
+
+    monkeypatch.setattr(neurostack.pipeline, "load_pipeline", lambda *a, **k: tiny_pipeline)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    out = tmp_path / "r.html"
+    assert main([str(bad), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert main([str(bad), "--out", str(tmp_path / "no" / "r.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([str(bad), "--out", str(out), "--frame", "0"]) == 2
+    assert "numbered from 1" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("*.part"))
