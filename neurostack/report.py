@@ -230,8 +230,9 @@ def case_report_html(
     elif result.segmented:
         parts.append("<p>The mask is empty at this threshold: nothing to measure.</p>")
     else:
-        parts.append("<p>No measurements: the slice was not segmented "
-                     "(no tumour predicted).</p>")
+        why = ("the segmentation model is not available" if result.tumor_found
+               else "no tumour was predicted")
+        parts.append(f"<p>No measurements: the slice was not segmented ({why}).</p>")
 
     parts.append("<h2>Settings and model versions</h2>")
     if result.segmented:

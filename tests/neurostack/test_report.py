@@ -131,8 +131,11 @@ def test_unsegmented_slice_has_no_mask_and_says_why() -> None:
     doc = case_report_html(_result(segmented=False), display=np.zeros((30, 40), np.uint8))
     parsed = _parse(doc)
     assert [alt for alt, _ in parsed.images] == ["Original"]
-    assert "the slice was not segmented" in " ".join(parsed.text)
+    assert "not segmented (the segmentation model is not available)" in " ".join(parsed.text)
     assert "Mask threshold" not in doc
+    res = _result(segmented=False)
+    res.tumor_found = False
+    assert "not segmented (no tumour was predicted)" in case_report_html(res)
 
 
 def test_text_is_escaped() -> None:
