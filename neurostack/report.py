@@ -299,7 +299,8 @@ def write_case_report(
 
     Raises:
         InputImageError: If the image cannot be read.
-        ValueError: For invalid options (e.g. frame < 1, non-positive spacing).
+        ValueError: For invalid options (e.g. frame < 1, non-positive spacing), or if
+            ``out`` cannot be written (e.g. it is a folder).
         FileNotFoundError: If the image or the folder of ``out`` does not exist.
     """
     from neurostack.imaging import load_image
@@ -319,8 +320,12 @@ def write_case_report(
                               postprocess=postprocess)
     text = case_report_html(result, display=loaded.display)
     tmp = out.with_name(out.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
     return result
 
 

@@ -222,3 +222,10 @@ def test_cli_reports_bad_input_and_writes_nothing(tiny_pipeline, tmp_path, capsy
     assert main([str(bad), "--out", str(out), "--frame", "0"]) == 2
     assert "numbered from 1" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob("*.part"))
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.tile(np.arange(120, dtype=np.uint8), (100, 1)))
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert main([str(good), "--out", str(folder)]) == 2  # the output path is a folder
+    assert "cannot write the report" in capsys.readouterr().err
+    assert folder.is_dir() and not list(tmp_path.glob("*.part"))
