@@ -446,14 +446,15 @@ def series_table(per_image: pd.DataFrame, split_csv: Path) -> pd.DataFrame | Non
     ``None`` when it cannot be computed (no usable split covering every image).
     Patient ids never leave the library function.
     """
-    from segmentation.cohorts import cohort_summary
+    from segmentation.cohorts import MISS_DICE, cohort_summary
 
     table = cohort_summary(per_image, split_csv)
     if table is None:
         return None
     return table.drop(columns=["ci95_low", "ci95_high"]).rename(
         columns={"cohort": "series", "mean_dice": "mean Dice", "median_dice": "median Dice",
-                 "ci95": SEG_CI_COLUMN}
+                 "ci95": SEG_CI_COLUMN, "missed_share": f"missed (Dice < {MISS_DICE})",
+                 "mean_dice_found": "mean Dice of the found"}
     )
 
 

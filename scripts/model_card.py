@@ -379,7 +379,7 @@ def segmentation_section(root: Path) -> list[str]:
 
 def _cohort_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
     """Dice by patient series (``scripts/segmentation_cohorts.py``), if the split is present."""
-    from segmentation.cohorts import cohort_summary
+    from segmentation.cohorts import MISS_DICE, cohort_summary
 
     table = cohort_summary(per_image, split_csv)
     if table is None:
@@ -387,15 +387,16 @@ def _cohort_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
     rows = [
         f"| {r.cohort} | {r.slices} | {r.patients} | {r.mean_dice:.3f}"
         + (f" ({r.ci95})" if r.ci95 else "")
-        + f" | {r.median_dice:.3f} |"
+        + f" | {r.median_dice:.3f} | {100 * r.missed_share:.1f} % | {r.mean_dice_found:.3f} |"
         for r in table.itertuples()
     ]
     return [
         "**By patient series** (figshare-seg has numeric patient ids and alphanumeric "
         "scanner-style ids, the latter all glioma; `scripts/segmentation_cohorts.py`):",
         "",
-        "| series | slices | patients | mean Dice (95 % interval) | median |",
-        "|---|---:|---:|---:|---:|",
+        "| series | slices | patients | mean Dice (95 % interval) | median "
+        f"| missed (Dice < {MISS_DICE}) | mean Dice of the rest |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
     ]

@@ -19,6 +19,8 @@ import pandas as pd
 from segmentation.metrics import cluster_bootstrap_ci
 
 COHORTS = ("numeric id", "alphanumeric id")
+MISS_DICE = 0.05
+"""A slice scoring Dice below this counts as a missed tumour (same cut-off as the model card)."""
 
 
 def cohort_of(patient_ids: pd.Series) -> pd.Series:
@@ -29,18 +31,25 @@ def cohort_of(patient_ids: pd.Series) -> pd.Series:
     )
 
 
-def cohort_table(per_image: pd.DataFrame, split: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+def cohort_table(
+    per_image: pd.DataFrame, split: pd.DataFrame, *, seed: int = 0, miss_below: float = MISS_DICE
+) -> pd.DataFrame:
     """Mean/median Dice per cohort (and per cohort x class) with a patient bootstrap interval.
 
     Args:
         per_image: ``id, label, dice`` rows (one per slice).
         split: ``id, patient_id`` rows covering every id of ``per_image``.
         seed: Seed of the bootstrap.
+        miss_below: A slice with Dice below this is a missed tumour.
 
     Returns:
         One row per group: ``cohort, label`` (``"all"`` for the cohort as a whole),
-        ``slices, patients, mean_dice, median_dice, ci95_low, ci95_high``; the
-        interval is ``None`` for a group of fewer than two patients.
+        ``slices, patients, mean_dice, median_dice, ci95_low, ci95_high,
+        missed_share, mean_dice_found``; the interval is ``None`` for a group of
+        fewer than two patients. ``missed_share`` is the fraction of slices with
+        Dice below ``miss_below`` and ``mean_dice_found`` the mean Dice of the
+        others (NaN when every slice is missed), so whole misses and outline
+        quality can be told apart.
 
     Raises:
         ValueError: If a slice of ``per_image`` has no patient in ``split``.
@@ -60,6 +69,7 @@ def cohort_table(per_image: pd.DataFrame, split: pd.DataFrame, *, seed: int = 0)
             if sub.empty:
                 continue
             n_pat = int(sub["patient_id"].nunique())
+            found = sub.loc[sub["dice"] >= miss_below, "dice"]
             lo = hi = None
             if n_pat >= 2:
                 lo, hi = cluster_bootstrap_ci(
@@ -75,6 +85,8 @@ def cohort_table(per_image: pd.DataFrame, split: pd.DataFrame, *, seed: int = 0)
                     "median_dice": float(sub["dice"].median()),
                     "ci95_low": lo,
                     "ci95_high": hi,
+                    "missed_share": float((sub["dice"] < miss_below).mean()),
+                    "mean_dice_found": float(found.mean()) if len(found) else float("nan"),
                 }
             )
     return pd.DataFrame(rows)

@@ -308,3 +308,5 @@ def test_series_table_needs_a_covering_split(tmp_path):
     assert table.loc["numeric id", "mean Dice"] == pytest.approx(0.85)
     assert table.loc["alphanumeric id", "patients"] == 2
     assert table.loc["alphanumeric id", ev.SEG_CI_COLUMN].count("–") == 1
+    assert table.loc["alphanumeric id", "missed (Dice < 0.05)"] == 0.0
+    assert table.loc["numeric id", "mean Dice of the found"] == pytest.approx(0.85)

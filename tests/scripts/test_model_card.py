@@ -110,5 +110,7 @@ def test_cohort_lines_table_and_silent_without_split(tmp_path):
     text = "\n".join(lines)
     assert "| numeric id | 2 | 2 | 0.850 (" in text
     assert "| alphanumeric id | 2 | 2 | 0.300 (" in text
+    assert "| 0.300 | 0.0 % | 0.300 |" in text  # median, missed share, mean of the rest
+    assert "| 0.850 | 0.0 % | 0.850 |" in text
     assert "MRA" not in text and "| 11 |" not in text
     assert model_card._cohort_lines(per_image, tmp_path / "missing.csv") == []

@@ -45,6 +45,22 @@ def test_known_means_counts_and_intervals():
     assert ("alphanumeric id", "meningioma") not in table.index
 
 
+def test_missed_share_and_mean_of_the_found_slices():
+    default = sc.cohort_table(*_tables()).set_index(["cohort", "label"])
+    assert default.loc[("alphanumeric id", "all"), "missed_share"] == 0.0
+    assert default.loc[("alphanumeric id", "all"), "mean_dice_found"] == pytest.approx(0.4)
+
+    table = sc.cohort_table(*_tables(), miss_below=0.3).set_index(["cohort", "label"])
+    alpha = table.loc[("alphanumeric id", "all")]  # Dice 0.2 (missed), 0.4, 0.6
+    assert alpha["missed_share"] == pytest.approx(1 / 3)
+    assert alpha["mean_dice_found"] == pytest.approx(0.5)
+    assert alpha["mean_dice"] == pytest.approx(0.4)  # the mean still counts every slice
+
+    everything = sc.cohort_table(*_tables(), miss_below=0.95).set_index(["cohort", "label"])
+    assert everything.loc[("numeric id", "all"), "missed_share"] == 1.0
+    assert np.isnan(everything.loc[("numeric id", "all"), "mean_dice_found"])
+
+
 def test_summary_reads_the_split_and_gives_up_cleanly(tmp_path):
     per_image, split = _tables()
     path = tmp_path / "split.csv"
