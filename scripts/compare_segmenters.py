@@ -23,10 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segmentation.cohorts import MISS_DICE
 from segmentation.metrics import cluster_bootstrap_ci
-
-MISS_DICE = 0.05
-"""A slice with Dice below this counts as a miss (as in ``scripts/model_card.py``)."""
 
 
 def _read(path: str | Path) -> pd.DataFrame:

@@ -271,13 +271,14 @@ def _interval_text(ev: dict) -> str:
     )
 
 
-def _segmentation_failures(per_image: pd.DataFrame, cutoff: float = 0.05) -> str:
+def _segmentation_failures(per_image: pd.DataFrame, cutoff: float | None = None) -> str:
     """Describe the slices where the segmenter missed the tumour entirely.
 
     Args:
         per_image: ``per_image.csv`` of ``segmentation.evaluate``: columns ``dice``,
             ``pred_area_px`` and optionally ``label``; one row per slice.
-        cutoff: A slice with Dice below this counts as a miss.
+        cutoff: A slice with Dice below this counts as a miss
+            (default :data:`segmentation.cohorts.MISS_DICE`).
 
     Returns:
         One sentence: how many slices are misses (per class when labelled), how many
@@ -287,6 +288,9 @@ def _segmentation_failures(per_image: pd.DataFrame, cutoff: float = 0.05) -> str
     Raises:
         ValueError: If ``dice`` or ``pred_area_px`` is missing.
     """
+    from segmentation.cohorts import MISS_DICE
+
+    cutoff = MISS_DICE if cutoff is None else cutoff
     missing = {"dice", "pred_area_px"} - set(per_image.columns)
     if missing:
         raise ValueError(f"per_image table lacks columns {sorted(missing)}")
