@@ -440,21 +440,26 @@ def seg_summary(df: pd.DataFrame, record: dict[str, Any] | None = None) -> pd.Da
     return out
 
 
+SERIES_MISSED_COLUMN = "missed, % of slices (Dice < 0.05)"
+SERIES_FOUND_COLUMN = "mean Dice of the rest"
+
+
 def series_table(per_image: pd.DataFrame, split_csv: Path) -> pd.DataFrame | None:
     """Dice per patient series of figshare-seg (:func:`segmentation.cohorts.cohort_summary`).
 
     ``None`` when it cannot be computed (no usable split covering every image).
     Patient ids never leave the library function.
     """
-    from segmentation.cohorts import MISS_DICE, cohort_summary
+    from segmentation.cohorts import cohort_summary
 
     table = cohort_summary(per_image, split_csv)
     if table is None:
         return None
+    table = table.assign(missed_share=100.0 * table["missed_share"])
     return table.drop(columns=["ci95_low", "ci95_high"]).rename(
         columns={"cohort": "series", "mean_dice": "mean Dice", "median_dice": "median Dice",
-                 "ci95": SEG_CI_COLUMN, "missed_share": f"missed (Dice < {MISS_DICE})",
-                 "mean_dice_found": "mean Dice of the found"}
+                 "ci95": SEG_CI_COLUMN, "missed_share": SERIES_MISSED_COLUMN,
+                 "mean_dice_found": SERIES_FOUND_COLUMN}
     )
 
 

@@ -6,6 +6,8 @@ import streamlit as st
 
 from dashboard import cache, charts, components, paths
 from dashboard.evaluation import (
+    SERIES_FOUND_COLUMN,
+    SERIES_MISSED_COLUMN,
     browser_cases,
     operating_point_chosen_on,
     seg_robustness_long,
@@ -71,12 +73,14 @@ if len(scores):
 series = cache.series_table(run)
 if series is not None and len(series) > 1:
     with st.expander("By patient series", expanded=True):
-        st.dataframe(series, hide_index=True, width="stretch",
-                     column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                    for c in ("mean Dice", "median Dice")})
+        number = {c: st.column_config.NumberColumn(format="%.3f")
+                  for c in ("mean Dice", "median Dice", SERIES_FOUND_COLUMN)}
+        number[SERIES_MISSED_COLUMN] = st.column_config.NumberColumn(format="%.1f")
+        st.dataframe(series, hide_index=True, width="stretch", column_config=number)
         st.caption("figshare-seg holds two series of patients: numeric ids and alphanumeric "
-                   "scanner-style ids (all glioma). The outlines are much weaker on the second "
-                   "series, so the per-class rows above mix a class and a series effect. "
+                   "scanner-style ids (all glioma). The second series loses whole tumours "
+                   "more often (missed) and outlines the found ones less well (mean Dice of "
+                   "the rest), so the per-class rows above mix a class and a series effect. "
                    "Intervals resample patients; no patient id is shown.")
 sweep = cache.threshold_sweep(run)
 if sweep is not None and len(sweep):

@@ -308,5 +308,12 @@ def test_series_table_needs_a_covering_split(tmp_path):
     assert table.loc["numeric id", "mean Dice"] == pytest.approx(0.85)
     assert table.loc["alphanumeric id", "patients"] == 2
     assert table.loc["alphanumeric id", ev.SEG_CI_COLUMN].count("–") == 1
-    assert table.loc["alphanumeric id", "missed (Dice < 0.05)"] == 0.0
-    assert table.loc["numeric id", "mean Dice of the found"] == pytest.approx(0.85)
+    assert table.loc["alphanumeric id", ev.SERIES_MISSED_COLUMN] == 0.0
+    assert table.loc["numeric id", ev.SERIES_FOUND_COLUMN] == pytest.approx(0.85)
+    from segmentation.cohorts import MISS_DICE
+
+    assert f"(Dice < {MISS_DICE})" in ev.SERIES_MISSED_COLUMN  # the label names the cut-off
+    missed = ev.series_table(per_image.assign(dice=[0.01, 0.4, 0.8, 0.9]), split)
+    missed = missed.set_index("series")
+    assert missed.loc["alphanumeric id", ev.SERIES_MISSED_COLUMN] == pytest.approx(50.0)
+    assert missed.loc["alphanumeric id", ev.SERIES_FOUND_COLUMN] == pytest.approx(0.4)
