@@ -185,7 +185,14 @@ def widen_artifact(
     narrow = load_segmenter(artifact_dir).model
     with float32_policy():
         wide = widen_resunet(narrow, base_filters, seed=seed)
-    return save_weights_compact(wide, out)
+    out = Path(out)
+    part = out.with_name(out.name + ".part")  # a failed write leaves no half-written .npz
+    try:
+        digest = save_weights_compact(wide, part)
+        part.replace(out)
+    finally:
+        part.unlink(missing_ok=True)
+    return digest
 
 
 def _parser() -> argparse.ArgumentParser:
