@@ -91,7 +91,8 @@ if pipeline is not None:
             "role": role,
             "input size": info.get("input_size"),
             "runs in": {"litert": "LiteRT (XNNPACK)", "tensorflow": "TensorFlow"}.get(
-                info.get("runtime", "tensorflow")),
+                info.get("runtime", "tensorflow"))
+            + (", bfloat16" if info.get("precision") == "bfloat16" else ""),
             "weights sha256": components.sha_prefix(info.get("sha256")),
             "checksum": "verified at load",
             "test accuracy": test.get("accuracy"),
@@ -107,8 +108,10 @@ if pipeline is not None:
         "epochs": st.column_config.NumberColumn(
             help="Training epochs over every run the shipped weights continued"),
     })
+    note = getattr(pipeline.ensemble, "precision_note", "")
     st.caption(f"Final decision: {pipeline.ensemble.method}. Each weight file's SHA-256 is "
-               "checked against its config.json before the model is built.")
+               "checked against its config.json before the model is built."
+               + (f" Base classifiers' precision: {note}." if note else ""))
     if tiny:
         st.error("These are **tiny, randomly initialised test artifacts**: every prediction "
                  "is meaningless. Point NEUROSTACK_ARTIFACTS at the trained models.",

@@ -159,7 +159,40 @@ def _parser() -> argparse.ArgumentParser:
         "e.g. resnet50=bfloat16,vgg19=bfloat16",
     )
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="when the verdict is 'unchanged', write ARTIFACTS/classification/precision.json "
+        "so that the precision 'auto' (the default) uses this spec on CPUs with native bfloat16",
+    )
     return p
+
+
+def record_check(artifacts: Path, per_model: dict[str, str], report: dict[str, Any],
+                 command: str) -> Path:
+    """Write the record of a passed check next to the classifiers; return its path.
+
+    Raises:
+        ValueError: If the check did not pass or does not pin every model
+            (:func:`ensemble.precision.make_record`).
+    """
+    from datetime import datetime, timezone
+
+    from ensemble.precision import RECORD_FILE, current_weights_sha256, make_record
+
+    folder = artifacts / "classification"
+    record = make_record(
+        per_model,
+        report,
+        current_weights_sha256(folder),
+        recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command=command,
+    )
+    path = folder / RECORD_FILE
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(record, indent=2) + "\n")
+    part.replace(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +244,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"verdict: {report['verdict']} (tolerance {args.tolerance})")
     print(f"recommended precision: {report['recommended_precision']}")
+    if args.record:
+        if not unchanged:
+            print("not recorded: an accuracy changed; check the recommended spec with "
+                  "--precision SPEC --record", file=sys.stderr)
+            return 1
+        command = "python benchmarks/precision_check.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        try:
+            path = record_check(args.artifacts, per_model, report, command)
+        except ValueError as exc:
+            print(f"not recorded: {exc}", file=sys.stderr)
+            return 1
+        print(f"recorded: {path}")
     return 0 if unchanged else 1
 
 

@@ -497,6 +497,8 @@ def print_table(report: dict[str, Any], out: Any = sys.stdout) -> None:
         f"\nNeuroStack benchmark  ({art['kind']} artifacts: {art['dir']}; "
         f"precision {report['config']['precision']})\n"
     )
+    if report["config"].get("precision_note"):
+        w(f"precision: {report['config']['precision_note']}\n")
     if report["config"].get("runtimes"):
         runtimes = ", ".join(f"{n} {r}" for n, r in report["config"]["runtimes"].items())
         w(f"runtimes: {runtimes}; test-time augmentation {report['config'].get('tta')}\n")
@@ -619,8 +621,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        default="float32",
-        help="float32, bfloat16, or per model, e.g. resnet50=bfloat16,vgg19=bfloat16",
+        default="auto",
+        help="auto (default, as the dashboard: the recorded bfloat16 check on a CPU with "
+        "native bfloat16, else float32), float32, bfloat16, or per model, e.g. "
+        "resnet50=bfloat16,vgg19=bfloat16",
     )
     p.add_argument(
         "--tta",
@@ -675,7 +679,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ensemble.inference import format_precision, parse_precision
 
     try:
-        args.precision = format_precision(parse_precision(args.precision))
+        if args.precision != "auto":
+            args.precision = format_precision(parse_precision(args.precision))
     except ValueError as exc:
         parser.error(str(exc))
     t_run = time.perf_counter()
@@ -788,6 +793,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "artifacts": art_info,
         "config": {
             "precision": args.precision,
+            "precision_per_model": {
+                n: i["precision"] for n, i in pipe.model_info.items() if "precision" in i
+            },
+            "precision_note": getattr(pipe.ensemble, "precision_note", ""),
             "tta": pipe.ensemble.tta,
             "runtimes": getattr(pipe.ensemble, "runtimes", None),
             "repeats": args.repeats,

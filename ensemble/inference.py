@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ensemble.precision import AUTO, auto_precision
 from ensemble.registry import BACKBONES, get_backbone, preprocess_array
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import (
@@ -542,6 +543,8 @@ class Ensemble:
         self.members = members
         self.meta = meta
         self.missing = missing or []
+        self.precision_note = ""
+        """How the members' precisions were chosen (set by :func:`load_ensemble`)."""
         self._lock = threading.Lock()
         self.sizes: tuple[int, ...] = tuple(sorted({c.input_size for c in members.values()}))
         in_tf = all(c.runtime == "tensorflow" for c in members.values())
@@ -673,7 +676,10 @@ def load_ensemble(
         precision: Base-classifier precision, ``"float32"`` (default) or ``"bfloat16"``,
             or one per model (:func:`parse_precision`, e.g. ``"resnet50=bfloat16"``)
             (faster on CPUs with AVX512_BF16; check accuracy first with
-            ``benchmarks/precision_check.py``). The meta-learner stays float32.
+            ``benchmarks/precision_check.py``), or ``"auto"``: the recorded check's
+            spec on a CPU with native bfloat16, else float32
+            (:func:`ensemble.precision.auto_precision`; the reason is kept in
+            ``Ensemble.precision_note``). The meta-learner stays float32.
         fused: Run all models in one compiled graph (default) instead of one call each.
         fold_batchnorm: Fold BatchNormalization into convolutions for inference
             (default: only with ``"bfloat16"``; see :func:`load_classifier`).
@@ -695,7 +701,12 @@ def load_ensemble(
     if tta is not None:
         check_tta(tta)
     root = Path(classification_dir)
-    per_model = parse_precision(precision)
+    if isinstance(precision, str) and precision.strip() == AUTO:
+        per_model, precision_note = auto_precision(root)
+        log.info("classifier precision %s", precision_note)
+    else:
+        per_model = parse_precision(precision)
+        precision_note = f"{format_precision(per_model)}: as requested"
     if runtime is None:
         runtime = os.environ.get(RUNTIME_ENV, "").strip() or "auto"
     runtimes = parse_runtime(runtime)
@@ -734,7 +745,9 @@ def load_ensemble(
         raise ArtifactError("No classifier artifacts found: " + "; ".join(missing))
     if tta is None:
         tta = meta.config.get("input_tta", "none") if meta is not None else "none"
-    return Ensemble(members, meta, missing, fused=fused, tta=tta)
+    ens = Ensemble(members, meta, missing, fused=fused, tta=tta)
+    ens.precision_note = precision_note
+    return ens
 
 
 def prepare_litert(classification_dir: str | Path, runtime: str | None = None) -> dict[str, Path]:

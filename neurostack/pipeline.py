@@ -473,9 +473,11 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
         limits: Input size limits for decoding.
         precision: Precision of the base classifiers, ``"float32"`` or ``"bfloat16"``,
             or per model such as ``"resnet50=bfloat16,vgg19=bfloat16"`` (see
-            :func:`ensemble.inference.parse_precision`). ``None`` (default) reads
-            ``$NEUROSTACK_PRECISION`` and falls back to ``"float32"``, so a deployment
-            can switch after ``benchmarks/precision_check.py`` without code changes.
+            :func:`ensemble.inference.parse_precision`), or ``"auto"``: bfloat16 only
+            for the models whose test-split accuracy ``benchmarks/precision_check.py
+            --record`` found unchanged, and only on a CPU with native bfloat16
+            (:func:`ensemble.precision.auto_precision`). ``None`` (default) reads
+            ``$NEUROSTACK_PRECISION`` and falls back to ``"auto"``.
         warm_up: Run every model once before returning (:meth:`Pipeline.warm_up`).
         tta: The base classifiers' test-time augmentation (``"none"`` or ``"hflip"``).
             ``None`` (default) reads ``$NEUROSTACK_TTA`` and falls back to the one the
@@ -491,7 +493,7 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
     from ensemble.inference import load_ensemble
 
     if precision is None:
-        precision = os.environ.get(PRECISION_ENV, "").strip() or "float32"
+        precision = os.environ.get(PRECISION_ENV, "").strip() or "auto"
     if tta is None:
         tta = os.environ.get(TTA_ENV, "").strip() or None
     root = Path(artifacts_dir)

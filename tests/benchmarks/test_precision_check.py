@@ -47,3 +47,32 @@ def test_bad_spec_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         precision_check.main(["--data-dir", str(tmp_path), "--precision", "resnet18=bfloat16"])
     assert "allowed" in capsys.readouterr().err
+
+
+def test_record_lets_auto_use_the_checked_spec(tiny_artifacts: Path, make_dataset_dir,
+                                              tmp_path: Path) -> None:
+    import shutil
+
+    from ensemble.precision import RECORD_FILE, auto_precision, read_record
+
+    art = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts / "classification", art / "classification")
+    data = make_dataset_dir(1, seed=3)
+    rows = [{"path": p.relative_to(data).as_posix(), "label": p.parent.name, "group": i,
+             "split": "test"} for i, p in enumerate(sorted(data.glob("*/*.png")))]
+    split = tmp_path / "split.csv"
+    pd.DataFrame(rows).to_csv(split, index=False)
+    args = ["--artifacts", str(art), "--data-dir", str(data), "--split-csv", str(split),
+            "--precision", "xception=bfloat16,vgg19=bfloat16", "--record"]
+    # tolerance 1: any accuracy change is accepted, so the check passes and is recorded
+    assert precision_check.main([*args, "--tolerance", "1"]) == 0
+    record = read_record(art / "classification")
+    assert record["precision"] == "xception=bfloat16,vgg19=bfloat16"
+    assert record["checked_on"]["n_images"] == 4 and record["tolerance"] == 1.0
+    assert "--record" in record["command"]
+    per_model, _ = auto_precision(art / "classification", frozenset({"avx512_bf16"}))
+    assert per_model == parse_precision("xception=bfloat16,vgg19=bfloat16")
+    # a check that cannot pass (negative tolerance) writes nothing and fails
+    (art / "classification" / RECORD_FILE).unlink()
+    assert precision_check.main([*args, "--tolerance", "-1"]) == 1
+    assert not (art / "classification" / RECORD_FILE).exists()

@@ -15,6 +15,9 @@ def test_home_shows_purpose_models_metrics_and_links(make_app):
         models["model"])
     assert models["weights sha256"].str.len().eq(12).all()
     assert models["checksum"].str.contains("verified").all()
+    # no recorded bfloat16 check for the tiny artifacts: float32 everywhere, and why
+    assert not models["runs in"].str.contains("bfloat16").any()
+    assert any("Base classifiers' precision: float32: " in c.value for c in at.caption)
     labels = {m.label for m in at.metric}
     assert {"Accuracy", "Macro F1", "Macro ROC AUC", "Mean Dice"} <= labels
     # the tiny test artifacts are flagged as meaningless

@@ -1,0 +1,141 @@
+"""ensemble.precision: the recorded bfloat16 check and the "auto" precision it drives."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ensemble import precision as prec
+from ensemble.registry import BACKBONES
+
+NATIVE = frozenset({"avx2", "avx512f", "avx512_bf16"})
+AVX2 = frozenset({"avx2", "fma"})
+SHAS = {name: f"{i:064x}" for i, name in enumerate((*BACKBONES, "meta"), start=1)}
+
+
+def _report(verdict: str = "unchanged", n: int = 10) -> dict:
+    models = {
+        name: {"accuracy_float32": 0.9, "accuracy_bfloat16": 0.9, "agreement": 1.0,
+               "max_abs_probability_difference": 0.01}
+        for name in (*BACKBONES, "ensemble")
+    }
+    return {"verdict": verdict, "n_images": n, "models": models, "split_csv": "split.csv",
+            "part": "test", "tolerance": 0.0}
+
+
+def _tree(root: Path, shas: dict[str, str] = SHAS) -> Path:
+    for name, sha in shas.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "config.json").write_text(json.dumps({"weights_sha256": sha}))
+    return root
+
+
+def _spec(**bf16: bool) -> dict[str, str]:
+    return {n: "bfloat16" if bf16.get(n) else "float32" for n in BACKBONES}
+
+
+def _write(root: Path, record: dict) -> None:
+    (root / prec.RECORD_FILE).write_text(json.dumps(record))
+
+
+def test_make_record_pins_every_checksum_and_keeps_only_the_bfloat16_models() -> None:
+    rec = prec.make_record(_spec(resnet50=True, vgg19=True), _report(), SHAS,
+                           recorded_at="2026-12-06T11:00:00+00:00", command="cmd")
+    assert rec["precision"] == "resnet50=bfloat16,vgg19=bfloat16"
+    assert rec["weights_sha256"] == SHAS
+    assert rec["checked_on"] == {"split_csv": "split.csv", "part": "test", "n_images": 10}
+    assert set(rec["accuracy"]) == {*BACKBONES, "ensemble"}
+    assert rec["accuracy"]["ensemble"]["bfloat16"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("per_model", "report", "shas", "message"),
+    [
+        (_spec(resnet50=True), _report("changed"), SHAS, "verdict 'changed'"),
+        (_spec(resnet50=True), _report(n=0), SHAS, "on 0 images"),
+        (_spec(), _report(), SHAS, "uses no bfloat16"),
+        ({"resnet50": "bfloat16"}, _report(), SHAS, "per_model must give"),
+        (_spec(vgg19=True), _report(), {k: v for k, v in SHAS.items() if k != "meta"},
+         "lacks ['meta']"),
+    ],
+)
+def test_make_record_refuses_what_was_not_checked(per_model, report, shas, message) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        prec.make_record(per_model, report, shas, recorded_at="t")
+
+
+def test_auto_is_float32_without_native_bfloat16_even_with_a_record(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    _write(root, prec.make_record(_spec(resnet50=True), _report(), SHAS, recorded_at="t"))
+    per_model, why = prec.auto_precision(root, AVX2)
+    assert per_model == _spec()
+    assert "no native bfloat16" in why
+
+
+def test_auto_round_trip_uses_the_recorded_spec_on_a_native_cpu(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    _write(root, prec.make_record(_spec(xception=True, resnet50=True), _report(), SHAS,
+                                  recorded_at="t"))
+    per_model, why = prec.auto_precision(root, NATIVE)
+    assert per_model == _spec(xception=True, resnet50=True)
+    assert why.startswith("xception=bfloat16,resnet50=bfloat16: accuracy unchanged")
+    assert "test split, 10 slices" in why
+
+
+def test_auto_is_float32_without_a_record(tmp_path: Path) -> None:
+    per_model, why = prec.auto_precision(_tree(tmp_path), NATIVE)
+    assert per_model == _spec() and "no precision.json" in why
+
+
+@pytest.mark.parametrize("changed", ["resnet50", "meta"])
+def test_auto_refuses_a_record_made_for_other_weights(tmp_path: Path, changed: str) -> None:
+    root = _tree(tmp_path)
+    _write(root, prec.make_record(_spec(resnet50=True), _report(), SHAS, recorded_at="t"))
+    _tree(root, {changed: "f" * 64})  # the model was retrained after the check
+    per_model, why = prec.auto_precision(root, NATIVE)
+    assert per_model == _spec()
+    assert f"other weights of {changed}" in why
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "unreadable precision record"),
+        (json.dumps({"format": 99, "precision": "bfloat16", "weights_sha256": {}}),
+         "not a precision record of format 1"),
+        (json.dumps({"format": 1, "precision": "resnet18=bfloat16", "weights_sha256": SHAS}),
+         "allowed"),
+    ],
+)
+def test_a_broken_record_means_float32_with_the_reason(tmp_path: Path, text: str,
+                                                       message: str) -> None:
+    root = _tree(tmp_path)
+    (root / prec.RECORD_FILE).write_text(text)
+    per_model, why = prec.auto_precision(root, NATIVE)
+    assert per_model == _spec()
+    assert message in why
+    if "unreadable" in message or "format 1" in message:
+        with pytest.raises(ValueError, match=message):
+            prec.read_record(root)
+
+
+def test_load_ensemble_auto_follows_the_record(tiny_artifacts: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from ensemble.inference import load_ensemble
+
+    root = tmp_path / "classification"
+    shutil.copytree(tiny_artifacts / "classification", root)
+    shas = prec.current_weights_sha256(root)
+    assert set(shas) == {*BACKBONES, "meta"}
+    _write(root, prec.make_record(_spec(vgg19=True), _report(), shas, recorded_at="t"))
+    monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: True)
+    ens = load_ensemble(root, precision="auto", runtime="tensorflow")
+    assert {n: c.precision for n, c in ens.members.items()} == _spec(vgg19=True)
+    assert ens.precision_note.startswith("vgg19=bfloat16: accuracy unchanged")
+    monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: False)
+    ens = load_ensemble(root, precision="auto", runtime="tensorflow")
+    assert {c.precision for c in ens.members.values()} == {"float32"}
+    assert "no native bfloat16" in ens.precision_note
