@@ -139,3 +139,19 @@ def test_load_ensemble_auto_follows_the_record(tiny_artifacts: Path, tmp_path: P
     ens = load_ensemble(root, precision="auto", runtime="tensorflow")
     assert {c.precision for c in ens.members.values()} == {"float32"}
     assert "no native bfloat16" in ens.precision_note
+
+
+def test_auto_runtime_keeps_one_graph_once_a_member_is_bfloat16(
+        tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ensemble.inference import AUTO_RUNTIMES, load_ensemble
+    from neurostack.litert import litert_available
+
+    root = tmp_path / "classification"
+    shutil.copytree(tiny_artifacts / "classification", root)
+    _write(root, prec.make_record(_spec(resnet50=True), _report(),
+                                  prec.current_weights_sha256(root), recorded_at="t"))
+    monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: True)
+    ens = load_ensemble(root, precision="auto", runtime="auto")
+    assert set(ens.runtimes.values()) == {"tensorflow"} and ens._fused is not None
+    if litert_available():  # all float32: the measured per-model runtimes
+        assert load_ensemble(root, precision="float32", runtime="auto").runtimes == AUTO_RUNTIMES
