@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.precision import AUTO, auto_precision
+from ensemble.precision import AUTO, PRECISION_ENV, auto_precision
 from ensemble.registry import BACKBONES, get_backbone, preprocess_array
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import (
@@ -659,6 +659,42 @@ class Ensemble:
         return np.mean([per_model[n] for n in self.members], axis=0)
 
 
+def resolve_precision(
+    precision: str | Mapping[str, str], classification_dir: str | Path
+) -> tuple[dict[str, str], str]:
+    """``({backbone: precision}, how it was chosen)`` for a spec, ``"auto"`` included.
+
+    ``"auto"`` follows :func:`ensemble.precision.auto_precision`; any other spec goes
+    through :func:`parse_precision` (``ValueError`` if malformed).
+    """
+    if isinstance(precision, str) and precision.strip() == AUTO:
+        return auto_precision(classification_dir)
+    per_model = parse_precision(precision)
+    return per_model, f"{format_precision(per_model)}: as requested"
+
+
+def resolve_runtimes(
+    runtime: str | Mapping[str, str] | None,
+    per_model: Mapping[str, str],
+    *,
+    fold_batchnorm: bool | None = None,
+) -> dict[str, str]:
+    """Per-backbone runtime for :func:`load_ensemble` given the resolved precisions.
+
+    ``None`` reads ``$NEUROSTACK_RUNTIME``, else ``"auto"``. ``"auto"`` is
+    :data:`AUTO_RUNTIMES` while every model is float32 and unfolded; otherwise every
+    model runs in TensorFlow, where bfloat16 and folding exist, in one fused graph
+    (on the AVX512_BF16 host, 2026-12-06: 0.658 s vs 0.678 s per slice, median of 72
+    interleaved calls, against InceptionV3 alone in LiteRT).
+    """
+    if runtime is None:
+        runtime = os.environ.get(RUNTIME_ENV, "").strip() or "auto"
+    runtimes = parse_runtime(runtime)
+    if runtime == "auto" and (fold_batchnorm or set(per_model.values()) != {"float32"}):
+        runtimes = dict.fromkeys(BACKBONES, "tensorflow")
+    return runtimes
+
+
 def load_ensemble(
     classification_dir: str | Path,
     *,
@@ -704,20 +740,9 @@ def load_ensemble(
     if tta is not None:
         check_tta(tta)
     root = Path(classification_dir)
-    if isinstance(precision, str) and precision.strip() == AUTO:
-        per_model, precision_note = auto_precision(root)
-        log.info("classifier precision %s", precision_note)
-    else:
-        per_model = parse_precision(precision)
-        precision_note = f"{format_precision(per_model)}: as requested"
-    if runtime is None:
-        runtime = os.environ.get(RUNTIME_ENV, "").strip() or "auto"
-    runtimes = parse_runtime(runtime)
-    if runtime == "auto" and (fold_batchnorm or set(per_model.values()) != {"float32"}):
-        # bfloat16 runs in TensorFlow; keeping every member there keeps the one fused
-        # graph: on the AVX512_BF16 host (2026-12-06) 0.658 s vs 0.678 s per slice
-        # (median of 72 interleaved calls) against InceptionV3 alone in LiteRT
-        runtimes = dict.fromkeys(BACKBONES, "tensorflow")
+    per_model, precision_note = resolve_precision(precision, root)
+    log.info("classifier precision %s", precision_note)
+    runtimes = resolve_runtimes(runtime, per_model, fold_batchnorm=fold_batchnorm)
     members: dict[str, LoadedClassifier] = {}
     missing: list[str] = []
     for name in BACKBONES:
@@ -754,15 +779,24 @@ def load_ensemble(
     return ens
 
 
-def prepare_litert(classification_dir: str | Path, runtime: str | None = None) -> dict[str, Path]:
+def prepare_litert(
+    classification_dir: str | Path,
+    runtime: str | None = None,
+    precision: str | Mapping[str, str] | None = None,
+) -> dict[str, Path]:
     """Fill the LiteRT cache for every base model that runs there; return their files.
 
-    ``runtime`` as in :func:`load_ensemble` (default ``"auto"``). Models whose
+    ``runtime`` and ``precision`` as in :func:`load_ensemble`; ``None`` reads
+    ``$NEUROSTACK_RUNTIME`` / ``$NEUROSTACK_PRECISION``, else ``"auto"`` (so nothing
+    is converted where ``"auto"`` runs every model in TensorFlow). Models whose
     folder is missing are skipped.
     """
     root = Path(classification_dir)
+    if precision is None:
+        precision = os.environ.get(PRECISION_ENV, "").strip() or AUTO
+    per_model, _ = resolve_precision(precision, root)
     out: dict[str, Path] = {}
-    for name, rt in parse_runtime(runtime).items():
+    for name, rt in resolve_runtimes(runtime, per_model).items():
         if rt == "litert" and (root / name / CONFIG_FILE).exists():
             out[name] = load_classifier(root / name, runtime="litert")._fn.path
     return out

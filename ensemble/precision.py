@@ -37,6 +37,8 @@ from neurostack.hardware import has_native_bfloat16
 
 log = logging.getLogger(__name__)
 
+PRECISION_ENV = "NEUROSTACK_PRECISION"
+"""Environment variable giving the default classifier precision (``"auto"`` if unset)."""
 AUTO = "auto"
 """Precision spec resolved from the recorded check and the CPU (:func:`auto_precision`)."""
 RECORD_FILE = "precision.json"

@@ -253,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ensemble.inference import prepare_litert
 
-    for name, path in prepare_litert(Path(args.artifacts) / "classification").items():
+    paths = prepare_litert(Path(args.artifacts) / "classification")
+    for name, path in paths.items():
         print(f"{name}: {path}")
+    if not paths:
+        print("nothing to convert: every base model runs in TensorFlow here "
+              "(see NEUROSTACK_RUNTIME / NEUROSTACK_PRECISION)")
     return 0
 
 

@@ -38,8 +38,6 @@ LOW_CONFIDENCE = 0.6
 COLOUR_LIMIT = 8.0
 """Mean channel difference above which an image is flagged as not a greyscale MRI."""
 SPACING_SOURCES = ("dicom", "user", "assumed", "none")
-PRECISION_ENV = "NEUROSTACK_PRECISION"
-"""Environment variable giving :func:`load_pipeline`'s default classifier precision."""
 TTA_ENV = "NEUROSTACK_TTA"
 """Environment variable giving :func:`load_pipeline`'s default test-time augmentation."""
 
@@ -491,6 +489,7 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
         ArtifactError: Naming missing (strict) or corrupt artifacts.
     """
     from ensemble.inference import load_ensemble
+    from ensemble.precision import PRECISION_ENV
 
     if precision is None:
         precision = os.environ.get(PRECISION_ENV, "").strip() or "auto"

@@ -103,6 +103,23 @@ def test_evaluation_records_were_made_with_the_shipped_weights() -> None:
         assert json.loads(path.read_text())["artifact"]["weights_sha256"] == seg_sha, path
 
 
+def test_bfloat16_record_pins_the_shipped_weights() -> None:
+    """A retrained model without a new precision check would silently fall back to float32."""
+    from ensemble.precision import auto_precision, read_record
+
+    root = ART / "classification"
+    record = read_record(root)
+    if record is None:
+        pytest.skip("no bfloat16 check recorded")
+    assert record["checked_on"]["part"] == "test" and record["tolerance"] == 0.0
+    per_model, why = auto_precision(root, frozenset({"avx512_bf16"}))
+    assert "accuracy unchanged" in why, why
+    assert {n for n, p in per_model.items() if p == "bfloat16"} == {
+        e.split("=")[0] for e in record["precision"].split(",")}
+    for name, acc in record["accuracy"].items():  # the check itself: nothing moved
+        assert acc["float32"] == acc["bfloat16"], name
+
+
 def test_all_weights_together_stay_under_200_mb() -> None:
     total = sum(p.stat().st_size for p in ART.rglob("weights.npz"))
     assert total < 200 * MB, f"{total / MB:.1f} MB of weights"

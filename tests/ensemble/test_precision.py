@@ -155,3 +155,23 @@ def test_auto_runtime_keeps_one_graph_once_a_member_is_bfloat16(
     assert set(ens.runtimes.values()) == {"tensorflow"} and ens._fused is not None
     if litert_available():  # all float32: the measured per-model runtimes
         assert load_ensemble(root, precision="float32", runtime="auto").runtimes == AUTO_RUNTIMES
+
+
+def test_prepare_litert_converts_nothing_when_auto_runs_all_in_tensorflow(
+        tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ensemble.inference import prepare_litert
+    from neurostack import litert
+
+    root = tmp_path / "classification"
+    shutil.copytree(tiny_artifacts / "classification", root)
+    _write(root, prec.make_record(_spec(xception=True), _report(),
+                                  prec.current_weights_sha256(root), recorded_at="t"))
+    monkeypatch.setenv(litert.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(prec.PRECISION_ENV, raising=False)
+    monkeypatch.delenv("NEUROSTACK_RUNTIME", raising=False)  # tests/conftest.py sets it
+    monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: True)
+    assert prepare_litert(root) == {}
+    assert not (tmp_path / "cache").exists()
+    if litert.litert_available():  # without native bfloat16: the float32 LiteRT members
+        monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: False)
+        assert set(prepare_litert(root)) == {"xception", "inceptionv3", "resnet50"}
