@@ -41,6 +41,18 @@ def _write(root: Path, record: dict) -> None:
     (root / prec.RECORD_FILE).write_text(json.dumps(record))
 
 
+def _recorded_copy(tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                   **bf16: bool) -> Path:
+    """Copy of the tiny classifiers with a passed check recorded for ``bf16``, on a native CPU."""
+    root = tmp_path / "classification"
+    shutil.copytree(tiny_artifacts / "classification", root)
+    shas = prec.current_weights_sha256(root)
+    assert set(shas) == {*BACKBONES, "meta"}
+    _write(root, prec.make_record(_spec(**bf16), _report(), shas, recorded_at="t"))
+    monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: True)
+    return root
+
+
 def test_make_record_pins_every_checksum_and_keeps_only_the_bfloat16_models() -> None:
     rec = prec.make_record(_spec(resnet50=True, vgg19=True), _report(), SHAS,
                            recorded_at="2026-12-06T11:00:00+00:00", command="cmd")
@@ -126,12 +138,7 @@ def test_load_ensemble_auto_follows_the_record(tiny_artifacts: Path, tmp_path: P
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from ensemble.inference import load_ensemble
 
-    root = tmp_path / "classification"
-    shutil.copytree(tiny_artifacts / "classification", root)
-    shas = prec.current_weights_sha256(root)
-    assert set(shas) == {*BACKBONES, "meta"}
-    _write(root, prec.make_record(_spec(vgg19=True), _report(), shas, recorded_at="t"))
-    monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: True)
+    root = _recorded_copy(tiny_artifacts, tmp_path, monkeypatch, vgg19=True)
     ens = load_ensemble(root, precision="auto", runtime="tensorflow")
     assert {n: c.precision for n, c in ens.members.items()} == _spec(vgg19=True)
     assert ens.precision_note.startswith("vgg19=bfloat16: accuracy unchanged")
@@ -146,11 +153,7 @@ def test_auto_runtime_keeps_one_graph_once_a_member_is_bfloat16(
     from ensemble.inference import AUTO_RUNTIMES, load_ensemble
     from neurostack.litert import litert_available
 
-    root = tmp_path / "classification"
-    shutil.copytree(tiny_artifacts / "classification", root)
-    _write(root, prec.make_record(_spec(resnet50=True), _report(),
-                                  prec.current_weights_sha256(root), recorded_at="t"))
-    monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: True)
+    root = _recorded_copy(tiny_artifacts, tmp_path, monkeypatch, resnet50=True)
     ens = load_ensemble(root, precision="auto", runtime="auto")
     assert set(ens.runtimes.values()) == {"tensorflow"} and ens._fused is not None
     if litert_available():  # all float32: the measured per-model runtimes
@@ -162,14 +165,10 @@ def test_prepare_litert_converts_nothing_when_auto_runs_all_in_tensorflow(
     from ensemble.inference import prepare_litert
     from neurostack import litert
 
-    root = tmp_path / "classification"
-    shutil.copytree(tiny_artifacts / "classification", root)
-    _write(root, prec.make_record(_spec(xception=True), _report(),
-                                  prec.current_weights_sha256(root), recorded_at="t"))
+    root = _recorded_copy(tiny_artifacts, tmp_path, monkeypatch, xception=True)
     monkeypatch.setenv(litert.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(prec.PRECISION_ENV, raising=False)
     monkeypatch.delenv("NEUROSTACK_RUNTIME", raising=False)  # tests/conftest.py sets it
-    monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: True)
     assert prepare_litert(root) == {}
     assert not (tmp_path / "cache").exists()
     if litert.litert_available():  # without native bfloat16: the float32 LiteRT members
