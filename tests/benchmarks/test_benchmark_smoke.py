@@ -67,7 +67,10 @@ def test_benchmark_runs_and_reports_every_number(bench_artifacts: Path, tmp_path
     assert data["artifacts"]["dir"] == str(bench_artifacts.resolve())
     start = data["conditions"]["start"]
     assert len(start["loadavg_1_5_15"]) == 3 and isinstance(start["busy_processes"], list)
-    assert data["config"]["precision"] == "float32" and data["config"]["tta"] == "hflip"
+    assert data["config"]["precision"] == "auto" and data["config"]["tta"] == "hflip"
+    # no bfloat16 check recorded for the tiny tree: "auto" is float32 everywhere, and says why
+    assert set(data["config"]["precision_per_model"].values()) == {"float32"}
+    assert data["config"]["precision_note"].startswith("float32: ")
     assert data["config"]["runtimes"] == {
         "xception": "tensorflow", "inceptionv3": "tensorflow", "resnet50": "litert",
         "vgg19": "tensorflow",
