@@ -6,6 +6,10 @@ look like two acquisition series. The classes are not spread evenly over them, s
 a per-class score mixes a class effect with a series effect; :func:`cohort_table`
 separates them. Patient ids are used for grouping and resampling only and never
 appear in the output.
+
+:func:`tumour_contrast_sd` and :func:`contrast_table` look at the image instead
+of the id: how much brighter the outlined tumour is than the rest of the head on
+these contrast-enhanced T1 slices, and the Dice in bands of that contrast.
 """
 
 from __future__ import annotations
@@ -92,6 +96,29 @@ def cohort_table(
     return pd.DataFrame(rows)
 
 
+def _covering_split(
+    per_image: pd.DataFrame, split_csv: str | Path, columns: set[str]
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Read the split for ``per_image``; ``None`` if either is unusable.
+
+    Returns ``(per_image with str ids, split)`` when ``per_image`` has ``columns``
+    and rows and the split file is readable, has ``id, patient_id`` and covers
+    every slice.
+    """
+    if per_image.empty or not columns <= set(per_image.columns):
+        return None
+    try:
+        split = pd.read_csv(Path(split_csv), dtype=str)
+    except (OSError, ValueError):  # missing, unreadable or not a CSV
+        return None
+    if not {"id", "patient_id"} <= set(split.columns):
+        return None
+    per_image = per_image.assign(id=per_image["id"].astype(str))
+    if not set(per_image["id"]) <= set(split["id"]):
+        return None
+    return per_image, split
+
+
 def cohort_summary(per_image: pd.DataFrame, split_csv: str | Path) -> pd.DataFrame | None:
     """Return the per-cohort rows of :func:`cohort_table` over all classes, for display.
 
@@ -101,18 +128,10 @@ def cohort_summary(per_image: pd.DataFrame, split_csv: str | Path) -> pd.DataFra
     dice`` columns or rows, or when some slice has no patient in the split (e.g. an
     evaluation of other data), so a report can simply leave the table out.
     """
-    split_csv = Path(split_csv)
-    if per_image.empty or not {"id", "label", "dice"} <= set(per_image.columns):
+    found = _covering_split(per_image, split_csv, {"id", "label", "dice"})
+    if found is None:
         return None
-    try:
-        split = pd.read_csv(split_csv, dtype=str)
-    except (OSError, ValueError):  # missing, unreadable or not a CSV
-        return None
-    if not {"id", "patient_id"} <= set(split.columns):
-        return None
-    per_image = per_image.assign(id=per_image["id"].astype(str))
-    if not set(per_image["id"]) <= set(split["id"]):
-        return None
+    per_image, split = found
     table = cohort_table(per_image, split)
     table = table[table["label"] == "all"].drop(columns="label").reset_index(drop=True)
     table["ci95"] = [
@@ -120,3 +139,109 @@ def cohort_summary(per_image: pd.DataFrame, split_csv: str | Path) -> pd.DataFra
         for lo, hi in zip(table["ci95_low"], table["ci95_high"], strict=True)
     ]
     return table
+
+
+BRAIN_MIN = 20
+"""Grey level (of 0-255) above which a pixel outside the tumour counts as head tissue."""
+CONTRAST_EDGES: tuple[float, ...] = (0.0, 0.5, 1.0)
+"""Upper edges (SD units) of the contrast bands of :func:`contrast_band`; the last band is open."""
+
+
+def tumour_contrast_sd(image: np.ndarray, mask: np.ndarray, *, brain_min: float = BRAIN_MIN
+                       ) -> float:
+    """Contrast of the outlined tumour against the rest of the head, in standard deviations.
+
+    Args:
+        image: ``(H, W)`` grey levels (uint8 0-255 or any real dtype on that scale).
+        mask: ``(H, W)`` reference tumour mask (non-zero = tumour), same shape.
+        brain_min: Pixels outside the mask count as head tissue above this level.
+
+    Returns:
+        ``(mean(tumour) - median(tissue)) / std(tissue)``: about 0 for a tumour no
+        brighter than its surroundings, positive when it enhances. NaN for an
+        empty mask, fewer than two tissue pixels or a uniform tissue.
+
+    Raises:
+        ValueError: If the shapes differ or the image is not 2-D.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    m = np.asarray(mask).astype(bool)
+    if img.ndim != 2 or img.shape != m.shape:
+        raise ValueError(
+            f"image and mask must be the same 2-D shape; received {img.shape} and {m.shape}"
+        )
+    tissue = img[~m & (img > brain_min)]
+    if not m.any() or tissue.size < 2 or float(tissue.std()) == 0.0:
+        return float("nan")
+    return float((img[m].mean() - np.median(tissue)) / tissue.std())
+
+
+def contrast_band(contrast_sd: pd.Series, edges: tuple[float, ...] = CONTRAST_EDGES) -> pd.Series:
+    """Label each contrast with its band: ``"<= 0"``, ``"0-0.5"``, ``"0.5-1"``, ``"> 1"``.
+
+    Bands are closed on the right (a contrast equal to an edge falls in the lower
+    band); NaN stays NaN. ``edges`` must be increasing.
+    """
+    if list(edges) != sorted(set(edges)) or not edges:
+        raise ValueError(f"edges must be increasing and non-empty; received {edges}")
+    labels = [f"<= {edges[0]:g}"]
+    labels += [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    labels.append(f"> {edges[-1]:g}")
+    bands = pd.cut(contrast_sd, [-np.inf, *edges, np.inf], labels=labels, right=True)
+    return bands.astype(object).where(bands.notna(), np.nan)
+
+
+def contrast_table(
+    per_image: pd.DataFrame, split: pd.DataFrame, *, miss_below: float = MISS_DICE
+) -> pd.DataFrame:
+    """Dice per tumour-contrast band, and how much of each band each id series makes up.
+
+    Args:
+        per_image: ``id, dice, tumour_contrast_sd`` rows (one per slice, as in
+            ``per_image.csv`` of ``segmentation.evaluate``; NaN contrasts are left out).
+        split: ``id, patient_id`` rows covering every id of ``per_image``.
+        miss_below: A slice with Dice below this is a missed tumour.
+
+    Returns:
+        One row per band present, in band order: ``band, slices, patients,
+        mean_dice, median_dice, missed_share, alphanumeric_share`` (the fraction of
+        the band's slices from alphanumeric-id patients).
+
+    Raises:
+        ValueError: If a slice has no patient in ``split``.
+    """
+    df = per_image.dropna(subset=["tumour_contrast_sd"]).merge(
+        split[["id", "patient_id"]], on="id", how="left")
+    if df["patient_id"].isna().any():
+        raise ValueError(f"{int(df['patient_id'].isna().sum())} slices have no patient")
+    df["band"] = contrast_band(df["tumour_contrast_sd"])
+    df["alnum"] = cohort_of(df["patient_id"]) == COHORTS[1]
+    order = list(dict.fromkeys(contrast_band(pd.Series([-1.0, *CONTRAST_EDGES[1:], 1e9]))))
+    rows = []
+    for band in order:
+        sub = df[df["band"] == band]
+        if sub.empty:
+            continue
+        rows.append({
+            "band": band,
+            "slices": len(sub),
+            "patients": int(sub["patient_id"].nunique()),
+            "mean_dice": float(sub["dice"].mean()),
+            "median_dice": float(sub["dice"].median()),
+            "missed_share": float((sub["dice"] < miss_below).mean()),
+            "alphanumeric_share": float(sub["alnum"].mean()),
+        })
+    return pd.DataFrame(rows)
+
+
+def contrast_summary(per_image: pd.DataFrame, split_csv: str | Path) -> pd.DataFrame | None:
+    """Return :func:`contrast_table` for display, or ``None`` when it cannot be computed.
+
+    ``None`` when ``per_image`` lacks ``id, dice, tumour_contrast_sd`` (records made
+    before the column existed) or every contrast is NaN, or on the same split
+    problems as :func:`cohort_summary`.
+    """
+    found = _covering_split(per_image, split_csv, {"id", "dice", "tumour_contrast_sd"})
+    if found is None or found[0]["tumour_contrast_sd"].isna().all():
+        return None
+    return contrast_table(*found)

@@ -14,7 +14,9 @@ empty-mask policy of :mod:`segmentation.metrics`.
 
 Outputs in ``OUT_DIR``:
 
-* ``per_image.csv``: ``id, [label,] dice, iou, gt_area_px, pred_area_px``.
+* ``per_image.csv``: ``id, [label,] dice, iou, gt_area_px, pred_area_px,
+  tumour_contrast_sd`` (the reference tumour's contrast against the rest of the
+  head, :func:`segmentation.cohorts.tumour_contrast_sd`; empty for an empty mask).
 * ``metrics.json``: mean/median Dice and IoU, ``n_images``, per-class scores
   when labels are known, patient-level 95 % bootstrap intervals of the means
   when patient ids are known (``patient_id`` column of ``--ids-from`` or
@@ -44,6 +46,7 @@ import pandas as pd
 from neurostack.artifacts import write_json
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import InputLimits, load_image
+from segmentation.cohorts import tumour_contrast_sd
 from segmentation.metrics import cluster_bootstrap_ci, dice_coefficient, iou
 from segmentation.postprocess import POSTPROCESS_MODES, check_postprocess, probability_to_mask
 
@@ -344,7 +347,7 @@ def evaluate(
             gts.append(gt)
             stems.append(stem)
         results = segmenter.predict_batch(grays, threshold=threshold, batch_size=batch_size)
-        for stem, gt, res in zip(stems, gts, results, strict=True):
+        for stem, gray, gt, res in zip(stems, grays, gts, results, strict=True):
             row: dict[str, Any] = {"id": stem}
             if labels:
                 row["label"] = labels.get(stem, "")
@@ -352,6 +355,7 @@ def evaluate(
             row["iou"] = iou(gt, res.mask)
             row["gt_area_px"] = int(gt.sum())
             row["pred_area_px"] = res.area_px
+            row["tumour_contrast_sd"] = tumour_contrast_sd(gray, gt)
             rows.append(row)
             for t in sweep:
                 for mode in POSTPROCESS_MODES:
@@ -369,7 +373,8 @@ def evaluate(
     bar.close()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    columns = ["id"] + (["label"] if labels else []) + ["dice", "iou", "gt_area_px", "pred_area_px"]
+    columns = ["id"] + (["label"] if labels else []) + [
+        "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd"]
     df = pd.DataFrame(rows, columns=columns)
     df.to_csv(out_dir / "per_image.csv", index=False, float_format="%.6f")
 

@@ -38,3 +38,34 @@ def test_cli_writes_no_patient_ids_and_rejects_unknown_slices(tmp_path, capsys):
     split.iloc[:2].to_csv(tmp_path / "split.csv", index=False)  # slice c loses its patient
     assert sc.main(argv) == 2
     assert "1 slices have no patient" in capsys.readouterr().err
+
+
+def test_contrast_bands_from_the_images_and_an_unreadable_pair(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    per_image, split = _tables()
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for sid, tumour in (("a", 100), ("b", 200)):  # a: as bright as the tissue; b: enhancing
+        img = np.clip(rng.normal(100, 10, (64, 64)), 30, 170).astype(np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        mask[20:30, 20:30] = 255
+        img[mask > 0] = tumour
+        Image.fromarray(img).save(data / "images" / f"{sid}.jpg", quality=95)
+        Image.fromarray(mask).save(data / "masks" / f"{sid}.png")
+    (data / "images" / "c.jpg").write_bytes(b"not a jpeg")  # c: unreadable, left out
+    per_image.to_csv(tmp_path / "per_image.csv", index=False)
+    split.to_csv(tmp_path / "split.csv", index=False)
+    argv = [str(tmp_path / "per_image.csv"), "--split", str(tmp_path / "split.csv"),
+            "--contrast-from", str(data)]
+    assert sc.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 unreadable slices left out" in out
+    bands = out.split("Dice by tumour contrast")[1]
+    assert "<= 0" in bands or "0-0.5" in bands  # slice a
+    assert "> 1" in bands  # slice b
+    for pid in split["patient_id"]:
+        assert pid not in out

@@ -77,3 +77,56 @@ def test_summary_reads_the_split_and_gives_up_cleanly(tmp_path):
     split.iloc[:3].to_csv(path, index=False)  # slices 4-6 have no patient
     assert sc.cohort_summary(per_image, path) is None
     assert sc.cohort_summary(per_image.iloc[:0], path) is None
+
+
+def test_tumour_contrast_known_answers():
+    img = np.full((8, 8), 100.0)
+    img[0, :] = 0.0  # background below BRAIN_MIN: not tissue
+    img[1, :4] = 120.0  # tissue: 4 x 120, 44 x 100 -> median 100
+    mask = np.zeros((8, 8), bool)
+    mask[5:7, 5:7] = True
+    tissue = img[~mask & (img > sc.BRAIN_MIN)]
+    img[mask] = 130.0
+    assert sc.tumour_contrast_sd(img, mask) == pytest.approx(30.0 / tissue.std())
+    img[mask] = 100.0  # as bright as the median tissue: no contrast
+    assert sc.tumour_contrast_sd(img, mask) == pytest.approx(0.0)
+    img[mask] = 80.0  # darker than the tissue: negative
+    assert sc.tumour_contrast_sd(img.astype(np.uint8), mask) < 0
+
+
+def test_tumour_contrast_undefined_cases_and_shape_errors():
+    img = np.full((6, 6), 90, np.uint8)
+    empty = np.zeros((6, 6), bool)
+    assert np.isnan(sc.tumour_contrast_sd(img, empty))  # no tumour
+    mask = empty.copy()
+    mask[2, 2] = True
+    assert np.isnan(sc.tumour_contrast_sd(img, mask))  # uniform tissue: no spread
+    assert np.isnan(sc.tumour_contrast_sd(np.zeros((6, 6)), mask))  # no tissue above BRAIN_MIN
+    with pytest.raises(ValueError, match="same 2-D shape"):
+        sc.tumour_contrast_sd(img, mask[:5])
+    with pytest.raises(ValueError, match="same 2-D shape"):
+        sc.tumour_contrast_sd(np.zeros((6, 6, 3)), np.zeros((6, 6, 3), bool))
+
+
+def test_contrast_bands_are_closed_on_the_right():
+    got = sc.contrast_band(pd.Series([-0.3, 0.0, 0.2, 0.5, 0.9, 1.0, 4.0, np.nan]))
+    assert got.iloc[:7].tolist() == ["<= 0", "<= 0", "0-0.5", "0-0.5", "0.5-1", "0.5-1", "> 1"]
+    assert pd.isna(got.iloc[7])
+    with pytest.raises(ValueError, match="increasing"):
+        sc.contrast_band(pd.Series([0.1]), edges=(1.0, 0.5))
+
+
+def test_contrast_table_known_answers():
+    per_image, split = _tables()
+    per_image["tumour_contrast_sd"] = [-0.2, 0.1, 0.3, 2.0, 1.5, np.nan]  # slice 6: no contrast
+    table = sc.contrast_table(per_image, split).set_index("band")
+    assert table.index.tolist() == ["<= 0", "0-0.5", "> 1"]  # empty bands left out
+    low = table.loc["0-0.5"]
+    assert low["slices"] == 2 and low["patients"] == 2
+    assert low["mean_dice"] == pytest.approx(0.5) and low["missed_share"] == 0.0
+    assert low["alphanumeric_share"] == 1.0
+    high = table.loc["> 1"]
+    assert high["mean_dice"] == pytest.approx(0.8) and high["alphanumeric_share"] == 0.0
+    assert sc.contrast_table(per_image, split, miss_below=0.3).loc[0, "missed_share"] == 1.0
+    with pytest.raises(ValueError, match="no patient"):
+        sc.contrast_table(per_image, split[split["id"] != "4"])

@@ -39,8 +39,18 @@ def test_cli_writes_per_image_and_metrics(eval_dirs, tiny_artifact, tmp_path, ca
     )
     assert code == 0
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
-    assert list(per_image.columns) == ["id", "dice", "iou", "gt_area_px", "pred_area_px"]
+    assert list(per_image.columns) == [
+        "id", "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd"]
     assert len(per_image) == 30
+    # the contrast column is the library function on the stored image and reference mask
+    from neurostack.imaging import load_image
+    from segmentation.cohorts import tumour_contrast_sd
+    from segmentation.data import read_mask
+
+    row = per_image.iloc[0]
+    gray = load_image(next(images.glob(f"{row['id']}.*"))).gray
+    want = tumour_contrast_sd(gray, read_mask(masks / f"{row['id']}.png"))
+    assert row["tumour_contrast_sd"] == pytest.approx(want, abs=1e-5)
     assert "0001" not in set(per_image["id"]) and "0002" not in set(per_image["id"])
     assert per_image["dice"].between(0, 1).all() and per_image["iou"].between(0, 1).all()
     assert (per_image["gt_area_px"] > 0).all()
@@ -85,7 +95,8 @@ def test_cli_with_split_and_metadata_gives_labels(figshare_like, tiny_artifact, 
     )
     assert code == 0
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
-    assert list(per_image.columns) == ["id", "label", "dice", "iou", "gt_area_px", "pred_area_px"]
+    assert list(per_image.columns) == [
+        "id", "label", "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd"]
     assert set(per_image["id"]) == set(split.loc[split["split"] == "test", "id"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class"]) == set(per_image["label"])
