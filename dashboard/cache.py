@@ -249,6 +249,18 @@ def series_table(run: str) -> pd.DataFrame | None:
 
 
 @st.cache_data(show_spinner=False)
+def _contrast_bands(per_image_path: str, mtime: float, split_path: str, split_mtime: float):
+    return ev.contrast_bands_table(ev.read_per_image(Path(per_image_path)), Path(split_path))
+
+
+def contrast_bands(run: str) -> pd.DataFrame | None:
+    """Dice per tumour-contrast band of a segmentation run (``None`` for older records)."""
+    path = paths.segmentation_eval_dir() / run / "per_image.csv"
+    split = paths.splits_dir() / "segmentation_split.csv"
+    return _contrast_bands(str(path), _mtime(path), str(split), _mtime(split))
+
+
+@st.cache_data(show_spinner=False)
 def _threshold_sweep(path: str, mtime: float) -> pd.DataFrame | None:
     return ev.read_threshold_sweep(Path(path))
 

@@ -463,6 +463,28 @@ def series_table(per_image: pd.DataFrame, split_csv: Path) -> pd.DataFrame | Non
     )
 
 
+CONTRAST_BAND_COLUMN = "tumour contrast, SD"
+CONTRAST_ALNUM_COLUMN = "from alphanumeric-id patients, %"
+
+
+def contrast_bands_table(per_image: pd.DataFrame, split_csv: Path) -> pd.DataFrame | None:
+    """Dice per tumour-contrast band (:func:`segmentation.cohorts.contrast_summary`), for display.
+
+    ``None`` for records without ``tumour_contrast_sd`` or without a covering split.
+    Shares are in percent; patient ids never leave the library function.
+    """
+    from segmentation.cohorts import contrast_summary
+
+    table = contrast_summary(per_image, split_csv)
+    if table is None:
+        return None
+    table = table.assign(missed_share=100.0 * table["missed_share"],
+                         alphanumeric_share=100.0 * table["alphanumeric_share"])
+    return table.rename(columns={
+        "band": CONTRAST_BAND_COLUMN, "mean_dice": "mean Dice", "median_dice": "median Dice",
+        "missed_share": SERIES_MISSED_COLUMN, "alphanumeric_share": CONTRAST_ALNUM_COLUMN})
+
+
 def test_ids(split_csv: Path) -> list[str] | None:
     """Ids of the ``split == "test"`` rows of a segmentation split CSV (``None`` if absent)."""
     split_csv = Path(split_csv)

@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import cache, charts, components, paths
 from dashboard.evaluation import (
+    CONTRAST_ALNUM_COLUMN,
     SERIES_FOUND_COLUMN,
     SERIES_MISSED_COLUMN,
     browser_cases,
@@ -82,6 +83,20 @@ if series is not None and len(series) > 1:
                    "more often (missed) and outlines the found ones less well (mean Dice of "
                    "the rest), so the per-class rows above mix a class and a series effect. "
                    "Intervals resample patients; no patient id is shown.")
+bands = cache.contrast_bands(run)
+if bands is not None and len(bands):
+    with st.expander("By tumour contrast", expanded=True):
+        number = {c: st.column_config.NumberColumn(format="%.3f")
+                  for c in ("mean Dice", "median Dice")}
+        for c in (SERIES_MISSED_COLUMN, CONTRAST_ALNUM_COLUMN):
+            number[c] = st.column_config.NumberColumn(format="%.1f")
+        st.dataframe(bands, hide_index=True, width="stretch", column_config=number)
+        st.caption("How much brighter the outlined tumour is than the rest of the head on "
+                   "these contrast-enhanced T1 slices: mean tumour grey level minus the "
+                   "median of the other head pixels, in standard deviations of those pixels "
+                   "(`segmentation.cohorts.tumour_contrast_sd`). Tumours that do not enhance "
+                   "(contrast at or below 0) are where whole tumours are missed; most of them "
+                   "come from the alphanumeric-id series.")
 sweep = cache.threshold_sweep(run)
 if sweep is not None and len(sweep):
     components.chart(charts.threshold_sweep(sweep, record.get("threshold"),

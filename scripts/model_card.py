@@ -378,7 +378,32 @@ def segmentation_section(root: Path) -> list[str]:
             failures = _segmentation_failures(per_image)
             lines += [failures, ""] if failures else []
             lines += _cohort_lines(per_image, root / "splits" / "segmentation_split.csv")
+            lines += _contrast_lines(per_image, root / "splits" / "segmentation_split.csv")
     return lines
+
+
+def _contrast_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
+    """Dice by tumour-contrast band, if the record has ``tumour_contrast_sd`` and a split."""
+    from segmentation.cohorts import MISS_DICE, contrast_summary
+
+    table = contrast_summary(per_image, split_csv)
+    if table is None:
+        return []
+    rows = [
+        f"| {r.band} | {r.slices} | {r.patients} | {r.mean_dice:.3f} | {r.median_dice:.3f} "
+        f"| {100 * r.missed_share:.1f} % | {100 * r.alphanumeric_share:.0f} % |"
+        for r in table.itertuples()
+    ]
+    return [
+        "**By tumour contrast** (mean tumour grey level minus the median of the other head "
+        "pixels, in their standard deviations; `segmentation.cohorts.tumour_contrast_sd`):",
+        "",
+        f"| contrast, SD | slices | patients | mean Dice | median | missed (Dice < {MISS_DICE}) "
+        "| from alphanumeric-id patients |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 def _cohort_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
@@ -431,6 +456,11 @@ resumed with two threads.
 - **Segmentation differs by patient series**: the outlines are much weaker on the
   alphanumeric-id glioma series of figshare-seg than on the other patients (see
   the table above); expect the same on scans that resemble that series.
+- **Non-enhancing tumours are the weak point**: the segmenter sees one
+  contrast-enhanced T1 slice, and tumours no brighter than the surrounding head
+  (contrast at or below 0 SD in the table above; almost all from that series) are
+  missed far more often. Without FLAIR or T2 there is little in the image to
+  separate them from normal tissue.
 
 ## Intended use
 

@@ -317,3 +317,22 @@ def test_series_table_needs_a_covering_split(tmp_path):
     missed = missed.set_index("series")
     assert missed.loc["alphanumeric id", ev.SERIES_MISSED_COLUMN] == pytest.approx(50.0)
     assert missed.loc["alphanumeric id", ev.SERIES_FOUND_COLUMN] == pytest.approx(0.4)
+
+
+def test_contrast_bands_table_in_percent_and_none_for_old_records(tmp_path):
+    per_image = pd.DataFrame({"id": ["1", "2", "3", "4"], "label": ["glioma"] * 4,
+                              "dice": [0.01, 0.4, 0.8, 0.9]})
+    split = tmp_path / "split.csv"
+    pd.DataFrame({"id": ["1", "2", "3", "4"],
+                  "patient_id": ["MRA", "MRB", "11", "12"]}).to_csv(split, index=False)
+    assert ev.contrast_bands_table(per_image, split) is None  # made before the column existed
+    nan = per_image.assign(tumour_contrast_sd=float("nan"))
+    assert ev.contrast_bands_table(nan, split) is None
+    table = ev.contrast_bands_table(
+        per_image.assign(tumour_contrast_sd=[-0.1, 0.2, 0.3, 2.0]), split
+    ).set_index(ev.CONTRAST_BAND_COLUMN)
+    assert table.index.tolist() == ["<= 0", "0-0.5", "> 1"]
+    assert table.loc["<= 0", ev.SERIES_MISSED_COLUMN] == pytest.approx(100.0)
+    assert table.loc["0-0.5", ev.CONTRAST_ALNUM_COLUMN] == pytest.approx(50.0)
+    assert table.loc["0-0.5", "mean Dice"] == pytest.approx(0.6)
+    assert table.loc["> 1", "patients"] == 1

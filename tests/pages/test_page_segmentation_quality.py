@@ -102,3 +102,15 @@ def test_series_table_shows_counts_not_patient_ids(make_app, own_artifacts):
     assert table["slices"].sum() == len(ids)
     text = table.to_string()
     assert "MRX" not in text and "7700" not in text
+    assert not any("tumour contrast, SD" in d.value.columns for d in at.dataframe)  # old record
+
+    per_image = pd.read_csv(run / "per_image.csv", dtype={"id": str})
+    contrast = [-0.5 if i % 2 else 1.5 for i in range(len(ids))]  # alphanumeric ones do not enhance
+    per_image.assign(tumour_contrast_sd=contrast).to_csv(run / "per_image.csv", index=False)
+    at = make_app("pages/4_Segmentation_Quality.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    bands = next(d.value for d in at.dataframe if "tumour contrast, SD" in d.value.columns)
+    assert bands["tumour contrast, SD"].tolist() == ["<= 0", "> 1"]
+    assert bands["slices"].sum() == len(ids)
+    assert bands["from alphanumeric-id patients, %"].tolist() == [100.0, 0.0]
+    assert "MRX" not in bands.to_string() and "7700" not in bands.to_string()

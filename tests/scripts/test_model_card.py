@@ -114,3 +114,17 @@ def test_cohort_lines_table_and_silent_without_split(tmp_path):
     assert "| 0.850 | 0.0 % | 0.850 |" in text
     assert "MRA" not in text and "| 11 |" not in text
     assert model_card._cohort_lines(per_image, tmp_path / "missing.csv") == []
+
+
+def test_contrast_lines_known_rows_and_silent_for_old_records(tmp_path):
+    per_image = pd.DataFrame({"id": ["1", "2", "3", "4"], "label": ["glioma"] * 4,
+                              "dice": [0.02, 0.4, 0.8, 0.9]})
+    split = pd.DataFrame({"id": ["1", "2", "3", "4"], "patient_id": ["MRA", "MRB", "11", "12"]})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    assert model_card._contrast_lines(per_image, tmp_path / "split.csv") == []  # no column
+    with_contrast = per_image.assign(tumour_contrast_sd=[-0.3, -0.1, 0.7, 3.0])
+    text = "\n".join(model_card._contrast_lines(with_contrast, tmp_path / "split.csv"))
+    assert "| <= 0 | 2 | 2 | 0.210 | 0.210 | 50.0 % | 100 % |" in text
+    assert "| 0.5-1 | 1 | 1 | 0.800 | 0.800 | 0.0 % | 0 % |" in text
+    assert "| > 1 | 1 | 1 | 0.900 |" in text
+    assert "MRA" not in text and "| 11 |" not in text
