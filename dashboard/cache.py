@@ -236,28 +236,29 @@ def per_image(run: str) -> pd.DataFrame:
     return _per_image(str(path), _mtime(path))
 
 
+_SPLIT_TABLES = {"series": ev.series_table, "contrast": ev.contrast_bands_table}
+
+
 @st.cache_data(show_spinner=False)
-def _series(per_image_path: str, mtime: float, split_path: str, split_mtime: float):
-    return ev.series_table(ev.read_per_image(Path(per_image_path)), Path(split_path))
+def _split_table(kind: str, per_image_path: str, mtime: float, split_path: str,
+                 split_mtime: float) -> pd.DataFrame | None:
+    return _SPLIT_TABLES[kind](ev.read_per_image(Path(per_image_path)), Path(split_path))
+
+
+def _run_split_table(kind: str, run: str) -> pd.DataFrame | None:
+    path = paths.segmentation_eval_dir() / run / "per_image.csv"
+    split = paths.splits_dir() / "segmentation_split.csv"
+    return _split_table(kind, str(path), _mtime(path), str(split), _mtime(split))
 
 
 def series_table(run: str) -> pd.DataFrame | None:
     """Dice per patient series of a segmentation run (``None`` when it cannot be computed)."""
-    path = paths.segmentation_eval_dir() / run / "per_image.csv"
-    split = paths.splits_dir() / "segmentation_split.csv"
-    return _series(str(path), _mtime(path), str(split), _mtime(split))
-
-
-@st.cache_data(show_spinner=False)
-def _contrast_bands(per_image_path: str, mtime: float, split_path: str, split_mtime: float):
-    return ev.contrast_bands_table(ev.read_per_image(Path(per_image_path)), Path(split_path))
+    return _run_split_table("series", run)
 
 
 def contrast_bands(run: str) -> pd.DataFrame | None:
     """Dice per tumour-contrast band of a segmentation run (``None`` for older records)."""
-    path = paths.segmentation_eval_dir() / run / "per_image.csv"
-    split = paths.splits_dir() / "segmentation_split.csv"
-    return _contrast_bands(str(path), _mtime(path), str(split), _mtime(split))
+    return _run_split_table("contrast", run)
 
 
 @st.cache_data(show_spinner=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -87,6 +88,14 @@ def not_available(feature: str, module: str, exc: BaseException | None = None) -
     st.info(f"**{feature} is not available yet**: the library module `{module}` could not be "
             f"imported{detail}. The rest of the dashboard works without it.",
             icon=":material/construction:")
+
+
+def number_table(frame: pd.DataFrame, three: Sequence[str] = (), one: Sequence[str] = ()
+                 ) -> None:
+    """Show ``frame`` without its index, columns ``three`` at 3 decimals and ``one`` at 1."""
+    config = {c: st.column_config.NumberColumn(format="%.3f") for c in three}
+    config |= {c: st.column_config.NumberColumn(format="%.1f") for c in one}
+    st.dataframe(frame, hide_index=True, width="stretch", column_config=config)
 
 
 def sha_prefix(sha: str | None, n: int = 12) -> str:

@@ -74,10 +74,8 @@ if len(scores):
 series = cache.series_table(run)
 if series is not None and len(series) > 1:
     with st.expander("By patient series", expanded=True):
-        number = {c: st.column_config.NumberColumn(format="%.3f")
-                  for c in ("mean Dice", "median Dice", SERIES_FOUND_COLUMN)}
-        number[SERIES_MISSED_COLUMN] = st.column_config.NumberColumn(format="%.1f")
-        st.dataframe(series, hide_index=True, width="stretch", column_config=number)
+        components.number_table(series, ("mean Dice", "median Dice", SERIES_FOUND_COLUMN),
+                                (SERIES_MISSED_COLUMN,))
         st.caption("figshare-seg holds two series of patients: numeric ids and alphanumeric "
                    "scanner-style ids (all glioma). The second series loses whole tumours "
                    "more often (missed) and outlines the found ones less well (mean Dice of "
@@ -86,11 +84,8 @@ if series is not None and len(series) > 1:
 bands = cache.contrast_bands(run)
 if bands is not None and len(bands):
     with st.expander("By tumour contrast", expanded=True):
-        number = {c: st.column_config.NumberColumn(format="%.3f")
-                  for c in ("mean Dice", "median Dice")}
-        for c in (SERIES_MISSED_COLUMN, CONTRAST_ALNUM_COLUMN):
-            number[c] = st.column_config.NumberColumn(format="%.1f")
-        st.dataframe(bands, hide_index=True, width="stretch", column_config=number)
+        components.number_table(bands, ("mean Dice", "median Dice"),
+                                (SERIES_MISSED_COLUMN, CONTRAST_ALNUM_COLUMN))
         st.caption("How much brighter the outlined tumour is than the rest of the head on "
                    "these contrast-enhanced T1 slices: mean tumour grey level minus the "
                    "median of the other head pixels, in standard deviations of those pixels "

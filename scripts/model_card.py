@@ -394,16 +394,13 @@ def _contrast_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
         f"| {100 * r.missed_share:.1f} % | {100 * r.alphanumeric_share:.0f} % |"
         for r in table.itertuples()
     ]
-    return [
+    return _titled_table(
         "**By tumour contrast** (mean tumour grey level minus the median of the other head "
         "pixels, in their standard deviations; `segmentation.cohorts.tumour_contrast_sd`):",
-        "",
-        f"| contrast, SD | slices | patients | mean Dice | median | missed (Dice < {MISS_DICE}) "
-        "| from alphanumeric-id patients |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *rows,
-        "",
-    ]
+        ["contrast, SD", "slices", "patients", "mean Dice", "median",
+         f"missed (Dice < {MISS_DICE})", "from alphanumeric-id patients"],
+        rows,
+    )
 
 
 def _cohort_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
@@ -419,16 +416,19 @@ def _cohort_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:
         + f" | {r.median_dice:.3f} | {100 * r.missed_share:.1f} % | {r.mean_dice_found:.3f} |"
         for r in table.itertuples()
     ]
-    return [
+    return _titled_table(
         "**By patient series** (figshare-seg has numeric patient ids and alphanumeric "
         "scanner-style ids, the latter all glioma; `scripts/segmentation_cohorts.py`):",
-        "",
-        "| series | slices | patients | mean Dice (95 % interval) | median "
-        f"| missed (Dice < {MISS_DICE}) | mean Dice of the rest |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        *rows,
-        "",
-    ]
+        ["series", "slices", "patients", "mean Dice (95 % interval)", "median",
+         f"missed (Dice < {MISS_DICE})", "mean Dice of the rest"],
+        rows,
+    )
+
+
+def _titled_table(title: str, header: list[str], rows: list[str]) -> list[str]:
+    """Markdown lines: a title paragraph, then a table (first column left, others right)."""
+    return [title, "", "| " + " | ".join(header) + " |",
+            "|---|" + "---:|" * (len(header) - 1), *rows, ""]
 
 
 STATIC_TAIL = """## Hardware
