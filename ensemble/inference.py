@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.precision import AUTO, PRECISION_ENV, auto_precision
+from ensemble.precision import AUTO, auto_precision, default_precision
 from ensemble.registry import BACKBONES, get_backbone, preprocess_array
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import (
@@ -793,7 +793,7 @@ def prepare_litert(
     """
     root = Path(classification_dir)
     if precision is None:
-        precision = os.environ.get(PRECISION_ENV, "").strip() or AUTO
+        precision = default_precision()
     per_model, _ = resolve_precision(precision, root)
     out: dict[str, Path] = {}
     for name, rt in resolve_runtimes(runtime, per_model).items():

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,11 @@ RECORD_FILE = "precision.json"
 """The check's record, in the classification artifact folder."""
 RECORD_FORMAT = 1
 META_NAME = "meta"
+
+
+def default_precision() -> str:
+    """Return the spec used when none is given: ``$NEUROSTACK_PRECISION``, else ``"auto"``."""
+    return os.environ.get(PRECISION_ENV, "").strip() or AUTO
 
 
 def current_weights_sha256(classification_dir: str | Path) -> dict[str, str]:

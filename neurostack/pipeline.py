@@ -489,10 +489,10 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
         ArtifactError: Naming missing (strict) or corrupt artifacts.
     """
     from ensemble.inference import load_ensemble
-    from ensemble.precision import PRECISION_ENV
+    from ensemble.precision import default_precision
 
     if precision is None:
-        precision = os.environ.get(PRECISION_ENV, "").strip() or "auto"
+        precision = default_precision()
     if tta is None:
         tta = os.environ.get(TTA_ENV, "").strip() or None
     root = Path(artifacts_dir)
