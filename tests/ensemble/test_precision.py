@@ -174,3 +174,12 @@ def test_prepare_litert_converts_nothing_when_auto_runs_all_in_tensorflow(
     if litert.litert_available():  # without native bfloat16: the float32 LiteRT members
         monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: False)
         assert set(prepare_litert(root)) == {"xception", "inceptionv3", "resnet50"}
+
+
+def test_default_precision_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(prec.PRECISION_ENV, raising=False)
+    assert prec.default_precision() == "auto"
+    monkeypatch.setenv(prec.PRECISION_ENV, " resnet50=bfloat16 ")
+    assert prec.default_precision() == "resnet50=bfloat16"
+    monkeypatch.setenv(prec.PRECISION_ENV, "")
+    assert prec.default_precision() == "auto"
