@@ -90,6 +90,8 @@ class TrainConfig:
         depth: ResUNet downsamplings.
         dropout: Spatial dropout after the bridge.
         bn_momentum: BatchNormalization moving-statistics momentum.
+        mirror_input: Feed the stem the slice and its mirror image
+            (``build_resunet(mirror_input=True)``).
         epochs: Maximum number of epochs.
         batch_size: Images per training step.
         learning_rate: Peak Adam learning rate (reached after warm-up).
@@ -119,6 +121,7 @@ class TrainConfig:
     depth: int = 4
     dropout: float = 0.0
     bn_momentum: float = 0.9
+    mirror_input: bool = False
     epochs: int = 40
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -145,6 +148,7 @@ class TrainConfig:
             "depth": self.depth,
             "dropout": self.dropout,
             "bn_momentum": self.bn_momentum,
+            "mirror_input": self.mirror_input,
         }
 
 
@@ -436,6 +440,7 @@ def _train_locked(
         ckpt = run_dir / state.last_checkpoint
         print(f"resuming after epoch {state.epochs_done} from {ckpt}", flush=True)
         import segmentation.metrics  # noqa: F401 - registers the custom loss/metric
+        import segmentation.model  # noqa: F401 - registers MirrorConcat
 
         model = keras.models.load_model(ckpt)
     else:
@@ -694,6 +699,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=d.depth)
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--bn-momentum", type=float, default=d.bn_momentum)
+    p.add_argument(
+        "--mirror-input",
+        action="store_true",
+        help="second input channel: the slice's left-right mirror image",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate")
@@ -781,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         depth=args.depth,
         dropout=args.dropout,
         bn_momentum=args.bn_momentum,
+        mirror_input=args.mirror_input,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.lr,

@@ -1,6 +1,7 @@
 """Function-preserving widening of a trained Res-UNet (a Net2WiderNet variant).
 
-A wider network (more filters per level) is built and initialised so that it
+A wider network (more filters per level, and/or the mirror-image input channel
+of ``build_resunet(mirror_input=True)``) is built and initialised so that it
 computes exactly the same probabilities as the trained narrow one:
 
 * every old channel keeps its weights, batch-norm parameters and statistics;
@@ -20,6 +21,7 @@ zero fan-in from new units is the simpler exact variant used here.
 Command line (thin)::
 
     python -m segmentation.widen artifacts/segmentation/resunet --base-filters 24 --out WIDE.npz
+    python -m segmentation.widen artifacts/segmentation/resunet --mirror-input --out MIRROR.npz
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from neurostack.errors import ArtifactError
 
 # Layers whose output channels are their input channels, unchanged.
 _PASS_THROUGH = ("BatchNormalization", "Activation", "UpSampling2D", "SpatialDropout2D", "Dropout")
+# Layers whose output is their input followed by a copy of it (model.MirrorConcat).
+_DOUBLING = ("MirrorConcat",)
 
 
 def resunet_architecture(model: Any) -> dict[str, Any]:
@@ -45,7 +49,8 @@ def resunet_architecture(model: Any) -> dict[str, Any]:
         model: A ``keras.Model`` made by :func:`segmentation.model.build_resunet`.
 
     Returns:
-        ``{"input_size", "base_filters", "depth", "dropout", "bn_momentum"}``.
+        ``{"input_size", "base_filters", "depth", "dropout", "bn_momentum",
+        "mirror_input"}``.
 
     Raises:
         ValueError: If the model does not have the Res-UNet's layer names.
@@ -64,6 +69,7 @@ def resunet_architecture(model: Any) -> dict[str, Any]:
         "depth": depth,
         "dropout": float(dropout),
         "bn_momentum": float(names["head_bn"].momentum),
+        "mirror_input": "mirror" in names,
     }
 
 
@@ -97,18 +103,31 @@ def _old_channel_masks(wide: Any, narrow: Any) -> dict[str, np.ndarray]:
             masks[layer.name] = ins[0]
         elif kind in _PASS_THROUGH:
             masks[layer.name] = ins[0]
+        elif kind in _DOUBLING:  # the copy is new unless the narrow model has the layer too
+            copy = ins[0] if layer.name in narrow_layers else np.zeros_like(ins[0])
+            masks[layer.name] = np.concatenate([ins[0], copy])
         else:
             raise ValueError(f"cannot widen layer {layer.name!r} of type {kind}")
     return masks
 
 
-def widen_resunet(narrow: Any, base_filters: int, *, seed: int = 0) -> Any:
+def widen_resunet(
+    narrow: Any,
+    base_filters: int | None = None,
+    *,
+    mirror_input: bool = False,
+    seed: int = 0,
+) -> Any:
     """Build a wider Res-UNet that computes the same function as ``narrow``.
 
     Args:
         narrow: A trained Res-UNet (``segmentation.model.build_resunet``).
-        base_filters: Filters of the wide model's first level; must exceed the
-            narrow model's (the other levels double as usual).
+        base_filters: Filters of the wide model's first level; at least the
+            narrow model's (the other levels double as usual). ``None``: the
+            narrow model's.
+        mirror_input: Give the wide model the mirror-image input channel
+            (``build_resunet(mirror_input=True)``); its weights start at zero.
+            A narrow model that has the channel keeps it.
         seed: Seed of the new channels' random initial weights.
 
     Returns:
@@ -117,23 +136,33 @@ def widen_resunet(narrow: Any, base_filters: int, *, seed: int = 0) -> Any:
         rounding), with the extra channels ready to be trained.
 
     Raises:
-        ValueError: If ``base_filters`` is not larger than the narrow model's,
-            or ``narrow`` is not a Res-UNet.
+        ValueError: If ``base_filters`` is smaller than the narrow model's, if
+            nothing would change, or ``narrow`` is not a Res-UNet.
     """
     import keras
 
     from segmentation.model import build_resunet
 
     arch = resunet_architecture(narrow)
+    if base_filters is None:
+        base_filters = arch["base_filters"]
     if isinstance(base_filters, bool) or not isinstance(base_filters, int):
         raise ValueError(f"base_filters must be an integer; received {base_filters!r}")
-    if base_filters <= arch["base_filters"]:
+    if base_filters < arch["base_filters"]:
         raise ValueError(
-            f"base_filters must be larger than the narrow model's {arch['base_filters']}; "
+            f"base_filters must be at least the narrow model's {arch['base_filters']}; "
             f"received {base_filters}"
         )
+    mirror = bool(mirror_input) or arch["mirror_input"]
+    if base_filters == arch["base_filters"] and mirror == arch["mirror_input"]:
+        raise ValueError(
+            f"nothing to widen: base_filters {base_filters} and mirror_input {mirror} are the "
+            "narrow model's; ask for more filters or for mirror_input=True"
+        )
     keras.utils.set_random_seed(seed)
-    wide = build_resunet(**{**arch, "base_filters": base_filters}, name=narrow.name)
+    wide = build_resunet(
+        **{**arch, "base_filters": base_filters, "mirror_input": mirror}, name=narrow.name
+    )
     masks = _old_channel_masks(wide, narrow)
     narrow_layers = {layer.name: layer for layer in narrow.layers}
 
@@ -161,15 +190,21 @@ def widen_resunet(narrow: Any, base_filters: int, *, seed: int = 0) -> Any:
 
 
 def widen_artifact(
-    artifact_dir: str | Path, base_filters: int, out: str | Path, *, seed: int = 0
+    artifact_dir: str | Path,
+    base_filters: int | None,
+    out: str | Path,
+    *,
+    mirror_input: bool = False,
+    seed: int = 0,
 ) -> str:
     """Widen an exported segmentation artifact and save the weights for ``--init-weights``.
 
     Args:
         artifact_dir: Exported Res-UNet folder (``config.json`` + ``weights.npz``);
             its checksum is verified before loading.
-        base_filters: Filters of the wide model's first level.
+        base_filters: Filters of the wide model's first level (``None``: unchanged).
         out: Destination ``.npz`` (``save_weights_compact`` format, float16).
+        mirror_input: Add the mirror-image input channel.
         seed: Seed of the new channels' random weights.
 
     Returns:
@@ -177,14 +212,15 @@ def widen_artifact(
 
     Raises:
         ArtifactError: If the artifact cannot be loaded.
-        ValueError: If ``base_filters`` is not larger than the artifact's.
+        ValueError: If ``base_filters`` is smaller than the artifact's, or
+            nothing would change.
     """
     from neurostack.artifacts import float32_policy
     from segmentation.predict import load_segmenter
 
     narrow = load_segmenter(artifact_dir).model
     with float32_policy():
-        wide = widen_resunet(narrow, base_filters, seed=seed)
+        wide = widen_resunet(narrow, base_filters, mirror_input=mirror_input, seed=seed)
     out = Path(out)
     part = out.with_name(out.name + ".part")  # a failed write leaves no half-written .npz
     try:
@@ -203,7 +239,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("artifact", help="exported segmentation artifact folder")
     p.add_argument(
-        "--base-filters", type=int, required=True, help="wide model's first-level filters"
+        "--base-filters", type=int, default=None, help="wide model's first-level filters"
+    )
+    p.add_argument(
+        "--mirror-input",
+        action="store_true",
+        help="add the left-right mirror image as a second input channel (zero weights)",
     )
     p.add_argument("--out", required=True, help="destination .npz")
     p.add_argument("--seed", type=int, default=0)
@@ -214,11 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with ``error: ...`` on bad input)."""
     args = _parser().parse_args(argv)
     try:
-        digest = widen_artifact(args.artifact, args.base_filters, args.out, seed=args.seed)
+        digest = widen_artifact(
+            args.artifact,
+            args.base_filters,
+            args.out,
+            mirror_input=args.mirror_input,
+            seed=args.seed,
+        )
     except (ArtifactError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} (base_filters {args.base_filters}, sha256 {digest})")
+    print(
+        f"wrote {args.out} (base_filters {args.base_filters or 'unchanged'}, "
+        f"mirror_input {args.mirror_input}, sha256 {digest})"
+    )
     return 0
 
 

@@ -91,3 +91,34 @@ def test_dropout_and_bn_momentum(float32_policy):
 def test_invalid_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_resunet(**kwargs)
+
+
+def test_mirror_concat_appends_the_left_right_mirror_image():
+    from segmentation.model import MirrorConcat
+
+    x = np.arange(12, dtype=np.float32).reshape(1, 2, 3, 2)  # (B, H, W, C)
+    y = np.asarray(MirrorConcat()(x))
+    assert y.shape == (1, 2, 3, 4)
+    np.testing.assert_array_equal(y[..., :2], x)
+    # channel C + k at column j is channel k at column W - 1 - j
+    np.testing.assert_array_equal(y[0, :, 0, 2:], x[0, :, 2, :])
+    np.testing.assert_array_equal(y[0, :, 2, 2:], x[0, :, 0, :])
+    np.testing.assert_array_equal(y[0, :, 1, 2:], x[0, :, 1, :])
+    assert MirrorConcat().compute_output_shape((None, 8, 8, 1)) == (None, 8, 8, 2)
+
+
+def test_mirror_input_model(float32_policy):
+    model = build_resunet(input_size=32, base_filters=2, depth=2, mirror_input=True)
+    assert model.input_shape == (None, 32, 32, 1)
+    assert model.get_layer("mirror").output.shape[-1] == 2
+    assert model.get_layer("enc0_conv1").kernel.shape == (3, 3, 2, 2)
+    plain = build_resunet(input_size=32, base_filters=2, depth=2)
+    assert "mirror" not in {layer.name for layer in plain.layers}
+    # Mirroring the input swaps the two stem channels, so the stem sees both images either way.
+    x = np.random.default_rng(1).random((1, 32, 32, 1), dtype=np.float32)
+    stem = keras.Model(model.input, model.get_layer("mirror").output)
+    a, b = np.asarray(stem(x)), np.asarray(stem(x[:, :, ::-1].copy()))
+    np.testing.assert_array_equal(a[..., 0], b[..., 1])
+    np.testing.assert_array_equal(a[..., 1], b[..., 0])
+    with pytest.raises(ValueError, match="mirror_input must be True or False; received 'yes'"):
+        build_resunet(input_size=32, base_filters=2, depth=2, mirror_input="yes")

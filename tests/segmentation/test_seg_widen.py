@@ -42,7 +42,9 @@ def test_architecture_is_read_back_from_the_model(float32_policy):
         "depth": 3,
         "dropout": 0.25,
         "bn_momentum": pytest.approx(0.8),
+        "mirror_input": False,
     }
+    assert resunet_architecture(build_resunet(32, 2, 2, mirror_input=True))["mirror_input"]
 
 
 @pytest.mark.parametrize("base_filters", [4, 7])
@@ -92,8 +94,10 @@ def test_widening_checks_its_options(float32_policy):
     import keras
 
     narrow = build_resunet(input_size=32, base_filters=4, depth=2)
-    with pytest.raises(ValueError, match="larger than the narrow model's 4; received 4"):
+    with pytest.raises(ValueError, match="nothing to widen: base_filters 4 and mirror_input"):
         widen_resunet(narrow, 4)
+    with pytest.raises(ValueError, match="nothing to widen"):
+        widen_resunet(widen_resunet(narrow, mirror_input=True))  # keeps its mirror channel
     with pytest.raises(ValueError, match="received 2"):
         widen_resunet(narrow, 2)
     other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)], name="mlp")
@@ -123,5 +127,53 @@ def test_cli_reports_bad_input_and_writes_nothing(tiny_artifact, tmp_path, capsy
     assert main([str(tmp_path / "missing"), "--base-filters", "6", "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().err
     assert main([str(tiny_artifact), "--base-filters", "4", "--out", str(out)]) == 2
-    assert "larger than the narrow model's 4" in capsys.readouterr().err
+    assert "nothing to widen" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_mirror_channel_starts_silent(float32_policy, training):
+    # The new input channel has zero weights: same output in both modes, wider or not.
+    narrow = _trained_looking(seed=4, dropout=0.0)
+    x = _images(4)
+    expected = np.asarray(narrow(x, training=training))
+    for base_filters in (None, 5):
+        wide = widen_resunet(narrow, base_filters, mirror_input=True)
+        assert resunet_architecture(wide)["mirror_input"]
+        assert wide.get_layer("enc0_conv1").kernel.shape[2] == 2
+        np.testing.assert_allclose(np.asarray(wide(x, training=training)), expected, atol=1e-5)
+
+
+def test_mirror_channel_weights_are_zero_then_learn(float32_policy):
+    import keras
+    import tensorflow as tf
+
+    wide = widen_resunet(_trained_looking(seed=5, dropout=0.0), mirror_input=True)
+    kernels = [wide.get_layer(n).kernel for n in ("enc0_conv1", "enc0_proj")]
+    assert all(np.all(np.asarray(k)[:, :, 1, :] == 0.0) for k in kernels)
+    assert all(np.abs(np.asarray(k)[:, :, 0, :]).sum() > 0.0 for k in kernels)
+
+    x = _images(2)
+    y = (x[:, :, ::-1] > 0.5).astype(np.float32)  # a target only the mirror image explains
+    optimizer = keras.optimizers.SGD(learning_rate=0.1)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.binary_crossentropy(y, wide(x, training=True))
+    grads = tape.gradient(loss, wide.trainable_weights)
+    optimizer.apply_gradients(zip(grads, wide.trainable_weights, strict=True))
+    assert np.abs(np.asarray(kernels[0])[:, :, 1, :]).max() > 0.0
+
+
+def test_cli_adds_the_mirror_channel(float32_policy, tiny_artifact, tmp_path, capsys):
+    from neurostack.artifacts import load_weights_compact
+    from segmentation.predict import load_segmenter
+
+    out = tmp_path / "mirror.npz"
+    assert main([str(tiny_artifact), "--mirror-input", "--out", str(out)]) == 0
+    assert "mirror_input True" in capsys.readouterr().out
+    narrow = load_segmenter(tiny_artifact).model
+    wide = build_resunet(**{**resunet_architecture(narrow), "mirror_input": True})
+    load_weights_compact(wide, out)
+    x = _images()
+    np.testing.assert_allclose(
+        np.asarray(wide(x, training=False)), np.asarray(narrow(x, training=False)), atol=1e-5
+    )
