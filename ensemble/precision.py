@@ -14,12 +14,14 @@ classification artifact folder:
                         "vgg19": "...", "meta": "..."},
      "checked_on": {"split_csv": "...", "part": "test", "n_images": 856},
      "accuracy": {"xception": {"float32": 0.86, "bfloat16": 0.86, "agreement": 0.99}, ...},
-     "tolerance": 0.0, "recorded_at": "...", "command": "..."}
+     "tolerance": 0.0, "recorded_at": "...", "command": "...", "bfloat16_recipe": 2}
 
 The precision ``"auto"`` (:func:`auto_precision`) resolves to that spec only on a
 CPU with native bfloat16 arithmetic (:func:`neurostack.hardware.has_native_bfloat16`;
 elsewhere bfloat16 is emulated and slower) and only while every weight file and
-the meta-learner are the ones that were checked. In every other case it is
+the meta-learner are the ones that were checked and the check ran this version's
+bfloat16 recipe (:data:`ensemble.inference.BFLOAT16_RECIPE`; a record without
+``bfloat16_recipe`` ran recipe 1). In every other case it is
 float32 for all, with the reason returned for logs and the dashboard.
 """
 
@@ -116,9 +118,12 @@ def make_record(
         }
         for name, m in report["models"].items()
     }
+    from ensemble.inference import BFLOAT16_RECIPE
+
     return {
         "format": RECORD_FORMAT,
         "precision": spec,
+        "bfloat16_recipe": BFLOAT16_RECIPE,
         "weights_sha256": {n: weights_sha256[n] for n in (*BACKBONES, META_NAME)},
         "checked_on": {
             "split_csv": str(report.get("split_csv", "")),
@@ -169,7 +174,7 @@ def auto_precision(
     matches; float32 for all otherwise. Never raises: a broken record means
     float32, and the reason says why.
     """
-    from ensemble.inference import parse_precision
+    from ensemble.inference import BFLOAT16_RECIPE, parse_precision
 
     float32 = dict.fromkeys(BACKBONES, "float32")
     if not has_native_bfloat16(flags):
@@ -188,6 +193,12 @@ def auto_precision(
         return float32, (
             f"float32: the bfloat16 check was made with other weights of {', '.join(stale)}; "
             "rerun benchmarks/precision_check.py --record"
+        )
+    recipe = record.get("bfloat16_recipe", 1)
+    if recipe != BFLOAT16_RECIPE:
+        return float32, (
+            f"float32: the bfloat16 check ran bfloat16 recipe {recipe!r}, this version runs "
+            f"recipe {BFLOAT16_RECIPE}; rerun benchmarks/precision_check.py --record"
         )
     checked = record.get("checked_on") or {}
     where = f"{checked.get('part', '?')} split, {checked.get('n_images', '?')} slices"

@@ -125,3 +125,36 @@ def test_inference_model_folds_exactly_and_leaves_the_original_untouched(
     assert np.abs(want).max() > 1e-3
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(model(x, training=False)), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size", "first"),
+    [
+        ("vgg19", 32, "block1_conv1"),
+        ("resnet50", 32, "conv1_conv"),
+        ("xception", 71, "block1_conv1"),
+    ],
+)
+def test_bfloat16_recipe_keeps_the_first_convolution_and_outputs_float32(
+    backbone: str, size: int, first: str
+) -> None:
+    """BFLOAT16_RECIPE 2: raw pixels never meet bfloat16; everything else does."""
+    import keras
+
+    from ensemble.inference import BFLOAT16_RECIPE
+    from ensemble.models import build_classifier
+
+    assert BFLOAT16_RECIPE == 2
+    model = build_classifier(backbone, input_size=size)
+    copy = inference_model(model, precision="bfloat16")
+    weighted = {layer.name: layer.dtype_policy.name for layer in copy.layers if layer.weights}
+    assert weighted.pop(first) == "float32"
+    assert weighted.pop("probs") == "float32"
+    assert set(weighted.values()) == {"bfloat16"}, weighted
+    # the first convolution computes exactly what the float32 model computes
+    x = np.random.default_rng(2).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
+    want = keras.Model(model.input, model.get_layer(first).output)(x)
+    got = keras.Model(copy.input, copy.get_layer(first).output)(x)
+    assert keras.backend.standardize_dtype(got.dtype) == "float32"
+    if backbone == "vgg19":  # the others' first convolution has BatchNorm folded into it
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

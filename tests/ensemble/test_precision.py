@@ -183,3 +183,19 @@ def test_default_precision_reads_the_environment(monkeypatch: pytest.MonkeyPatch
     assert prec.default_precision() == "resnet50=bfloat16"
     monkeypatch.setenv(prec.PRECISION_ENV, "")
     assert prec.default_precision() == "auto"
+
+
+def test_record_names_its_bfloat16_recipe_and_auto_refuses_another(tmp_path: Path) -> None:
+    from ensemble.inference import BFLOAT16_RECIPE
+
+    root = _tree(tmp_path)
+    record = prec.make_record(_spec(vgg19=True), _report(), SHAS, recorded_at="t")
+    assert record["bfloat16_recipe"] == BFLOAT16_RECIPE
+    for old in ({k: v for k, v in record.items() if k != "bfloat16_recipe"},  # recipe 1
+                record | {"bfloat16_recipe": BFLOAT16_RECIPE + 1}):
+        _write(root, old)
+        per_model, why = prec.auto_precision(root, NATIVE)
+        assert per_model == _spec()
+        assert "ran bfloat16 recipe" in why and "--record" in why
+    _write(root, record)
+    assert prec.auto_precision(root, NATIVE)[0] == _spec(vgg19=True)
