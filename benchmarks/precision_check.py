@@ -14,10 +14,15 @@ spec such as ``resnet50=bfloat16,vgg19=bfloat16``), runs every image of the spli
 accuracy in each precision, the difference, the share of images whose predicted
 class is the same (agreement) and the largest probability difference. The
 verdict is ``unchanged`` when no accuracy differs by more than ``--tolerance``
-(default 0: identical accuracy); the exit code is 0 then, else 1. The report's
+(default 0: identical accuracy); the exit code is 0 then, else 1 (with
+``--record``: 0 when a spec was recorded). The report's
 ``recommended_precision`` is the per-model spec of the base models whose own
-accuracy was unchanged; check that spec once more (``--precision SPEC``) to
-see the ensemble with exactly that mix before a deployment uses it.
+accuracy was unchanged. When it differs from ``--precision`` the same run also
+scores the ensemble with exactly that mix (``recommended_check``): every base
+model's probabilities do not depend on the others' precision, so the meta-learner
+is applied to the float32 outputs of the models left in float32 and the
+reduced-precision outputs of the others, with no second pass over the images.
+``--record`` then records that spec when its ensemble is unchanged too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -46,12 +53,15 @@ def compare(
     batch_size: int = 16,
     log: Any = print,
     precision: str = "bfloat16",
+    tolerance: float = 0.0,
 ) -> dict[str, Any]:
     """Evaluate float32 and ``precision`` (a spec) on ``part`` of ``split_csv``; return the report.
 
-    The report's ``*_bfloat16`` keys hold the results under ``precision``.
+    The report's ``*_bfloat16`` keys hold the results under ``precision``;
+    ``recommended_precision`` keeps bfloat16 for the base models whose accuracy
+    moved by at most ``tolerance``, and ``recommended_check`` (when that spec
+    differs from ``precision`` and still uses bfloat16) scores its ensemble.
     """
-    import numpy as np
 
     from ensemble.data import load_split
     from ensemble.inference import format_precision, load_ensemble, parse_precision
@@ -96,24 +106,24 @@ def compare(
         done = min(start + batch_size, len(rows))
         log(f"{done}/{len(rows)} images ({time.perf_counter() - t_start:.0f} s)")
     y = np.asarray(labels)
-    models: dict[str, Any] = {}
-    for n in names:
-        a = np.concatenate(probs["float32"][n]) if len(y) else np.zeros((0, len(CLASS_NAMES)))
-        b = np.concatenate(probs["bfloat16"][n]) if len(y) else np.zeros((0, len(CLASS_NAMES)))
-        acc_a = float((a.argmax(1) == y).mean()) if len(y) else float("nan")
-        acc_b = float((b.argmax(1) == y).mean()) if len(y) else float("nan")
-        models[n] = {
-            "precision": per_model.get(n, "float32 (meta-learner)"),
-            "accuracy_float32": round(acc_a, 6),
-            "accuracy_bfloat16": round(acc_b, 6),
-            "accuracy_difference": round(acc_b - acc_a, 6),
-            "correct_float32": int((a.argmax(1) == y).sum()),
-            "correct_bfloat16": int((b.argmax(1) == y).sum()),
-            "agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 6) if len(y) else None,
-            "max_abs_probability_difference": round(float(np.abs(a - b).max()), 6)
-            if len(y)
-            else None,
-        }
+    empty = np.zeros((0, len(CLASS_NAMES)), dtype=np.float32)
+    out = {
+        p: {n: np.concatenate(v) if len(y) else empty for n, v in by_name.items()}
+        for p, by_name in probs.items()
+    }
+    models = {
+        n: _scores(out["float32"][n], out["bfloat16"][n], y, per_model.get(n, META_PRECISION))
+        for n in names
+    }
+    kept = {
+        n: p if abs(models[n]["accuracy_difference"]) <= tolerance else "float32"
+        for n, p in per_model.items()
+        if n in models
+    }
+    recommended_check = None
+    meta = ensembles["float32"].meta
+    if len(y) and kept != per_model and "bfloat16" in kept.values() and meta is not None:
+        recommended_check = mixed_check(out, y, kept, meta.inputs, meta.predict)
     return {
         "artifacts": str(artifacts),
         "split_csv": str(split_csv),
@@ -126,7 +136,81 @@ def compare(
         "method": ensembles["float32"].method,
         "models": models,
         "predict_seconds": {p: round(s, 2) for p, s in seconds.items()},
+        "recommended_precision": format_precision(kept) if len(y) else "float32",
+        "recommended_check": recommended_check,
     }
+
+
+META_PRECISION = "float32 (meta-learner)"
+
+
+def _key(precision: str) -> str:
+    """Key of ``compare``'s probabilities for a per-model precision."""
+    return "float32" if precision == "float32" else "bfloat16"
+
+
+def mixed_check(
+    probs: dict[str, dict[str, Any]],
+    y: Any,
+    kept: dict[str, str],
+    meta_inputs: list[str],
+    meta_predict: Any,
+) -> dict[str, Any]:
+    """Score the ensemble of a per-model precision mix from already computed probabilities.
+
+    Args:
+        probs: ``{"float32" | "bfloat16": {model: (N, 4)}}``, the base models'
+            probabilities in each precision and the float32 ensemble's (key
+            :data:`ENSEMBLE` under ``"float32"``).
+        y: ``(N,)`` true class indices.
+        kept: ``{backbone: "float32" | "bfloat16"}``, the mix to score.
+        meta_inputs: Base models in the meta-learner's input order.
+        meta_predict: ``(N, 4 * len(meta_inputs)) -> (N, 4)``, the meta-learner.
+
+    Returns:
+        ``{"precision", "method", "models"}``: per base model the scores of its
+        precision in the mix (identical float32 scores where kept float32), and
+        the ensemble's float32 scores against the mix.
+    """
+    from ensemble.inference import format_precision
+
+    mixed = np.concatenate([probs[_key(kept[n])][n] for n in meta_inputs], axis=1)
+    models = {n: _scores(probs["float32"][n], probs[_key(p)][n], y, p) for n, p in kept.items()}
+    models[ENSEMBLE] = _scores(
+        probs["float32"][ENSEMBLE], np.asarray(meta_predict(mixed)), y, META_PRECISION
+    )
+    return {
+        "precision": format_precision(kept),
+        "method": "meta-learner applied to the float32 outputs of the models kept in float32 "
+        "and the reduced-precision outputs of the others, from the same run",
+        "models": models,
+    }
+
+
+def _scores(a: Any, b: Any, y: Any, precision: str) -> dict[str, Any]:
+    """Accuracy of float32 probabilities ``a`` and reduced ones ``b`` ``(N, 4)`` against ``y``."""
+    n = len(y)
+    return {
+        "precision": precision,
+        "accuracy_float32": round(float((a.argmax(1) == y).mean()), 6) if n else float("nan"),
+        "accuracy_bfloat16": round(float((b.argmax(1) == y).mean()), 6) if n else float("nan"),
+        "accuracy_difference": round(float((b.argmax(1) == y).mean() - (a.argmax(1) == y).mean()),
+                                     6) if n else float("nan"),
+        "correct_float32": int((a.argmax(1) == y).sum()),
+        "correct_bfloat16": int((b.argmax(1) == y).sum()),
+        "agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 6) if n else None,
+        "max_abs_probability_difference": round(float(np.abs(a - b).max()), 6) if n else None,
+    }
+
+
+def _verdict(report: dict[str, Any], tolerance: float) -> bool:
+    """Set ``verdict`` and ``largest_accuracy_difference`` of ``report``; True if unchanged."""
+    diffs = [abs(m["accuracy_difference"]) for m in report["models"].values()]
+    worst = max(diffs, default=0.0)
+    unchanged = bool(diffs) and report.get("n_images", 0) > 0 and worst <= tolerance
+    report.update(largest_accuracy_difference=worst,
+                  verdict="unchanged" if unchanged else "changed")
+    return unchanged
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -214,20 +298,17 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         log=lambda m: print(f"[precision] {m}", file=sys.stderr, flush=True),
         precision=args.precision,
-    )
-    worst = max((abs(m["accuracy_difference"]) for m in report["models"].values()), default=0.0)
-    unchanged = report["n_images"] > 0 and worst <= args.tolerance
-    kept = {
-        n: p if abs(report["models"][n]["accuracy_difference"]) <= args.tolerance else "float32"
-        for n, p in per_model.items()
-        if n in report["models"]
-    }
-    report.update(
         tolerance=args.tolerance,
-        largest_accuracy_difference=worst,
-        verdict="unchanged" if unchanged else "changed",
-        recommended_precision=format_precision(kept) if report["n_images"] else "float32",
     )
+    unchanged = _verdict(report, args.tolerance)
+    report.update(tolerance=args.tolerance)
+    rec = report["recommended_check"]
+    if rec is not None:
+        rec.update(
+            n_images=report["n_images"], split_csv=report["split_csv"], part=report["part"],
+            tolerance=args.tolerance,
+        )
+        rec_unchanged = _verdict(rec, args.tolerance)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -244,19 +325,30 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"verdict: {report['verdict']} (tolerance {args.tolerance})")
     print(f"recommended precision: {report['recommended_precision']}")
+    if rec is not None:
+        m = rec["models"][ENSEMBLE]
+        print(
+            f"ensemble with the recommended precision: {m['accuracy_float32']:.4f} -> "
+            f"{m['accuracy_bfloat16']:.4f} (agreement {m['agreement']:.4f}); "
+            f"verdict {rec['verdict']}"
+        )
     if args.record:
-        if not unchanged:
-            print("not recorded: an accuracy changed; check the recommended spec with "
-                  "--precision SPEC --record", file=sys.stderr)
+        to_record, checked = per_model, report
+        if not unchanged and rec is not None and rec_unchanged:
+            to_record, checked = parse_precision(rec["precision"]), rec
+        elif not unchanged:
+            print("not recorded: an accuracy changed and no bfloat16 mix left it unchanged",
+                  file=sys.stderr)
             return 1
         command = "python benchmarks/precision_check.py " + " ".join(
             argv if argv is not None else sys.argv[1:])
         try:
-            path = record_check(args.artifacts, per_model, report, command)
+            path = record_check(args.artifacts, to_record, checked, command)
         except ValueError as exc:
             print(f"not recorded: {exc}", file=sys.stderr)
             return 1
-        print(f"recorded: {path}")
+        print(f"recorded: {path} ({format_precision(to_record)})")
+        return 0  # with --record: 0 when a spec was recorded
     return 0 if unchanged else 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -76,3 +77,80 @@ def test_record_lets_auto_use_the_checked_spec(tiny_artifacts: Path, make_datase
     (art / "classification" / RECORD_FILE).unlink()
     assert precision_check.main([*args, "--tolerance", "-1"]) == 1
     assert not (art / "classification" / RECORD_FILE).exists()
+
+
+def _onehot(classes: list[int], p: float = 0.7) -> np.ndarray:
+    out = np.full((len(classes), 4), (1 - p) / 3, dtype=np.float32)
+    out[np.arange(len(classes)), classes] = p
+    return out
+
+
+def test_mixed_check_takes_each_model_in_its_kept_precision() -> None:
+    # Hand-made: y = [0, 1, 2, 3]; VGG19's reduced outputs are wrong on slice 0,
+    # the others' reduced outputs equal float32. A meta-learner that copies VGG19
+    # shows which precision of VGG19 it was given.
+    y = np.array([0, 1, 2, 3])
+    names = ["xception", "inceptionv3", "resnet50", "vgg19"]
+    f32 = {n: _onehot([0, 1, 2, 3]) for n in names}
+    red = {n: _onehot([0, 1, 2, 3]) for n in names} | {"vgg19": _onehot([3, 1, 2, 3])}
+    probs = {"float32": f32 | {"ensemble": _onehot([0, 1, 2, 3])}, "bfloat16": red}
+
+    def copy_vgg19(stacked: np.ndarray) -> np.ndarray:
+        assert stacked.shape == (4, 16)
+        return stacked[:, 12:16]
+
+    kept = {"xception": "bfloat16", "inceptionv3": "bfloat16", "resnet50": "bfloat16",
+            "vgg19": "float32"}
+    out = precision_check.mixed_check(probs, y, kept, names, copy_vgg19)
+    assert out["precision"] == "xception=bfloat16,inceptionv3=bfloat16,resnet50=bfloat16"
+    assert out["models"]["ensemble"]["accuracy_bfloat16"] == 1.0
+    assert out["models"]["vgg19"]["precision"] == "float32"
+    assert out["models"]["vgg19"]["agreement"] == 1.0
+
+    out = precision_check.mixed_check(probs, y, dict.fromkeys(names, "bfloat16"), names,
+                                      copy_vgg19)
+    assert out["models"]["ensemble"]["accuracy_bfloat16"] == 0.75
+    assert out["models"]["ensemble"]["correct_bfloat16"] == 3
+    assert out["models"]["vgg19"]["accuracy_difference"] == -0.25
+
+
+def test_record_falls_back_to_the_mix_that_kept_every_accuracy(
+        tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import shutil
+
+    from ensemble.precision import read_record
+
+    art = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts / "classification", art / "classification")
+    names = ["xception", "inceptionv3", "resnet50", "vgg19"]
+    y = np.array([0, 1, 2, 3])
+    same = {n: _onehot([0, 1, 2, 3]) for n in names}
+    probs = {"float32": same | {"ensemble": _onehot([0, 1, 2, 3])},
+             "bfloat16": same | {"vgg19": _onehot([3, 1, 2, 3])}}
+    scores = {n: precision_check._scores(probs["float32"][n], probs["bfloat16"][n], y, "bfloat16")
+              for n in names}
+    kept = dict.fromkeys(names, "bfloat16") | {"vgg19": "float32"}
+    report = {
+        "split_csv": "split.csv", "part": "test", "n_images": 4, "failures": [],
+        "models": scores | {"ensemble": precision_check._scores(
+            probs["float32"]["ensemble"], _onehot([3, 1, 2, 3]), y, "meta")},
+        "recommended_precision": "xception=bfloat16,inceptionv3=bfloat16,resnet50=bfloat16",
+        "recommended_check": precision_check.mixed_check(
+            probs, y, kept, names, lambda s: s[:, :4]),
+    }
+    monkeypatch.setattr(precision_check, "compare", lambda *a, **k: report)
+    args = ["--artifacts", str(art), "--data-dir", str(tmp_path), "--precision", "bfloat16",
+            "--record"]
+    assert precision_check.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "verdict: changed" in printed and "verdict unchanged" in printed
+    record = read_record(art / "classification")
+    assert record["precision"] == "xception=bfloat16,inceptionv3=bfloat16,resnet50=bfloat16"
+    assert record["accuracy"]["vgg19"]["float32"] == record["accuracy"]["vgg19"]["bfloat16"]
+
+    # when the mix changes the ensemble too, nothing is recorded
+    (art / "classification" / "precision.json").unlink()
+    report["recommended_check"] = precision_check.mixed_check(
+        probs, y, kept, names, lambda s: _onehot([1, 1, 2, 3]))
+    assert precision_check.main(args) == 1
+    assert not (art / "classification" / "precision.json").exists()
