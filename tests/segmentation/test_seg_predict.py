@@ -20,6 +20,7 @@ def test_export_load_round_trip_identical_predictions(tmp_path, float32_policy, 
         "depth": 2,
         "dropout": 0.0,
         "bn_momentum": 0.9,
+        "mirror_input": False,
     }
     assert config["threshold"] == 0.5
     assert "brain crop -> resize -> /255" in config["preprocessing"]
