@@ -189,17 +189,22 @@ def mixed_check(
 
 def _scores(a: Any, b: Any, y: Any, precision: str) -> dict[str, Any]:
     """Accuracy of float32 probabilities ``a`` and reduced ones ``b`` ``(N, 4)`` against ``y``."""
-    n = len(y)
+    if not len(y):
+        nan = float("nan")
+        return {"precision": precision, "accuracy_float32": nan, "accuracy_bfloat16": nan,
+                "accuracy_difference": nan, "correct_float32": 0, "correct_bfloat16": 0,
+                "agreement": None, "max_abs_probability_difference": None}
+    pred_a, pred_b = a.argmax(1), b.argmax(1)
+    acc_a, acc_b = float((pred_a == y).mean()), float((pred_b == y).mean())
     return {
         "precision": precision,
-        "accuracy_float32": round(float((a.argmax(1) == y).mean()), 6) if n else float("nan"),
-        "accuracy_bfloat16": round(float((b.argmax(1) == y).mean()), 6) if n else float("nan"),
-        "accuracy_difference": round(float((b.argmax(1) == y).mean() - (a.argmax(1) == y).mean()),
-                                     6) if n else float("nan"),
-        "correct_float32": int((a.argmax(1) == y).sum()),
-        "correct_bfloat16": int((b.argmax(1) == y).sum()),
-        "agreement": round(float((a.argmax(1) == b.argmax(1)).mean()), 6) if n else None,
-        "max_abs_probability_difference": round(float(np.abs(a - b).max()), 6) if n else None,
+        "accuracy_float32": round(acc_a, 6),
+        "accuracy_bfloat16": round(acc_b, 6),
+        "accuracy_difference": round(acc_b - acc_a, 6),
+        "correct_float32": int((pred_a == y).sum()),
+        "correct_bfloat16": int((pred_b == y).sum()),
+        "agreement": round(float((pred_a == pred_b).mean()), 6),
+        "max_abs_probability_difference": round(float(np.abs(a - b).max()), 6),
     }
 
 
