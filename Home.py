@@ -87,7 +87,8 @@ if pipeline is not None:
         test_key = "ensemble" if name == "meta" else name
         test = eval_models.get(test_key, {})
         rows.append({
-            "model": model_label(name),
+            "model": model_label(name) + (f" (ensemble of {len(config['members'])})"
+                                          if config.get("members") else ""),
             "role": role,
             "input size": info.get("input_size"),
             "runs in": {"litert": "LiteRT (XNNPACK)", "tensorflow": "TensorFlow"}.get(

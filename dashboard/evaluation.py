@@ -378,6 +378,36 @@ def training_phases(log: pd.DataFrame) -> list[str]:
     return out
 
 
+def segmenter_members(config: dict[str, Any] | None) -> pd.DataFrame | None:
+    """One row per member network of an ensemble segmenter's ``config.json``.
+
+    Args:
+        config: The segmenter's config (``segmentation.combine`` writes ``members``).
+
+    Returns:
+        Columns ``member``, ``base filters``, ``mirror input``, ``best epoch``,
+        ``val Dice (training metric)``, ``epochs``, ``wall time h``; ``None`` for a
+        single network or an unknown config.
+    """
+    members = (config or {}).get("members")
+    if not members:
+        return None
+    rows = []
+    for m in members:
+        arch = m.get("architecture") or {}
+        wall = m.get("wall_time_s_total", m.get("wall_time_s"))
+        rows.append({
+            "member": m.get("name"),
+            "base filters": arch.get("base_filters"),
+            "mirror input": bool(arch.get("mirror_input", False)),
+            "best epoch": m.get("best_epoch"),
+            "val Dice (training metric)": m.get("best_val_dice"),
+            "epochs": m.get("epochs_completed_total", m.get("epochs_completed")),
+            "wall time h": None if wall is None else round(float(wall) / 3600.0, 2),
+        })
+    return pd.DataFrame(rows)
+
+
 def read_per_image(path: Path) -> pd.DataFrame:
     """Read a segmentation ``per_image.csv``, ``id`` kept as text (``0006`` stays ``0006``)."""
     df = pd.read_csv(path, dtype={"id": str, "label": str})

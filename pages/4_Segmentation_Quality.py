@@ -13,6 +13,7 @@ from dashboard.evaluation import (
     operating_point_chosen_on,
     seg_robustness_long,
     seg_summary,
+    segmenter_members,
     stale_weights,
     with_files,
 )
@@ -100,12 +101,25 @@ if sweep is not None and len(sweep):
                "(`python -m segmentation.evaluate --sweep`); the operating point of the "
                "shipped model is chosen on the validation patients only.")
 
+seg_config = cache.json_record(paths.segmenter_dir() / "config.json")
+members = segmenter_members(seg_config)
+if members is not None:
+    with st.expander(f"Ensemble members ({len(members)})"):
+        st.dataframe(members, hide_index=True, width="stretch", column_config={
+            "val Dice (training metric)": st.column_config.NumberColumn(format="%.3f")})
+        st.caption("The shipped segmenter averages the per-pixel probabilities of these "
+                   "independently trained Res-UNets in one network call "
+                   "(`python -m segmentation.combine`); the threshold and post-processing "
+                   "were chosen for the average on the validation patients.")
 seg_log = cache.training_log(paths.segmenter_dir())
 if seg_log is not None:
     with st.expander("Res-UNet training curves"):
-        curves = charts.training_curves(seg_log, "Training curves — Res-UNet", [
-            ("Dice", "dice", "val_dice"), ("Loss", "loss", "val_loss")])
-        components.chart(curves, "sq_log")
+        logs = (list(seg_log.groupby("member", sort=False)) if "member" in seg_log.columns
+                else [("Res-UNet", seg_log)])
+        for name, log in logs:
+            curves = charts.training_curves(log, f"Training curves — {name}", [
+                ("Dice", "dice", "val_dice"), ("Loss", "loss", "val_loss")])
+            components.chart(curves, f"sq_log_{name}")
 
 robust = cache.seg_robustness_summary()
 with st.expander("Robustness to acquisition shift", expanded=robust is not None):
@@ -115,7 +129,7 @@ with st.expander("Robustness to acquisition shift", expanded=robust is not None)
                 "`python -m segmentation.robustness …`.")
     else:
         rob_rec = cache.json_record(paths.robustness_dir("segmentation") / "metrics.json") or {}
-        shipped = (cache.json_record(paths.segmenter_dir() / "config.json") or {})
+        shipped = seg_config or {}
         if stale_weights(rob_rec, {"resunet": shipped.get("weights_sha256")}):
             st.warning("This robustness run was made with other Res-UNet weights than those "
                        "shipped now; rerun `python -m segmentation.robustness` to refresh it.",

@@ -28,9 +28,18 @@ IEEE GRSL 2018):
 
 Input: ``(S, S, 1)`` greyscale scaled to ``[0, 1]``. Output: ``(S, S, 1)``
 per-pixel tumour probability.
+
+**Ensemble** (:func:`build_resunet_ensemble`): several independently trained
+ResUNets on the same input, their probabilities averaged in one graph. An
+artifact's ``architecture`` is either the keyword arguments of
+:func:`build_resunet` or ``{"members": [...], "combine": "mean"}``;
+:func:`build_segmenter` builds either.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 from keras import layers
@@ -207,3 +216,73 @@ def build_resunet(
     x = layers.Activation("relu", name="head_relu")(x)
     outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+ENSEMBLE_COMBINE = ("mean",)
+"""How an ensemble's member probabilities are combined."""
+
+
+def build_resunet_ensemble(
+    members: Sequence[Mapping[str, Any]], combine: str = "mean", name: str = "resunet_ensemble"
+) -> keras.Model:
+    """Build ResUNets that share one input and average their probabilities.
+
+    Args:
+        members: At least two :func:`build_resunet` keyword dicts (``name`` is
+            set here: member ``i`` is the sub-model ``member_i``). All must have
+            the same ``input_size``.
+        combine: One of :data:`ENSEMBLE_COMBINE`; ``"mean"`` averages the
+            members' per-pixel probabilities.
+        name: Keras model name.
+
+    Returns:
+        An uncompiled ``keras.Model`` mapping ``(B, S, S, 1)`` in ``[0, 1]`` to the
+        ``(B, S, S, 1)`` float32 mean probability of its members.
+
+    Raises:
+        ValueError: Fewer than two members, differing input sizes, a member
+            that names itself, or an unknown ``combine``.
+    """
+    if combine not in ENSEMBLE_COMBINE:
+        raise ValueError(f"combine must be one of {list(ENSEMBLE_COMBINE)}; received {combine!r}")
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least 2 members; received {len(members)}")
+    sizes = [int(m.get("input_size", 256)) for m in members]
+    if len(set(sizes)) != 1:
+        raise ValueError(f"ensemble members must share one input_size; received {sizes}")
+    if any("name" in m for m in members):
+        raise ValueError("ensemble members are named member_0, member_1, ...; drop their 'name'")
+    inputs = keras.Input((sizes[0], sizes[0], 1), name="image")
+    outputs = [
+        build_resunet(**dict(m), name=f"member_{i}")(inputs) for i, m in enumerate(members)
+    ]
+    mean = layers.Average(dtype="float32", name="mean_probability")(outputs)
+    return keras.Model(inputs, mean, name=name)
+
+
+def build_segmenter(architecture: Mapping[str, Any]) -> keras.Model:
+    """Build the network an artifact's ``architecture`` describes.
+
+    Args:
+        architecture: :func:`build_resunet` keyword arguments, or
+            ``{"members": [...], "combine": "mean"}`` for
+            :func:`build_resunet_ensemble`.
+
+    Returns:
+        The uncompiled ``keras.Model``.
+
+    Raises:
+        ValueError: If an option is invalid (see the two builders).
+        TypeError: If ``architecture`` has keys neither builder accepts.
+    """
+    if "members" in architecture:
+        extra = set(architecture) - {"members", "combine"}
+        if extra:
+            raise ValueError(
+                f"an ensemble architecture has keys 'members' and 'combine'; "
+                f"received extra {sorted(extra)}"
+            )
+        return build_resunet_ensemble(
+            architecture["members"], combine=str(architecture.get("combine", "mean"))
+        )
+    return build_resunet(**architecture)

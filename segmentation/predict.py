@@ -219,14 +219,16 @@ def load_segmenter(
     ``postprocess`` its ``postprocess`` (one of :data:`POSTPROCESS_MODES`, same rule).
 
     The model is rebuilt from ``config.json`` alone (float32 policy) and the
-    weight file's SHA-256 is verified before any weight is read.
+    weight file's SHA-256 is verified before any weight is read. An ensemble
+    artifact (``architecture.members``, written by ``segmentation.combine``) loads
+    the same way: one network call returns its members' mean probability.
 
     Raises:
         ArtifactError: If the folder, ``config.json`` or a required key is
             missing, the weights fail their checksum, or they do not fit the
             architecture; the message names the file or key.
     """
-    from segmentation.model import build_resunet
+    from segmentation.model import build_segmenter
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -250,7 +252,7 @@ def load_segmenter(
 
     try:
         with float32_policy():
-            model = build_resunet(**config["architecture"])
+            model = build_segmenter(config["architecture"])
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{folder / CONFIG_FILE}: invalid architecture: {exc}") from None
     if model.input_shape[1] != int(config["input_size"]):

@@ -218,7 +218,13 @@ def widen_artifact(
     from neurostack.artifacts import float32_policy
     from segmentation.predict import load_segmenter
 
-    narrow = load_segmenter(artifact_dir).model
+    loaded = load_segmenter(artifact_dir)
+    if "members" in loaded.config["architecture"]:
+        raise ValueError(
+            f"{artifact_dir} is an ensemble; extract one member first "
+            "(python -m segmentation.combine ENSEMBLE --extract NAME --out DIR) and widen that"
+        )
+    narrow = loaded.model
     with float32_policy():
         wide = widen_resunet(narrow, base_filters, mirror_input=mirror_input, seed=seed)
     out = Path(out)

@@ -336,3 +336,19 @@ def test_contrast_bands_table_in_percent_and_none_for_old_records(tmp_path):
     assert table.loc["0-0.5", ev.CONTRAST_ALNUM_COLUMN] == pytest.approx(50.0)
     assert table.loc["0-0.5", "mean Dice"] == pytest.approx(0.6)
     assert table.loc["> 1", "patients"] == 1
+
+
+def test_segmenter_members_lists_an_ensembles_networks():
+    config = {"members": [
+        {"name": "a", "architecture": {"base_filters": 16}, "best_epoch": 3,
+         "best_val_dice": 0.67, "epochs_completed_total": 31, "wall_time_s_total": 7200.0},
+        {"name": "b", "architecture": {"base_filters": 16, "mirror_input": True},
+         "best_epoch": 25, "best_val_dice": 0.68, "epochs_completed": 28},
+    ]}
+    table = ev.segmenter_members(config)
+    assert table["member"].tolist() == ["a", "b"]
+    assert table["mirror input"].tolist() == [False, True]
+    assert table["epochs"].tolist() == [31, 28]
+    assert table["wall time h"].tolist()[0] == 2.0 and pd.isna(table["wall time h"][1])
+    assert ev.segmenter_members({"architecture": {"base_filters": 16}}) is None
+    assert ev.segmenter_members(None) is None

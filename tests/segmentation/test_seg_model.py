@@ -122,3 +122,35 @@ def test_mirror_input_model(float32_policy):
     np.testing.assert_array_equal(a[..., 1], b[..., 0])
     with pytest.raises(ValueError, match="mirror_input must be True or False; received 'yes'"):
         build_resunet(input_size=32, base_filters=2, depth=2, mirror_input="yes")
+
+
+def test_ensemble_output_is_the_mean_of_its_member_networks(float32_policy):
+    from segmentation.model import build_resunet_ensemble
+
+    archs = [{"input_size": 32, "base_filters": 4, "depth": 2},
+             {"input_size": 32, "base_filters": 3, "depth": 2, "mirror_input": True}]
+    model = build_resunet_ensemble(archs)
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
+    members = [model.get_layer(f"member_{i}") for i in range(2)]
+    expected = 0.5 * (np.asarray(members[0](x)) + np.asarray(members[1](x)))
+    np.testing.assert_allclose(np.asarray(model(x)), expected, atol=1e-6)
+    assert model.output.dtype == "float32"
+    assert len(model.weights) == len(members[0].weights) + len(members[1].weights)
+
+
+def test_ensemble_builder_validates_its_options(float32_policy):
+    from segmentation.model import build_resunet_ensemble, build_segmenter
+
+    one = {"input_size": 32, "base_filters": 4, "depth": 2}
+    with pytest.raises(ValueError, match="at least 2 members; received 1"):
+        build_resunet_ensemble([one])
+    with pytest.raises(ValueError, match=r"one input_size; received \[32, 64\]"):
+        build_resunet_ensemble([one, {**one, "input_size": 64}])
+    with pytest.raises(ValueError, match="combine must be one of \\['mean'\\]; received 'max'"):
+        build_resunet_ensemble([one, one], combine="max")
+    with pytest.raises(ValueError, match="drop their 'name'"):
+        build_resunet_ensemble([one, {**one, "name": "x"}])
+    with pytest.raises(ValueError, match=r"extra \['input_size'\]"):
+        build_segmenter({"members": [one, one], "input_size": 32})
+    assert build_segmenter(one).name == "resunet"
+    assert build_segmenter({"members": [one, one]}).name == "resunet_ensemble"

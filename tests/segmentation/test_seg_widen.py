@@ -177,3 +177,16 @@ def test_cli_adds_the_mirror_channel(float32_policy, tiny_artifact, tmp_path, ca
     np.testing.assert_allclose(
         np.asarray(wide(x, training=False)), np.asarray(narrow(x, training=False)), atol=1e-5
     )
+
+
+def test_cli_refuses_an_ensemble_and_says_how_to_widen_a_member(
+    float32_policy, tiny_artifact, make_tiny_artifact, tmp_path, capsys
+):
+    from segmentation.combine import combine_segmenters
+
+    other, _ = make_tiny_artifact(tmp_path / "other", seed=9)
+    combine_segmenters([tiny_artifact, other], tmp_path / "ens")
+    out = tmp_path / "wide.npz"
+    assert main([str(tmp_path / "ens"), "--base-filters", "6", "--out", str(out)]) == 2
+    assert "is an ensemble; extract one member first" in capsys.readouterr().err
+    assert not out.exists()
