@@ -315,6 +315,34 @@ def _segmentation_failures(per_image: pd.DataFrame, cutoff: float | None = None)
     )
 
 
+def _segmenter_name(cfg: dict[str, Any]) -> str:
+    """``Res-UNet {...}`` or ``mean of N Res-UNets`` for an ensemble config."""
+    members = cfg.get("members")
+    if not members:
+        return f"Res-UNet {cfg['architecture']}"
+    return (f"mean of {len(members)} independently trained Res-UNets "
+            "(probabilities averaged in one network call; `python -m segmentation.combine`)")
+
+
+def _member_lines(members: list[dict[str, Any]]) -> list[str]:
+    """Tabulate an ensemble's members in Markdown: architecture, recipe, epochs, wall time."""
+    lines = ["| member | architecture | recipe | best epoch (val Dice) | epochs | wall time |",
+             "|---|---|---|---:|---:|---:|"]
+    for m in members:
+        recipe = m.get("recipe") or {}
+        aug = recipe.get("augmentation") or {}
+        text = (f"lr {recipe.get('learning_rate')}, {recipe.get('max_epochs')} epochs max, "
+                f"{recipe.get('mixed_precision', 'float32')}, seed {recipe.get('seed')}, "
+                f"augmentation {json.dumps(aug)}"
+                + (f", continued from {m['continued_from']}" if m.get("continued_from") else ""))
+        lines.append(
+            f"| {m.get('name')} | {json.dumps(m.get('architecture', {}))} | {text} | "
+            f"{m.get('best_epoch')} ({_fmt(m.get('best_val_dice'))}) | "
+            f"{m.get('epochs_completed_total', m.get('epochs_completed'))} | "
+            f"{_hours(m.get('wall_time_s_total', m.get('wall_time_s')))} |")
+    return lines + [""]
+
+
 def segmentation_section(root: Path) -> list[str]:
     """Recipe, wall time and held-out results of the Res-UNet."""
     lines = ["## Segmentation", ""]
@@ -332,7 +360,7 @@ def segmentation_section(root: Path) -> list[str]:
         )
         + ".",
         "",
-        f"**Model.** Res-UNet {cfg['architecture']}, input {cfg['input_size']}px, "
+        f"**Model.** {_segmenter_name(cfg)}, input {cfg['input_size']}px, "
         f"threshold {cfg['threshold']}, test-time augmentation "
         f"{cfg.get('test_time_augmentation', 'none')}, post-processing "
         f"{cfg.get('postprocess', 'none')}"
@@ -342,15 +370,21 @@ def segmentation_section(root: Path) -> list[str]:
             if cfg.get("operating_point")
             else ""
         )
-        + ". Recipe: "
-        + json.dumps(cfg.get("recipe", {})),
-        "",
-        f"Epochs completed {cfg.get('epochs_completed_total', cfg.get('epochs_completed'))} "
-        f"(all runs), best epoch of the last run {cfg.get('best_epoch')} "
-        f"(val Dice {_fmt(cfg.get('best_val_dice'))}), run finished: {cfg.get('run_finished')}, "
-        f"wall time {_hours(cfg.get('wall_time_s_total', cfg.get('wall_time_s')))} (all runs).",
+        + "."
+        + ("" if cfg.get("members") else " Recipe: " + json.dumps(cfg.get("recipe", {}))),
         "",
     ]
+    if cfg.get("members"):
+        lines += _member_lines(cfg["members"])
+    else:
+        lines += [
+            f"Epochs completed {cfg.get('epochs_completed_total', cfg.get('epochs_completed'))} "
+            f"(all runs), best epoch of the last run {cfg.get('best_epoch')} "
+            f"(val Dice {_fmt(cfg.get('best_val_dice'))}), run finished: "
+            f"{cfg.get('run_finished')}, wall time "
+            f"{_hours(cfg.get('wall_time_s_total', cfg.get('wall_time_s')))} (all runs).",
+            "",
+        ]
     ev = _json(root / "evaluation" / "segmentation" / "test" / "metrics.json")
     title = "Held-out test patients"
     if ev is None:

@@ -128,3 +128,24 @@ def test_contrast_lines_known_rows_and_silent_for_old_records(tmp_path):
     assert "| 0.5-1 | 1 | 1 | 0.800 | 0.800 | 0.0 % | 0 % |" in text
     assert "| > 1 | 1 | 1 | 0.900 |" in text
     assert "MRA" not in text and "| 11 |" not in text
+
+
+def test_segmentation_section_tabulates_ensemble_members(tmp_path):
+    import json
+
+    folder = tmp_path / "segmentation" / "resunet"
+    folder.mkdir(parents=True)
+    member = {"architecture": {"base_filters": 16}, "best_epoch": 25, "best_val_dice": 0.6801,
+              "epochs_completed": 28, "wall_time_s": 9000.0,
+              "recipe": {"learning_rate": 0.001, "max_epochs": 28, "seed": 42,
+                         "mixed_precision": "auto", "augmentation": {"gamma": 0.3}}}
+    config = {"architecture": {"members": [{}, {}]}, "input_size": 192, "threshold": 0.15,
+              "members": [{"name": "shipped", **member, "continued_from": "artifacts/x"},
+                          {"name": "scratch", **member}]}
+    (folder / "config.json").write_text(json.dumps(config))
+    text = "\n".join(model_card.segmentation_section(tmp_path))
+    assert "mean of 2 independently trained Res-UNets" in text
+    assert "| shipped |" in text and "| scratch |" in text
+    assert "continued from artifacts/x" in text and text.count("continued from") == 1
+    assert "25 (0.6801)" in text and "2.50 h" in text
+    assert "Recipe:" not in text  # the recipes are per member
