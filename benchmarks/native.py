@@ -82,7 +82,7 @@ def make_native_random(
     from ensemble.models import build_classifier, build_meta_learner
     from ensemble.registry import BACKBONES
     from neurostack.artifacts import save_weights_compact, write_json
-    from segmentation.model import build_resunet
+    from segmentation.model import build_segmenter
 
     dest = Path(dest)
     arch, arch_source = _seg_architecture(seg_reference)
@@ -120,7 +120,7 @@ def make_native_random(
             inputs=list(BACKBONES),
             training=dict(flag),
         )
-        seg = build_resunet(**arch)
+        seg = build_segmenter(arch)
         seg_dir = dest / "segmentation" / "resunet"
         sha = save_weights_compact(seg, seg_dir / "weights.npz")
         write_json(

@@ -58,8 +58,13 @@ def test_segmenter_checksum_and_log() -> None:
     cfg = json.loads((folder / "config.json").read_text())
     assert sha256_file(folder / cfg["weights_file"]) == cfg["weights_sha256"]
     log = pd.read_csv(folder / "training_log.csv")
-    assert log["epoch"].tolist() == list(range(len(log)))
-    total = cfg.get("epochs_completed_total", cfg["epochs_completed"])
+    # an ensemble (segmentation.combine) stacks its members' logs under a "member" column
+    groups = [g for _, g in log.groupby("member", sort=False)] if "member" in log else [log]
+    if "members" in cfg:
+        assert len(groups) == len(cfg["members"])
+    for group in groups:
+        assert group["epoch"].tolist() == list(range(len(group)))
+    total = cfg.get("epochs_completed_total", cfg.get("epochs_completed"))
     assert total == len(log)
     # segmentation.evaluate --record-in-artifacts: every entry describes the shipped weights
     evaluations = json.loads((folder / "metrics.json").read_text())["evaluations"]
