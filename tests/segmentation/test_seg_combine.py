@@ -140,3 +140,23 @@ def test_extract_names_the_members_it_has(members, tmp_path, capsys):
     assert "['first', 'second']; received 'third'" in capsys.readouterr().err
     assert main([str(a), "--extract", "first", "--out", str(tmp_path / "x")]) == 2
     assert "not an ensemble" in capsys.readouterr().err
+
+
+def test_ensemble_is_evaluated_and_gets_its_own_operating_point(members, figshare_like, tmp_path):
+    from segmentation.data import load_metadata, make_patient_split, write_split
+    from segmentation.evaluate import main as evaluate_main
+
+    a, b = members
+    config = combine_segmenters([a, b], tmp_path / "ens")
+    split_csv = write_split(make_patient_split(load_metadata(figshare_like)), tmp_path / "s.csv")
+    argv = [str(figshare_like / "images"), str(figshare_like / "masks"), "--no-progress",
+            "--artifacts", str(tmp_path / "ens"), "--ids-from", str(split_csv), "--split", "val",
+            "--out", str(tmp_path / "val"), "--tta", "hflip", "--sweep", "0.3,0.5",
+            "--choose-threshold"]
+    assert evaluate_main(argv) == 0
+    record = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    assert record["artifact"]["weights_sha256"] == config["weights_sha256"]
+    chosen = json.loads((tmp_path / "ens" / "config.json").read_text())
+    assert chosen["threshold"] in (0.3, 0.5) and chosen["test_time_augmentation"] == "hflip"
+    assert chosen["members"] == config["members"]  # provenance kept by the operating point
+    assert load_segmenter(tmp_path / "ens").default_threshold == chosen["threshold"]
