@@ -62,6 +62,11 @@ def _member_config(folder: Path) -> dict[str, Any]:
     for key in ("architecture", "input_size", "weights_sha256"):
         if key not in config:
             raise ArtifactError(f"{folder / CONFIG_FILE} lacks required key {key!r}")
+    if not isinstance(config["architecture"], dict):
+        raise ArtifactError(
+            f"{folder / CONFIG_FILE}: architecture must be a mapping of build_resunet options; "
+            f"received {config['architecture']!r}"
+        )
     if "members" in config["architecture"]:
         raise ValueError(f"{folder} is already an ensemble; combine its members' folders instead")
     return config
@@ -156,8 +161,11 @@ def combine_segmenters(
     architectures = [
         {k: v for k, v in c["architecture"].items() if k != "name"} for c in configs
     ]
-    with float32_policy():
-        model = build_resunet_ensemble(architectures)
+    try:
+        with float32_policy():
+            model = build_resunet_ensemble(architectures)
+    except TypeError as exc:  # an option build_resunet does not know
+        raise ArtifactError(f"a member's architecture is invalid: {exc}") from None
     for i, (folder, config) in enumerate(zip(folders, configs, strict=True)):
         load_weights_compact(
             model.get_layer(f"member_{i}"), folder / config.get("weights_file", WEIGHTS_FILE)
@@ -173,7 +181,6 @@ def combine_segmenters(
         "model": "resunet_ensemble",
         "architecture": {"members": architectures, "combine": "mean"},
         **{k: first[k] for k in SHARED_KEYS if k in first},
-        "combine": "mean of the members' per-pixel probabilities (one graph, one call)",
         "threshold": 0.5,
         "threshold_rule": "probability >= threshold",
         "weights_file": WEIGHTS_FILE,

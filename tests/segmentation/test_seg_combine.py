@@ -160,3 +160,17 @@ def test_ensemble_is_evaluated_and_gets_its_own_operating_point(members, figshar
     assert chosen["threshold"] in (0.3, 0.5) and chosen["test_time_augmentation"] == "hflip"
     assert chosen["members"] == config["members"]  # provenance kept by the operating point
     assert load_segmenter(tmp_path / "ens").default_threshold == chosen["threshold"]
+
+
+def test_combine_names_a_broken_member_architecture(members, tmp_path):
+    a, b = members
+    broken = tmp_path / "broken"
+    shutil.copytree(b, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    for architecture, message in ((dict(cfg["architecture"], kernel=5), "invalid"),
+                                  ("resunet", "must be a mapping")):
+        cfg["architecture"] = architecture
+        (broken / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ArtifactError, match=message):
+            combine_segmenters([a, broken], tmp_path / "x")
+    assert not (tmp_path / "x").exists()
