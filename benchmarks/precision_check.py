@@ -54,6 +54,7 @@ def compare(
     log: Any = print,
     precision: str = "bfloat16",
     tolerance: float = 0.0,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate float32 and ``precision`` (a spec) on ``part`` of ``split_csv``; return the report.
 
@@ -61,6 +62,9 @@ def compare(
     ``recommended_precision`` keeps bfloat16 for the base models whose accuracy
     moved by at most ``tolerance``, and ``recommended_check`` (when that spec
     differs from ``precision`` and still uses bfloat16) scores its ensemble.
+    ``tta`` is passed to :func:`ensemble.inference.load_ensemble` (``None``: the
+    default meta-learner's mode); the report's ``tta`` and ``meta_learner`` say
+    which mode and meta-learner folder were checked.
     """
 
     from ensemble.data import load_split
@@ -75,7 +79,7 @@ def compare(
         rows = rows.iloc[:limit]
     per_model = parse_precision(precision)
     ensembles = {
-        key: load_ensemble(artifacts / "classification", strict=False, precision=p)
+        key: load_ensemble(artifacts / "classification", strict=False, precision=p, tta=tta)
         for key, p in (("float32", "float32"), ("bfloat16", per_model))
     }
     names = [*ensembles["float32"].members, ENSEMBLE]
@@ -134,6 +138,9 @@ def compare(
         "failures": failures,
         "missing_artifacts": ensembles["float32"].missing,
         "method": ensembles["float32"].method,
+        "tta": ensembles["float32"].tta,
+        "meta_learner": meta.folder.name if meta is not None else None,
+        "meta_input_tta": meta.config.get("input_tta", "none") if meta is not None else None,
         "models": models,
         "predict_seconds": {p: round(s, 2) for p, s in seconds.items()},
         "recommended_precision": format_precision(kept) if len(y) else "float32",
@@ -247,6 +254,14 @@ def _parser() -> argparse.ArgumentParser:
         help="the precision compared with float32: bfloat16 (every base model) or per model, "
         "e.g. resnet50=bfloat16,vgg19=bfloat16",
     )
+    p.add_argument(
+        "--tta",
+        choices=["none", "hflip"],
+        default=None,
+        help="classifiers' test-time augmentation (default: the meta-learner's); --record "
+        "then writes that mode's record (precision_single_crop.json for none, when the "
+        "default mode is hflip), which pins that mode's meta-learner",
+    )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument(
         "--record",
@@ -257,9 +272,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (records travel with it)."""
+    try:
+        return Path(path).resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def record_check(artifacts: Path, per_model: dict[str, str], report: dict[str, Any],
-                 command: str) -> Path:
+                 command: str, tta: str | None = None) -> Path:
     """Write the record of a passed check next to the classifiers; return its path.
+
+    ``tta`` picks the mode's record file and meta-learner
+    (:func:`ensemble.precision.record_path`; ``None``: the default mode).
 
     Raises:
         ValueError: If the check did not pass or does not pin every model
@@ -267,17 +293,17 @@ def record_check(artifacts: Path, per_model: dict[str, str], report: dict[str, A
     """
     from datetime import datetime, timezone
 
-    from ensemble.precision import RECORD_FILE, current_weights_sha256, make_record
+    from ensemble.precision import current_weights_sha256, make_record, record_path
 
     folder = artifacts / "classification"
     record = make_record(
         per_model,
-        report,
-        current_weights_sha256(folder),
+        {**report, "split_csv": _repo_relative(report.get("split_csv", ""))},
+        current_weights_sha256(folder, tta),
         recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         command=command,
     )
-    path = folder / RECORD_FILE
+    path = record_path(folder, tta)
     part = path.with_name(path.name + ".part")
     part.write_text(json.dumps(record, indent=2) + "\n")
     part.replace(path)
@@ -304,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda m: print(f"[precision] {m}", file=sys.stderr, flush=True),
         precision=args.precision,
         tolerance=args.tolerance,
+        tta=args.tta,
     )
     unchanged = _verdict(report, args.tolerance)
     report.update(tolerance=args.tolerance)
@@ -311,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     if rec is not None:
         rec.update(
             n_images=report["n_images"], split_csv=report["split_csv"], part=report["part"],
-            tolerance=args.tolerance,
+            tolerance=args.tolerance, tta=report.get("tta"),
+            meta_learner=report.get("meta_learner"),
         )
         rec_unchanged = _verdict(rec, args.tolerance)
     if args.json is not None:
@@ -337,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['accuracy_bfloat16']:.4f} (agreement {m['agreement']:.4f}); "
             f"verdict {rec['verdict']}"
         )
+    if args.record and report.get("meta_input_tta") not in (None, report.get("tta")):
+        print(f"not recorded: the meta-learner {report['meta_learner']} was fitted on "
+              f"{report['meta_input_tta']!r} inputs, not on the {report['tta']!r} inputs checked "
+              "(fit one for this mode with ensemble.stack first)", file=sys.stderr)
+        return 1
     if args.record:
         to_record, checked = per_model, report
         if not unchanged and rec is not None and rec_unchanged:
@@ -348,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "python benchmarks/precision_check.py " + " ".join(
             argv if argv is not None else sys.argv[1:])
         try:
-            path = record_check(args.artifacts, to_record, checked, command)
+            path = record_check(args.artifacts, to_record, checked, command, args.tta)
         except ValueError as exc:
             print(f"not recorded: {exc}", file=sys.stderr)
             return 1

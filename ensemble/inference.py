@@ -66,6 +66,10 @@ from neurostack.preprocess import TTA_MODES, check_tta, resize_square
 log = logging.getLogger(__name__)
 
 META_NAME = "meta"
+"""The default meta-learner's folder; its ``input_tta`` is the default test-time augmentation."""
+ALT_META_NAMES: dict[str, str] = {"none": "meta_single_crop", "hflip": "meta_mirror"}
+"""Folder of a meta-learner fitted for another test-time augmentation than the default one,
+by mode; :func:`load_ensemble` uses it when that mode is asked for."""
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 """Inference precisions of the base classifiers; ``float32`` is the default."""
 RUNTIME_ENV = "NEUROSTACK_RUNTIME"
@@ -510,6 +514,42 @@ def stale_meta_inputs(meta_config: dict, members: dict[str, LoadedClassifier]) -
                   if name in recorded and recorded[name] != clf.config.get("weights_sha256"))
 
 
+def select_meta_folder(classification_dir: str | Path, tta: str | None) -> Path:
+    """Return the folder of the meta-learner to use with test-time augmentation ``tta``.
+
+    ``ROOT/meta`` is the default and, through its ``input_tta``, fixes the default
+    mode (``tta=None``). Asked for another mode, the folder
+    ``ROOT/ALT_META_NAMES[tta]`` is used when it exists (a meta-learner fitted on
+    that mode's validation probabilities); otherwise ``ROOT/meta`` is returned and
+    :func:`load_ensemble` warns that its inputs differ from its training inputs.
+
+    Raises:
+        ArtifactError: If the alternative folder records another ``input_tta``.
+        ValueError: If ``tta`` is not one of :data:`~neurostack.preprocess.TTA_MODES`.
+    """
+    root = Path(classification_dir)
+    default = root / META_NAME
+    if tta is None:
+        return default
+    check_tta(tta)
+    alt = root / ALT_META_NAMES[tta]
+    if not (alt / CONFIG_FILE).is_file():
+        return default
+    try:
+        default_tta = read_json(default / CONFIG_FILE).get("input_tta", "none")
+    except (ArtifactError, AttributeError):
+        default_tta = None  # unreadable: the alternative is the one fitted on ``tta``
+    if default_tta == tta:
+        return default
+    recorded = read_json(alt / CONFIG_FILE).get("input_tta", "none")
+    if recorded != tta:
+        raise ArtifactError(
+            f"{alt / CONFIG_FILE}: the meta-learner for test-time augmentation {tta!r} "
+            f"must record input_tta {tta!r}; received {recorded!r}"
+        )
+    return alt
+
+
 def load_meta(folder: str | Path) -> LoadedMeta:
     """Rebuild the meta-learner from its folder, verifying the weights' SHA-256 first."""
     from ensemble.models import build_meta_learner
@@ -543,6 +583,9 @@ class EnsemblePrediction:
         return self.ensemble.argmax(axis=1)
 
 
+_TTA_WORDS = {"none": "single-crop", "hflip": "mirror-averaged"}
+
+
 class Ensemble:
     """Four base classifiers and the meta-learner.
 
@@ -573,7 +616,11 @@ class Ensemble:
         self.missing = missing or []
         self.precision_note = ""
         """How the members' precisions were chosen (set by :func:`load_ensemble`)."""
+        self.load_options: dict[str, Any] = {}
+        """The precision, folding and runtime options of :func:`load_ensemble`, so that
+        :meth:`with_tta` can resolve ``"auto"`` for another mode."""
         self._lock = threading.Lock()
+        self._fused_requested = fused
         self.sizes: tuple[int, ...] = tuple(sorted({c.input_size for c in members.values()}))
         in_tf = all(c.runtime == "tensorflow" for c in members.values())
         self._fused = self._build_fused() if fused and in_tf else None
@@ -619,6 +666,53 @@ class Ensemble:
         fn.get_concrete_function()  # trace now, once; later calls never retrace
         return fn
 
+    def with_tta(self, tta: str) -> Ensemble:
+        """Return this ensemble with test-time augmentation ``tta``, sharing the loaded members.
+
+        The meta-learner follows :func:`select_meta_folder` (the one fitted for ``tta``
+        when the artifacts hold one). With ``precision="auto"`` the members follow the
+        check recorded for ``tta`` (:func:`ensemble.precision.auto_precision`): a member
+        whose precision differs there is loaded again in it, the others are shared;
+        the fused graph is traced anew. ``self`` when ``tta`` is already the mode.
+
+        Raises:
+            ValueError: If ``tta`` is not one of :data:`~neurostack.preprocess.TTA_MODES`.
+            ArtifactError: If the other meta-learner is corrupt.
+        """
+        check_tta(tta)
+        if tta == self.tta:
+            return self
+        meta, missing = self.meta, list(self.missing)
+        if meta is not None:
+            folder = select_meta_folder(meta.folder.parent, tta)
+            if folder != meta.folder:
+                meta = load_meta(folder)
+                stale = stale_meta_inputs(meta.config, self.members)
+                if stale:
+                    missing.append(f"{folder} (meta-learner fitted on other weights of "
+                                   f"{', '.join(stale)})")
+                    meta = self.meta
+        members, note = self.members, self.precision_note
+        opts = self.load_options
+        if opts and opts.get("precision") == AUTO:
+            root = next(iter(self.members.values())).folder.parent
+            per_model, note = resolve_precision(AUTO, root, tta)
+            runtimes = resolve_runtimes(opts.get("runtime"), per_model,
+                                        fold_batchnorm=opts.get("fold_batchnorm"))
+            members = {
+                name: clf if (clf.precision, clf.runtime) == (per_model[name], runtimes[name])
+                else load_classifier(clf.folder, precision=per_model[name],
+                                     fold_batchnorm=opts.get("fold_batchnorm"),
+                                     runtime=runtimes[name])
+                for name, clf in self.members.items()
+            }
+            if all(members[n] is c for n, c in self.members.items()):
+                members = self.members
+        other = Ensemble(members, meta, missing, fused=self._fused_requested, tta=tta)
+        other.precision_note = note
+        other.load_options = dict(opts)
+        return other
+
     @property
     def runtimes(self) -> dict[str, str]:
         """``{member name: runtime}`` (:data:`RUNTIMES`)."""
@@ -629,10 +723,15 @@ class Ensemble:
         """How the final probabilities are formed (and the test-time augmentation, if any)."""
         if self.meta is not None:
             how = "meta-learner (stacking)"
+            fitted_on = self.meta.config.get("input_tta", "none")
+            if fitted_on != self.tta:
+                how += f", fitted on {_TTA_WORDS[fitted_on]} inputs"
         else:
             how = f"mean of {len(self.members)} base model(s); meta-learner not available"
         if self.tta == "hflip":
             how += "; each base model averaged over the slice and its mirror image"
+        elif self.meta is not None and self.meta.config.get("input_tta", "none") != self.tta:
+            how += "; each base model on the slice alone"
         return how
 
     def predict_crops(
@@ -686,15 +785,16 @@ class Ensemble:
 
 
 def resolve_precision(
-    precision: str | Mapping[str, str], classification_dir: str | Path
+    precision: str | Mapping[str, str], classification_dir: str | Path, tta: str | None = None
 ) -> tuple[dict[str, str], str]:
     """``({backbone: precision}, how it was chosen)`` for a spec, ``"auto"`` included.
 
-    ``"auto"`` follows :func:`ensemble.precision.auto_precision`; any other spec goes
+    ``"auto"`` follows :func:`ensemble.precision.auto_precision` (the check recorded for
+    test-time augmentation ``tta``; ``None``: the default mode); any other spec goes
     through :func:`parse_precision` (``ValueError`` if malformed).
     """
     if isinstance(precision, str) and precision.strip() == AUTO:
-        return auto_precision(classification_dir)
+        return auto_precision(classification_dir, tta=tta)
     per_model = parse_precision(precision)
     return per_model, f"{format_precision(per_model)}: as requested"
 
@@ -766,7 +866,7 @@ def load_ensemble(
     if tta is not None:
         check_tta(tta)
     root = Path(classification_dir)
-    per_model, precision_note = resolve_precision(precision, root)
+    per_model, precision_note = resolve_precision(precision, root, tta)
     log.info("classifier precision %s", precision_note)
     runtimes = resolve_runtimes(runtime, per_model, fold_batchnorm=fold_batchnorm)
     members: dict[str, LoadedClassifier] = {}
@@ -783,25 +883,33 @@ def load_ensemble(
             runtime=runtimes[name],
         )
     meta = None
-    if (root / META_NAME / CONFIG_FILE).exists() and not missing:
-        meta = load_meta(root / META_NAME)
+    meta_dir = select_meta_folder(root, tta)
+    if (meta_dir / CONFIG_FILE).exists() and not missing:
+        meta = load_meta(meta_dir)
         stale = stale_meta_inputs(meta.config, members)
         if stale:
             missing.append(
-                f"{root / META_NAME} (meta-learner fitted on other weights of {', '.join(stale)}; "
+                f"{meta_dir} (meta-learner fitted on other weights of {', '.join(stale)}; "
                 "refit it on their new validation predictions with python -m ensemble.stack)"
             )
             meta = None
-    elif not (root / META_NAME / CONFIG_FILE).exists():
-        missing.append(f"{root / META_NAME} (meta-learner)")
+    elif not (meta_dir / CONFIG_FILE).exists():
+        missing.append(f"{meta_dir} (meta-learner)")
     if missing and strict:
         raise ArtifactError("Missing artifacts: " + "; ".join(missing))
     if not members:
         raise ArtifactError("No classifier artifacts found: " + "; ".join(missing))
     if tta is None:
         tta = meta.config.get("input_tta", "none") if meta is not None else "none"
+    if meta is not None and meta.config.get("input_tta", "none") != tta:
+        log.warning(
+            "%s was fitted on %r inputs but runs on %r ones (no %s folder)",
+            meta_dir, meta.config.get("input_tta", "none"), tta, ALT_META_NAMES[tta],
+        )
     ens = Ensemble(members, meta, missing, fused=fused, tta=tta)
     ens.precision_note = precision_note
+    ens.load_options = {"precision": precision, "fold_batchnorm": fold_batchnorm,
+                        "runtime": runtime}
     return ens
 
 

@@ -23,6 +23,12 @@ the meta-learner are the ones that were checked and the check ran this version's
 bfloat16 recipe (:data:`ensemble.inference.BFLOAT16_RECIPE`; a record without
 ``bfloat16_recipe`` ran recipe 1). In every other case it is
 float32 for all, with the reason returned for logs and the dashboard.
+
+A record holds for one test-time augmentation: :data:`RECORD_FILE` for the
+default mode (the default meta-learner's ``input_tta``) and
+:data:`MODE_RECORD_FILES` for another one (the opt-in single-crop mode, checked
+with ``precision_check.py --tta none --record``), whose ``"meta"`` checksum is
+that mode's meta-learner. A mode without its own record runs in float32.
 """
 
 from __future__ import annotations
@@ -48,6 +54,35 @@ RECORD_FILE = "precision.json"
 """The check's record, in the classification artifact folder."""
 RECORD_FORMAT = 1
 META_NAME = "meta"
+MODE_RECORD_FILES: dict[str, str] = {
+    "none": "precision_single_crop.json",
+    "hflip": "precision_mirror.json",
+}
+"""The record for a test-time augmentation other than the default one, by mode."""
+
+
+def default_tta(classification_dir: str | Path) -> str:
+    """Return the default test-time augmentation: the default meta-learner's ``input_tta``.
+
+    ``"none"`` when that config is missing or unreadable (the loader reports it).
+    """
+    try:
+        cfg = json.loads((Path(classification_dir) / META_NAME / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return "none"
+    return cfg.get("input_tta", "none") if isinstance(cfg, dict) else "none"
+
+
+def record_path(classification_dir: str | Path, tta: str | None = None) -> Path:
+    """Return the precision record's path for test-time augmentation ``tta`` (``None``: default)."""
+    root = Path(classification_dir)
+    if tta is None or tta == default_tta(root):
+        return root / RECORD_FILE
+    if tta not in MODE_RECORD_FILES:
+        raise ValueError(
+            f"test-time augmentation must be one of {list(MODE_RECORD_FILES)}; received {tta!r}"
+        )
+    return root / MODE_RECORD_FILES[tta]
 
 
 def default_precision() -> str:
@@ -55,16 +90,26 @@ def default_precision() -> str:
     return os.environ.get(PRECISION_ENV, "").strip() or AUTO
 
 
-def current_weights_sha256(classification_dir: str | Path) -> dict[str, str]:
+def current_weights_sha256(classification_dir: str | Path, tta: str | None = None
+                           ) -> dict[str, str]:
     """``{model: weights_sha256}`` from the configs of the base models and the meta-learner.
 
+    ``"meta"`` is the meta-learner used with test-time augmentation ``tta``
+    (:func:`ensemble.inference.select_meta_folder`; ``None``: the default one).
     Models without a readable config are left out (the loader reports them).
     """
+    from ensemble.inference import select_meta_folder
+
     root = Path(classification_dir)
     out: dict[str, str] = {}
+    try:
+        meta_dir = select_meta_folder(root, tta)
+    except Exception:  # noqa: BLE001 - a broken alternative is reported by the loader
+        meta_dir = root / META_NAME
     for name in (*BACKBONES, META_NAME):
+        folder = meta_dir if name == META_NAME else root / name
         try:
-            cfg = json.loads((root / name / CONFIG_FILE).read_text())
+            cfg = json.loads((folder / CONFIG_FILE).read_text())
         except (OSError, ValueError):
             continue
         if isinstance(cfg, dict) and isinstance(cfg.get("weights_sha256"), str):
@@ -129,6 +174,8 @@ def make_record(
             "split_csv": str(report.get("split_csv", "")),
             "part": str(report.get("part", "")),
             "n_images": int(report["n_images"]),
+            **({"tta": str(report["tta"])} if report.get("tta") else {}),
+            **({"meta_learner": str(report["meta_learner"])} if report.get("meta_learner") else {}),
         },
         "tolerance": float(report.get("tolerance", 0.0)),
         "accuracy": accuracy,
@@ -137,13 +184,13 @@ def make_record(
     }
 
 
-def read_record(classification_dir: str | Path) -> dict[str, Any] | None:
-    """Read the record in ``classification_dir``; ``None`` if there is none.
+def read_record(classification_dir: str | Path, tta: str | None = None) -> dict[str, Any] | None:
+    """Read the record for test-time augmentation ``tta`` (:func:`record_path`); ``None`` if none.
 
     Raises:
         ValueError: If the file exists but is not a record this version reads.
     """
-    path = Path(classification_dir) / RECORD_FILE
+    path = record_path(classification_dir, tta)
     if not path.exists():
         return None
     try:
@@ -165,11 +212,12 @@ def read_record(classification_dir: str | Path) -> dict[str, Any] | None:
 
 
 def auto_precision(
-    classification_dir: str | Path, flags: frozenset[str] | None = None
+    classification_dir: str | Path, flags: frozenset[str] | None = None, tta: str | None = None
 ) -> tuple[dict[str, str], str]:
     """Resolve the ``"auto"`` precision: ``({backbone: precision}, reason)``.
 
-    bfloat16 for the models of the recorded check, on a CPU with native bfloat16
+    bfloat16 for the models of the check recorded for test-time augmentation ``tta``
+    (``None``: the default mode; :func:`record_path`), on a CPU with native bfloat16
     (``flags`` default: ``/proc/cpuinfo``) and while every checked checksum still
     matches; float32 for all otherwise. Never raises: a broken record means
     float32, and the reason says why.
@@ -180,14 +228,15 @@ def auto_precision(
     if not has_native_bfloat16(flags):
         return float32, "float32: this CPU has no native bfloat16 (AVX512_BF16 or AMX_BF16)"
     try:
-        record = read_record(classification_dir)
+        path = record_path(classification_dir, tta)
+        record = read_record(classification_dir, tta)
         if record is None:
-            return float32, f"float32: no {RECORD_FILE} (no bfloat16 accuracy check recorded)"
+            return float32, f"float32: no {path.name} (no bfloat16 accuracy check recorded)"
         per_model = parse_precision(record["precision"])
     except ValueError as exc:
         log.warning("ignoring the precision record: %s", exc)
         return float32, f"float32: {exc}"
-    current = current_weights_sha256(classification_dir)
+    current = current_weights_sha256(classification_dir, tta)
     stale = sorted(n for n, sha in record["weights_sha256"].items() if current.get(n) != sha)
     if stale:
         return float32, (

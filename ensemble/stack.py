@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ensemble.data import label_indices
 from ensemble.evaluate import probability_columns
 from ensemble.export import write_meta_artifact
+from ensemble.inference import ALT_META_NAMES
 from ensemble.registry import BACKBONES
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import write_json
@@ -135,6 +136,13 @@ def fit_meta_learner(
     except ValueError as exc:
         raise ValueError(f"{src_metrics} is not valid JSON ({exc})") from None
     tta = check_tta(recorded.get("tta", "none"))
+    for mode, name in ALT_META_NAMES.items():
+        if Path(out).name == name and tta != mode:
+            raise ValueError(
+                f"{out} is where ensemble.inference looks for the meta-learner of "
+                f"test-time augmentation {mode!r}; the held-out predictions in {heldout_csv} "
+                f"were made with {tta!r} (evaluate with --tta {mode})"
+            )
     split = recorded.get("split")
     part = split.get("part") if isinstance(split, dict) else None
     if part == "test":

@@ -77,6 +77,47 @@ def test_record_lets_auto_use_the_checked_spec(tiny_artifacts: Path, make_datase
     (art / "classification" / RECORD_FILE).unlink()
     assert precision_check.main([*args, "--tolerance", "-1"]) == 1
     assert not (art / "classification" / RECORD_FILE).exists()
+    # the record pins the default meta-learner in its own mode: another mode is not recorded
+    out = tmp_path / "mirror.json"
+    assert precision_check.main([*args, "--tolerance", "1", "--tta", "hflip",
+                                 "--json", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert report["tta"] == "hflip" and report["meta_input_tta"] == "none"
+    assert not (art / "classification" / RECORD_FILE).exists()
+
+
+def test_a_single_crop_check_is_recorded_for_that_mode_only(tiny_artifacts: Path,
+                                                             make_dataset_dir,
+                                                             tmp_path: Path) -> None:
+    import shutil
+
+    from ensemble.precision import MODE_RECORD_FILES, RECORD_FILE, auto_precision, read_record
+
+    cls = tmp_path / "artifacts" / "classification"
+    shutil.copytree(tiny_artifacts / "classification", cls)
+    shutil.copytree(cls / "meta", cls / "meta_single_crop")  # fitted on single crops
+    config = json.loads((cls / "meta" / "config.json").read_text())
+    (cls / "meta" / "config.json").write_text(json.dumps(config | {"input_tta": "hflip"}))
+    data = make_dataset_dir(1, seed=3)
+    rows = [{"path": p.relative_to(data).as_posix(), "label": p.parent.name, "group": i,
+             "split": "test"} for i, p in enumerate(sorted(data.glob("*/*.png")))]
+    split = tmp_path / "split.csv"
+    pd.DataFrame(rows).to_csv(split, index=False)
+    assert precision_check.main(
+        ["--artifacts", str(cls.parent), "--data-dir", str(data), "--split-csv", str(split),
+         "--precision", "resnet50=bfloat16", "--tta", "none", "--record", "--tolerance", "1"]) == 0
+    assert not (cls / RECORD_FILE).exists()  # the default (mirror) mode was not checked
+    record = read_record(cls, "none")
+    assert (cls / MODE_RECORD_FILES["none"]).is_file()
+    assert record["precision"] == "resnet50=bfloat16"
+    assert record["checked_on"]["tta"] == "none"
+    assert record["checked_on"]["meta_learner"] == "meta_single_crop"
+    single = json.loads((cls / "meta_single_crop" / "config.json").read_text())
+    assert record["weights_sha256"]["meta"] == single["weights_sha256"]
+    native = frozenset({"avx512_bf16"})
+    assert auto_precision(cls, native, tta="none")[0] == parse_precision("resnet50=bfloat16")
+    per_model, why = auto_precision(cls, native)  # default mode: no record, float32
+    assert set(per_model.values()) == {"float32"} and RECORD_FILE in why
 
 
 def _onehot(classes: list[int], p: float = 0.7) -> np.ndarray:

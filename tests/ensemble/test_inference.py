@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ensemble.export import write_classifier_artifact
-from ensemble.inference import load_classifier, load_ensemble, load_meta
+from ensemble.inference import load_classifier, load_ensemble, load_meta, select_meta_folder
 from ensemble.models import build_classifier
 from ensemble.registry import BACKBONES, get_backbone
 from neurostack import CLASS_NAMES
@@ -298,8 +298,9 @@ def test_hflip_tta_averages_the_crop_and_its_mirror(tiny_artifacts: Path, fused:
         expected = (a.per_model[name] + b.per_model[name]) / 2
         np.testing.assert_allclose(got.per_model[name], expected, atol=1e-5)
     np.testing.assert_allclose(got.ensemble, ens.combine(got.per_model), atol=1e-5)
-    assert got.method == "meta-learner (stacking); each base model averaged over the slice and " \
-        "its mirror image"
+    # the tiny meta-learner was fitted on single crops, and the method says so
+    assert got.method == "meta-learner (stacking), fitted on single-crop inputs; each base " \
+        "model averaged over the slice and its mirror image"
 
 
 def test_tta_default_follows_the_meta_learner(tiny_artifacts: Path, tmp_path: Path) -> None:
@@ -317,6 +318,70 @@ def test_tta_default_follows_the_meta_learner(tiny_artifacts: Path, tmp_path: Pa
     cfg_path.write_text(json.dumps(cfg | {"input_tta": "rot90"}))
     with pytest.raises(ArtifactError, match="input_tta must be one of .* received 'rot90'"):
         load_ensemble(root, fused=False)
+
+
+def test_a_meta_learner_fitted_for_the_asked_tta_is_preferred(
+    tiny_artifacts: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _link_tree(tiny_artifacts / "classification", tmp_path / "cls", list(BACKBONES))
+    src = tiny_artifacts / "classification" / "meta"
+    shutil.copytree(src, root / "meta")
+    cfg = json.loads((src / "config.json").read_text())
+    (root / "meta" / "config.json").write_text(json.dumps(cfg | {"input_tta": "hflip"}))
+    assert select_meta_folder(root, None) == root / "meta"
+    assert select_meta_folder(root, "hflip") == root / "meta"
+
+    # no single-crop meta-learner yet: the default one runs, and says it was fitted otherwise
+    with caplog.at_level("WARNING", logger="ensemble.inference"):
+        fallback = load_ensemble(root, fused=False, tta="none")
+    assert fallback.meta is not None and fallback.meta.folder == root / "meta"
+    assert fallback.method == (
+        "meta-learner (stacking), fitted on mirror-averaged inputs; each base model on the "
+        "slice alone"
+    )
+    assert "fitted on 'hflip' inputs but runs on 'none' ones" in caplog.text
+
+    # with one: it is used for single crops, the default one for the default mode
+    shutil.copytree(src, root / "meta_single_crop")
+    (root / "meta_single_crop" / "config.json").write_text(json.dumps(cfg | {"input_tta": "none"}))
+    assert select_meta_folder(root, "none") == root / "meta_single_crop"
+    fast = load_ensemble(root, fused=False, tta="none")
+    assert fast.meta.folder == root / "meta_single_crop" and fast.tta == "none"
+    assert fast.method == "meta-learner (stacking)"
+    default = load_ensemble(root, fused=False)
+    assert default.meta.folder == root / "meta" and default.tta == "hflip"
+    assert default.method.endswith("averaged over the slice and its mirror image")
+    # derived from the loaded ensemble: same members, the single-crop meta-learner
+    derived = default.with_tta("none")
+    assert derived.members is default.members and default.with_tta("hflip") is default
+    assert derived.meta.folder == root / "meta_single_crop" and derived.tta == "none"
+    crops = _crops(2, seed=3)
+    np.testing.assert_allclose(derived.predict_crops(crops).ensemble,
+                               fast.predict_crops(crops).ensemble, atol=1e-6)
+    assert default.tta == "hflip"  # unchanged
+
+    # an alternative folder that records another mode is refused, naming both
+    (root / "meta_single_crop" / "config.json").write_text(json.dumps(cfg | {"input_tta": "hflip"}))
+    with pytest.raises(ArtifactError, match="must record input_tta 'none'; received 'hflip'"):
+        load_ensemble(root, fused=False, tta="none")
+    with pytest.raises(ValueError, match="received 'vflip'"):
+        select_meta_folder(root, "vflip")
+
+
+def test_a_stale_single_crop_meta_learner_is_reported_by_its_folder(
+    tiny_artifacts: Path, tmp_path: Path
+) -> None:
+    root = _link_tree(tiny_artifacts / "classification", tmp_path / "cls", list(BACKBONES))
+    src = tiny_artifacts / "classification" / "meta"
+    shutil.copytree(src, root / "meta")
+    shutil.copytree(src, root / "meta_single_crop")
+    cfg = json.loads((src / "config.json").read_text())
+    (root / "meta" / "config.json").write_text(json.dumps(cfg | {"input_tta": "hflip"}))
+    stale = {"input_tta": "none", "training": {"input_models_sha256": {"vgg19": "0" * 64}}}
+    (root / "meta_single_crop" / "config.json").write_text(json.dumps(cfg | stale))
+    assert load_ensemble(root, fused=False, strict=True).meta is not None  # default: fine
+    with pytest.raises(ArtifactError, match="meta_single_crop .*fitted on other weights of vgg19"):
+        load_ensemble(root, fused=False, strict=True, tta="none")
 
 
 def test_a_meta_learner_fitted_on_other_base_weights_is_not_used(

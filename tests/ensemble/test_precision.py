@@ -199,3 +199,70 @@ def test_record_names_its_bfloat16_recipe_and_auto_refuses_another(tmp_path: Pat
         assert "ran bfloat16 recipe" in why and "--record" in why
     _write(root, record)
     assert prec.auto_precision(root, NATIVE)[0] == _spec(vgg19=True)
+
+
+def _two_modes(root: Path) -> None:
+    """Make ``meta`` the mirror-mode meta-learner and add a single-crop one."""
+    shutil.copytree(root / "meta", root / "meta_single_crop")
+    cfg = json.loads((root / "meta" / "config.json").read_text())
+    (root / "meta" / "config.json").write_text(json.dumps(cfg | {"input_tta": "hflip"}))
+
+
+def test_each_mode_has_its_own_record(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "cls")
+    (root / "meta_single_crop").mkdir()
+    single_sha = "e" * 64
+    (root / "meta_single_crop" / "config.json").write_text(
+        json.dumps({"weights_sha256": single_sha, "input_tta": "none"}))
+    (root / "meta" / "config.json").write_text(
+        json.dumps({"weights_sha256": SHAS["meta"], "input_tta": "hflip"}))
+    assert prec.default_tta(root) == "hflip"
+    assert prec.record_path(root) == prec.record_path(root, "hflip") == root / prec.RECORD_FILE
+    assert prec.record_path(root, "none") == root / "precision_single_crop.json"
+    assert prec.current_weights_sha256(root, "none")["meta"] == single_sha
+    _write(root, prec.make_record(_spec(xception=True), _report(), SHAS, recorded_at="t"))
+    # the default mode's record does not hold for single crops: float32 there
+    per_model, why = prec.auto_precision(root, NATIVE, tta="none")
+    assert set(per_model.values()) == {"float32"} and "precision_single_crop.json" in why
+    single = prec.make_record(_spec(resnet50=True), _report(),
+                              {**SHAS, "meta": single_sha}, recorded_at="t")
+    (root / "precision_single_crop.json").write_text(json.dumps(single))
+    assert prec.auto_precision(root, NATIVE, tta="none")[0] == _spec(resnet50=True)
+    assert prec.auto_precision(root, NATIVE)[0] == _spec(xception=True)
+    # a record pinned to the other meta-learner is stale for this mode
+    (root / "precision_single_crop.json").write_text(json.dumps(single | {
+        "weights_sha256": SHAS}))
+    per_model, why = prec.auto_precision(root, NATIVE, tta="none")
+    assert set(per_model.values()) == {"float32"} and "other weights of meta" in why
+    with pytest.raises(ValueError, match="received 'vflip'"):
+        prec.record_path(root, "vflip")
+
+
+@pytest.mark.slow
+def test_with_tta_reloads_only_the_members_whose_precision_differs(
+        tiny_artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ensemble.inference import load_ensemble
+
+    root = tmp_path / "classification"
+    shutil.copytree(tiny_artifacts / "classification", root)
+    _two_modes(root)
+    monkeypatch.setattr(prec, "has_native_bfloat16", lambda flags=None: True)
+    _write(root, prec.make_record(_spec(xception=True), _report(),
+                                  prec.current_weights_sha256(root), recorded_at="t"))
+    (root / "precision_single_crop.json").write_text(json.dumps(prec.make_record(
+        _spec(resnet50=True), _report(), prec.current_weights_sha256(root, "none"),
+        recorded_at="t")))
+
+    ens = load_ensemble(root, precision="auto", fused=False)
+    assert ens.tta == "hflip"
+    assert {n: c.precision for n, c in ens.members.items()} == _spec(xception=True)
+    fast = ens.with_tta("none")
+    assert {n: c.precision for n, c in fast.members.items()} == _spec(resnet50=True)
+    assert fast.members["inceptionv3"] is ens.members["inceptionv3"]  # same precision: shared
+    assert fast.members["vgg19"] is ens.members["vgg19"]
+    assert fast.members["xception"] is not ens.members["xception"]
+    assert "resnet50=bfloat16" in fast.precision_note
+    assert ens.members["xception"].precision == "bfloat16"  # the default mode is untouched
+    # an explicit spec is kept as asked, whatever the mode
+    explicit = load_ensemble(root, precision="float32", fused=False).with_tta("none")
+    assert {c.precision for c in explicit.members.values()} == {"float32"}

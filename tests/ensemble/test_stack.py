@@ -184,3 +184,14 @@ def test_unknown_heldout_tta_is_refused_before_fitting(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\['none', 'hflip'\]; received 'rot90'"):
         stack.fit_meta_learner(csv, tmp_path / "meta", folds=2, max_epochs=2, seed=0)
     assert not (tmp_path / "meta").exists()
+
+
+def test_the_single_crop_folder_only_takes_single_crop_predictions(tmp_path: Path) -> None:
+    df, _ = synthetic_heldout(40, seed=6)
+    csv = _write(tmp_path / "val", df, "val", tta="hflip")
+    with pytest.raises(ValueError, match="test-time augmentation 'none'.* made with 'hflip'"):
+        stack.fit_meta_learner(csv, tmp_path / "meta_single_crop", folds=2, max_epochs=2)
+    assert not (tmp_path / "meta_single_crop").exists()
+    single = _write(tmp_path / "val1", df, "val", tta="none")
+    metrics = stack.fit_meta_learner(single, tmp_path / "meta_single_crop", folds=2, max_epochs=2)
+    assert metrics["input_tta"] == "none"
