@@ -32,13 +32,27 @@ def _pipeline_for(artifacts_dir: str) -> Pipeline:
     return load_pipeline(artifacts_dir, strict=False)
 
 
-def get_pipeline() -> Pipeline:
+@st.cache_resource(show_spinner="Preparing the single-crop classifiers (once per server "
+                                "process)…")
+def _pipeline_with_tta(artifacts_dir: str, tta: str) -> Pipeline:
+    return _pipeline_for(artifacts_dir).with_tta(tta)
+
+
+def get_pipeline(tta: str | None = None) -> Pipeline:
     """Return the shared pipeline for the configured artifacts root.
+
+    Args:
+        tta: The classifiers' test-time augmentation; ``None`` (default) keeps the
+            shipped mode. Another mode shares the loaded models
+            (:meth:`neurostack.pipeline.Pipeline.with_tta`).
 
     Raises:
         ArtifactError: When no classifier can be loaded or a weight file is corrupt.
     """
-    return _pipeline_for(str(paths.artifacts_root()))
+    root = str(paths.artifacts_root())
+    if tta is None or tta == _pipeline_for(root).ensemble.tta:
+        return _pipeline_for(root)
+    return _pipeline_with_tta(root, tta)
 
 
 def input_limits() -> InputLimits:

@@ -63,10 +63,13 @@ def research_notice() -> None:
     st.warning(DISCLAIMER, icon=":material/warning:")
 
 
-def require_pipeline() -> Pipeline:
-    """Return the loaded pipeline; show the reason and stop the page when it cannot load."""
+def require_pipeline(tta: str | None = None) -> Pipeline:
+    """Return the loaded pipeline; show the reason and stop the page when it cannot load.
+
+    ``tta`` as in :func:`dashboard.cache.get_pipeline`.
+    """
     try:
-        return cache.get_pipeline()
+        return cache.get_pipeline(tta)
     except ArtifactError as exc:
         st.error(f"The models could not be loaded from `{paths.artifacts_root()}`: {exc}")
         st.info("Set NEUROSTACK_ARTIFACTS to an artifact tree, or train and export the models.")

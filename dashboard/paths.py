@@ -86,6 +86,13 @@ def classifier_dir(name: str) -> Path:
     return artifacts_root() / "classification" / name
 
 
+def meta_dirs() -> list[Path]:
+    """Every meta-learner folder: the default one, then those for other test-time augmentations."""
+    from ensemble.inference import ALT_META_NAMES, META_NAME
+
+    return [classifier_dir(n) for n in (META_NAME, *ALT_META_NAMES.values())]
+
+
 def segmenter_dir() -> Path:
     """Artifact folder of the Res-UNet."""
     return artifacts_root() / "segmentation" / "resunet"

@@ -707,6 +707,7 @@ def run_batch(
                 state.header, rows, state.repaired = _read_table(out.fh, out.path, KEY_COLUMNS)
                 out.header = state.header
                 state.done = {(r["item"], r["file_sha256"]) for r in rows}
+                _check_same_method(rows, pipeline, out.path)
             else:
                 out.reset()
         if failures_csv is not None:
@@ -728,6 +729,22 @@ def run_batch(
         for appender in (out, fails):
             if appender is not None:
                 appender.close()
+
+
+def _check_same_method(rows: list[dict[str, str]], pipeline: Any, path: Path) -> None:
+    """Refuse to resume a CSV whose rows were classified another way than ``pipeline`` does.
+
+    Raises:
+        ValueError: Naming the earlier and the current method (for example another
+            test-time augmentation), before anything is appended.
+    """
+    current = getattr(getattr(pipeline, "ensemble", None), "method", None)
+    earlier = sorted({r.get("method", "") for r in rows} - {"", current})
+    if current is not None and earlier:
+        raise ValueError(
+            f"{path} was started with classification method {earlier[0]!r}; this run uses "
+            f"{current!r}. Resume with the same settings (e.g. --tta) or use --overwrite"
+        )
 
 
 def _analyse_chunk(pipeline: Any, images: list[LoadedImage], options: dict[str, Any]
@@ -866,6 +883,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="pixel spacing in mm for every image (DICOM spacing is used otherwise)")
     p.add_argument("--force-segmentation", action="store_true",
                    help="segment even when the ensemble predicts no tumour")
+    p.add_argument("--tta", choices=["none", "hflip"], default=None,
+                   help="classifiers' test-time augmentation (default: the shipped "
+                        "meta-learner's, hflip); none = single crop, about half the "
+                        "classification time, with the meta-learner fitted on single crops "
+                        "when the artifacts have one (accuracy of both in README)")
     p.add_argument("--anonymise-names", action="store_true",
                    help="write anon-<hash> instead of file names (keyed by the environment "
                         "variable NEUROSTACK_NAME_KEY when set)")
@@ -904,7 +926,7 @@ def main(argv: list[str] | None = None) -> int:
     from neurostack.pipeline import load_pipeline
 
     try:
-        pipeline = load_pipeline(args.artifacts)
+        pipeline = load_pipeline(args.artifacts, tta=args.tta)
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -118,6 +118,19 @@ class Pipeline:
         self.missing = list(missing or [])
         self.limits = limits or InputLimits()
 
+    def with_tta(self, tta: str) -> Pipeline:
+        """Return a pipeline whose classifiers use test-time augmentation ``tta``.
+
+        Shares every loaded model (:meth:`ensemble.inference.Ensemble.with_tta`);
+        ``"none"`` halves the classifiers' compute and uses the meta-learner fitted on
+        single crops when the artifacts hold one. ``self`` when nothing changes.
+        """
+        ensemble = self.ensemble.with_tta(tta)
+        if ensemble is self.ensemble:
+            return self
+        missing = [*self.missing, *(m for m in ensemble.missing if m not in self.missing)]
+        return Pipeline(ensemble, self.segmenter, missing=missing, limits=self.limits)
+
     # ------------------------------------------------------------------ info
     @property
     def model_info(self) -> dict[str, dict[str, Any]]:

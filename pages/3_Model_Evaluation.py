@@ -55,9 +55,13 @@ if record.get("ensemble_method"):
     facts.append(f"ensemble: {record['ensemble_method']}")
 st.markdown(" · ".join(facts))
 
-meta_dir = paths.classifier_dir("meta")
-in_sample = meta_in_sample(run_dir / "predictions.csv", cache.json_record(meta_dir / "config.json"),
-                           cache.json_record(meta_dir / "metrics.json"), paths.REPO_ROOT)
+in_sample = None
+for meta_dir in paths.meta_dirs():  # the default meta-learner and the single-crop one
+    in_sample = meta_in_sample(run_dir / "predictions.csv",
+                               cache.json_record(meta_dir / "config.json"),
+                               cache.json_record(meta_dir / "metrics.json"), paths.REPO_ROOT)
+    if in_sample is not None:
+        break
 if in_sample is not None and any(e.name == ENSEMBLE for e in evals):
     cv = ("not recorded" if in_sample.cv_accuracy is None
           else f"**{in_sample.cv_accuracy:.3f}**")

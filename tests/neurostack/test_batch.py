@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -515,6 +516,26 @@ def test_resume_repairs_truncated_line_and_skips_done_items(tmp_path: Path) -> N
     assert third.calls == 2 and res3.analysed == 1  # the changed file + the crash retry
     assert len(res3.rows) == 10 and res3.rows["item"].is_unique
     assert len(csv_lines(out)) == 1 + 11
+
+
+def test_resume_refuses_rows_classified_another_way(tmp_path: Path) -> None:
+    make_slices(tmp_path / "in", 6, every=100)
+    out, fails = tmp_path / "r.csv", tmp_path / "f.csv"
+    first = FakePipeline()
+    first.ensemble = types.SimpleNamespace(method="fake mean")  # what its rows record
+    run_batch(first, items_of(tmp_path / "in")[:3], out_csv=out, failures_csv=fails)
+    data = out.read_bytes()
+
+    other = FakePipeline()
+    other.ensemble = types.SimpleNamespace(method="fake mean of mirrored crops")
+    with pytest.raises(ValueError, match="started with classification method 'fake mean'; "
+                       "this run uses 'fake mean of mirrored crops'"):
+        run_batch(other, items_of(tmp_path / "in"), out_csv=out, failures_csv=fails,
+                  resume=True)
+    assert other.calls == 0 and out.read_bytes() == data  # nothing lost, nothing mixed
+    res = run_batch(first, items_of(tmp_path / "in"), out_csv=out, failures_csv=fails,
+                    resume=True)
+    assert res.analysed == 3 and len(res.rows) == 6
 
 
 def test_resume_refuses_damage_before_the_last_line_and_concurrent_writers(tmp_path: Path) -> None:

@@ -454,3 +454,15 @@ def test_tta_comes_from_the_argument_then_the_environment(tiny_artifacts, monkey
     monkeypatch.setenv("NEUROSTACK_TTA", "mirror")
     with pytest.raises(ValueError, match="received 'mirror'"):
         load_pipeline(tiny_artifacts, warm_up=False)
+
+
+def test_with_tta_shares_the_loaded_models(tiny_pipeline, png_slice) -> None:
+    assert tiny_pipeline.with_tta("none") is tiny_pipeline  # the tiny meta-learner's mode
+    mirrored = tiny_pipeline.with_tta("hflip")
+    assert mirrored.segmenter is tiny_pipeline.segmenter
+    assert mirrored.ensemble.members is tiny_pipeline.ensemble.members
+    assert mirrored.ensemble.tta == "hflip" and tiny_pipeline.ensemble.tta == "none"
+    # no meta-learner fitted on mirrored inputs here: the answer says so
+    assert "fitted on single-crop inputs" in mirrored.analyse(png_slice).method
+    with pytest.raises(ValueError, match="received 'vflip'"):
+        tiny_pipeline.with_tta("vflip")

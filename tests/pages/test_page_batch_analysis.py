@@ -68,3 +68,31 @@ def test_batch_page_idle_state(make_app):
     at = make_app("pages/2_Batch_Analysis.py").run()
     assert not at.exception
     assert at.button(key="ba_run").disabled
+
+
+def test_fast_mode_uses_the_single_crop_meta_learner(make_app, dashboard_artifacts, tmp_path,
+                                                      monkeypatch):
+    import json
+    import shutil
+
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts, root)
+    meta = root / "classification" / "meta"
+    shutil.copytree(meta, root / "classification" / "meta_single_crop")
+    config = json.loads((meta / "config.json").read_text())
+    (meta / "config.json").write_text(json.dumps(config | {"input_tta": "hflip"}))
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+    name, data = sample_bytes()
+    files = [(name, data, "image/jpeg")]
+
+    at = _upload_and_run(make_app("pages/2_Batch_Analysis.py").run(), files)
+    assert not at.checkbox(key="ba_fast").value
+    default = at.dataframe[-1].value["method"].iloc[0]
+    assert default.endswith("averaged over the slice and its mirror image")
+
+    at.checkbox(key="ba_fast").check()
+    at.button(key="ba_run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    fast = at.dataframe[-1].value
+    assert fast["method"].iloc[0] == "meta-learner (stacking)"  # single crops, own meta-learner
+    assert list(fast["item"]) == [name]

@@ -83,6 +83,29 @@ def test_a_run_the_meta_learner_was_fitted_on_is_flagged(make_app, dashboard_art
     assert list(at.dataframe[0].value["model"])[-1].endswith("in-sample (fitted on this run)")
 
 
+def test_a_run_the_single_crop_meta_learner_was_fitted_on_is_flagged(
+        make_app, dashboard_artifacts, tmp_path, monkeypatch):
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts, root)
+    fitted = root / "evaluation" / "classification" / "val_single_crop"
+    shutil.copytree(root / "evaluation" / "classification" / "test", fitted)
+    single = root / "classification" / "meta_single_crop"
+    shutil.copytree(root / "classification" / "meta", single)
+    config = json.loads((single / "config.json").read_text())
+    config["input_tta"] = "none"
+    config.setdefault("training", {})["heldout_predictions"] = str(fitted / "predictions.csv")
+    (single / "config.json").write_text(json.dumps(config))
+    (single / "metrics.json").write_text(json.dumps({"cv_accuracy": 0.625}))
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not any("fitted on this run" in w.value for w in at.warning)  # the test run
+    at.selectbox(key="me_run").select("val_single_crop").run()
+    assert not at.exception, [e.message for e in at.exception]
+    warning = next(w.value for w in at.warning if "fitted on this run" in w.value)
+    assert "0.625" in warning
+
+
 def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifacts, tmp_path,
                                                      monkeypatch):
     import pandas as pd
