@@ -217,7 +217,36 @@ def classification_section(root: Path) -> list[str]:
         table = ev_dir / "predictions.csv"
         preds = pd.read_csv(table) if table.is_file() else None
         lines += _ensemble_vs_best(ev["models"], preds)
+    lines += _single_crop_lines(root)
     return lines
+
+
+def _single_crop_lines(root: Path) -> list[str]:
+    """Describe the single-crop (no mirror) mode when its meta-learner and test record exist."""
+    meta = _json(root / "classification" / "meta_single_crop" / "config.json")
+    ev = _json(root / "evaluation" / "classification" / "test_single_crop" / "metrics.json")
+    if not meta or not ev or ev.get("tta") != "none":
+        return []
+    meta_m = _json(root / "classification" / "meta_single_crop" / "metrics.json") or {}
+    res = [
+        {"model": m, "accuracy": _fmt(r["accuracy"]), "macro F1": _fmt(r["macro_f1"]),
+         "macro AUC": _fmt(r["roc_auc"].get("macro"))}
+        for m, r in ev["models"].items()
+    ]
+    return [
+        f"### Single-crop mode ({ev['n_images']} test slices, no mirror image)",
+        "",
+        "Opt-in for large batches (`python -m neurostack.batch ... --tta none` or "
+        "`NEUROSTACK_TTA=none`): every base model sees the slice once, about half the "
+        "classifier compute, and a meta-learner of its own "
+        f"(`meta_single_crop`, {meta['training'].get('n_rows')} validation rows, "
+        f"{meta['training'].get('epochs')} epochs, CV accuracy "
+        f"{_fmt(meta_m.get('cv_accuracy'))}) forms the answer. Not the default; "
+        "evaluated once on the test split:",
+        "",
+        pd.DataFrame(res).to_markdown(index=False),
+        "",
+    ]
 
 
 def _ensemble_vs_best(models: dict[str, Any], predictions: pd.DataFrame | None = None) -> list[str]:

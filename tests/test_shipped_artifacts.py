@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ensemble.inference import select_meta_folder
 from ensemble.registry import BACKBONES
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import sha256_file
@@ -75,31 +76,41 @@ def test_segmenter_checksum_and_log() -> None:
         assert record["mean_dice"] == rec["mean_dice"] and record["split"] == split
 
 
-def test_meta_learner_was_fitted_on_the_shipped_base_weights() -> None:
+@pytest.mark.parametrize("folder", ["meta", "meta_single_crop"])
+def test_meta_learner_was_fitted_on_the_shipped_base_weights(folder: str) -> None:
     configs = _configs()
-    meta = json.loads((ART / "classification" / "meta" / "config.json").read_text())
+    path = ART / "classification" / folder / "config.json"
+    if folder != "meta" and not path.is_file():
+        pytest.skip(f"no {folder} shipped")
+    meta = json.loads(path.read_text())
     recorded = meta["training"]["input_models_sha256"]
     assert set(recorded) == set(meta["inputs"]) == set(BACKBONES)
     for name, sha in recorded.items():
-        assert sha == configs[name]["weights_sha256"], f"meta-learner is stale for {name}"
+        assert sha == configs[name]["weights_sha256"], f"{folder} is stale for {name}"
+    # fitted on validation probabilities made with the mode it is used for
+    heldout = json.loads((REPO / meta["training"]["heldout_predictions"]).parent.joinpath(
+        "metrics.json").read_text())
+    assert heldout["split"]["part"] == "val"
+    assert heldout["tta"] == meta["input_tta"]
 
 
 def test_evaluation_records_were_made_with_the_shipped_weights() -> None:
     configs = _configs()
     records = sorted((ART / "evaluation" / "classification").glob("*/metrics.json"))
     assert records, "no classification evaluation record"
-    meta_cfg = json.loads((ART / "classification" / "meta" / "config.json").read_text())
     for path in records:
         record = json.loads(path.read_text())
+        tta = record.get("tta", "none")
+        meta_dir = select_meta_folder(ART / "classification", tta)
+        meta_cfg = json.loads((meta_dir / "config.json").read_text())
         # the meta-learner was fitted on, and is applied to, inputs of one augmentation
-        assert record.get("tta", "none") == meta_cfg.get("input_tta", "none"), path
+        assert tta == meta_cfg.get("input_tta", "none"), path
         used = record["artifacts"]
         for name, sha in used.items():
             if name in configs:
                 assert sha == configs[name]["weights_sha256"], f"{path} is stale for {name}"
             elif name == "meta":
-                meta = json.loads((ART / "classification" / "meta" / "config.json").read_text())
-                assert sha == meta["weights_sha256"], f"{path} is stale for the meta-learner"
+                assert sha == meta_cfg["weights_sha256"], f"{path} is stale for {meta_dir.name}"
         assert set(configs) <= set(used), f"{path} lacks a shipped model"
     seg_sha = json.loads((ART / "segmentation" / "resunet" / "config.json").read_text())[
         "weights_sha256"
@@ -108,16 +119,19 @@ def test_evaluation_records_were_made_with_the_shipped_weights() -> None:
         assert json.loads(path.read_text())["artifact"]["weights_sha256"] == seg_sha, path
 
 
-def test_bfloat16_record_pins_the_shipped_weights() -> None:
+@pytest.mark.parametrize("tta", [None, "none"])
+def test_bfloat16_record_pins_the_shipped_weights(tta: str | None) -> None:
     """A retrained model without a new precision check would silently fall back to float32."""
     from ensemble.precision import auto_precision, read_record
 
     root = ART / "classification"
-    record = read_record(root)
+    record = read_record(root, tta)
     if record is None:
-        pytest.skip("no bfloat16 check recorded")
+        pytest.skip(f"no bfloat16 check recorded for test-time augmentation {tta}")
     assert record["checked_on"]["part"] == "test" and record["tolerance"] == 0.0
-    per_model, why = auto_precision(root, frozenset({"avx512_bf16"}))
+    if tta is not None:  # a mode's own record was checked in that mode
+        assert record["checked_on"]["tta"] == tta
+    per_model, why = auto_precision(root, frozenset({"avx512_bf16"}), tta=tta)
     assert "accuracy unchanged" in why, why
     assert {n for n, p in per_model.items() if p == "bfloat16"} == {
         e.split("=")[0] for e in record["precision"].split(",")}

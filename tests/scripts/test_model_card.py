@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -149,3 +151,24 @@ def test_segmentation_section_tabulates_ensemble_members(tmp_path):
     assert "continued from artifacts/x" in text and text.count("continued from") == 1
     assert "25 (0.6801)" in text and "2.50 h" in text
     assert "Recipe:" not in text  # the recipes are per member
+
+
+def test_single_crop_section_only_with_its_meta_learner_and_test_record(tmp_path: Path) -> None:
+    assert model_card._single_crop_lines(tmp_path) == []
+    meta = tmp_path / "classification" / "meta_single_crop"
+    meta.mkdir(parents=True)
+    (meta / "config.json").write_text(json.dumps({"training": {"n_rows": 858, "epochs": 15}}))
+    (meta / "metrics.json").write_text(json.dumps({"cv_accuracy": 0.95336}))
+    assert model_card._single_crop_lines(tmp_path) == []  # no test record yet
+    ev = tmp_path / "evaluation" / "classification" / "test_single_crop"
+    ev.mkdir(parents=True)
+    record = {"tta": "none", "n_images": 856, "models": {
+        "resnet50": {"accuracy": 0.95, "macro_f1": 0.949, "roc_auc": {"macro": 0.99}},
+        "ensemble": {"accuracy": 0.96, "macro_f1": 0.959, "roc_auc": {"macro": 0.996}}}}
+    (ev / "metrics.json").write_text(json.dumps(record))
+    text = "\n".join(model_card._single_crop_lines(tmp_path))
+    assert "856 test slices" in text and "858 validation rows, 15 epochs" in text
+    assert "CV accuracy 0.9534" in text
+    assert re.search(r"\| ensemble \|\s+0\.96 \|\s+0\.959 \|\s+0\.996 \|", text)
+    (ev / "metrics.json").write_text(json.dumps(record | {"tta": "hflip"}))
+    assert model_card._single_crop_lines(tmp_path) == []  # not a single-crop record
