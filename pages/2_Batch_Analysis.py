@@ -102,6 +102,8 @@ m2.metric("Failed", len(failures))
 m3.metric("Tumour predicted", int(rows["tumor_found"].fillna(False).astype(bool).sum())
           if len(rows) else 0)
 m4.metric("Time", f"{outcome['elapsed_s']:.1f} s")
+if len(rows) and "method" in rows.columns:
+    st.caption("Classified by: " + "; ".join(sorted(rows["method"].dropna().astype(str).unique())))
 if outcome["stored"]:
     st.success(f"Stored {len(outcome['stored'])} case(s) in the registry "
                f"(ids {outcome['stored'][0]}–{outcome['stored'][-1]}).")

@@ -95,4 +95,5 @@ def test_fast_mode_uses_the_single_crop_meta_learner(make_app, dashboard_artifac
     assert not at.exception, [e.message for e in at.exception]
     fast = at.dataframe[-1].value
     assert fast["method"].iloc[0] == "meta-learner (stacking)"  # single crops, own meta-learner
+    assert any(c.value == "Classified by: meta-learner (stacking)" for c in at.caption)
     assert list(fast["item"]) == [name]
