@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.precision import AUTO, auto_precision, default_precision
+from ensemble.precision import AUTO, auto_precision, default_precision, default_tta
 from ensemble.registry import BACKBONES, get_backbone, preprocess_array
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import (
@@ -533,13 +533,7 @@ def select_meta_folder(classification_dir: str | Path, tta: str | None) -> Path:
         return default
     check_tta(tta)
     alt = root / ALT_META_NAMES[tta]
-    if not (alt / CONFIG_FILE).is_file():
-        return default
-    try:
-        default_tta = read_json(default / CONFIG_FILE).get("input_tta", "none")
-    except (ArtifactError, AttributeError):
-        default_tta = None  # unreadable: the alternative is the one fitted on ``tta``
-    if default_tta == tta:
+    if not (alt / CONFIG_FILE).is_file() or default_tta(root) == tta:
         return default
     recorded = read_json(alt / CONFIG_FILE).get("input_tta", "none")
     if recorded != tta:

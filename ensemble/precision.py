@@ -99,12 +99,13 @@ def current_weights_sha256(classification_dir: str | Path, tta: str | None = Non
     Models without a readable config are left out (the loader reports them).
     """
     from ensemble.inference import select_meta_folder
+    from neurostack.errors import ArtifactError
 
     root = Path(classification_dir)
     out: dict[str, str] = {}
     try:
         meta_dir = select_meta_folder(root, tta)
-    except Exception:  # noqa: BLE001 - a broken alternative is reported by the loader
+    except (ArtifactError, ValueError):  # a broken alternative: the loader reports it
         meta_dir = root / META_NAME
     for name in (*BACKBONES, META_NAME):
         folder = meta_dir if name == META_NAME else root / name
