@@ -11,7 +11,7 @@ from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
 from neurostack.imaging import window_to_uint8
 from neurostack.render import encode_png, overlay_mask
-from neurostack.report import case_report_html, spacing_sentence
+from neurostack.report import case_report_html, format_probability, spacing_sentence
 
 components.page_setup("Case Explorer", ":material/biotech:")
 st.title(":material/biotech: Case Explorer")
@@ -143,7 +143,10 @@ with st.spinner("Analysing…"):
 
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Predicted class", result.predicted_class)
-m2.metric("Confidence", f"{result.confidence:.1%}")
+m2.metric("Confidence", format_probability(result.confidence),
+          help="The final decision's probability for the predicted class: a model output, "
+               "not a clinical certainty. See Model Evaluation for how well these "
+               "probabilities are calibrated.")
 m3.metric("Base models agree", "yes" if result.models_agree else "NO")
 area = (result.morphology or {}).get("area_cm2")
 if area is None and result.morphology:

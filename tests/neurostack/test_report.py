@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from datetime import datetime, timezone
 from html.parser import HTMLParser
@@ -15,7 +16,13 @@ from neurostack_samples import IDENTIFIERS, make_dicom
 from neurostack import CLASS_NAMES
 from neurostack.pipeline import CaseResult
 from neurostack.render import mask_image, overlay_mask
-from neurostack.report import case_report_html, format_value, png_data_uri, spacing_sentence
+from neurostack.report import (
+    case_report_html,
+    format_probability,
+    format_value,
+    png_data_uri,
+    spacing_sentence,
+)
 
 WHEN = datetime(2026, 12, 6, 5, 0, tzinfo=timezone.utc)
 
@@ -174,6 +181,30 @@ def test_spacing_sentence(spacing, source, expected) -> None:
 ])
 def test_format_value(value, text) -> None:
     assert format_value(value) == text
+
+
+@pytest.mark.parametrize(("p", "decimals", "text"), [
+    (0.81, 1, "81.0%"), (0.5, 0, "50%"), (0.0, 1, "0.0%"), (0.99949, 1, "99.9%"),
+    (0.99951, 1, ">99.9%"), (1.0, 1, ">99.9%"), (np.float32(1.0), 2, ">99.99%"),
+    (1.0, 0, ">99%"), (0.00049, 1, "<0.1%"), (0.00051, 1, "0.1%"), (1e-9, 2, "<0.01%"),
+])
+def test_format_probability_never_shows_100_or_0_for_a_model_output(p, decimals, text) -> None:
+    assert format_probability(p, decimals) == text
+
+
+@pytest.mark.parametrize(("p", "decimals"), [(1.01, 1), (-0.1, 1), (float("nan"), 1), (0.5, 5)])
+def test_format_probability_rejects_impossible_values(p, decimals) -> None:
+    with pytest.raises(ValueError, match="probability|decimals"):
+        format_probability(p, decimals)
+
+
+def test_report_shows_a_saturated_confidence_as_above_99_9() -> None:
+    res = _result()
+    sure = dict.fromkeys(res.ensemble, 0.0) | {"glioma": 1.0}
+    doc = case_report_html(dataclasses.replace(res, ensemble=sure, confidence=1.0),
+                           generated_at=WHEN)
+    text = " ".join(_parse(doc).text)
+    assert ">99.9%" in text and "100.0%" not in text
 
 
 @pytest.mark.parametrize("bad", [np.zeros((4, 4), np.float32), np.zeros((4, 4, 4), np.uint8),

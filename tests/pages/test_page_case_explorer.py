@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from page_helpers import PATIENT_ID, PATIENT_NAME, multiframe_dicom, sample_bytes
@@ -22,6 +24,8 @@ def _metric(at, label):
 def test_sample_is_classified_and_measured(make_app):
     at = _analyse_first_sample(make_app)
     assert _metric(at, "Predicted class") in CLASS_NAMES
+    # a model probability is never shown as 100.0 % (bundled samples saturate the softmax)
+    assert re.fullmatch(r">99\.9%|<0\.1%|\d{1,2}\.\d%", _metric(at, "Confidence"))
     chart_count = len(at.get("plotly_chart"))
     assert chart_count == 1  # grouped probability bars
     if any(b.key == "ce_segment_anyway" for b in at.button):
