@@ -17,6 +17,8 @@ from dashboard.evaluation import (
     stale_weights,
     training_phases,
 )
+from ensemble.shortcut import SHORTCUT_RECORD
+from ensemble.shortcut import describe as describe_shortcut
 
 components.page_setup("Model Evaluation", ":material/monitoring:")
 st.title(":material/monitoring: Model Evaluation")
@@ -157,6 +159,9 @@ else:
         st.caption("Severities 1 / 2: " + "; ".join(
             f"**{k.replace('_', ' ')}**: {v.get('description', '')}"
             for k, v in described.items()) + ".")
+shortcut = cache.json_record(paths.classification_eval_dir() / SHORTCUT_RECORD)
+if shortcut:
+    st.info(describe_shortcut(shortcut), icon=":material/contrast:")
 
 st.subheader("Training curves")
 logs = {name: cache.training_log(paths.classifier_dir(name)) for name in BASE_MODELS}

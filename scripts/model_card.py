@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ensemble.shortcut import describe
 from neurostack import CLASS_NAMES
 
 BACKBONES = ("xception", "inceptionv3", "resnet50", "vgg19")
@@ -218,6 +219,37 @@ def classification_section(root: Path) -> list[str]:
         preds = pd.read_csv(table) if table.is_file() else None
         lines += _ensemble_vs_best(ev["models"], preds)
     lines += _single_crop_lines(root)
+    lines += _shift_and_shortcut_lines(root)
+    return lines
+
+
+def _shift_and_shortcut_lines(root: Path) -> list[str]:
+    """Ensemble accuracy under acquisition shift and the intensity-shortcut probe, if recorded."""
+    rob_dir = root / "evaluation" / "robustness" / "classification"
+    rob = _json(rob_dir / "metrics.json")
+    probe = _json(root / "evaluation" / "classification" / "intensity_shortcut.json")
+    if not rob and not probe:
+        return []
+    lines = ["### Acquisition shift and an intensity shortcut", ""]
+    if rob and (rob_dir / "summary.csv").is_file():
+        summary = pd.read_csv(rob_dir / "summary.csv")
+        ens = summary[summary["model"] == "ensemble"].set_index(["corruption", "severity"])
+        clean = float(ens.loc[("none", 0), "accuracy"])
+        rows = [
+            f"| {info['description']} | {_fmt(float(ens.loc[(name, 1), 'accuracy']), 3)} | "
+            f"{_fmt(float(ens.loc[(name, 2), 'accuracy']), 3)} |"
+            for name, info in rob["corruptions"].items()
+            if (name, 1) in ens.index and (name, 2) in ens.index
+        ]
+        lines += _titled_table(
+            f"Ensemble accuracy on {rob['n_slices']} test slices ({rob['settings']['per_class']} "
+            f"per class) when they are altered as another scanner or export might "
+            f"(`python -m ensemble.robustness`); clean: {_fmt(clean, 3)}.",
+            ["shift (severity 1 / 2)", "severity 1", "severity 2"],
+            rows,
+        )
+    if probe:
+        lines += [describe(probe), ""]
     return lines
 
 
@@ -514,7 +546,10 @@ resumed with two threads.
 - **No pixel spacing in the training data**: sizes are in pixels unless the input
   carries a spacing (DICOM) or the user gives one.
 - The classification data mixes three public sources (figshare, SARTAJ, Br35H);
-  performance on other scanners and protocols is unknown.
+  performance on other scanners and protocols is unknown. Their grey-level curves
+  differ by class, and a change of display gamma (1.5 or 0.5) costs the ensemble
+  much of its accuracy (see "Acquisition shift and an intensity shortcut"): use
+  slices exported like the training data (8-bit, default window).
 - Training at a reduced size, inference at the native size: see the recipes.
 - **Segmentation differs by patient series**: the outlines are much weaker on the
   alphanumeric-id glioma series of figshare-seg than on the other patients (see

@@ -139,6 +139,18 @@ def test_bfloat16_record_pins_the_shipped_weights(tta: str | None) -> None:
         assert acc["float32"] == acc["bfloat16"], name
 
 
+def test_intensity_shortcut_record_covers_the_shipped_split() -> None:
+    path = ART / "evaluation" / "classification" / "intensity_shortcut.json"
+    rec = json.loads(path.read_text())
+    split = pd.read_csv(REPO / rec["split"])
+    sizes = split["split"].value_counts()
+    assert rec["unreadable"] == []  # every slice of both parts measured
+    assert rec["n_fit"] == sizes[rec["fit_part"]] and rec["n_score"] == sizes[rec["score_part"]]
+    assert "test" not in (rec["fit_part"], rec["score_part"])  # the test split stays untouched
+    assert set(rec["median_relative_gamma"]) == set(CLASS_NAMES)
+    assert rec["majority_baseline"] < rec["accuracy"] <= 1
+
+
 def test_all_weights_together_stay_under_200_mb() -> None:
     total = sum(p.stat().st_size for p in ART.rglob("weights.npz"))
     assert total < 200 * MB, f"{total / MB:.1f} MB of weights"

@@ -133,3 +133,12 @@ def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifac
     assert table.loc[1, "final answer changed"] == 0.35
     assert any("80 test slices (20 per class" in c.value for c in at.caption)
     assert any("Gaussian blur, sigma 1 / 2 px" in c.value for c in at.caption)
+    assert not any("Grey levels alone" in i.value for i in at.info)  # no shortcut record yet
+
+    (root / "evaluation" / "classification" / "intensity_shortcut.json").write_text(json.dumps({
+        "accuracy": 0.5, "balanced_accuracy": 0.48, "majority_baseline": 0.3, "n_score": 40,
+        "score_part": "val", "median_relative_gamma": {"glioma": 1.2, "notumor": 0.7}}))
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    note = next(i.value for i in at.info if "Grey levels alone" in i.value)
+    assert "right on 50.0% of 40 val slices" in note and "glioma 1.20, notumor 0.70" in note

@@ -172,3 +172,32 @@ def test_single_crop_section_only_with_its_meta_learner_and_test_record(tmp_path
     assert re.search(r"\| ensemble \|\s+0\.96 \|\s+0\.959 \|\s+0\.996 \|", text)
     (ev / "metrics.json").write_text(json.dumps(record | {"tta": "hflip"}))
     assert model_card._single_crop_lines(tmp_path) == []  # not a single-crop record
+
+
+def test_shift_and_shortcut_section_reads_both_records(tmp_path: Path) -> None:
+    assert model_card._shift_and_shortcut_lines(tmp_path) == []
+    rob = tmp_path / "evaluation" / "robustness" / "classification"
+    rob.mkdir(parents=True)
+    (rob / "metrics.json").write_text(json.dumps({
+        "n_slices": 8, "settings": {"per_class": 2},
+        "corruptions": {"gamma_dark": {"description": "gamma 1.5 / 2.0"},
+                        "blur": {"description": "blur 1 / 2 px"}}}))
+    rows = [("none", 0, "ensemble", 1.0), ("gamma_dark", 1, "ensemble", 0.625),
+            ("gamma_dark", 2, "ensemble", 0.5), ("gamma_dark", 1, "resnet50", 0.125),
+            ("blur", 1, "ensemble", 0.875)]  # blur severity 2 missing: no row
+    pd.DataFrame(rows, columns=["corruption", "severity", "model", "accuracy"]).to_csv(
+        rob / "summary.csv", index=False)
+    text = "\n".join(model_card._shift_and_shortcut_lines(tmp_path))
+    assert "on 8 test slices (2 per class)" in text and "clean: 1.000" in text
+    assert "| gamma 1.5 / 2.0 | 0.625 | 0.500 |" in text  # the ensemble's rows, not resnet50's
+    assert "blur" not in text and "Grey levels alone" not in text
+
+    probe = {"accuracy": 0.698, "balanced_accuracy": 0.69, "majority_baseline": 0.279,
+             "n_score": 858, "score_part": "val",
+             "median_relative_gamma": {"glioma": 1.108, "notumor": 0.72}}
+    (tmp_path / "evaluation" / "classification").mkdir(parents=True)
+    (tmp_path / "evaluation" / "classification" / "intensity_shortcut.json").write_text(
+        json.dumps(probe))
+    text = "\n".join(model_card._shift_and_shortcut_lines(tmp_path))
+    assert "right on 69.8% of 858 val slices (balanced 69.0%" in text
+    assert "most common class is 27.9%" in text and "glioma 1.11, notumor 0.72" in text
