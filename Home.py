@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import cache, components, paths
 from dashboard.evaluation import BASE_MODELS, model_label
+from ensemble.intensity import describe_reference
 from neurostack.artifacts import sha256_file
 
 components.page_setup("Home", ":material/neurology:")
@@ -113,6 +114,8 @@ if pipeline is not None:
     st.caption(f"Final decision: {pipeline.ensemble.method}. Each weight file's SHA-256 is "
                "checked against its config.json before the model is built."
                + (f" Base classifiers' precision: {note}." if note else ""))
+    if pipeline.intensity is not None:
+        st.caption("**Input check.** " + describe_reference(pipeline.intensity.config))
     if tiny:
         st.error("These are **tiny, randomly initialised test artifacts**: every prediction "
                  "is meaningless. Point NEUROSTACK_ARTIFACTS at the trained models.",

@@ -5,12 +5,9 @@ with different intensity curves, and the sources are not spread evenly over the
 classes. A classifier can then learn "how bright the head is" as a proxy for
 the class: a shortcut that breaks on scans exported another way (the
 robustness run shows the ensemble's accuracy falling under a gamma change).
-This module measures that confound on the data, without any CNN:
+This module measures that confound on the data, without any CNN, from the six
+log grey-level quantiles of :func:`ensemble.intensity.intensity_features`:
 
-* :func:`intensity_features`: six log grey-level quantiles of the head crop.
-  A display gamma ``g`` (``255 * (x / 255) ** g``) multiplies every feature by
-  ``g``, so :func:`relative_gamma` reads the slice's gamma relative to a
-  reference curve.
 * :func:`shortcut_probe`: a gradient-boosted classifier fitted on those six
   numbers of the training part and scored on the validation part, next to the
   majority-class baseline. Accuracy far above the baseline means the intensity
@@ -33,96 +30,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from ensemble.data import load_split
+from ensemble.intensity import FEATURE_COLUMNS, INTENSITY_QUANTILES, read_features, relative_gamma
 from neurostack import CLASS_NAMES
-from neurostack.errors import InputImageError
-from neurostack.imaging import load_image
-from neurostack.preprocess import crop, find_brain_box
-
-INTENSITY_QUANTILES: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-"""Quantile levels of the head crop's grey levels used as features."""
 
 SHORTCUT_RECORD = "intensity_shortcut.json"
 """File name of the record in ``artifacts/evaluation/classification/``."""
-
-
-def intensity_features(gray: np.ndarray) -> np.ndarray:
-    """Log grey-level quantiles of the head crop of one slice.
-
-    Args:
-        gray: ``(H, W)`` uint8 greyscale slice.
-
-    Returns:
-        ``(len(INTENSITY_QUANTILES),)`` float64: ``log(q / 255)`` of the crop's
-        grey-level quantiles (``q`` clipped to ``[1, 255]``, so every value is in
-        ``[log(1/255), 0]``).
-
-    Raises:
-        ValueError: If ``gray`` is not a 2-D uint8 array.
-    """
-    gray = np.asarray(gray)
-    if gray.ndim != 2 or gray.dtype != np.uint8:
-        raise ValueError(
-            f"gray must be a 2-D uint8 array (H, W); received {gray.dtype} {gray.shape}"
-        )
-    head = crop(gray, find_brain_box(gray)).astype(np.float64)
-    q = np.quantile(head, INTENSITY_QUANTILES)
-    return np.log(np.clip(q, 1.0, 255.0) / 255.0)
-
-
-def relative_gamma(features: np.ndarray, reference: np.ndarray) -> np.ndarray | float:
-    """Least-squares gamma ``g`` with ``features ~ g * reference`` (a line through 0).
-
-    Args:
-        features: ``(F,)`` or ``(N, F)`` from :func:`intensity_features`.
-        reference: ``(F,)`` reference features (e.g. the training part's median).
-
-    Returns:
-        A float for one slice, ``(N,)`` float64 for several: 1 for the reference
-        curve, above 1 for darker mid-tones, below 1 for brighter.
-
-    Raises:
-        ValueError: On a shape mismatch or an all-zero reference.
-    """
-    reference = np.asarray(reference, dtype=np.float64)
-    features = np.asarray(features, dtype=np.float64)
-    if reference.ndim != 1 or features.shape[-1] != reference.shape[0] or features.ndim > 2:
-        raise ValueError(
-            f"features (F,) or (N, F) must match reference (F,); received {features.shape} "
-            f"and {reference.shape}"
-        )
-    norm = float(reference @ reference)
-    if norm == 0.0:
-        raise ValueError("reference features are all zero (a white image); cannot fit a gamma")
-    g = features @ reference / norm
-    return float(g) if np.ndim(g) == 0 else g
-
-
-def read_features(
-    data_dir: str | Path, rows: pd.DataFrame, *, progress: bool = True
-) -> tuple[pd.DataFrame, list[dict[str, str]]]:
-    """Intensity features of every readable slice in ``rows`` (``path``, ``label``, ``split``).
-
-    Returns:
-        ``(features, failures)``: one row per readable slice (``path``, ``label``,
-        ``split`` and the feature columns ``q0.5`` ...), and ``{"path", "error"}``
-        for each file that could not be read (the others are still measured).
-    """
-    data_dir = Path(data_dir)
-    out, failures = [], []
-    for row in tqdm(rows.itertuples(), total=len(rows), desc="intensity", unit="img",
-                    disable=not progress):
-        try:
-            feats = intensity_features(load_image(data_dir / row.path).gray)
-        except (InputImageError, OSError, ValueError) as exc:
-            failures.append({"path": row.path, "error": str(exc)})
-            continue
-        out.append({"path": row.path, "label": row.label, "split": row.split,
-                    **{f"q{p}": v for p, v in zip(INTENSITY_QUANTILES, feats, strict=True)}})
-    columns = ["path", "label", "split", *(f"q{p}" for p in INTENSITY_QUANTILES)]
-    return pd.DataFrame(out, columns=columns), failures
 
 
 def shortcut_probe(
@@ -131,7 +45,8 @@ def shortcut_probe(
     """Fit a classifier on intensity features alone and score it on held-out slices.
 
     Args:
-        fit: Rows of :func:`read_features` to fit on (``label`` + feature columns).
+        fit: Rows of :func:`ensemble.intensity.read_features` to fit on (``label`` +
+            feature columns).
         score: Held-out rows in the same format.
         seed: Random state of the classifier.
 
@@ -147,7 +62,7 @@ def shortcut_probe(
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import balanced_accuracy_score
 
-    cols = [f"q{p}" for p in INTENSITY_QUANTILES]
+    cols = list(FEATURE_COLUMNS)
     if fit.empty or score.empty:
         raise ValueError(
             f"both parts need slices; received {len(fit)} to fit, {len(score)} to score"

@@ -78,6 +78,7 @@ KEY_COLUMNS: tuple[str, ...] = ("item", "n", "file_sha256")
 RECORD_HEAD: tuple[str, ...] = (
     "image_sha256", "height_px_image", "width_px_image", "predicted_class", "confidence",
     "method", "models_agree", "tumor_found", "segmented", "mask_threshold", "warnings",
+    "intensity_atypicality", "relative_gamma",
 )
 ENSEMBLE_COLUMNS: tuple[str, ...] = tuple(f"ensemble_{c}" for c in CLASS_NAMES)
 SPACING_COLUMNS: tuple[str, ...] = ("spacing_source", "row_spacing_cm", "col_spacing_cm")

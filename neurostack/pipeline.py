@@ -76,6 +76,9 @@ class CaseResult:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     postprocess: str = "none"
     """Mask post-processing applied (``segmentation.postprocess.POSTPROCESS_MODES``)."""
+    intensity: dict[str, float] | None = None
+    """Grey-level check against the training slices (``ensemble.intensity``):
+    ``atypicality``, ``threshold``, ``relative_gamma``; ``None`` without a reference."""
 
     def to_record(self) -> dict[str, Any]:
         """Flat, identifier-free record for CSV export and the case database."""
@@ -91,6 +94,10 @@ class CaseResult:
             "segmented": self.segmented,
             "mask_threshold": self.threshold,
             "warnings": "; ".join(self.warnings),
+            "intensity_atypicality": None if self.intensity is None
+            else round(self.intensity["atypicality"], 4),
+            "relative_gamma": None if self.intensity is None
+            else round(self.intensity["relative_gamma"], 4),
         }
         for c in CLASS_NAMES:
             rec[f"ensemble_{c}"] = round(self.ensemble[c], 6)
@@ -112,11 +119,13 @@ class Pipeline:
     """Classifier ensemble + segmenter + morphology, loaded once and shared."""
 
     def __init__(self, ensemble: Any, segmenter: Any | None, *, missing: list[str] | None = None,
-                 limits: InputLimits | None = None) -> None:
+                 limits: InputLimits | None = None, intensity: Any | None = None) -> None:
         self.ensemble = ensemble
         self.segmenter = segmenter
         self.missing = list(missing or [])
         self.limits = limits or InputLimits()
+        self.intensity = intensity
+        """``ensemble.intensity.IntensityReference`` checking each slice's grey levels."""
 
     def with_tta(self, tta: str) -> Pipeline:
         """Return a pipeline whose classifiers use test-time augmentation ``tta``.
@@ -129,7 +138,8 @@ class Pipeline:
         if ensemble is self.ensemble:
             return self
         missing = [*self.missing, *(m for m in ensemble.missing if m not in self.missing)]
-        return Pipeline(ensemble, self.segmenter, missing=missing, limits=self.limits)
+        return Pipeline(ensemble, self.segmenter, missing=missing, limits=self.limits,
+                        intensity=self.intensity)
 
     # ------------------------------------------------------------------ info
     @property
@@ -324,8 +334,13 @@ class Pipeline:
         t0 = time.perf_counter()
         box = find_brain_box(img.gray)
         brain = crop(img.gray, box)
+        check = None
+        if self.intensity is not None:
+            from ensemble.intensity import crop_features
+
+            check = self.intensity.check(crop_features(brain))
         return _Prepared(img, box, brain, spacing, s_source,
-                         {"preprocess": time.perf_counter() - t0})
+                         {"preprocess": time.perf_counter() - t0}, check)
 
     def _result(self, prep: _Prepared, pred: Any, j: int, threshold: float) -> CaseResult:
         """Build the classification part of one slice's result from row ``j`` of ``pred``."""
@@ -348,6 +363,8 @@ class Pipeline:
         gray_share = float((img.gray > 20).mean())
         if gray_share < 0.02:
             warnings.append("almost blank image")
+        elif prep.intensity is not None and prep.intensity.warning():
+            warnings.append(prep.intensity.warning())
         predicted = CLASS_NAMES[k]
         return CaseResult(
             image_sha256=hashlib.sha256(np.ascontiguousarray(img.gray).tobytes()).hexdigest(),
@@ -358,6 +375,10 @@ class Pipeline:
             tumor_found=predicted != NO_TUMOR, segmented=False, threshold=threshold,
             spacing_cm=prep.spacing, spacing_source=prep.spacing_source,
             crop_box=prep.box.as_tuple(), models=self.model_info,
+            intensity=None if prep.intensity is None else {
+                "atypicality": prep.intensity.atypicality,
+                "threshold": prep.intensity.threshold,
+                "relative_gamma": prep.intensity.relative_gamma},
         )
 
     def _segment_many(self, items: list[tuple[int, _Prepared, CaseResult]], threshold: float,
@@ -436,6 +457,8 @@ class _Prepared:
     spacing: tuple[float, float] | None
     spacing_source: str
     t: dict[str, float]
+    intensity: Any | None = None
+    """``ensemble.intensity.IntensityCheck`` of the slice, when a reference is loaded."""
 
 
 def _check_threshold(threshold: float) -> None:
@@ -471,11 +494,30 @@ def _resolve_spacing(
     return None, "none"
 
 
+def _load_optional(folder: Path, what: str, loader: Any, missing: list[str],
+                   strict: bool) -> Any | None:
+    """``loader(folder)`` when ``folder/config.json`` exists; else note it in ``missing``.
+
+    Raises:
+        ArtifactError: If it is absent and ``strict`` (naming everything missing so far).
+    """
+    if (folder / "config.json").exists():
+        return loader(folder)
+    missing.append(f"{folder} ({what})")
+    if strict:
+        raise ArtifactError("Missing artifacts: " + "; ".join(missing))
+    return None
+
+
 def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = False,
                   limits: InputLimits | None = None, precision: str | None = None,
                   warm_up: bool = True, tta: str | None = None,
                   runtime: str | None = None) -> Pipeline:
     """Load every model from ``artifacts_dir`` (``classification/`` and ``segmentation/resunet``).
+
+    ``classification/intensity_reference`` (``python -m ensemble.intensity``), when
+    present, adds a check of each slice's grey levels against the training slices'
+    (a warning, and ``CaseResult.intensity``).
 
     Args:
         artifacts_dir: Root of the artifact tree.
@@ -502,7 +544,9 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
         ArtifactError: Naming missing (strict) or corrupt artifacts.
     """
     from ensemble.inference import load_ensemble
+    from ensemble.intensity import REFERENCE_FOLDER, load_reference
     from ensemble.precision import default_precision
+    from segmentation.predict import load_segmenter
 
     if precision is None:
         precision = default_precision()
@@ -513,17 +557,11 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
         root / "classification", strict=strict, precision=precision, tta=tta, runtime=runtime
     )
     missing = list(ensemble.missing)
-    segmenter = None
-    seg_dir = root / "segmentation" / "resunet"
-    if (seg_dir / "config.json").exists():
-        from segmentation.predict import load_segmenter
-
-        segmenter = load_segmenter(seg_dir)
-    else:
-        missing.append(f"{seg_dir} (segmentation model)")
-        if strict:
-            raise ArtifactError("Missing artifacts: " + "; ".join(missing))
-    pipeline = Pipeline(ensemble, segmenter, missing=missing, limits=limits)
+    segmenter = _load_optional(root / "segmentation" / "resunet", "segmentation model",
+                               load_segmenter, missing, strict)
+    intensity = _load_optional(root / "classification" / REFERENCE_FOLDER,
+                               "intensity check of the input", load_reference, missing, strict)
+    pipeline = Pipeline(ensemble, segmenter, missing=missing, limits=limits, intensity=intensity)
     if warm_up:
         pipeline.warm_up()
     return pipeline

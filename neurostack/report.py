@@ -62,6 +62,21 @@ def spacing_sentence(spacing_cm: tuple[float, float] | None, source: str) -> str
             f"{SPACING_SOURCE_TEXT.get(source, source)}.")
 
 
+def intensity_sentence(intensity: Mapping[str, float] | None) -> str:
+    """Say how a slice's grey levels compare with the training slices' (``CaseResult.intensity``).
+
+    ``None`` (no reference loaded) -> says the check was not made.
+    """
+    if intensity is None:
+        return "Input check not made: no intensity reference in the artifacts."
+    a, t, g = intensity["atypicality"], intensity["threshold"], intensity["relative_gamma"]
+    if a <= t:
+        return (f"Input check: grey levels typical of the training slices (atypicality "
+                f"{a:.3f} ≤ {t:.3f}; relative gamma {g:.2f}).")
+    return (f"Input check: grey levels unlike the training slices (atypicality {a:.3f} > "
+            f"{t:.3f}; relative gamma {g:.2f}); the classification may be unreliable.")
+
+
 def format_value(value: Any) -> str:
     """Format a measurement or flag for display.
 
@@ -225,6 +240,7 @@ def case_report_html(
         ["Confidence", format_probability(result.confidence)],
         ["Final decision", result.method],
         ["Base models agree", "yes" if result.models_agree else "NO"],
+        ["Input check", intensity_sentence(result.intensity).removeprefix("Input check: ")],
         ["Tumour found", "yes" if result.tumor_found else "no"],
         ["Segmented", "yes" if result.segmented else "no"],
     ]

@@ -20,6 +20,7 @@ def make_tiny_artifacts(root: str | Path, *, seed: int = 0, with_evaluation: boo
     """Build a complete artifact tree under ``root`` and return ``root``.
 
     Holds ``classification/<backbone>/``, ``classification/meta/``,
+    ``classification/intensity_reference/``,
     ``segmentation/resunet/`` and, with ``with_evaluation``, classification and
     segmentation evaluation records plus training logs.
     """
@@ -73,9 +74,25 @@ def make_tiny_artifacts(root: str | Path, *, seed: int = 0, with_evaluation: boo
             "tiny_test_artifact": True,
         },
     )
+    _tiny_intensity_reference(cls_dir, seed)
     if with_evaluation:
         _tiny_evaluation(root, CLASS_NAMES, seed)
     return root
+
+
+def _tiny_intensity_reference(cls_dir: Path, seed: int) -> None:
+    """Write an intensity reference that never flags (threshold far above any distance).
+
+    The features are made-up curves around a typical head crop's; tests of the
+    flag itself fit their own reference (``ensemble.intensity.fit_reference``).
+    """
+    from ensemble.intensity import REFERENCE_FOLDER, IntensityReference, save_reference
+
+    rng = np.random.default_rng(seed)
+    curve = np.log(np.array([60.0, 70.0, 80.0, 90.0, 110.0, 135.0]) / 255.0)
+    features = curve * rng.uniform(0.7, 1.3, (60, 1)) + rng.normal(0, 0.02, (60, curve.size))
+    save_reference(IntensityReference(features, k=5, threshold=100.0),
+                   cls_dir / REFERENCE_FOLDER, {"tiny_test_artifact": True})
 
 
 def _tiny_evaluation(root: Path, class_names: tuple[str, ...], seed: int) -> None:

@@ -11,7 +11,12 @@ from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
 from neurostack.imaging import window_to_uint8
 from neurostack.render import encode_png, overlay_mask
-from neurostack.report import case_report_html, format_probability, spacing_sentence
+from neurostack.report import (
+    case_report_html,
+    format_probability,
+    intensity_sentence,
+    spacing_sentence,
+)
 
 components.page_setup("Case Explorer", ":material/biotech:")
 st.title(":material/biotech: Case Explorer")
@@ -161,6 +166,10 @@ if not result.models_agree:
 for warning in result.warnings:
     if not warning.startswith("base models disagree"):
         st.warning(warning, icon=":material/warning:")
+st.caption(intensity_sentence(result.intensity),
+           help="Distance of the slice's grey-level quantiles to the nearest training slices; "
+                "flagged above the 99th percentile of the training slices themselves. The "
+                "classifiers lose accuracy on slices with another intensity curve.")
 if reference_label and reference_label != result.predicted_class:
     st.caption(f"Note: the dataset's reference label for this sample is *{reference_label}*.")
 

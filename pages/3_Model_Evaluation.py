@@ -17,6 +17,7 @@ from dashboard.evaluation import (
     stale_weights,
     training_phases,
 )
+from ensemble.intensity import REFERENCE_FOLDER, describe_reference
 from ensemble.shortcut import SHORTCUT_RECORD
 from ensemble.shortcut import describe as describe_shortcut
 
@@ -162,6 +163,10 @@ else:
 shortcut = cache.json_record(paths.classification_eval_dir() / SHORTCUT_RECORD)
 if shortcut:
     st.info(describe_shortcut(shortcut), icon=":material/contrast:")
+reference = cache.json_record(paths.classifier_dir(REFERENCE_FOLDER) / "config.json")
+if reference and "n_reference" in reference:
+    st.info("**Input check** (a warning on each analysed slice; `python -m ensemble.intensity`). "
+            + describe_reference(reference), icon=":material/rule:")
 
 st.subheader("Training curves")
 logs = {name: cache.training_log(paths.classifier_dir(name)) for name in BASE_MODELS}

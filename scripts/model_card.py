@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ensemble.intensity import REFERENCE_FOLDER, describe_reference
 from ensemble.shortcut import describe
 from neurostack import CLASS_NAMES
 
@@ -228,7 +229,7 @@ def _shift_and_shortcut_lines(root: Path) -> list[str]:
     rob_dir = root / "evaluation" / "robustness" / "classification"
     rob = _json(rob_dir / "metrics.json")
     probe = _json(root / "evaluation" / "classification" / "intensity_shortcut.json")
-    if not rob and not probe:
+    if not rob and not probe:  # the input check is described only next to these records
         return []
     lines = ["### Acquisition shift and an intensity shortcut", ""]
     if rob and (rob_dir / "summary.csv").is_file():
@@ -250,7 +251,34 @@ def _shift_and_shortcut_lines(root: Path) -> list[str]:
         )
     if probe:
         lines += [describe(probe), ""]
+    reference = _json(root / "classification" / REFERENCE_FOLDER / "config.json")
+    if reference and "n_reference" in reference:
+        lines += ["**Input check.** Every analysed slice gets a warning when its grey levels "
+                  "are unlike the training slices' (`python -m ensemble.intensity`). "
+                  + describe_reference(reference) + _flag_errors_sentence(rob_dir), ""]
     return lines
+
+
+def _flag_errors_sentence(rob_dir: Path) -> str:
+    """How many of the ensemble's shift errors the input check flagged (``intensity_flags.py``)."""
+    rec = _json(rob_dir / "intensity_flags.json")
+    if not rec:
+        return ""
+    parts = []
+    for r in rec["table"]:
+        if r["errors"] and r["flagged_share"] >= 0.10:  # shifts the check responds to
+            parts.append(
+                f"{r['corruption'].replace('_', ' ')} {r['severity']}: {r['flagged_share']:.0%} "
+                f"of slices and {r['errors_flagged_share']:.0%} of the ensemble's {r['errors']} "
+                f"errors flagged, accuracy {r['accuracy_flagged']:.2f} flagged vs "
+                f"{r['accuracy_unflagged']:.2f} not")
+    clean = next((r for r in rec["table"] if r["corruption"] == "none"), None)
+    text = " On the robustness run's test slices (`scripts/intensity_flags.py`): "
+    text += "; ".join(parts) if parts else "no shift had 10 % of its slices flagged"
+    if clean:
+        text += (f"; unchanged slices flagged: {round(clean['flagged_share'] * clean['n'])} "
+                 f"of {clean['n']}")
+    return text + "."
 
 
 def _single_crop_lines(root: Path) -> list[str]:
@@ -549,7 +577,9 @@ resumed with two threads.
   performance on other scanners and protocols is unknown. Their grey-level curves
   differ by class, and a change of display gamma (1.5 or 0.5) costs the ensemble
   much of its accuracy (see "Acquisition shift and an intensity shortcut"): use
-  slices exported like the training data (8-bit, default window).
+  slices exported like the training data (8-bit, default window). The input check
+  warns about darker curves, not about brighter ones (those resemble one of the
+  training sources) nor about noise or blur.
 - Training at a reduced size, inference at the native size: see the recipes.
 - **Segmentation differs by patient series**: the outlines are much weaker on the
   alphanumeric-id glioma series of figshare-seg than on the other patients (see

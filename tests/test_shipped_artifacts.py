@@ -151,6 +151,19 @@ def test_intensity_shortcut_record_covers_the_shipped_split() -> None:
     assert rec["majority_baseline"] < rec["accuracy"] <= 1
 
 
+def test_intensity_reference_loads_and_its_threshold_is_reproducible() -> None:
+    from ensemble.intensity import REFERENCE_FOLDER, fit_reference, load_reference
+
+    ref = load_reference(ART / "classification" / REFERENCE_FOLDER)  # SHA-256 checked
+    split = pd.read_csv(REPO / ref.config["split"])
+    assert len(ref.features) == (split["split"] == ref.config["fit_part"]).sum()
+    refit = fit_reference(ref.features, k=ref.k, quantile=ref.config["quantile"])
+    assert refit.threshold == pytest.approx(ref.threshold, rel=1e-5)
+    rates = {(r["corruption"], r["severity"]): r["flagged_share"]
+             for r in ref.config["check"]["flagged_share"]}
+    assert rates[("none", 0)] <= 0.05 and len(rates) == 15
+
+
 def test_all_weights_together_stay_under_200_mb() -> None:
     total = sum(p.stat().st_size for p in ART.rglob("weights.npz"))
     assert total < 200 * MB, f"{total / MB:.1f} MB of weights"

@@ -1,69 +1,27 @@
-"""``ensemble.shortcut``: intensity features, gamma read-back, the probe, the CLI."""
+"""``ensemble.shortcut``: the intensity-only probe and its command line."""
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from ensemble import intensity as it
 from ensemble import shortcut as sc
 from neurostack import CLASS_NAMES
-from neurostack.preprocess import find_brain_box
 
-COLS = [f"q{p}" for p in sc.INTENSITY_QUANTILES]
-
-
-def _ramp_disk(size: int = 120) -> np.ndarray:
-    """A disk whose grey level rises from 80 at the centre to 250 at the rim, on black."""
-    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
-    r = np.hypot(yy, xx) / (0.45 * size)
-    img = np.where(r <= 1, 80 + 170 * r, 0)
-    return np.round(img).astype(np.uint8)
+COLS = list(it.FEATURE_COLUMNS)
 
 
-def _gamma(gray: np.ndarray, g: float) -> np.ndarray:
-    return np.round(255 * (gray / 255.0) ** g).astype(np.uint8)
-
-
-def test_intensity_features_known_answer_on_a_flat_image():
-    feats = sc.intensity_features(np.full((64, 64), 128, np.uint8))
-    np.testing.assert_allclose(feats, np.log(128 / 255) * np.ones(len(sc.INTENSITY_QUANTILES)))
-    # a black image: quantiles clipped to grey level 1, never log(0)
-    np.testing.assert_allclose(sc.intensity_features(np.zeros((32, 32), np.uint8)),
-                               np.log(1 / 255))
-
-
-@pytest.mark.parametrize("g", [0.5, 0.67, 1.5, 2.0])
-def test_a_display_gamma_is_read_back(g):
-    disk = _ramp_disk()
-    shifted = _gamma(disk, g)
-    assert find_brain_box(shifted) == find_brain_box(disk)  # same crop, so only grey levels move
-    reference = sc.intensity_features(disk)
-    features = sc.intensity_features(shifted)
-    np.testing.assert_allclose(features, g * reference, rtol=0.02, atol=0.004)
-    assert sc.relative_gamma(features, reference) == pytest.approx(g, rel=0.02)
-    assert sc.relative_gamma(reference, reference) == pytest.approx(1.0)
-
-
-def test_relative_gamma_shapes_and_refusals():
-    ref = np.array([-1.0, -0.5])
-    out = sc.relative_gamma(np.array([[-2.0, -1.0], [-0.5, -0.25]]), ref)
-    np.testing.assert_allclose(out, [2.0, 0.5])
-    assert isinstance(sc.relative_gamma(np.array([-1.0, -0.5]), ref), float)
-    with pytest.raises(ValueError, match="must match reference"):
-        sc.relative_gamma(np.zeros(3), ref)
-    with pytest.raises(ValueError, match="all zero"):
-        sc.relative_gamma(np.zeros(2), np.zeros(2))
-    with pytest.raises(ValueError, match="2-D uint8"):
-        sc.intensity_features(np.zeros((8, 8), np.float32))
+# log(q / 255) of a typical head crop's quantiles
+BASE = np.log(np.array([60.0, 70.0, 80.0, 90.0, 110.0, 135.0]) / 255.0)
 
 
 def _features(gammas_by_class: dict[str, float], n: int, rng: np.random.Generator,
               noise: float) -> pd.DataFrame:
-    base = sc.intensity_features(_ramp_disk())
+    base = BASE
     rows = []
     for label, g in gammas_by_class.items():
         for _ in range(n):
@@ -98,12 +56,10 @@ def test_probe_refuses_empty_or_single_class_parts():
 
 
 def test_cli_reports_an_unreadable_file_and_measures_the_rest(
-    class_dataset, class_dataset_split, tmp_path, capsys
+    dataset_with_broken_file, class_dataset_split, tmp_path, capsys
 ):
-    data = shutil.copytree(class_dataset, tmp_path / "data")
+    data, broken = dataset_with_broken_file("val")
     split = pd.read_csv(class_dataset_split)
-    broken = split[split.split == "val"].path.iloc[0]
-    (data / broken).write_bytes(b"not an image")
     out = tmp_path / "rec" / "shortcut.json"
 
     assert sc.main([str(data), "--split", str(class_dataset_split), "--out", str(out)]) == 0

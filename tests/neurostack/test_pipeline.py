@@ -164,6 +164,49 @@ def test_tumour_prediction_segments_and_warns(tiny_pipeline, png_slice, monkeypa
     assert "base models disagree: glioma, meningioma, notumor" in res.warnings
 
 
+def test_intensity_check_flags_a_darkened_slice_and_records_it(tiny_pipeline, make_slice,
+                                                               monkeypatch) -> None:
+    from ensemble.intensity import crop_features, fit_reference, intensity_features
+
+    rng = np.random.default_rng(3)
+    slices = [make_slice(c, rng, (160, 160)) for c in CLASS_NAMES for _ in range(10)]
+    reference = fit_reference(np.stack([intensity_features(g) for g in slices]), k=3)
+    monkeypatch.setattr(tiny_pipeline, "intensity", reference)
+    gray = make_slice("glioma", np.random.default_rng(99), (160, 160))
+    dark = np.round(255 * (gray / 255.0) ** 2.0).astype(np.uint8)
+
+    typical = tiny_pipeline.analyse(LoadedImage(gray, np.dstack([gray] * 3)))
+    assert not any(w.startswith("grey levels") for w in typical.warnings)
+    assert typical.intensity["threshold"] == pytest.approx(reference.threshold)
+    assert typical.intensity["atypicality"] <= reference.threshold
+
+    flagged = tiny_pipeline.analyse(LoadedImage(dark, np.dstack([dark] * 3)))
+    warning = next(w for w in flagged.warnings if w.startswith("grey levels unlike"))
+    assert "darker" in warning and flagged.intensity["relative_gamma"] > 1.5
+    expected = reference.check(crop_features(crop(dark, find_brain_box(dark))))
+    assert flagged.intensity["atypicality"] == pytest.approx(expected.atypicality)
+    rec = flagged.to_record()
+    assert rec["intensity_atypicality"] == round(expected.atypicality, 4)
+    assert rec["relative_gamma"] == round(expected.relative_gamma, 4)
+
+    monkeypatch.setattr(tiny_pipeline, "intensity", None)  # no reference: no check, empty columns
+    rec = tiny_pipeline.analyse(LoadedImage(dark, np.dstack([dark] * 3))).to_record()
+    assert rec["intensity_atypicality"] is None and rec["relative_gamma"] is None
+
+
+def test_load_pipeline_reports_a_missing_intensity_reference(tiny_artifacts, tmp_path) -> None:
+    import shutil
+
+    root = shutil.copytree(tiny_artifacts, tmp_path / "art")
+    shutil.rmtree(root / "classification" / "intensity_reference")
+    pipe = load_pipeline(root, warm_up=False)
+    assert pipe.intensity is None
+    assert any("intensity check" in m for m in pipe.missing)
+    with pytest.raises(ArtifactError, match="intensity check"):
+        load_pipeline(root, strict=True, warm_up=False)
+    assert load_pipeline(tiny_artifacts, warm_up=False).intensity is not None
+
+
 @pytest.fixture()
 def three_images(png_slice, make_slice) -> list:
     odd = make_slice("pituitary", np.random.default_rng(11), (97, 131))

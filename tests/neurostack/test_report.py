@@ -20,6 +20,7 @@ from neurostack.report import (
     case_report_html,
     format_probability,
     format_value,
+    intensity_sentence,
     png_data_uri,
     spacing_sentence,
 )
@@ -196,6 +197,19 @@ def test_format_probability_never_shows_100_or_0_for_a_model_output(p, decimals,
 def test_format_probability_rejects_impossible_values(p, decimals) -> None:
     with pytest.raises(ValueError, match="probability|decimals"):
         format_probability(p, decimals)
+
+
+def test_intensity_sentence_and_report_row() -> None:
+    assert intensity_sentence(None).startswith("Input check not made")
+    typical = {"atypicality": 0.05, "threshold": 0.233, "relative_gamma": 1.02}
+    assert intensity_sentence(typical) == ("Input check: grey levels typical of the training "
+                                           "slices (atypicality 0.050 ≤ 0.233; relative gamma "
+                                           "1.02).")
+    odd = typical | {"atypicality": 0.4, "relative_gamma": 1.7}
+    assert "unlike the training slices (atypicality 0.400 > 0.233" in intensity_sentence(odd)
+    doc = case_report_html(dataclasses.replace(_result(), intensity=odd), generated_at=WHEN)
+    text = re.sub(r"\s+", " ", " ".join(_parse(doc).text))
+    assert "Input check grey levels unlike the training slices" in text
 
 
 def test_report_shows_a_saturated_confidence_as_above_99_9() -> None:

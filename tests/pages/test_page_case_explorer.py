@@ -26,6 +26,9 @@ def test_sample_is_classified_and_measured(make_app):
     assert _metric(at, "Predicted class") in CLASS_NAMES
     # a model probability is never shown as 100.0 % (bundled samples saturate the softmax)
     assert re.fullmatch(r">99\.9%|<0\.1%|\d{1,2}\.\d%", _metric(at, "Confidence"))
+    # the tiny reference never flags: the check is stated as passed, with its numbers
+    check = next(c.value for c in at.caption if c.value.startswith("Input check"))
+    assert "typical of the training slices" in check and "≤ 100.000" in check
     chart_count = len(at.get("plotly_chart"))
     assert chart_count == 1  # grouped probability bars
     if any(b.key == "ce_segment_anyway" for b in at.button):

@@ -142,3 +142,5 @@ def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifac
     assert not at.exception, [e.message for e in at.exception]
     note = next(i.value for i in at.info if "Grey levels alone" in i.value)
     assert "right on 50.0% of 40 val slices" in note and "glioma 1.20, notumor 0.70" in note
+    check = next(i.value for i in at.info if i.value.startswith("**Input check**"))
+    assert "those of 60 training slices" in check and "atypicality 100.000" in check

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -201,3 +202,40 @@ def test_shift_and_shortcut_section_reads_both_records(tmp_path: Path) -> None:
     text = "\n".join(model_card._shift_and_shortcut_lines(tmp_path))
     assert "right on 69.8% of 858 val slices (balanced 69.0%" in text
     assert "most common class is 27.9%" in text and "glioma 1.11, notumor 0.72" in text
+
+
+def test_input_check_paragraph_with_its_error_table(tmp_path: Path) -> None:
+    from ensemble.intensity import IntensityReference, save_reference
+
+    rob = tmp_path / "evaluation" / "robustness" / "classification"
+    rob.mkdir(parents=True)
+    (rob / "metrics.json").write_text(json.dumps({"n_slices": 8, "settings": {"per_class": 2},
+                                                  "corruptions": {}}))
+    pd.DataFrame([("none", 0, "ensemble", 1.0)],
+                 columns=["corruption", "severity", "model", "accuracy"]).to_csv(
+        rob / "summary.csv", index=False)
+    features = np.arange(18, dtype=float).reshape(3, 6)
+    save_reference(IntensityReference(features, k=1, threshold=0.5),
+                   tmp_path / "classification" / "intensity_reference",
+                   {"quantile": 0.99, "check": {"part": "val", "flagged_share": [
+                       {"corruption": "none", "severity": 0, "n": 10, "flagged_share": 0.0},
+                       {"corruption": "gamma_dark", "severity": 1, "n": 10,
+                        "flagged_share": 0.6}]}})
+    text = "\n".join(model_card._shift_and_shortcut_lines(tmp_path))
+    assert "compared with those of 3 training slices" in text and "atypicality 0.500" in text
+    assert "On 10 val slices it flagged 0.0% as they are; 60.0% under" in text
+    assert "robustness run's test slices" not in text  # no intensity_flags.json yet
+
+    (rob / "intensity_flags.json").write_text(json.dumps({"table": [
+        {"corruption": "none", "severity": 0, "n": 80, "flagged_share": 0.0125, "errors": 0,
+         "errors_flagged_share": None, "accuracy_flagged": 1.0, "accuracy_unflagged": 1.0},
+        {"corruption": "gamma_dark", "severity": 2, "n": 80, "flagged_share": 0.8375,
+         "errors": 44, "errors_flagged_share": 0.909, "accuracy_flagged": 0.403,
+         "accuracy_unflagged": 0.692},
+        {"corruption": "gamma_bright", "severity": 1, "n": 80, "flagged_share": 0.0125,
+         "errors": 6, "errors_flagged_share": 0.167, "accuracy_flagged": 0.0,
+         "accuracy_unflagged": 0.937}]}))
+    text = "\n".join(model_card._shift_and_shortcut_lines(tmp_path))
+    assert ("gamma dark 2: 84% of slices and 91% of the ensemble's 44 errors flagged, accuracy "
+            "0.40 flagged vs 0.69 not; unchanged slices flagged: 1 of 80.") in text
+    assert "gamma bright" not in text  # 1 flagged slice of 80 is not a shift it responds to

@@ -1,0 +1,99 @@
+"""Check whether the input check flags the slices the ensemble gets wrong under shift.
+
+Re-creates the shifted slices of a classification robustness run (same paths,
+conditions and seeds as ``python -m ensemble.robustness``), applies the shipped
+intensity reference to each, and tabulates per condition: the ensemble's
+accuracy, the share of slices flagged, the accuracy on flagged and unflagged
+slices, and the share of the ensemble's errors that were flagged. Reporting
+only: the reference's threshold was fixed on the training slices.
+
+Usage::
+
+    python scripts/intensity_flags.py ../shared/datasets/brain-tumor-mri/Training \
+        [--robustness artifacts/evaluation/robustness/classification] \
+        [--reference artifacts/classification/intensity_reference] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ensemble.intensity import FEATURE_COLUMNS, load_reference, read_features
+
+KEYS = ["path", "corruption", "severity"]
+
+
+def flags_vs_errors(per_slice: pd.DataFrame, flagged: pd.DataFrame) -> pd.DataFrame:
+    """Cross the ensemble's right/wrong answers with the input check's flags per condition.
+
+    Args:
+        per_slice: ``path, label, corruption, severity, ensemble`` (a robustness run).
+        flagged: ``path, corruption, severity, flagged`` (bool), one row per slice and condition.
+
+    Returns:
+        One row per ``(corruption, severity)`` in ``per_slice`` order: ``n``, ``accuracy``,
+        ``flagged_share``, ``accuracy_unflagged``, ``accuracy_flagged`` (NaN when no slice
+        is in the group), ``errors`` and ``errors_flagged_share`` (NaN without errors).
+
+    Raises:
+        ValueError: If a slice and condition of ``per_slice`` has no flag.
+    """
+    merged = per_slice.merge(flagged[[*KEYS, "flagged"]], on=KEYS, how="left")
+    if merged["flagged"].isna().any():
+        missing = merged.loc[merged["flagged"].isna(), KEYS].head(3).to_dict("records")
+        raise ValueError(f"no input-check flag for {missing} (and maybe more)")
+    merged["flagged"] = merged["flagged"].astype(bool)
+    merged["right"] = merged["ensemble"] == merged["label"]
+    rows = []
+    for (name, severity), g in merged.groupby(["corruption", "severity"], sort=False):
+        wrong = ~g["right"]
+        rows.append({
+            "corruption": name, "severity": int(severity), "n": len(g),
+            "accuracy": g["right"].mean(),
+            "flagged_share": g["flagged"].mean(),
+            "accuracy_unflagged": g.loc[~g["flagged"], "right"].mean(),
+            "accuracy_flagged": g.loc[g["flagged"], "right"].mean(),
+            "errors": int(wrong.sum()),
+            "errors_flagged_share": g.loc[wrong, "flagged"].mean() if wrong.any() else np.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Compute the table for the shipped records and print it (optionally write JSON)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--robustness", type=Path,
+                   default=Path("artifacts/evaluation/robustness/classification"))
+    p.add_argument("--reference", type=Path,
+                   default=Path("artifacts/classification/intensity_reference"))
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args(argv)
+    per_slice = pd.read_csv(a.robustness / "per_slice.csv")
+    settings = json.loads((a.robustness / "metrics.json").read_text())["settings"]
+    reference = load_reference(a.reference)
+    rows = per_slice.drop_duplicates("path")[["path", "label"]].assign(split="robustness")
+    shifts = [tuple(c) for c in settings["conditions"]]
+    feats, failures = read_features(a.data_dir, rows, shifts=shifts, seed=settings["seed"])
+    feats["flagged"] = reference.atypicality(feats[list(FEATURE_COLUMNS)].to_numpy()) > \
+        reference.threshold
+    table = flags_vs_errors(per_slice, feats)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if failures:
+        print(f"{len(failures)} unreadable: {[f['path'] for f in failures]}")
+    if a.json:
+        a.json.write_text(json.dumps({
+            "robustness_run": str(a.robustness), "reference": str(a.reference),
+            "threshold": reference.threshold, "unreadable": failures,
+            "table": json.loads(table.to_json(orient="records")),
+        }, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
