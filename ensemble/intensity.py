@@ -55,6 +55,8 @@ REFERENCE_FOLDER = "intensity_reference"
 FEATURES_FILE = "features.npz"
 CONFIG_FILE = "config.json"
 DEFAULT_K = 10
+WARNING_PREFIX = "grey levels unlike the training slices"
+"""Start of the warning :meth:`IntensityCheck.warning` gives (to find flagged results)."""
 DEFAULT_QUANTILE = 0.99
 
 
@@ -191,7 +193,7 @@ class IntensityCheck:
             return None
         tone = "darker" if self.relative_gamma > 1 else "brighter"
         return (
-            f"grey levels unlike the training slices (atypicality {self.atypicality:.3f} > "
+            f"{WARNING_PREFIX} (atypicality {self.atypicality:.3f} > "
             f"{self.threshold:.3f}; mid-tones {tone} than usual, relative gamma "
             f"{self.relative_gamma:.2f}): the classifiers are sensitive to the intensity "
             "curve, so check how the slice was exported or windowed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, charts, components
+from ensemble.intensity import WARNING_PREFIX as INTENSITY_WARNING
 
 components.page_setup("Batch Analysis", ":material/stacks:")
 st.title(":material/stacks: Batch Analysis")
@@ -119,8 +120,15 @@ if outcome.get("anonymised") and (len(rows) or len(failures)):
 
 if len(rows):
     st.subheader("Results")
+    flagged = int(rows["warnings"].fillna("").astype(str).str.contains(INTENSITY_WARNING).sum())
+    if flagged:
+        st.warning(f"**{flagged} of {len(rows)} slice(s) have grey levels unlike the training "
+                   "slices** (input check; see `warnings` and `intensity_atypicality`): the "
+                   "classifiers lose accuracy on another intensity curve, so check how those "
+                   "slices were exported or windowed.", icon=":material/contrast:")
     lead = [c for c in ("n", "item", "predicted_class", "confidence", "models_agree", "tumor_found",
-                        "segmented", "area_cm2", "area_px", "spacing_source", "warnings")
+                        "segmented", "area_cm2", "area_px", "spacing_source", "warnings",
+                        "intensity_atypicality", "relative_gamma")
             if c in rows.columns]
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_order=[*lead, *[c for c in rows.columns if c not in lead]],

@@ -97,3 +97,28 @@ def test_fast_mode_uses_the_single_crop_meta_learner(make_app, dashboard_artifac
     assert fast["method"].iloc[0] == "meta-learner (stacking)"  # single crops, own meta-learner
     assert any(c.value == "Classified by: meta-learner (stacking)" for c in at.caption)
     assert list(fast["item"]) == [name]
+
+
+def test_batch_counts_the_slices_the_input_check_flags(make_app, monkeypatch):
+    from dashboard import cache
+    from ensemble.intensity import IntensityReference
+
+    at = make_app("pages/2_Batch_Analysis.py").run()
+    pipeline = cache.get_pipeline()  # the very object the page uses (st.cache_resource)
+    ref = pipeline.intensity
+    monkeypatch.setattr(pipeline, "intensity", IntensityReference(ref.features, ref.k, 0.0))
+    a, b = sample_bytes(), sorted_second()
+    at = _upload_and_run(at, [(a[0], a[1], "image/jpeg"), (b[0], b[1], "image/jpeg")])
+    note = next(w.value for w in at.warning if "input check" in w.value)
+    assert note.startswith("**2 of 2 slice(s) have grey levels unlike the training slices**")
+    results = at.dataframe[0].value
+    assert results["intensity_atypicality"].gt(0).all()
+    assert results["warnings"].str.contains("grey levels unlike the training slices").all()
+
+
+def test_batch_says_nothing_when_no_slice_is_flagged(make_app):
+    a = sample_bytes()
+    at = _upload_and_run(make_app("pages/2_Batch_Analysis.py").run(),
+                         [(a[0], a[1], "image/jpeg")])
+    assert not any("input check" in w.value for w in at.warning)
+    assert at.dataframe[0].value["intensity_atypicality"].notna().all()
