@@ -13,6 +13,10 @@ trained on. This module measures that cheaply, without any network:
   nearest training slices; it is flagged above a threshold fitted on the
   training slices themselves (leave-one-out, a high quantile such as 0.99), so
   about 1 % of slices like the training data are flagged by design.
+* :func:`correct_gamma` maps a flagged slice back to the training curve; the
+  pipeline classifies that copy as a second opinion (measured: on 268 darkened
+  validation slices the check flagged, accuracy 0.504 as they were, 0.955 after
+  the mapping; ``scripts/intensity_correction.py``).
 * ``python -m ensemble.intensity``: builds the reference from the training part
   of a split, measures on the validation part how often it fires on unchanged
   slices and under each simulated acquisition shift (:mod:`neurostack.corrupt`),
@@ -123,6 +127,29 @@ def relative_gamma(features: np.ndarray, reference: np.ndarray) -> np.ndarray | 
         raise ValueError("reference features are all zero (a white image); cannot fit a gamma")
     g = features @ reference / norm
     return float(g) if np.ndim(g) == 0 else g
+
+
+def correct_gamma(gray: np.ndarray, gamma: float) -> np.ndarray:
+    """Undo a relative gamma: ``255 * (x / 255) ** (1 / gamma)``, rounded to uint8.
+
+    Mapping a slice with :func:`relative_gamma` ``g`` this way gives it the
+    reference curve (relative gamma about 1). Pointwise; find the head box of the
+    result again (a darkened slice's box is too tight).
+
+    Args:
+        gray: uint8 array of any shape.
+        gamma: The slice's relative gamma, > 0.
+
+    Raises:
+        ValueError: If ``gamma`` is not a positive finite number or ``gray`` not uint8.
+    """
+    gray = np.asarray(gray)
+    if gray.dtype != np.uint8:
+        raise ValueError(f"gray must be uint8; received {gray.dtype}")
+    if not (np.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be a positive finite number; received {gamma!r}")
+    lut = np.round(255.0 * (np.arange(256) / 255.0) ** (1.0 / gamma)).astype(np.uint8)
+    return lut[gray]
 
 
 def read_features(

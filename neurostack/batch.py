@@ -78,7 +78,7 @@ KEY_COLUMNS: tuple[str, ...] = ("item", "n", "file_sha256")
 RECORD_HEAD: tuple[str, ...] = (
     "image_sha256", "height_px_image", "width_px_image", "predicted_class", "confidence",
     "method", "models_agree", "tumor_found", "segmented", "mask_threshold", "warnings",
-    "intensity_atypicality", "relative_gamma",
+    "intensity_atypicality", "relative_gamma", "corrected_class", "corrected_confidence",
 )
 ENSEMBLE_COLUMNS: tuple[str, ...] = tuple(f"ensemble_{c}" for c in CLASS_NAMES)
 SPACING_COLUMNS: tuple[str, ...] = ("spacing_source", "row_spacing_cm", "col_spacing_cm")
@@ -87,7 +87,8 @@ TAIL_COLUMNS: tuple[str, ...] = ("model_versions", "extra_json")
 """``extra_json`` holds any record key the header does not know (normally empty)."""
 FAILURE_COLUMNS: tuple[str, ...] = ("item", "n", "error", "error_type", "file_sha256")
 TEXT_COLUMNS: tuple[str, ...] = (
-    "item", "file_sha256", "image_sha256", "predicted_class", "method", "warnings",
+    "item", "file_sha256", "image_sha256", "predicted_class", "corrected_class", "method",
+    "warnings",
     "spacing_source", "model_versions", "extra_json",
 )
 BOOL_COLUMNS: tuple[str, ...] = ("models_agree", "tumor_found", "segmented")

@@ -76,9 +76,11 @@ class CaseResult:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     postprocess: str = "none"
     """Mask post-processing applied (``segmentation.postprocess.POSTPROCESS_MODES``)."""
-    intensity: dict[str, float] | None = None
+    intensity: dict[str, Any] | None = None
     """Grey-level check against the training slices (``ensemble.intensity``):
-    ``atypicality``, ``threshold``, ``relative_gamma``; ``None`` without a reference."""
+    ``atypicality``, ``threshold``, ``relative_gamma``, and for a flagged slice the
+    second opinion ``corrected_class`` / ``corrected_confidence`` (the ensemble on the
+    slice mapped to the training curve); ``None`` without a reference."""
 
     def to_record(self) -> dict[str, Any]:
         """Flat, identifier-free record for CSV export and the case database."""
@@ -98,6 +100,9 @@ class CaseResult:
             else round(self.intensity["atypicality"], 4),
             "relative_gamma": None if self.intensity is None
             else round(self.intensity["relative_gamma"], 4),
+            "corrected_class": (self.intensity or {}).get("corrected_class"),
+            "corrected_confidence": None if (self.intensity or {}).get("corrected_confidence")
+            is None else round(self.intensity["corrected_confidence"], 6),
         }
         for c in CLASS_NAMES:
             rec[f"ensemble_{c}"] = round(self.ensemble[c], 6)
@@ -309,6 +314,7 @@ class Pipeline:
                     result.warnings.append("segmentation model not available")
                 else:
                     to_segment.append((i, prep, result))
+        self._second_opinions(ready, out)
         if to_segment:
             self._segment_many(to_segment, threshold, postprocess, out)
         for i, prep in ready:
@@ -317,6 +323,46 @@ class Pipeline:
                 res.timings_s = {k: round(v, 4) for k, v in prep.t.items()}
                 res.timings_s["total"] = round(sum(prep.t.values()), 4)
         return out
+
+    def _second_opinions(self, ready: list[tuple[int, _Prepared]],
+                         out: list[CaseResult | Exception]) -> None:
+        """Classify flagged slices again after mapping them to the training intensity curve.
+
+        Only slices the input check flags (``prep.intensity`` atypical) are run, in
+        one call; the original decision stays the decision. Adds
+        ``corrected_class`` / ``corrected_confidence`` to ``CaseResult.intensity``
+        and a warning stating the second opinion.
+        """
+        from ensemble.intensity import correct_gamma
+
+        flagged = [(i, p) for i, p in ready if p.intensity is not None
+                   and not p.intensity.typical and isinstance(out[i], CaseResult)]
+        if not flagged:
+            return
+        t0 = time.perf_counter()
+        try:
+            crops = []
+            for _, p in flagged:
+                # whole slice, then a new head box: the darkened slice's box is too tight
+                gray = correct_gamma(p.img.gray, p.intensity.relative_gamma)
+                crops.append(crop(gray, find_brain_box(gray)))
+            pred = self.ensemble.predict_crops(crops)
+        except Exception as exc:  # noqa: BLE001 - the first opinion stands; say why
+            for i, _ in flagged:
+                out[i].warnings.append(f"intensity-corrected re-classification failed: {exc}")
+            return
+        share = (time.perf_counter() - t0) / len(flagged)
+        for j, (i, prep) in enumerate(flagged):
+            res = out[i]
+            k = int(np.argmax(pred.ensemble[j]))
+            res.intensity["corrected_class"] = CLASS_NAMES[k]
+            res.intensity["corrected_confidence"] = float(pred.ensemble[j][k])
+            prep.t["intensity_correction"] = share
+            agree = "the same" if CLASS_NAMES[k] == res.predicted_class else "a DIFFERENT"
+            res.warnings.append(
+                f"second opinion: with its grey levels mapped to the training curve (gamma "
+                f"1/{prep.intensity.relative_gamma:.2f}) the ensemble gives {agree} class: "
+                f"{CLASS_NAMES[k]} ({float(pred.ensemble[j][k]):.2f})")
 
     def _analyse_one(self, img: LoadedImage, spacing_cm: tuple[float, float] | None,
                      spacing_source: str | None, threshold: float,

@@ -73,8 +73,12 @@ def intensity_sentence(intensity: Mapping[str, float] | None) -> str:
     if a <= t:
         return (f"Input check: grey levels typical of the training slices (atypicality "
                 f"{a:.3f} ≤ {t:.3f}; relative gamma {g:.2f}).")
-    return (f"Input check: grey levels unlike the training slices (atypicality {a:.3f} > "
+    text = (f"Input check: grey levels unlike the training slices (atypicality {a:.3f} > "
             f"{t:.3f}; relative gamma {g:.2f}); the classification may be unreliable.")
+    if intensity.get("corrected_class"):
+        text += (f" Classified again with its grey levels mapped to the training curve: "
+                 f"{intensity['corrected_class']} ({intensity['corrected_confidence']:.2f}).")
+    return text
 
 
 def format_value(value: Any) -> str:

@@ -256,6 +256,36 @@ def _shift_and_shortcut_lines(root: Path) -> list[str]:
         lines += ["**Input check.** Every analysed slice gets a warning when its grey levels "
                   "are unlike the training slices' (`python -m ensemble.intensity`). "
                   + describe_reference(reference) + _flag_errors_sentence(rob_dir), ""]
+        lines += _second_opinion_lines(root)
+    return lines
+
+
+def _second_opinion_lines(root: Path) -> list[str]:
+    """Tables of the flagged slices' decision vs second opinion (``intensity_correction.py``)."""
+    lines: list[str] = []
+    for part in ("val", "test"):
+        rec = _json(root / "evaluation" / "classification" / f"intensity_correction_{part}.json")
+        if not rec:
+            continue
+        rows = [
+            f"| {r['corruption'].replace('_', ' ')} {r['severity']} | {r['n']} | "
+            f"{_fmt(r['accuracy'], 3)} | {r['flagged']} | "
+            f"{_fmt(r['accuracy_flagged_decision'], 3)} | "
+            f"{_fmt(r['accuracy_flagged_second'], 3)} |"
+            for r in rec["table"]
+        ]
+        title = (
+            "**Second opinion.** A flagged slice is classified again with its grey levels "
+            "mapped to the training curve; the first answer stays the decision. "
+            if not lines else ""
+        ) + (f"On {rec['part']} slices ({rec['per_class']} per class; "
+             "`scripts/intensity_correction.py`):")
+        lines += _titled_table(
+            title,
+            ["condition", "slices", "accuracy (decision)", "flagged", "flagged: decision",
+             "flagged: second opinion"],
+            rows,
+        )
     return lines
 
 

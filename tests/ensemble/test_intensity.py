@@ -45,6 +45,28 @@ def test_a_display_gamma_is_read_back(g):
     assert it.relative_gamma(reference, reference) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("g", [0.5, 1.5, 2.0])
+def test_correct_gamma_undoes_a_display_gamma(g):
+    disk = _ramp_disk()
+    back = it.correct_gamma(_gamma(disk, g), g)
+    inside = disk > 0
+    # uint8 rounding twice: within a few grey levels where the curve is steep
+    assert np.abs(back[inside].astype(int) - disk[inside]).max() <= 4
+    assert (back[~inside] == 0).all()
+    assert it.relative_gamma(it.intensity_features(back), it.intensity_features(disk)) == \
+        pytest.approx(1.0, abs=0.02)
+    np.testing.assert_array_equal(it.correct_gamma(disk, 1.0), disk)
+
+
+@pytest.mark.parametrize(("gray", "g", "match"), [
+    (np.zeros((4, 4), np.float32), 1.0, "uint8"), (np.zeros((4, 4), np.uint8), 0.0, "positive"),
+    (np.zeros((4, 4), np.uint8), float("inf"), "positive"),
+])
+def test_correct_gamma_refusals(gray, g, match):
+    with pytest.raises(ValueError, match=match):
+        it.correct_gamma(gray, g)
+
+
 def test_relative_gamma_shapes_and_refusals():
     ref = np.array([-1.0, -0.5])
     out = it.relative_gamma(np.array([[-2.0, -1.0], [-0.5, -0.25]]), ref)

@@ -166,7 +166,12 @@ def test_tumour_prediction_segments_and_warns(tiny_pipeline, png_slice, monkeypa
 
 def test_intensity_check_flags_a_darkened_slice_and_records_it(tiny_pipeline, make_slice,
                                                                monkeypatch) -> None:
-    from ensemble.intensity import crop_features, fit_reference, intensity_features
+    from ensemble.intensity import (
+        correct_gamma,
+        crop_features,
+        fit_reference,
+        intensity_features,
+    )
 
     rng = np.random.default_rng(3)
     slices = [make_slice(c, rng, (160, 160)) for c in CLASS_NAMES for _ in range(10)]
@@ -176,7 +181,9 @@ def test_intensity_check_flags_a_darkened_slice_and_records_it(tiny_pipeline, ma
     dark = np.round(255 * (gray / 255.0) ** 2.0).astype(np.uint8)
 
     typical = tiny_pipeline.analyse(LoadedImage(gray, np.dstack([gray] * 3)))
-    assert not any(w.startswith("grey levels") for w in typical.warnings)
+    assert not any(w.startswith(("grey levels", "second opinion")) for w in typical.warnings)
+    assert "corrected_class" not in typical.intensity
+    assert typical.to_record()["corrected_class"] is None
     assert typical.intensity["threshold"] == pytest.approx(reference.threshold)
     assert typical.intensity["atypicality"] <= reference.threshold
 
@@ -188,6 +195,15 @@ def test_intensity_check_flags_a_darkened_slice_and_records_it(tiny_pipeline, ma
     rec = flagged.to_record()
     assert rec["intensity_atypicality"] == round(expected.atypicality, 4)
     assert rec["relative_gamma"] == round(expected.relative_gamma, 4)
+    # second opinion: the ensemble on the crop mapped back to the training curve
+    corrected = correct_gamma(dark, expected.relative_gamma)  # whole slice, box found again
+    second = tiny_pipeline.ensemble.predict_crops(
+        [crop(corrected, find_brain_box(corrected))]).ensemble[0]
+    assert rec["corrected_class"] == CLASS_NAMES[int(np.argmax(second))]
+    assert rec["corrected_confidence"] == pytest.approx(float(second.max()), abs=1e-5)
+    opinion = next(w for w in flagged.warnings if w.startswith("second opinion"))
+    assert f"gamma 1/{expected.relative_gamma:.2f}" in opinion and rec["corrected_class"] in opinion
+    assert "intensity_correction" in flagged.timings_s
 
     monkeypatch.setattr(tiny_pipeline, "intensity", None)  # no reference: no check, empty columns
     rec = tiny_pipeline.analyse(LoadedImage(dark, np.dstack([dark] * 3))).to_record()

@@ -114,6 +114,7 @@ def test_batch_counts_the_slices_the_input_check_flags(make_app, monkeypatch):
     results = at.dataframe[0].value
     assert results["intensity_atypicality"].gt(0).all()
     assert results["warnings"].str.contains("grey levels unlike the training slices").all()
+    assert results["corrected_class"].notna().all()  # a second opinion for each flagged slice
 
 
 def test_batch_says_nothing_when_no_slice_is_flagged(make_app):
@@ -121,4 +122,6 @@ def test_batch_says_nothing_when_no_slice_is_flagged(make_app):
     at = _upload_and_run(make_app("pages/2_Batch_Analysis.py").run(),
                          [(a[0], a[1], "image/jpeg")])
     assert not any("input check" in w.value for w in at.warning)
-    assert at.dataframe[0].value["intensity_atypicality"].notna().all()
+    results = at.dataframe[0].value
+    assert results["intensity_atypicality"].notna().all()
+    assert results["corrected_class"].isna().all()
