@@ -167,6 +167,16 @@ reference = cache.json_record(paths.classifier_dir(REFERENCE_FOLDER) / "config.j
 if reference and "n_reference" in reference:
     st.info("**Input check** (a warning on each analysed slice; `python -m ensemble.intensity`). "
             + describe_reference(reference), icon=":material/rule:")
+    for part in ("val", "test"):
+        second = cache.json_record(paths.classification_eval_dir()
+                                   / f"intensity_correction_{part}.json")
+        if second and second.get("table"):
+            st.caption(f"Second opinion on flagged slices ({second['part']}, "
+                       f"{second['per_class']} per class; `scripts/intensity_correction.py`): "
+                       "each flagged slice is classified again with its grey levels mapped to "
+                       "the training curve; the first answer stays the decision.")
+            st.dataframe(second["table"], hide_index=True, width="stretch",
+                         key=f"me_second_{part}")
 
 st.subheader("Training curves")
 logs = {name: cache.training_log(paths.classifier_dir(name)) for name in BASE_MODELS}
