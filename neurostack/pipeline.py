@@ -78,7 +78,8 @@ class CaseResult:
     """Mask post-processing applied (``segmentation.postprocess.POSTPROCESS_MODES``)."""
     intensity: dict[str, Any] | None = None
     """Grey-level check against the training slices (``ensemble.intensity``):
-    ``atypicality``, ``threshold``, ``relative_gamma``, and for a flagged slice the
+    ``atypicality``, ``threshold``, ``relative_gamma``, ``flagged`` (warned: atypical
+    and not almost blank), and for a flagged slice the
     second opinion ``corrected_class`` / ``corrected_confidence`` (the ensemble on the
     slice mapped to the training curve); ``None`` without a reference."""
 
@@ -328,24 +329,30 @@ class Pipeline:
                          out: list[CaseResult | Exception]) -> None:
         """Classify flagged slices again after mapping them to the training intensity curve.
 
-        Only slices the input check flags (``prep.intensity`` atypical) are run, in
-        one call; the original decision stays the decision. Adds
+        Only slices the input check flagged (``CaseResult.intensity["flagged"]``) are
+        run, in one call; the original decision stays the decision. Adds
         ``corrected_class`` / ``corrected_confidence`` to ``CaseResult.intensity``
         and a warning stating the second opinion.
         """
         from ensemble.intensity import correct_gamma
 
-        flagged = [(i, p) for i, p in ready if p.intensity is not None
-                   and not p.intensity.typical and isinstance(out[i], CaseResult)]
+        t0 = time.perf_counter()
+        flagged, crops = [], []
+        for i, p in ready:
+            res = out[i]
+            if not (isinstance(res, CaseResult) and res.intensity
+                    and res.intensity.get("flagged")):
+                continue
+            if not p.intensity.relative_gamma > 0:  # e.g. a white slice: nothing to invert
+                res.warnings.append("no second opinion: the intensity curve cannot be inverted")
+                continue
+            # whole slice, then a new head box: the darkened slice's box is too tight
+            gray = correct_gamma(p.img.gray, p.intensity.relative_gamma)
+            flagged.append((i, p))
+            crops.append(crop(gray, find_brain_box(gray)))
         if not flagged:
             return
-        t0 = time.perf_counter()
         try:
-            crops = []
-            for _, p in flagged:
-                # whole slice, then a new head box: the darkened slice's box is too tight
-                gray = correct_gamma(p.img.gray, p.intensity.relative_gamma)
-                crops.append(crop(gray, find_brain_box(gray)))
             pred = self.ensemble.predict_crops(crops)
         except Exception as exc:  # noqa: BLE001 - the first opinion stands; say why
             for i, _ in flagged:
@@ -407,10 +414,12 @@ class Pipeline:
         if self.ensemble.meta is None:
             warnings.append(pred.method)
         gray_share = float((img.gray > 20).mean())
+        flagged = False
         if gray_share < 0.02:
             warnings.append("almost blank image")
-        elif prep.intensity is not None and prep.intensity.warning():
+        elif prep.intensity is not None and not prep.intensity.typical:
             warnings.append(prep.intensity.warning())
+            flagged = True
         predicted = CLASS_NAMES[k]
         return CaseResult(
             image_sha256=hashlib.sha256(np.ascontiguousarray(img.gray).tobytes()).hexdigest(),
@@ -424,7 +433,8 @@ class Pipeline:
             intensity=None if prep.intensity is None else {
                 "atypicality": prep.intensity.atypicality,
                 "threshold": prep.intensity.threshold,
-                "relative_gamma": prep.intensity.relative_gamma},
+                "relative_gamma": prep.intensity.relative_gamma,
+                "flagged": flagged},
         )
 
     def _segment_many(self, items: list[tuple[int, _Prepared, CaseResult]], threshold: float,

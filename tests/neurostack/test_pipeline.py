@@ -205,6 +205,19 @@ def test_intensity_check_flags_a_darkened_slice_and_records_it(tiny_pipeline, ma
     assert f"gamma 1/{expected.relative_gamma:.2f}" in opinion and rec["corrected_class"] in opinion
     assert "intensity_correction" in flagged.timings_s
 
+    assert flagged.intensity["flagged"] and not typical.intensity["flagged"]
+    # a white slice cannot be mapped back (relative gamma 0): flagged, no second opinion
+    white = np.full((160, 160), 255, np.uint8)
+    res = tiny_pipeline.analyse(LoadedImage(white, np.dstack([white] * 3)))
+    assert res.intensity["flagged"] and "corrected_class" not in res.intensity
+    assert "no second opinion: the intensity curve cannot be inverted" in res.warnings
+    # an almost blank slice says so once, without an input-check warning or second opinion
+    black = np.zeros((160, 160), np.uint8)
+    res = tiny_pipeline.analyse(LoadedImage(black, np.dstack([black] * 3)))
+    assert "almost blank image" in res.warnings and not res.intensity["flagged"]
+    assert not any(w.startswith(("grey levels", "second opinion", "no second")) for w in
+                   res.warnings)
+
     monkeypatch.setattr(tiny_pipeline, "intensity", None)  # no reference: no check, empty columns
     rec = tiny_pipeline.analyse(LoadedImage(dark, np.dstack([dark] * 3))).to_record()
     assert rec["intensity_atypicality"] is None and rec["relative_gamma"] is None
