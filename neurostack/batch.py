@@ -109,6 +109,16 @@ def result_columns(model_names: Iterable[str]) -> list[str]:
             *MORPHOLOGY_COLUMNS, *TAIL_COLUMNS]
 
 
+def count_intensity_flagged(rows: pd.DataFrame) -> int:
+    """Count result rows whose ``warnings`` hold the input check's warning (0 if no column)."""
+    from ensemble.intensity import WARNING_PREFIX
+
+    if "warnings" not in rows.columns:
+        return 0
+    return int(rows["warnings"].fillna("").astype(str).str.contains(WARNING_PREFIX,
+                                                                    regex=False).sum())
+
+
 def anonymise_name(name: str, key: str = "") -> str:
     """Replace an item name by ``anon-`` and 16 hex digits of a (keyed) SHA-256.
 
@@ -421,6 +431,10 @@ class BatchResult:
         text = (f"{len(self.rows)} image(s) in the results, {len(self.failures)} failure(s); "
                 f"this run analysed {self.analysed}, failed {self.failed}, skipped {self.skipped} "
                 f"already done, in {self.elapsed_s:.1f} s.")
+        flagged = count_intensity_flagged(self.rows)
+        if flagged:
+            text += (f" {flagged} slice(s) have grey levels unlike the training slices "
+                     "(input check): see `warnings` and the second opinion `corrected_class`.")
         if self.repaired:
             text += " A truncated last line left by an interrupted run was removed."
         if self.out_csv is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, charts, components
-from ensemble.intensity import WARNING_PREFIX as INTENSITY_WARNING
+from neurostack.batch import count_intensity_flagged
 
 components.page_setup("Batch Analysis", ":material/stacks:")
 st.title(":material/stacks: Batch Analysis")
@@ -120,7 +120,7 @@ if outcome.get("anonymised") and (len(rows) or len(failures)):
 
 if len(rows):
     st.subheader("Results")
-    flagged = int(rows["warnings"].fillna("").astype(str).str.contains(INTENSITY_WARNING).sum())
+    flagged = count_intensity_flagged(rows)
     if flagged:
         st.warning(f"**{flagged} of {len(rows)} slice(s) have grey levels unlike the training "
                    "slices** (input check; see `intensity_atypicality`): the classifiers lose "

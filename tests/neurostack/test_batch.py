@@ -736,3 +736,21 @@ def test_run_batch_leaves_an_unset_threshold_to_the_pipeline(tmp_path: Path) -> 
     seen.clear()
     run_batch(Recording(), items, chunk_size=1, threshold=0.35)
     assert seen and all(o["threshold"] == 0.35 for o in seen)
+
+
+def test_count_intensity_flagged_and_the_summary_line() -> None:
+    import pandas as pd
+
+    from ensemble.intensity import WARNING_PREFIX
+
+    rows = pd.DataFrame({"warnings": [f"{WARNING_PREFIX} (atypicality 0.4 > 0.2 ...)",
+                                      "low confidence (0.50 < 0.6)", None,
+                                      f"low confidence; {WARNING_PREFIX} (...)"]})
+    assert nb.count_intensity_flagged(rows) == 2
+    assert nb.count_intensity_flagged(pd.DataFrame({"item": ["a"]})) == 0
+    result = nb.BatchResult(rows=rows, failures=pd.DataFrame(), analysed=4, failed=0,
+                            skipped=0, elapsed_s=1.0)
+    assert "2 slice(s) have grey levels unlike the training slices" in result.summary()
+    clean = nb.BatchResult(rows=rows.iloc[1:3], failures=pd.DataFrame(), analysed=2,
+                           failed=0, skipped=0, elapsed_s=1.0)
+    assert "grey levels" not in clean.summary()
