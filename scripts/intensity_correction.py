@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             records.append({
                 "path": row.path, "label": row.label, "corruption": name, "severity": sev,
                 "predicted_class": res.predicted_class,
-                "flagged": check.get("atypicality", 0) > check.get("threshold", np.inf),
+                "flagged": bool(check.get("flagged")),  # the pipeline's own decision
                 "corrected_class": check.get("corrected_class", ""),
             })
     table = second_opinion_table(pd.DataFrame(records))

@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                    default=Path("artifacts/classification/intensity_reference"))
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
+    missing = [f for f in ("per_slice.csv", "metrics.json") if not (a.robustness / f).is_file()]
+    if missing:
+        p.error(f"{a.robustness} lacks {missing}: run python -m ensemble.robustness first")
     per_slice = pd.read_csv(a.robustness / "per_slice.csv")
     settings = json.loads((a.robustness / "metrics.json").read_text())["settings"]
     reference = load_reference(a.reference)

@@ -42,3 +42,10 @@ def test_no_errors_gives_nan_and_a_missing_flag_is_refused():
     assert fl.flags_vs_errors(right, flags)["errors_flagged_share"].isna().all()
     with pytest.raises(ValueError, match="no input-check flag"):
         fl.flags_vs_errors(right, flags.iloc[1:])
+
+
+def test_cli_names_a_missing_robustness_record(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        fl.main([str(tmp_path), "--robustness", str(tmp_path / "none")])
+    assert exc.value.code == 2
+    assert "lacks ['per_slice.csv', 'metrics.json']" in capsys.readouterr().err
