@@ -115,7 +115,10 @@ if pipeline is not None:
                "checked against its config.json before the model is built."
                + (f" Base classifiers' precision: {note}." if note else ""))
     if pipeline.intensity is not None:
-        st.caption("**Input check.** " + describe_reference(pipeline.intensity.config))
+        st.caption("**Input check.** " + describe_reference(pipeline.intensity.config)
+                   + " A flagged slice is classified, outlined and measured as a copy with its "
+                   "grey levels mapped to the training curve; the answer on the slice as given "
+                   "is shown beside it.")
     if tiny:
         st.error("These are **tiny, randomly initialised test artifacts**: every prediction "
                  "is meaningless. Point NEUROSTACK_ARTIFACTS at the trained models.",

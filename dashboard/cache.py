@@ -122,15 +122,19 @@ def analyse(
 
 @st.cache_data(max_entries=16, ttl=_CACHE_TTL_S, show_spinner=False)
 def gradcam_overlays(data: bytes, frame: int | None, class_index: int) -> dict[str, np.ndarray]:
-    """Grad-CAM heatmap overlay of ``class_index`` for every loaded base model."""
+    """Grad-CAM heatmap overlay of ``class_index`` for every loaded base model.
+
+    Computed on the slice the classifiers analysed (a copy mapped to the training
+    curve when the input check corrected it), drawn on the slice as given.
+    """
     from ensemble.gradcam import gradcam_on_image, heatmap_overlay
-    from neurostack.preprocess import find_brain_box
 
     img = decode(data, frame)
-    box = find_brain_box(img.gray)
+    pipeline = get_pipeline()
+    gray, box = pipeline.network_view(img)
     out = {}
-    for name, clf in get_pipeline().ensemble.members.items():
-        heat = gradcam_on_image(clf, img.gray, box, class_index)
+    for name, clf in pipeline.ensemble.members.items():
+        heat = gradcam_on_image(clf, gray, box, class_index)
         out[name] = heatmap_overlay(img.display, heat)
     return out
 
@@ -233,9 +237,13 @@ def _seg_robustness(path: str, mtime: float) -> pd.DataFrame | None:
     return ev.read_seg_robustness_summary(Path(path))
 
 
-def seg_robustness_summary() -> pd.DataFrame | None:
-    """``summary.csv`` of the segmenter's robustness run (``None`` when absent)."""
-    path = paths.robustness_dir("segmentation") / "summary.csv"
+def seg_robustness_summary(stage: str = "segmentation") -> pd.DataFrame | None:
+    """``summary.csv`` of a segmenter robustness run (``None`` when absent).
+
+    ``stage``: ``"segmentation"`` (slices as they are) or ``"segmentation_corrected"``
+    (as the pipeline segments them, :func:`dashboard.paths.robustness_dir`).
+    """
+    path = paths.robustness_dir(stage) / "summary.csv"
     return _seg_robustness(str(path), _mtime(path))
 
 

@@ -78,7 +78,8 @@ KEY_COLUMNS: tuple[str, ...] = ("item", "n", "file_sha256")
 RECORD_HEAD: tuple[str, ...] = (
     "image_sha256", "height_px_image", "width_px_image", "predicted_class", "confidence",
     "method", "models_agree", "tumor_found", "segmented", "mask_threshold", "warnings",
-    "intensity_atypicality", "relative_gamma", "corrected_class", "corrected_confidence",
+    "intensity_atypicality", "relative_gamma", "intensity_corrected", "uncorrected_class",
+    "uncorrected_confidence",
 )
 ENSEMBLE_COLUMNS: tuple[str, ...] = tuple(f"ensemble_{c}" for c in CLASS_NAMES)
 SPACING_COLUMNS: tuple[str, ...] = ("spacing_source", "row_spacing_cm", "col_spacing_cm")
@@ -87,11 +88,12 @@ TAIL_COLUMNS: tuple[str, ...] = ("model_versions", "extra_json")
 """``extra_json`` holds any record key the header does not know (normally empty)."""
 FAILURE_COLUMNS: tuple[str, ...] = ("item", "n", "error", "error_type", "file_sha256")
 TEXT_COLUMNS: tuple[str, ...] = (
-    "item", "file_sha256", "image_sha256", "predicted_class", "corrected_class", "method",
+    "item", "file_sha256", "image_sha256", "predicted_class", "uncorrected_class", "method",
     "warnings",
     "spacing_source", "model_versions", "extra_json",
 )
-BOOL_COLUMNS: tuple[str, ...] = ("models_agree", "tumor_found", "segmented")
+BOOL_COLUMNS: tuple[str, ...] = ("models_agree", "tumor_found", "segmented",
+                                 "intensity_corrected")
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -434,7 +436,9 @@ class BatchResult:
         flagged = count_intensity_flagged(self.rows)
         if flagged:
             text += (f" {flagged} slice(s) have grey levels unlike the training slices "
-                     "(input check): see `warnings` and the second opinion `corrected_class`.")
+                     "(input check): see `warnings`; those marked `intensity_corrected` were "
+                     "analysed as copies mapped to the training curve (`uncorrected_class`: "
+                     "the ensemble on the slice as given).")
         if self.repaired:
             text += " A truncated last line left by an interrupted run was removed."
         if self.out_csv is not None:

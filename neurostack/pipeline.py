@@ -29,7 +29,7 @@ import numpy as np
 from neurostack import CLASS_NAMES, __version__
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import InputLimits, LoadedImage, load_image
-from neurostack.preprocess import CropBox, crop, find_brain_box, resize_square
+from neurostack.preprocess import CropBox, almost_blank, crop, find_brain_box, resize_square
 from neurostack.render import colourfulness, mask_image, overlay_mask
 
 NO_TUMOR = "notumor"
@@ -79,9 +79,10 @@ class CaseResult:
     intensity: dict[str, Any] | None = None
     """Grey-level check against the training slices (``ensemble.intensity``):
     ``atypicality``, ``threshold``, ``relative_gamma``, ``flagged`` (warned: atypical
-    and not almost blank), and for a flagged slice the
-    second opinion ``corrected_class`` / ``corrected_confidence`` (the ensemble on the
-    slice mapped to the training curve); ``None`` without a reference."""
+    and not almost blank) and ``corrected`` (the networks analysed a copy mapped to
+    the training curve, so the classification, outline and measurements come from
+    it); a corrected slice also has ``uncorrected_class`` / ``uncorrected_confidence``
+    (the ensemble on the slice as given). ``None`` without a reference."""
 
     def to_record(self) -> dict[str, Any]:
         """Flat, identifier-free record for CSV export and the case database."""
@@ -101,9 +102,11 @@ class CaseResult:
             else round(self.intensity["atypicality"], 4),
             "relative_gamma": None if self.intensity is None
             else round(self.intensity["relative_gamma"], 4),
-            "corrected_class": (self.intensity or {}).get("corrected_class"),
-            "corrected_confidence": None if (self.intensity or {}).get("corrected_confidence")
-            is None else round(self.intensity["corrected_confidence"], 6),
+            "intensity_corrected": bool((self.intensity or {}).get("corrected")),
+            "uncorrected_class": (self.intensity or {}).get("uncorrected_class"),
+            "uncorrected_confidence": None
+            if (self.intensity or {}).get("uncorrected_confidence") is None
+            else round(self.intensity["uncorrected_confidence"], 6),
         }
         for c in CLASS_NAMES:
             rec[f"ensemble_{c}"] = round(self.ensemble[c], 6)
@@ -290,8 +293,12 @@ class Pipeline:
         if not ready:
             return out
         t0 = time.perf_counter()
+        # the networks see the mapped copy of a corrected slice; its copy as given is
+        # classified in the same call (rows after the first len(ready)) for comparison
+        corrected = [j for j, (_, p) in enumerate(ready) if p.corrected is not None]
+        crops = [p.brain if p.corrected is None else p.corrected[1] for _, p in ready]
         try:
-            pred = self.ensemble.predict_crops([p.brain for _, p in ready])
+            pred = self.ensemble.predict_crops(crops + [ready[j][1].brain for j in corrected])
         except Exception as exc:  # noqa: BLE001 - isolate the image that breaks the batch
             if len(ready) == 1:
                 out[ready[0][0]] = exc
@@ -300,12 +307,13 @@ class Pipeline:
                     out[i] = self._analyse_one(images[i], spacing_cm, spacing_source, threshold,
                                                force_segmentation, postprocess)
             return out
-        classify_s = (time.perf_counter() - t0) / len(ready)
+        classify_s = (time.perf_counter() - t0) / (len(ready) + len(corrected))
+        as_given = {j: len(ready) + q for q, j in enumerate(corrected)}
         to_segment: list[tuple[int, _Prepared, CaseResult]] = []
         for j, (i, prep) in enumerate(ready):
-            prep.t["classify"] = classify_s
+            prep.t["classify"] = classify_s * (2 if j in as_given else 1)
             try:
-                result = self._result(prep, pred, j, threshold)
+                result = self._result(prep, pred, j, threshold, as_given.get(j))
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
                 continue
@@ -315,7 +323,6 @@ class Pipeline:
                     result.warnings.append("segmentation model not available")
                 else:
                     to_segment.append((i, prep, result))
-        self._second_opinions(ready, out)
         if to_segment:
             self._segment_many(to_segment, threshold, postprocess, out)
         for i, prep in ready:
@@ -325,51 +332,18 @@ class Pipeline:
                 res.timings_s["total"] = round(sum(prep.t.values()), 4)
         return out
 
-    def _second_opinions(self, ready: list[tuple[int, _Prepared]],
-                         out: list[CaseResult | Exception]) -> None:
-        """Classify flagged slices again after mapping them to the training intensity curve.
+    def network_view(self, img: LoadedImage) -> tuple[np.ndarray, CropBox]:
+        """Return the ``(H, W)`` slice the networks analyse for ``img`` and its head box.
 
-        Only slices the input check flagged (``CaseResult.intensity["flagged"]``) are
-        run, in one call; the original decision stays the decision. Adds
-        ``corrected_class`` / ``corrected_confidence`` to ``CaseResult.intensity``
-        and a warning stating the second opinion.
+        The slice as given, or its copy mapped to the training curve when the input
+        check corrects it (as in :meth:`analyse_many`); e.g. for Grad-CAM.
         """
+        prep = self._prepare(img, None, None)
+        if prep.corrected is None:
+            return img.gray, prep.box
         from ensemble.intensity import correct_gamma
 
-        t0 = time.perf_counter()
-        flagged, crops = [], []
-        for i, p in ready:
-            res = out[i]
-            if not (isinstance(res, CaseResult) and res.intensity
-                    and res.intensity.get("flagged")):
-                continue
-            if not p.intensity.relative_gamma > 0:  # e.g. a white slice: nothing to invert
-                res.warnings.append("no second opinion: the intensity curve cannot be inverted")
-                continue
-            # whole slice, then a new head box: the darkened slice's box is too tight
-            gray = correct_gamma(p.img.gray, p.intensity.relative_gamma)
-            flagged.append((i, p))
-            crops.append(crop(gray, find_brain_box(gray)))
-        if not flagged:
-            return
-        try:
-            pred = self.ensemble.predict_crops(crops)
-        except Exception as exc:  # noqa: BLE001 - the first opinion stands; say why
-            for i, _ in flagged:
-                out[i].warnings.append(f"intensity-corrected re-classification failed: {exc}")
-            return
-        share = (time.perf_counter() - t0) / len(flagged)
-        for j, (i, prep) in enumerate(flagged):
-            res = out[i]
-            k = int(np.argmax(pred.ensemble[j]))
-            res.intensity["corrected_class"] = CLASS_NAMES[k]
-            res.intensity["corrected_confidence"] = float(pred.ensemble[j][k])
-            prep.t["intensity_correction"] = share
-            agree = "the same" if CLASS_NAMES[k] == res.predicted_class else "a DIFFERENT"
-            res.warnings.append(
-                f"second opinion: with its grey levels mapped to the training curve (gamma "
-                f"1/{prep.intensity.relative_gamma:.2f}) the ensemble gives {agree} class: "
-                f"{CLASS_NAMES[k]} ({float(pred.ensemble[j][k]):.2f})")
+        return correct_gamma(img.gray, prep.intensity.relative_gamma), prep.corrected[0]
 
     def _analyse_one(self, img: LoadedImage, spacing_cm: tuple[float, float] | None,
                      spacing_source: str | None, threshold: float,
@@ -387,16 +361,25 @@ class Pipeline:
         t0 = time.perf_counter()
         box = find_brain_box(img.gray)
         brain = crop(img.gray, box)
-        check = None
+        check, corrected = None, None
         if self.intensity is not None:
-            from ensemble.intensity import crop_features
+            from ensemble.intensity import check_slice, corrected_slice
 
-            check = self.intensity.check(crop_features(brain))
+            check = check_slice(self.intensity, img.gray, brain)
+            mapped = corrected_slice(img.gray, check)
+            if mapped is not None:  # a new head box: the darkened slice's box is too tight
+                mapped_box = find_brain_box(mapped)
+                corrected = (mapped_box, crop(mapped, mapped_box))
         return _Prepared(img, box, brain, spacing, s_source,
-                         {"preprocess": time.perf_counter() - t0}, check)
+                         {"preprocess": time.perf_counter() - t0}, check, corrected)
 
-    def _result(self, prep: _Prepared, pred: Any, j: int, threshold: float) -> CaseResult:
-        """Build the classification part of one slice's result from row ``j`` of ``pred``."""
+    def _result(self, prep: _Prepared, pred: Any, j: int, threshold: float,
+                j_as_given: int | None = None) -> CaseResult:
+        """Build the classification part of one slice's result from row ``j`` of ``pred``.
+
+        ``j_as_given`` is the row of a corrected slice's copy as given (compared in a
+        warning and kept as ``uncorrected_class``).
+        """
         img = prep.img
         probs = pred.ensemble[j]
         k = int(probs.argmax())
@@ -413,14 +396,29 @@ class Pipeline:
                             "the prediction is unreliable")
         if self.ensemble.meta is None:
             warnings.append(pred.method)
-        gray_share = float((img.gray > 20).mean())
         flagged = False
-        if gray_share < 0.02:
+        if almost_blank(img.gray):
             warnings.append("almost blank image")
         elif prep.intensity is not None and not prep.intensity.typical:
             warnings.append(prep.intensity.warning())
             flagged = True
         predicted = CLASS_NAMES[k]
+        check = None if prep.intensity is None else {
+            "atypicality": prep.intensity.atypicality, "threshold": prep.intensity.threshold,
+            "relative_gamma": prep.intensity.relative_gamma, "flagged": flagged,
+            "corrected": prep.corrected is not None}
+        if flagged and prep.corrected is None:
+            warnings.append("the intensity curve cannot be inverted: analysed as given")
+        if j_as_given is not None:
+            k0 = int(np.argmax(pred.ensemble[j_as_given]))
+            check["uncorrected_class"] = CLASS_NAMES[k0]
+            check["uncorrected_confidence"] = float(pred.ensemble[j_as_given][k0])
+            same = "the same class" if k0 == k else "a DIFFERENT class"
+            warnings.append(
+                f"analysed as a copy with its grey levels mapped to the training curve (gamma "
+                f"1/{prep.intensity.relative_gamma:.2f}); masks are drawn on the slice as "
+                f"given. As given, the ensemble says {CLASS_NAMES[k0]} "
+                f"({check['uncorrected_confidence']:.2f}): {same}")
         return CaseResult(
             image_sha256=hashlib.sha256(np.ascontiguousarray(img.gray).tobytes()).hexdigest(),
             shape=img.shape, per_model=per_model,
@@ -429,12 +427,8 @@ class Pipeline:
             models_agree=len(votes) == 1, warnings=warnings,
             tumor_found=predicted != NO_TUMOR, segmented=False, threshold=threshold,
             spacing_cm=prep.spacing, spacing_source=prep.spacing_source,
-            crop_box=prep.box.as_tuple(), models=self.model_info,
-            intensity=None if prep.intensity is None else {
-                "atypicality": prep.intensity.atypicality,
-                "threshold": prep.intensity.threshold,
-                "relative_gamma": prep.intensity.relative_gamma,
-                "flagged": flagged},
+            crop_box=(prep.box if prep.corrected is None else prep.corrected[0]).as_tuple(),
+            models=self.model_info, intensity=check,
         )
 
     def _segment_many(self, items: list[tuple[int, _Prepared, CaseResult]], threshold: float,
@@ -490,17 +484,24 @@ class Pipeline:
 
         Same arithmetic as :meth:`segmentation.predict.Segmenter.predict_batch`
         (crop -> resize -> /255 -> network -> :meth:`~segmentation.predict.Segmenter.result`)
-        in one network call, without finding the boxes a second time.
+        in one network call, without finding the boxes a second time. A slice the
+        input check mapped to the training curve (``_Prepared.corrected``) is
+        segmented from that mapped crop, as ``segmentation.evaluate`` scores it.
         """
         seg = self.segmenter
         if not hasattr(seg, "predict_crops") or not hasattr(seg, "input_size"):
-            return [seg.predict(p.img.gray, threshold=threshold, postprocess=postprocess)
-                    for p in preps]
+            from ensemble.intensity import correct_gamma
+
+            return [seg.predict(p.img.gray if p.corrected is None else
+                                correct_gamma(p.img.gray, p.intensity.relative_gamma),
+                                threshold=threshold, postprocess=postprocess) for p in preps]
         s = int(seg.input_size)
-        x = np.stack([resize_square(p.brain, s) for p in preps]).astype(np.float32) / 255.0
+        boxes = [p.box if p.corrected is None else p.corrected[0] for p in preps]
+        crops = [p.brain if p.corrected is None else p.corrected[1] for p in preps]
+        x = np.stack([resize_square(c, s) for c in crops]).astype(np.float32) / 255.0
         probs = seg.predict_crops(x)
-        return [seg.result(prob, p.box, p.img.gray.shape, threshold, postprocess)
-                for p, prob in zip(preps, probs, strict=True)]
+        return [seg.result(prob, box, p.img.gray.shape, threshold, postprocess)
+                for p, box, prob in zip(preps, boxes, probs, strict=True)]
 
 
 @dataclass
@@ -515,6 +516,8 @@ class _Prepared:
     t: dict[str, float]
     intensity: Any | None = None
     """``ensemble.intensity.IntensityCheck`` of the slice, when a reference is loaded."""
+    corrected: tuple[CropBox, np.ndarray] | None = None
+    """Head box and crop of the slice mapped to the training curve (flagged slices)."""
 
 
 def _check_threshold(threshold: float) -> None:

@@ -50,6 +50,21 @@ class CropBox:
         return (self.row0, self.col0, self.row1, self.col1)
 
 
+BLANK_LEVEL = 20
+"""Grey level (0-255) at or below which a pixel counts as background for :func:`almost_blank`."""
+BLANK_SHARE = 0.02
+"""A slice with a smaller share of pixels above :data:`BLANK_LEVEL` is almost blank."""
+
+
+def almost_blank(gray: np.ndarray) -> bool:
+    """Whether fewer than 2 % of the pixels of a uint8 slice are brighter than 20.
+
+    Args:
+        gray: ``(H, W)`` uint8 greyscale slice.
+    """
+    return float((np.asarray(gray) > BLANK_LEVEL).mean()) < BLANK_SHARE
+
+
 def find_brain_box(gray: np.ndarray, *, threshold: int = 45, margin: int = 2) -> CropBox:
     """Find the bounding box of the head in a greyscale slice.
 

@@ -75,9 +75,11 @@ def intensity_sentence(intensity: Mapping[str, float] | None) -> str:
                 f"{a:.3f} ≤ {t:.3f}; relative gamma {g:.2f}).")
     text = (f"Input check: grey levels unlike the training slices (atypicality {a:.3f} > "
             f"{t:.3f}; relative gamma {g:.2f}); the classification may be unreliable.")
-    if intensity.get("corrected_class"):
-        text += (f" Classified again with its grey levels mapped to the training curve: "
-                 f"{intensity['corrected_class']} ({intensity['corrected_confidence']:.2f}).")
+    if intensity.get("corrected"):
+        text += (" Classified and outlined as a copy with its grey levels mapped to the "
+                 "training curve; as given, the ensemble says "
+                 f"{intensity['uncorrected_class']} "
+                 f"({format_probability(intensity['uncorrected_confidence'])}).")
     return text
 
 

@@ -123,14 +123,16 @@ if len(rows):
     flagged = count_intensity_flagged(rows)
     if flagged:
         st.warning(f"**{flagged} of {len(rows)} slice(s) have grey levels unlike the training "
-                   "slices** (input check; see `intensity_atypicality`): the classifiers lose "
-                   "accuracy on another intensity curve. `corrected_class` holds a second "
-                   "opinion, the ensemble on each such slice mapped to the training curve; "
-                   "check how those slices were exported or windowed.",
+                   "slices** (input check; see `intensity_atypicality`): the networks lose "
+                   "accuracy on another intensity curve, so those marked `intensity_corrected` "
+                   "were analysed as copies mapped to the training curve (`uncorrected_class`: "
+                   "the ensemble on the slice as given). Check how they were exported or "
+                   "windowed.",
                    icon=":material/contrast:")
     lead = [c for c in ("n", "item", "predicted_class", "confidence", "models_agree", "tumor_found",
                         "segmented", "area_cm2", "area_px", "spacing_source", "warnings",
-                        "intensity_atypicality", "relative_gamma", "corrected_class")
+                        "intensity_atypicality", "relative_gamma", "intensity_corrected",
+                        "uncorrected_class")
             if c in rows.columns]
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_order=[*lead, *[c for c in rows.columns if c not in lead]],

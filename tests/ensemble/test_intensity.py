@@ -139,6 +139,52 @@ def test_a_darkened_slice_is_flagged_and_a_typical_one_is_not():
     assert not dark.typical and dark.relative_gamma == pytest.approx(2.0, rel=0.05)
 
 
+def _disk_reference() -> it.IntensityReference:
+    rng = np.random.default_rng(0)
+    disk = _ramp_disk()
+    train = np.stack([it.intensity_features(_gamma(disk, g)) for g in rng.uniform(0.85, 1.15, 60)])
+    return it.fit_reference(train, k=5, quantile=0.99)
+
+
+def test_corrected_slice_maps_only_flagged_invertible_slices():
+    ref = _disk_reference()
+    disk = _ramp_disk()
+    typical = it.check_slice(ref, disk)
+    assert typical == ref.check(it.intensity_features(disk))  # the head crop is found inside
+    assert not it.flagged(typical, disk) and it.corrected_slice(disk, typical) is None
+    dark = _gamma(disk, 2.0)
+    check = it.check_slice(ref, dark)
+    assert it.flagged(check, dark)
+    mapped = it.corrected_slice(dark, check)
+    assert np.array_equal(mapped, it.correct_gamma(dark, check.relative_gamma))
+    assert it.check_slice(ref, mapped).typical  # back on the training curve
+    # almost blank: not an intensity problem, never mapped; no reference: never flagged
+    blank = np.zeros((120, 120), np.uint8)
+    blank[:3, :3] = 200
+    assert not it.flagged(it.check_slice(ref, blank), blank)
+    assert not it.flagged(None, dark) and it.corrected_slice(dark, None) is None
+    # a white slice is flagged but its curve cannot be inverted (relative gamma 0)
+    white = np.full((120, 120), 255, np.uint8)
+    white_check = it.check_slice(ref, white)
+    assert it.flagged(white_check, white) and it.corrected_slice(white, white_check) is None
+
+
+def test_network_inputs_and_correction_record(tmp_path):
+    ref = _disk_reference()
+    disk, dark = _ramp_disk(), _gamma(_ramp_disk(), 2.0)
+    inputs, corrected = it.network_inputs([disk, dark], ref)
+    assert corrected == [False, True]
+    assert inputs[0] is disk and not np.array_equal(inputs[1], dark)
+    same, none = it.network_inputs([disk, dark], None)
+    assert none == [False, False] and same[1] is dark
+    assert it.correction_record(None, None) is None
+    folder = it.save_reference(ref, tmp_path / "ref", {})
+    rec = it.correction_record(it.load_reference(folder), folder)
+    assert rec["reference"] == str(folder) and rec["threshold"] == pytest.approx(ref.threshold)
+    assert rec["features_sha256"] == json.loads((folder / "config.json").read_text())[
+        "features_sha256"]
+
+
 def test_reference_artifact_round_trip_and_refusals(tmp_path):
     ref = it.fit_reference(_line_reference(1).features, k=2, quantile=0.9)
     folder = it.save_reference(ref, tmp_path / "ref", {"split": "s.csv"})

@@ -181,13 +181,15 @@ def test_intensity_check_flags_a_darkened_slice_and_records_it(tiny_pipeline, ma
     dark = np.round(255 * (gray / 255.0) ** 2.0).astype(np.uint8)
 
     typical = tiny_pipeline.analyse(LoadedImage(gray, np.dstack([gray] * 3)))
-    assert not any(w.startswith(("grey levels", "second opinion")) for w in typical.warnings)
-    assert "corrected_class" not in typical.intensity
-    assert typical.to_record()["corrected_class"] is None
+    assert not any(w.startswith(("grey levels", "analysed as a copy")) for w in typical.warnings)
+    assert not typical.intensity["corrected"] and "uncorrected_class" not in typical.intensity
+    rec = typical.to_record()
+    assert rec["uncorrected_class"] is None and rec["intensity_corrected"] is False
     assert typical.intensity["threshold"] == pytest.approx(reference.threshold)
     assert typical.intensity["atypicality"] <= reference.threshold
 
-    flagged = tiny_pipeline.analyse(LoadedImage(dark, np.dstack([dark] * 3)))
+    flagged = tiny_pipeline.analyse(LoadedImage(dark, np.dstack([dark] * 3)),
+                                    force_segmentation=True)
     warning = next(w for w in flagged.warnings if w.startswith("grey levels unlike"))
     assert "darker" in warning and flagged.intensity["relative_gamma"] > 1.5
     expected = reference.check(crop_features(crop(dark, find_brain_box(dark))))
@@ -195,28 +197,46 @@ def test_intensity_check_flags_a_darkened_slice_and_records_it(tiny_pipeline, ma
     rec = flagged.to_record()
     assert rec["intensity_atypicality"] == round(expected.atypicality, 4)
     assert rec["relative_gamma"] == round(expected.relative_gamma, 4)
-    # second opinion: the ensemble on the crop mapped back to the training curve
-    corrected = correct_gamma(dark, expected.relative_gamma)  # whole slice, box found again
-    second = tiny_pipeline.ensemble.predict_crops(
-        [crop(corrected, find_brain_box(corrected))]).ensemble[0]
-    assert rec["corrected_class"] == CLASS_NAMES[int(np.argmax(second))]
-    assert rec["corrected_confidence"] == pytest.approx(float(second.max()), abs=1e-5)
-    opinion = next(w for w in flagged.warnings if w.startswith("second opinion"))
-    assert f"gamma 1/{expected.relative_gamma:.2f}" in opinion and rec["corrected_class"] in opinion
-    assert "intensity_correction" in flagged.timings_s
-
+    # the networks analyse the slice mapped back to the training curve (box found again) ...
+    mapped = correct_gamma(dark, expected.relative_gamma)
+    box = find_brain_box(mapped)
+    want = tiny_pipeline.ensemble.predict_crops([crop(mapped, box)])
+    assert rec["intensity_corrected"] is True and flagged.crop_box == box.as_tuple()
+    assert rec["predicted_class"] == CLASS_NAMES[int(np.argmax(want.ensemble[0]))]
+    assert rec["confidence"] == pytest.approx(float(want.ensemble[0].max()), abs=1e-5)
+    for name, probs in want.per_model.items():
+        assert flagged.per_model[name]["glioma"] == pytest.approx(float(probs[0][0]), abs=1e-5)
+    seg = tiny_pipeline.segmenter.predict(mapped, threshold=flagged.threshold)
+    assert flagged.segmented and np.array_equal(flagged.mask, seg.mask)
+    assert tiny_pipeline.network_view(LoadedImage(dark, np.dstack([dark] * 3)))[1] == box
+    # ... and keep the ensemble's answer on the slice as given beside the decision
+    as_given = tiny_pipeline.ensemble.predict_crops([crop(dark, find_brain_box(dark))]).ensemble[0]
+    assert rec["uncorrected_class"] == CLASS_NAMES[int(np.argmax(as_given))]
+    assert rec["uncorrected_confidence"] == pytest.approx(float(as_given.max()), abs=1e-5)
+    note = next(w for w in flagged.warnings if w.startswith("analysed as a copy"))
+    assert f"gamma 1/{expected.relative_gamma:.2f}" in note and rec["uncorrected_class"] in note
     assert flagged.intensity["flagged"] and not typical.intensity["flagged"]
-    # a white slice cannot be mapped back (relative gamma 0): flagged, no second opinion
+    # in one batch (mapped copies and copies as given in one call) the answers are the same
+    many = tiny_pipeline.analyse_many([LoadedImage(g, np.dstack([g] * 3)) for g in
+                                       (dark, gray, dark)], force_segmentation=True)
+    for one, alone in zip(many, (flagged, typical, flagged), strict=True):
+        assert one.predicted_class == alone.predicted_class
+        assert one.confidence == pytest.approx(alone.confidence, abs=1e-5)
+        assert one.intensity.get("uncorrected_class") == alone.intensity.get(
+            "uncorrected_class")
+        assert np.array_equal(one.mask, alone.mask)
+    # a white slice cannot be mapped back (relative gamma 0): flagged, analysed as given
     white = np.full((160, 160), 255, np.uint8)
     res = tiny_pipeline.analyse(LoadedImage(white, np.dstack([white] * 3)))
-    assert res.intensity["flagged"] and "corrected_class" not in res.intensity
-    assert "no second opinion: the intensity curve cannot be inverted" in res.warnings
-    # an almost blank slice says so once, without an input-check warning or second opinion
+    assert res.intensity["flagged"] and not res.intensity["corrected"]
+    assert "the intensity curve cannot be inverted: analysed as given" in res.warnings
+    # an almost blank slice says so once, without an input-check warning or a mapping
     black = np.zeros((160, 160), np.uint8)
     res = tiny_pipeline.analyse(LoadedImage(black, np.dstack([black] * 3)))
     assert "almost blank image" in res.warnings and not res.intensity["flagged"]
-    assert not any(w.startswith(("grey levels", "second opinion", "no second")) for w in
-                   res.warnings)
+    assert not res.intensity["corrected"]
+    assert not any(w.startswith(("grey levels", "analysed as a copy", "the intensity curve"))
+                   for w in res.warnings)
 
     monkeypatch.setattr(tiny_pipeline, "intensity", None)  # no reference: no check, empty columns
     rec = tiny_pipeline.analyse(LoadedImage(dark, np.dstack([dark] * 3))).to_record()

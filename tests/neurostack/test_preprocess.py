@@ -6,7 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from neurostack.preprocess import CropBox, crop, find_brain_box, paste_crop, resize_square, to_rgb
+from neurostack.preprocess import (
+    CropBox,
+    almost_blank,
+    crop,
+    find_brain_box,
+    paste_crop,
+    resize_square,
+    to_rgb,
+)
 
 # The 5 x 5 Gaussian blur has the 1-D kernel [1, 4, 6, 4, 1] / 16. For a rectangle of
 # intensity 120 the first pixel outside blurs to 120 * 5/16 = 37.5 (< threshold 45) and the
@@ -134,3 +142,13 @@ def test_to_rgb() -> None:
     assert rgb.shape == (2, 3, 3)
     for ch in range(3):
         np.testing.assert_array_equal(rgb[..., ch], g)
+
+
+def test_almost_blank_at_the_stated_share_and_level() -> None:
+    img = np.zeros((100, 100), np.uint8)
+    assert almost_blank(img)
+    img.flat[:199] = 21  # 1.99 % above 20
+    assert almost_blank(img)
+    img.flat[199] = 21  # 2.00 %: no longer blank
+    assert not almost_blank(img)
+    assert almost_blank(np.full((100, 100), 20, np.uint8))  # 20 itself is background

@@ -210,9 +210,12 @@ def test_intensity_sentence_and_report_row() -> None:
     doc = case_report_html(dataclasses.replace(_result(), intensity=odd), generated_at=WHEN)
     text = re.sub(r"\s+", " ", " ".join(_parse(doc).text))
     assert "Input check grey levels unlike the training slices" in text
-    second = odd | {"corrected_class": "glioma", "corrected_confidence": 0.93}
-    assert intensity_sentence(second).endswith(
-        "Classified again with its grey levels mapped to the training curve: glioma (0.93).")
+    mapped = odd | {"corrected": True, "uncorrected_class": "notumor",
+                    "uncorrected_confidence": 0.93}
+    assert intensity_sentence(mapped).endswith(
+        "Classified and outlined as a copy with its grey levels mapped to the training curve; "
+        "as given, the ensemble says notumor (93.0%).")
+    assert "as given" not in intensity_sentence(odd | {"corrected": False})
 
 
 def test_report_shows_a_saturated_confidence_as_above_99_9() -> None:

@@ -114,7 +114,8 @@ def test_batch_counts_the_slices_the_input_check_flags(make_app, monkeypatch):
     results = at.dataframe[0].value
     assert results["intensity_atypicality"].gt(0).all()
     assert results["warnings"].str.contains("grey levels unlike the training slices").all()
-    assert results["corrected_class"].notna().all()  # a second opinion for each flagged slice
+    assert results["intensity_corrected"].all()  # each flagged slice analysed as a mapped copy
+    assert results["uncorrected_class"].notna().all()  # with the answer on it as given
 
 
 def test_batch_says_nothing_when_no_slice_is_flagged(make_app):
@@ -124,4 +125,4 @@ def test_batch_says_nothing_when_no_slice_is_flagged(make_app):
     assert not any("input check" in w.value for w in at.warning)
     results = at.dataframe[0].value
     assert results["intensity_atypicality"].notna().all()
-    assert results["corrected_class"].isna().all()
+    assert results["uncorrected_class"].isna().all() and not results["intensity_corrected"].any()

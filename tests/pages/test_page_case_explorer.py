@@ -133,6 +133,31 @@ def test_gradcam_on_demand(make_app):
     assert len(at.get("image")) == before + 4  # one heatmap per base model
 
 
+def test_flagged_slice_is_analysed_as_a_mapped_copy(make_app, monkeypatch):
+    from dashboard import cache
+    from ensemble.intensity import IntensityReference
+
+    at = make_app("pages/1_Case_Explorer.py").run()
+    pipeline = cache.get_pipeline()  # the very object the page uses (st.cache_resource)
+    ref = pipeline.intensity
+    # threshold 0: every slice is flagged, and mapped to the reference's median curve
+    monkeypatch.setattr(pipeline, "intensity", IntensityReference(ref.features, ref.k, 0.0))
+    cache.analyse.clear()
+    cache.gradcam_overlays.clear()
+    at.button(key="ce_analyse").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    note = next(w.value for w in at.warning if w.value.startswith("analysed as a copy"))
+    assert "mapped to the training curve (gamma 1/" in note and "As given, the ensemble" in note
+    check = next(c.value for c in at.caption if c.value.startswith("Input check"))
+    assert "Classified and outlined as a copy" in check
+    before = len(at.get("image"))
+    at.button(key="ce_cam_button").click().run()  # Grad-CAM on the mapped copy
+    assert not at.exception, [e.message for e in at.exception]
+    assert len(at.get("image")) == before + 4
+    cache.analyse.clear()
+    cache.gradcam_overlays.clear()
+
+
 def test_corrupt_upload_shows_clear_error(make_app):
     at = make_app("pages/1_Case_Explorer.py").run()
     at.radio(key="ce_source").set_value("Upload a file").run()

@@ -20,8 +20,10 @@ def test_home_shows_purpose_models_metrics_and_links(make_app):
     assert any("Base classifiers' precision: float32: " in c.value for c in at.caption)
     labels = {m.label for m in at.metric}
     assert {"Accuracy", "Macro F1", "Macro ROC AUC", "Mean Dice"} <= labels
-    assert any(c.value.startswith("**Input check.** Each slice's grey levels are compared with "
-                                  "those of 60 training slices") for c in at.caption)
+    check = next(c.value for c in at.caption if c.value.startswith("**Input check.**"))
+    assert check.startswith("**Input check.** Each slice's grey levels are compared with "
+                            "those of 60 training slices")
+    assert "as a copy with its grey levels mapped to the training curve" in check
     # the tiny test artifacts are flagged as meaningless
     assert any("tiny" in e.value for e in at.error)
     assert PATIENT_ID not in str(at)
