@@ -645,18 +645,46 @@ def read_seg_robustness_summary(path: Path) -> pd.DataFrame | None:
     return read_table(path, SEG_ROBUSTNESS_COLUMNS)
 
 
+PIPELINE_SERIES = "all, as the pipeline segments"
+"""Series name of the pipeline's mean Dice (input check's mapping applied) in the chart."""
+
+
 def seg_robustness_long(summary: pd.DataFrame) -> pd.DataFrame:
     """Reshape a segmentation robustness summary for :func:`~dashboard.charts.robustness_figure`.
 
     Returns:
         Columns ``corruption, severity, series, dice``: one row per condition for
-        ``"all"`` (``mean_dice``) and per tumour class (``mean_dice_<class>``).
+        ``"all"`` (``mean_dice``), per tumour class (``mean_dice_<class>``) and, when
+        :func:`with_pipeline_dice` added it, :data:`PIPELINE_SERIES`.
     """
     per_class = [c for c in summary.columns if c.startswith("mean_dice_")]
-    long = summary.melt(id_vars=["corruption", "severity"], value_vars=["mean_dice", *per_class],
+    extra = ["pipeline_mean_dice"] if "pipeline_mean_dice" in summary.columns else []
+    long = summary.melt(id_vars=["corruption", "severity"],
+                        value_vars=["mean_dice", *per_class, *extra],
                         var_name="series", value_name="dice")
-    long["series"] = long["series"].str.removeprefix("mean_dice_").replace("mean_dice", "all")
-    return long
+    long["series"] = long["series"].str.removeprefix("mean_dice_").replace(
+        {"mean_dice": "all", "pipeline_mean_dice": PIPELINE_SERIES})
+    return long.dropna(subset=["dice"])
+
+
+def with_pipeline_dice(summary: pd.DataFrame, corrected: pd.DataFrame | None) -> pd.DataFrame:
+    """Add the run with the input check's mapping beside a robustness summary.
+
+    Args:
+        summary: ``summary.csv`` of ``python -m segmentation.robustness`` (slices as they are).
+        corrected: The same with ``--intensity-reference auto``, or ``None``.
+
+    Returns:
+        ``summary`` plus ``pipeline_mean_dice`` and ``mapped`` (share of slices the
+        check mapped) per condition (NaN for a condition the second run lacks);
+        ``summary`` unchanged when ``corrected`` is ``None``.
+    """
+    if corrected is None:
+        return summary
+    keep = corrected[["corruption", "severity", "mean_dice"]].rename(
+        columns={"mean_dice": "pipeline_mean_dice"})
+    keep["mapped"] = corrected.get("intensity_corrected", np.nan)
+    return summary.merge(keep, on=["corruption", "severity"], how="left")
 
 
 def stale_weights(record: dict[str, Any], current: dict[str, str | None]) -> list[str]:

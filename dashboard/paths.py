@@ -74,10 +74,12 @@ def robustness_dir(stage: str = "classification") -> Path:
     """Return the output folder of a robustness run of ``stage``.
 
     ``"classification"``: ``python -m ensemble.robustness``; ``"segmentation"``:
-    ``python -m segmentation.robustness``.
+    ``python -m segmentation.robustness``; ``"segmentation_corrected"``: the same
+    with ``--intensity-reference auto`` (slices as the pipeline segments them).
     """
-    if stage not in ("classification", "segmentation"):
-        raise ValueError(f"stage must be 'classification' or 'segmentation'; received {stage!r}")
+    allowed = ("classification", "segmentation", "segmentation_corrected")
+    if stage not in allowed:
+        raise ValueError(f"stage must be one of {allowed}; received {stage!r}")
     return artifacts_root() / "evaluation" / "robustness" / stage
 
 

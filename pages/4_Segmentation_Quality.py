@@ -16,6 +16,7 @@ from dashboard.evaluation import (
     segmenter_members,
     stale_weights,
     with_files,
+    with_pipeline_dice,
 )
 from neurostack.errors import InputImageError
 from neurostack.render import overlay_mask
@@ -142,6 +143,14 @@ with st.expander("Robustness to acquisition shift", expanded=robust is not None)
             "share of slices whose predicted tumour area stays within "
             f"{rob_rec.get('area_tolerance', 0.2):.0%} of the clean prediction, i.e. how far "
             "the morphology measurements can be trusted under that shift.")
+        corrected = cache.seg_robustness_summary("segmentation_corrected")
+        robust = with_pipeline_dice(robust, corrected)
+        if corrected is not None:
+            st.caption(
+                "**pipeline_mean_dice**: the same slices as the analysis pipeline segments "
+                "them: a slice whose grey levels the input check flags is first mapped to the "
+                "training curve (`python -m segmentation.robustness … --intensity-reference "
+                "auto`); **mapped**: share of slices it mapped.")
         components.chart(charts.robustness_figure(seg_robustness_long(robust), value="dice",
                                                   series="series",
                                                   title="Mean Dice under acquisition shift"),
@@ -149,7 +158,8 @@ with st.expander("Robustness to acquisition shift", expanded=robust is not None)
         shown = robust.assign(condition=[c if c == "none" else f"{c} {v}" for c, v in
                                          zip(robust["corruption"], robust["severity"],
                                              strict=True)])
-        cols = ["condition", "n", "mean_dice", "dice_change", "area_stable", "empty_predictions"]
+        cols = ["condition", "n", "mean_dice", "pipeline_mean_dice", "mapped", "dice_change",
+                "area_stable", "empty_predictions"]
         st.dataframe(shown[[c for c in cols if c in shown.columns]], hide_index=True,
                      width="stretch",
                      column_config={c: st.column_config.NumberColumn(format="%.3f")

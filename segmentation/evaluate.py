@@ -15,8 +15,10 @@ empty-mask policy of :mod:`segmentation.metrics`.
 Outputs in ``OUT_DIR``:
 
 * ``per_image.csv``: ``id, [label,] dice, iou, gt_area_px, pred_area_px,
-  tumour_contrast_sd`` (the reference tumour's contrast against the rest of the
-  head, :func:`segmentation.cohorts.tumour_contrast_sd`; empty for an empty mask).
+  tumour_contrast_sd, intensity_corrected`` (the reference tumour's contrast against
+  the rest of the head, :func:`segmentation.cohorts.tumour_contrast_sd`, empty for
+  an empty mask; whether the input check mapped the slice to the training curve
+  before the network, as the analysis pipeline does).
 * ``metrics.json``: mean/median Dice and IoU, ``n_images``, per-class scores
   when labels are known, patient-level 95 % bootstrap intervals of the means
   when patient ids are known (``patient_id`` column of ``--ids-from`` or
@@ -25,6 +27,13 @@ Outputs in ``OUT_DIR``:
   skipped file with its reason.
 * ``threshold_sweep.csv`` (with ``--sweep``): mean and median Dice at each
   threshold, once per post-processing mode (column ``postprocess``).
+
+By default the network is scored on the slices as they are. With
+``--intensity-reference auto`` (the reference shipped beside the segmenter,
+``ARTIFACTS/../../classification/intensity_reference``) or a reference folder, the
+slices go to the network as the analysis pipeline sends them: a slice the input
+check of grey levels flags is first mapped to the training intensity curve
+(:func:`ensemble.intensity.corrected_slice`).
 
 Unreadable or unmatched files are reported and skipped; the exit status is 0
 when at least one image was evaluated, 1 otherwise, 2 for a bad artifact or
@@ -52,6 +61,41 @@ from segmentation.postprocess import POSTPROCESS_MODES, check_postprocess, proba
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
 DEFAULT_ARTIFACTS = "artifacts/segmentation/resunet"
+
+
+def default_reference(artifacts: str | Path) -> Path:
+    """Where the intensity reference of a segmenter's artifact tree lives.
+
+    ``artifacts/segmentation/resunet`` -> ``artifacts/classification/intensity_reference``.
+    """
+    from ensemble.intensity import REFERENCE_FOLDER
+
+    return Path(artifacts).parent.parent / "classification" / REFERENCE_FOLDER
+
+
+def resolve_reference(choice: str | Path | None, artifacts: str | Path
+                      ) -> tuple[Any, Path | None]:
+    """Load the input check's reference an evaluation should apply.
+
+    Args:
+        choice: ``"auto"`` (the reference beside ``artifacts`` if it exists, else
+            none), ``"none"`` / ``None`` (no correction) or a reference folder.
+        artifacts: The segmenter's folder.
+
+    Returns:
+        ``(reference or None, its folder or None)``.
+
+    Raises:
+        ArtifactError: If a named folder (or an existing ``auto`` one) is unusable.
+    """
+    from ensemble.intensity import load_reference
+
+    if choice is None or str(choice) == "none":
+        return None, None
+    path = default_reference(artifacts) if str(choice) == "auto" else Path(choice)
+    if str(choice) == "auto" and not path.is_dir():
+        return None, None
+    return load_reference(path), path
 
 
 MASK_LEVEL = 127
@@ -227,6 +271,7 @@ def evaluate(
     tta: str | None = None,
     sweep: Sequence[float] | None = None,
     postprocess: str | None = None,
+    intensity_reference: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the segmenter in ``artifacts`` and write ``per_image.csv`` and ``metrics.json``.
 
@@ -253,6 +298,9 @@ def evaluate(
             Dice overall and per class).
         postprocess: Mask post-processing (``"none"``, ``"largest_component"``);
             ``None`` uses the artifact's own setting.
+        intensity_reference: The input check applied before the network, as in the
+            pipeline: ``"auto"``, ``"none"`` / ``None`` or a folder
+            (:func:`resolve_reference`).
 
     Returns:
         The content written to ``metrics.json``.
@@ -263,6 +311,7 @@ def evaluate(
     """
     from tqdm import tqdm
 
+    from ensemble.intensity import correction_record, network_inputs
     from segmentation.predict import load_segmenter
 
     images_dir, masks_dir, out_dir = Path(images_dir), Path(masks_dir), Path(out_dir)
@@ -270,6 +319,7 @@ def evaluate(
         if not folder.is_dir():
             raise FileNotFoundError(f"folder not found: {folder}")
     segmenter = load_segmenter(artifacts, tta=tta, postprocess=postprocess)
+    reference, reference_path = resolve_reference(intensity_reference, artifacts)
     if threshold is None:
         threshold = segmenter.default_threshold
     sweep = sorted({float(t) for t in sweep}) if sweep else []
@@ -346,8 +396,10 @@ def evaluate(
             grays.append(gray)
             gts.append(gt)
             stems.append(stem)
-        results = segmenter.predict_batch(grays, threshold=threshold, batch_size=batch_size)
-        for stem, gray, gt, res in zip(stems, grays, gts, results, strict=True):
+        inputs, corrected = network_inputs(grays, reference)
+        results = segmenter.predict_batch(inputs, threshold=threshold, batch_size=batch_size)
+        for stem, gray, gt, res, fixed in zip(stems, grays, gts, results, corrected,
+                                              strict=True):
             row: dict[str, Any] = {"id": stem}
             if labels:
                 row["label"] = labels.get(stem, "")
@@ -356,6 +408,7 @@ def evaluate(
             row["gt_area_px"] = int(gt.sum())
             row["pred_area_px"] = res.area_px
             row["tumour_contrast_sd"] = tumour_contrast_sd(gray, gt)
+            row["intensity_corrected"] = fixed
             rows.append(row)
             for t in sweep:
                 for mode in POSTPROCESS_MODES:
@@ -374,7 +427,8 @@ def evaluate(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = ["id"] + (["label"] if labels else []) + [
-        "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd"]
+        "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd",
+        "intensity_corrected"]
     df = pd.DataFrame(rows, columns=columns)
     df.to_csv(out_dir / "per_image.csv", index=False, float_format="%.6f")
 
@@ -404,6 +458,8 @@ def evaluate(
             "postprocess": segmenter.postprocess,
             "resolution": "original image grid (prediction mapped back from the brain crop)",
             "empty_mask_policy": "both empty -> 1.0, exactly one empty -> 0.0",
+            "intensity_correction": correction_record(reference, reference_path),
+            "n_intensity_corrected": int(df["intensity_corrected"].sum()),
             "artifact": {
                 "path": str(artifacts),
                 "weights_sha256": config.get("weights_sha256"),
@@ -427,6 +483,7 @@ RECORDED_KEYS: tuple[str, ...] = (
     "n_images", "mean_dice", "median_dice", "mean_iou", "median_iou", "per_class",
     "n_patients", "mean_dice_ci95", "mean_iou_ci95", "ci_method",
     "threshold", "test_time_augmentation", "postprocess",
+    "intensity_correction", "n_intensity_corrected",
 )
 
 
@@ -507,6 +564,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also write this split's summary into ARTIFACTS/metrics.json (needs --split)",
     )
+    p.add_argument(
+        "--intensity-reference",
+        default="none",
+        help="input check applied before the network as in the pipeline: none (default: "
+        "slices as they are), auto (the reference beside --artifacts, if any) or a folder",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
     p.add_argument("--no-progress", action="store_true")
@@ -543,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
             tta=args.tta,
             sweep=sweep,
             postprocess=args.postprocess,
+            intensity_reference=args.intensity_reference,
         )
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,8 +13,13 @@ Example::
         --ids-from artifacts/splits/segmentation_split.csv --split test \
         --out artifacts/evaluation/robustness/segmentation [--resume]
 
+With ``--intensity-reference auto`` (or a reference folder) every slice goes to the
+network as the analysis pipeline sends it: one the input check flags is first
+mapped to the training intensity curve (:func:`ensemble.intensity.corrected_slice`);
+the default scores the network on the slices as they are.
+
 Outputs in ``--out``: ``per_slice.csv`` (``id, label, corruption, severity, dice,
-gt_area_px, pred_area_px``), ``summary.csv`` (:func:`summarise`) and
+gt_area_px, pred_area_px, intensity_corrected``), ``summary.csv`` (:func:`summarise`) and
 ``metrics.json`` (settings, operating point, weights' SHA-256, unreadable files).
 Patient ids are read from the split file for nothing but the count; they are not written.
 """
@@ -51,6 +56,7 @@ def segment_condition(
     *,
     seed: int = 0,
     batch_size: int = 8,
+    reference: Any | None = None,
 ) -> pd.DataFrame:
     """Segment and score every slice under one condition.
 
@@ -62,11 +68,16 @@ def segment_condition(
         severity: 0 with the clean condition, else 1 or 2.
         seed: Base seed of the random corruptions.
         batch_size: Slices per network call.
+        reference: The input check's ``IntensityReference``: flagged slices are mapped
+            to the training curve before the network, as in the pipeline (``None``:
+            every slice as it is).
 
     Returns:
         One row per slice: ``id, label, corruption, severity, dice, gt_area_px,
-        pred_area_px`` (areas in pixels of the original grid).
+        pred_area_px, intensity_corrected`` (areas in pixels of the original grid).
     """
+    from ensemble.intensity import network_inputs
+
     rows = []
     ids = list(slices)
     for start in range(0, len(ids), batch_size):
@@ -80,10 +91,13 @@ def segment_condition(
                 truth = corrupt_mask(truth, corruption, severity, s)
             grays.append(gray)
             truths.append(truth)
-        for key, truth, res in zip(chunk, truths, segmenter.predict_batch(grays), strict=True):
+        inputs, corrected = network_inputs(grays, reference)
+        for key, truth, res, fixed in zip(chunk, truths, segmenter.predict_batch(inputs),
+                                          corrected, strict=True):
             rows.append({"id": key, "label": labels.get(key, ""), "corruption": corruption,
                          "severity": severity, "dice": dice_coefficient(truth, res.mask),
-                         "gt_area_px": int(truth.sum()), "pred_area_px": res.area_px})
+                         "gt_area_px": int(truth.sum()), "pred_area_px": res.area_px,
+                         "intensity_corrected": fixed})
     return pd.DataFrame(rows)
 
 
@@ -100,8 +114,9 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
         slice), ``empty_predictions`` (fraction of slices with no predicted
         tumour), ``area_stable`` (fraction whose predicted area is within
         :data:`AREA_TOLERANCE` of the clean prediction's; a slice with an empty clean
-        prediction counts as stable only if it stays empty) and ``mean_dice_<label>``
-        per tumour class.
+        prediction counts as stable only if it stays empty), ``intensity_corrected``
+        (share of slices mapped to the training curve, when the rows say) and
+        ``mean_dice_<label>`` per tumour class.
 
     Raises:
         ValueError: If the clean condition is missing.
@@ -123,6 +138,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
                "dice_change": float((part["dice"] - base["dice"]).mean()),
                "empty_predictions": float((part["pred_area_px"] == 0).mean()),
                "area_stable": float(stable.mean())}
+        if "intensity_corrected" in part:  # runs with the input check's correction
+            row["intensity_corrected"] = float(part["intensity_corrected"].astype(bool).mean())
         if "label" in part:
             for label, group in part.groupby("label", sort=True):
                 if label:
@@ -145,8 +162,12 @@ def run(
     seed: int = 0,
     resume: bool = False,
     batch_size: int = 8,
+    intensity_reference: str | Path | None = None,
 ) -> dict[str, Any]:
     """Segment one split under every condition; write the outputs (see module doc).
+
+    ``intensity_reference`` is ``None`` / ``"none"`` (slices as they are), ``"auto"``
+    or a folder (:func:`segmentation.evaluate.resolve_reference`).
 
     Unreadable slices or masks, and masks of another shape, are reported under
     ``failures`` and left out; the other slices are analysed.
@@ -159,6 +180,8 @@ def run(
         ValueError: On bad arguments, or a resumed run with other settings or weights.
         ArtifactError: If the segmenter cannot be loaded.
     """
+    from ensemble.intensity import correction_record
+    from segmentation.evaluate import resolve_reference
     from segmentation.predict import load_segmenter
 
     todo = conditions(corruptions)
@@ -193,7 +216,10 @@ def run(
     labels = dict(zip(table["id"], table["label"], strict=True)) if "label" in table else {}
 
     segmenter = load_segmenter(artifacts)
+    reference, reference_path = resolve_reference(intensity_reference, artifacts)
     weights = {"resunet": segmenter.config["weights_sha256"]}
+    if reference is not None:  # a resumed run must use the same correction
+        weights["intensity_reference"] = reference.config.get("features_sha256")
     check_weights(old, weights, out_dir)
     kept = table[table["id"].isin(slices)]
     record: dict[str, Any] = {
@@ -207,6 +233,7 @@ def run(
                             "postprocess": segmenter.postprocess},
         "area_tolerance": AREA_TOLERANCE,
         "weights_sha256": weights,
+        "intensity_correction": correction_record(reference, reference_path),
         "failures": failures,
     }
     (out_dir / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -214,7 +241,8 @@ def run(
     results = run_conditions(
         out_dir, todo, len(slices),
         lambda name, severity: segment_condition(segmenter, slices, labels, name, severity,
-                                                 seed=seed, batch_size=batch_size),
+                                                 seed=seed, batch_size=batch_size,
+                                                 reference=reference),
         dtype={"id": str, "label": str},
     )
     summarise(results.fillna({"label": ""})).to_csv(out_dir / "summary.csv", index=False,
@@ -238,11 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--intensity-reference", default="none",
+                   help="none (default: slices as they are), auto (the reference beside "
+                   "--artifacts) or a folder: map flagged slices as the pipeline does")
     args = p.parse_args(argv)
     try:
         record = run(args.images_dir, args.masks_dir, args.out, ids_from=args.ids_from,
                      split=args.split, corruptions=args.corruptions, artifacts=args.artifacts,
-                     seed=args.seed, resume=args.resume, batch_size=args.batch_size)
+                     seed=args.seed, resume=args.resume, batch_size=args.batch_size,
+                     intensity_reference=args.intensity_reference)
     except (FileExistsError, FileNotFoundError, ValueError, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

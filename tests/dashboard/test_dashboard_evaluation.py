@@ -279,6 +279,24 @@ def test_seg_robustness_long_has_all_and_each_class(tmp_path):
     assert ev.read_seg_robustness_summary(tmp_path / "none.csv") is None
 
 
+def test_with_pipeline_dice_joins_the_run_with_the_input_check():
+    summary = pd.DataFrame({"corruption": ["none", "gamma_dark", "blur"],
+                            "severity": [0, 2, 2], "mean_dice": [0.7, 0.2, 0.6],
+                            "mean_dice_glioma": [0.6, 0.1, 0.5]})
+    assert ev.with_pipeline_dice(summary, None) is summary
+    corrected = pd.DataFrame({"corruption": ["gamma_dark", "none"], "severity": [2, 0],
+                              "mean_dice": [0.68, 0.7], "intensity_corrected": [0.95, 0.0]})
+    both = ev.with_pipeline_dice(summary, corrected)
+    assert both["pipeline_mean_dice"].tolist()[:2] == [0.7, 0.68]
+    assert np.isnan(both.loc[2, "pipeline_mean_dice"])  # condition missing from the second run
+    assert both["mapped"].tolist()[:2] == [0.0, 0.95]
+    long = ev.seg_robustness_long(both)
+    assert sorted(set(long["series"])) == sorted(["all", "glioma", ev.PIPELINE_SERIES])
+    dark = long[(long["series"] == ev.PIPELINE_SERIES) & (long["corruption"] == "gamma_dark")]
+    assert dark["dice"].tolist() == [0.68]
+    assert len(long[long["series"] == ev.PIPELINE_SERIES]) == 2  # the NaN row is dropped
+
+
 def test_robustness_table_shows_the_ensemble_p_value_when_recorded():
     summary = robustness_summary_frame().assign(p_vs_clean=[1.0, 1.0, 0.5, 0.25, 0.01, 0.002,
                                                             1.0, 1.0])

@@ -75,6 +75,20 @@ def test_robustness_section_reads_the_stored_summary(make_app, own_artifacts):
     assert list(table["area_stable"]) == [1.0, 0.4]
     assert any("within 20%" in c.value and "`test` split" in c.value for c in at.caption)
     assert not any("other Res-UNet weights" in w.value for w in at.warning)
+    assert "pipeline_mean_dice" not in table.columns  # no run with the input check yet
+
+    mapped = root / "evaluation" / "robustness" / "segmentation_corrected"
+    mapped.mkdir(parents=True)
+    pd.DataFrame({"corruption": ["none", "blur"], "severity": [0, 2], "n": [10, 10],
+                  "mean_dice": [0.7, 0.65], "dice_change": [0.0, -0.05],
+                  "area_stable": [1.0, 0.6], "empty_predictions": [0.1, 0.2],
+                  "intensity_corrected": [0.0, 0.8]}).to_csv(mapped / "summary.csv", index=False)
+    at = make_app("pages/4_Segmentation_Quality.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    table = next(d.value for d in at.dataframe if "condition" in d.value.columns)
+    assert list(table["pipeline_mean_dice"]) == [0.7, 0.65]
+    assert list(table["mapped"]) == [0.0, 0.8]
+    assert any(c.value.startswith("**pipeline_mean_dice**") for c in at.caption)
 
     (folder / "metrics.json").write_text(json.dumps({"settings": {"split": "test"},
                                                      "weights_sha256": {"resunet": "0" * 64}}))

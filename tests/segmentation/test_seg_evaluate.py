@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -40,8 +41,10 @@ def test_cli_writes_per_image_and_metrics(eval_dirs, tiny_artifact, tmp_path, ca
     assert code == 0
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
     assert list(per_image.columns) == [
-        "id", "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd"]
+        "id", "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd",
+        "intensity_corrected"]
     assert len(per_image) == 30
+    assert not per_image["intensity_corrected"].any()  # default: slices as they are
     # the contrast column is the library function on the stored image and reference mask
     from neurostack.imaging import load_image
     from segmentation.cohorts import tumour_contrast_sd
@@ -60,6 +63,7 @@ def test_cli_writes_per_image_and_metrics(eval_dirs, tiny_artifact, tmp_path, ca
     assert metrics["n_images"] == 30
     assert metrics["mean_dice"] == pytest.approx(per_image["dice"].mean(), abs=1e-5)
     assert metrics["artifact"]["weights_sha256"]
+    assert metrics["intensity_correction"] is None and metrics["n_intensity_corrected"] == 0
     reasons = {item["file"].split("/")[-1]: item["reason"] for item in metrics["skipped"]}
     assert "unreadable" in reasons["0001"]
     assert "no mask" in reasons["0002.jpg"]
@@ -96,7 +100,8 @@ def test_cli_with_split_and_metadata_gives_labels(figshare_like, tiny_artifact, 
     assert code == 0
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
     assert list(per_image.columns) == [
-        "id", "label", "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd"]
+        "id", "label", "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd",
+        "intensity_corrected"]
     assert set(per_image["id"]) == set(split.loc[split["split"] == "test", "id"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class"]) == set(per_image["label"])
@@ -300,3 +305,67 @@ def test_load_mask_thresholds_at_the_stated_level(tmp_path):
     assert mask.dtype == bool and mask.shape == (32, 32)
     np.testing.assert_array_equal(mask[0, :4], [False, False, True, True])
     assert mask.sum() == 32 * 16
+
+
+def _flag_everything_reference(folder):
+    """A reference whose threshold 0 flags every slice; training curve at log(0.4)."""
+    import numpy as np
+
+    from ensemble.intensity import IntensityReference, save_reference
+
+    rng = np.random.default_rng(0)
+    features = np.log(0.4) + 0.01 * rng.standard_normal((12, 6))
+    return save_reference(IntensityReference(features, 3, 0.0), folder, {"fit_part": "test"})
+
+
+def test_cli_maps_flagged_slices_like_the_pipeline(eval_dirs, tiny_artifact, tmp_path):
+    """With a reference that flags everything, each slice is scored on its mapped copy."""
+    from ensemble.intensity import check_slice, correct_gamma, load_reference
+    from neurostack.imaging import load_image
+    from segmentation.data import read_mask
+    from segmentation.metrics import dice_coefficient
+    from segmentation.predict import load_segmenter
+
+    images, masks = eval_dirs
+    ref_dir = _flag_everything_reference(tmp_path / "ref")
+    out = tmp_path / "out"
+    args = [str(images), str(masks), "--out", str(out), "--artifacts", str(tiny_artifact),
+            "--no-progress", "--intensity-reference", str(ref_dir)]
+    assert main(args) == 0
+    per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
+    assert per_image["intensity_corrected"].all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_intensity_corrected"] == len(per_image)
+    ref = load_reference(ref_dir)
+    assert metrics["intensity_correction"]["features_sha256"] == ref.config["features_sha256"]
+    # known answer: the Dice of the segmenter on the mapped slice, computed here by hand
+    seg = load_segmenter(tiny_artifact)
+    for row in per_image.head(3).itertuples():
+        gray = load_image(next(images.glob(f"{row.id}.*"))).gray
+        mapped = correct_gamma(gray, check_slice(ref, gray).relative_gamma)
+        want = dice_coefficient(read_mask(masks / f"{row.id}.png"), seg.predict(mapped).mask)
+        assert row.dice == pytest.approx(want, abs=1e-6)
+    # the default scores the slices as they are
+    assert main(args[:-2]) == 0
+    plain = pd.read_csv(out / "per_image.csv", dtype={"id": str})
+    assert not plain["intensity_corrected"].any()
+
+
+def test_resolve_reference_choices(tmp_path):
+    from neurostack.errors import ArtifactError
+    from segmentation.evaluate import default_reference, resolve_reference
+
+    seg_dir = tmp_path / "artifacts" / "segmentation" / "resunet"
+    seg_dir.mkdir(parents=True)
+    assert default_reference(seg_dir) == (
+        tmp_path / "artifacts" / "classification" / "intensity_reference")
+    assert default_reference("artifacts/segmentation/resunet") == Path(
+        "artifacts/classification/intensity_reference")  # relative stays relative (records)
+    assert resolve_reference("auto", seg_dir) == (None, None)  # none shipped: no correction
+    assert resolve_reference("none", seg_dir) == (None, None)
+    assert resolve_reference(None, seg_dir) == (None, None)
+    _flag_everything_reference(default_reference(seg_dir))
+    ref, path = resolve_reference("auto", seg_dir)
+    assert path == default_reference(seg_dir) and ref.threshold == 0.0
+    with pytest.raises(ArtifactError):
+        resolve_reference(tmp_path / "missing", seg_dir)  # a named folder must exist

@@ -36,6 +36,9 @@ def test_summarise_known_answers():
     assert s.loc[("rotation", 1), "empty_predictions"] == 0.0
     assert s.loc[("blur", 2), "mean_dice_glioma"] == 0.5
     assert s.loc[("rotation", 1), "mean_dice_pituitary"] == 0.2
+    assert "intensity_corrected" not in s.columns  # rows without the column: not reported
+    mapped = srb.summarise(table_rows().assign(intensity_corrected=[0, 0, 1, 0, 1, 1]))
+    assert list(mapped["intensity_corrected"]) == [0.0, 0.5, 1.0]
     with pytest.raises(ValueError, match="clean"):
         srb.summarise(table_rows().iloc[2:])
 
@@ -62,7 +65,29 @@ def test_segment_condition_moves_the_truth_with_a_rotated_slice():
     # gamma 2 darkens 250 -> 240: still above 200, mask unchanged
     assert dark.loc[0, "dice"] == 1.0
     assert list(dark.columns) == ["id", "label", "corruption", "severity", "dice",
-                                  "gt_area_px", "pred_area_px"]
+                                  "gt_area_px", "pred_area_px", "intensity_corrected"]
+    assert not dark["intensity_corrected"].any()
+
+
+def test_segment_condition_maps_flagged_slices_like_the_pipeline():
+    from ensemble.intensity import IntensityReference, crop_features
+    from neurostack.preprocess import crop, find_brain_box
+
+    gray = np.full((101, 101), 120, np.uint8)  # head: stays above the box threshold
+    gray[40:60, 20:80] = 220
+    truth = gray > 200
+    slices = {"0001": (gray, truth)}
+    fake = ThresholdSegmenter()
+    feats = crop_features(crop(gray, find_brain_box(gray)))
+    ref = IntensityReference(feats + 0.001 * np.arange(12)[:, None] / 12, 3, 0.05)
+    # gamma 2 darkens the bar 220 -> 190, below the fake's 200: as given, nothing is found
+    as_given = srb.segment_condition(fake, slices, {}, "gamma_dark", 2)
+    assert as_given.loc[0, "dice"] == 0.0 and not as_given.loc[0, "intensity_corrected"]
+    # the check flags it and maps it back to the reference curve: the bar is found again
+    mapped = srb.segment_condition(fake, slices, {}, "gamma_dark", 2, reference=ref)
+    assert mapped.loc[0, "intensity_corrected"] and mapped.loc[0, "dice"] == 1.0
+    clean = srb.segment_condition(fake, slices, {}, "none", 0, reference=ref)
+    assert not clean.loc[0, "intensity_corrected"] and clean.loc[0, "dice"] == 1.0
 
 
 @pytest.mark.slow
@@ -93,6 +118,12 @@ def test_run_reports_bad_slices_and_resumes(figshare_like, tiny_artifact, tmp_pa
     assert srb.main([*args, "--resume"]) == 0  # nothing left to do, same outputs
     pd.testing.assert_frame_equal(pd.read_csv(out / "per_slice.csv", dtype={"id": str}),
                                   per_slice)
+    # resuming with the input check's correction would mix two policies: refused
+    from ensemble.intensity import IntensityReference, save_reference
+
+    ref_dir = save_reference(IntensityReference(np.zeros((4, 6)) - 1.0, 2, 0.0),
+                             tmp_path / "ref", {})
+    assert srb.main([*args, "--resume", "--intensity-reference", str(ref_dir)]) == 2
 
 
 def test_missing_split_file_is_a_clear_error(tmp_path, capsys):
