@@ -168,15 +168,16 @@ if reference and "n_reference" in reference:
     st.info("**Input check** (a warning on each analysed slice; `python -m ensemble.intensity`). "
             + describe_reference(reference), icon=":material/rule:")
     for part in ("val", "test"):
-        second = cache.json_record(paths.classification_eval_dir()
-                                   / f"intensity_correction_{part}.json")
-        if second and second.get("table"):
-            st.caption(f"Second opinion on flagged slices ({second['part']}, "
-                       f"{second['per_class']} per class; `scripts/intensity_correction.py`): "
-                       "each flagged slice is classified again with its grey levels mapped to "
-                       "the training curve; the first answer stays the decision.")
-            st.dataframe(second["table"], hide_index=True, width="stretch",
-                         key=f"me_second_{part}")
+        fixed = cache.json_record(paths.classification_eval_dir()
+                                  / f"intensity_correction_{part}.json")
+        if fixed and fixed.get("table"):
+            st.caption(f"Correction of flagged slices ({fixed['part']}, "
+                       f"{fixed['per_class']} per class; `scripts/intensity_correction.py`): "
+                       "the pipeline analyses each flagged slice as a copy with its grey "
+                       "levels mapped to the training curve; `accuracy` is its decision, "
+                       "`accuracy_as_given` the ensemble on the slices as given.")
+            st.dataframe(fixed["table"], hide_index=True, width="stretch",
+                         key=f"me_correction_{part}")
 
 st.subheader("Training curves")
 logs = {name: cache.training_log(paths.classifier_dir(name)) for name in BASE_MODELS}

@@ -144,14 +144,15 @@ def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifac
     assert "right on 50.0% of 40 val slices" in note and "glioma 1.20, notumor 0.70" in note
     check = next(i.value for i in at.info if i.value.startswith("**Input check**"))
     assert "those of 60 training slices" in check and "atypicality 100.000" in check
-    assert not any("Second opinion" in c.value for c in at.caption)
+    assert not any("Correction of flagged" in c.value for c in at.caption)
 
     (root / "evaluation" / "classification" / "intensity_correction_val.json").write_text(
         json.dumps({"part": "val", "per_class": 5, "table": [
-            {"corruption": "gamma_dark", "severity": 1, "n": 20, "accuracy": 0.6,
-             "flagged": 9, "accuracy_flagged_decision": 0.5, "accuracy_flagged_second": 0.9}]}))
+            {"corruption": "gamma_dark", "severity": 1, "n": 20, "accuracy": 0.8,
+             "accuracy_as_given": 0.6, "flagged": 9, "accuracy_flagged_as_given": 0.5,
+             "accuracy_flagged_decision": 0.9}]}))
     at = make_app("pages/3_Model_Evaluation.py").run()
-    assert any(c.value.startswith("Second opinion on flagged slices (val, 5 per class")
+    assert any(c.value.startswith("Correction of flagged slices (val, 5 per class")
                for c in at.caption)
-    table = next(d.value for d in at.dataframe if "accuracy_flagged_second" in d.value.columns)
-    assert table.loc[0, "flagged"] == 9 and table.loc[0, "accuracy_flagged_second"] == 0.9
+    table = next(d.value for d in at.dataframe if "accuracy_as_given" in d.value.columns)
+    assert table.loc[0, "flagged"] == 9 and table.loc[0, "accuracy_flagged_decision"] == 0.9

@@ -241,18 +241,25 @@ def test_input_check_paragraph_with_its_error_table(tmp_path: Path) -> None:
     assert "gamma bright" not in text  # 1 flagged slice of 80 is not a shift it responds to
 
 
-def test_second_opinion_table_from_its_record(tmp_path: Path) -> None:
-    assert model_card._second_opinion_lines(tmp_path) == []
+def test_correction_table_from_its_record(tmp_path: Path) -> None:
+    assert model_card._correction_lines(tmp_path) == []
     folder = tmp_path / "evaluation" / "classification"
     folder.mkdir(parents=True)
     (folder / "intensity_correction_val.json").write_text(json.dumps({
         "part": "val", "per_class": 50, "table": [
-            {"corruption": "none", "severity": 0, "n": 200, "accuracy": 0.955, "flagged": 0,
-             "accuracy_flagged_decision": None, "accuracy_flagged_second": None},
-            {"corruption": "gamma_dark", "severity": 2, "n": 200, "accuracy": 0.44,
-             "flagged": 167, "accuracy_flagged_decision": 0.437,
-             "accuracy_flagged_second": 0.946}]}))
-    text = "\n".join(model_card._second_opinion_lines(tmp_path))
+            {"corruption": "none", "severity": 0, "n": 200, "accuracy": 0.955,
+             "accuracy_as_given": 0.955, "flagged": 0, "accuracy_flagged_as_given": None,
+             "accuracy_flagged_decision": None},
+            {"corruption": "gamma_dark", "severity": 2, "n": 200, "accuracy": 0.865,
+             "accuracy_as_given": 0.44, "flagged": 167, "accuracy_flagged_as_given": 0.437,
+             "accuracy_flagged_decision": 0.946}]}))
+    text = "\n".join(model_card._correction_lines(tmp_path))
     assert "On val slices (50 per class" in text
-    assert "| none 0 | 200 | 0.955 | 0 | — | — |" in text
-    assert "| gamma dark 2 | 200 | 0.440 | 167 | 0.437 | 0.946 |" in text
+    assert "| none 0 | 200 | 0.955 | 0.955 | 0 | — | — |" in text
+    assert "| gamma dark 2 | 200 | 0.440 | 0.865 | 167 | 0.437 | 0.946 |" in text
+    # a record of the earlier second-opinion format is left out, not misread
+    (folder / "intensity_correction_val.json").write_text(json.dumps({
+        "part": "val", "per_class": 50, "table": [
+            {"corruption": "none", "severity": 0, "n": 200, "accuracy": 0.955, "flagged": 0,
+             "accuracy_flagged_decision": None, "accuracy_flagged_second": None}]}))
+    assert model_card._correction_lines(tmp_path) == []
