@@ -609,8 +609,10 @@ resumed with two threads.
   differ by class, and a change of display gamma (1.5 or 0.5) costs the ensemble
   much of its accuracy (see "Acquisition shift and an intensity shortcut"): use
   slices exported like the training data (8-bit, default window). The input check
-  warns about darker curves, not about brighter ones (those resemble one of the
-  training sources) nor about noise or blur.
+  catches darker curves and has the networks analyse such a slice mapped back to the
+  training curve, which recovers most of the loss (tables above); it does not
+  catch brighter curves (those resemble one of the training sources), noise or
+  blur.
 - Training at a reduced size, inference at the native size: see the recipes.
 - **Segmentation differs by patient series**: the outlines are much weaker on the
   alphanumeric-id glioma series of figshare-seg than on the other patients (see

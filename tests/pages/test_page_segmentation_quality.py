@@ -50,21 +50,26 @@ def own_artifacts(dashboard_artifacts, tmp_path, monkeypatch):
     return root
 
 
+def _write_robustness_summary(folder, mean_dice, area_stable, **extra):
+    """A two-condition (clean, blur 2) ``summary.csv`` of a segmentation robustness run."""
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    pd.DataFrame({"corruption": ["none", "blur"], "severity": [0, 2], "n": [10, 10],
+                  "mean_dice": mean_dice, "dice_change": [0.0, mean_dice[1] - mean_dice[0]],
+                  "area_stable": area_stable, "empty_predictions": [0.1, 0.3], **extra}
+                 ).to_csv(folder / "summary.csv", index=False)
+
+
 def test_robustness_section_reads_the_stored_summary(make_app, own_artifacts):
     import json
-
-    import pandas as pd
 
     root = own_artifacts
     at = make_app("pages/4_Segmentation_Quality.py").run()
     assert any("No robustness run" in i.value for i in at.info)
 
     folder = root / "evaluation" / "robustness" / "segmentation"
-    folder.mkdir(parents=True)
-    pd.DataFrame({"corruption": ["none", "blur"], "severity": [0, 2], "n": [10, 10],
-                  "mean_dice": [0.7, 0.5], "dice_change": [0.0, -0.2],
-                  "area_stable": [1.0, 0.4], "empty_predictions": [0.1, 0.3],
-                  "mean_dice_glioma": [0.6, 0.3]}).to_csv(folder / "summary.csv", index=False)
+    _write_robustness_summary(folder, [0.7, 0.5], [1.0, 0.4], mean_dice_glioma=[0.6, 0.3])
     (folder / "metrics.json").write_text(json.dumps({"settings": {"split": "test"},
                                                      "area_tolerance": 0.2}))
     at = make_app("pages/4_Segmentation_Quality.py").run()
@@ -77,12 +82,8 @@ def test_robustness_section_reads_the_stored_summary(make_app, own_artifacts):
     assert not any("other Res-UNet weights" in w.value for w in at.warning)
     assert "pipeline_mean_dice" not in table.columns  # no run with the input check yet
 
-    mapped = root / "evaluation" / "robustness" / "segmentation_corrected"
-    mapped.mkdir(parents=True)
-    pd.DataFrame({"corruption": ["none", "blur"], "severity": [0, 2], "n": [10, 10],
-                  "mean_dice": [0.7, 0.65], "dice_change": [0.0, -0.05],
-                  "area_stable": [1.0, 0.6], "empty_predictions": [0.1, 0.2],
-                  "intensity_corrected": [0.0, 0.8]}).to_csv(mapped / "summary.csv", index=False)
+    _write_robustness_summary(root / "evaluation" / "robustness" / "segmentation_corrected",
+                              [0.7, 0.65], [1.0, 0.6], intensity_corrected=[0.0, 0.8])
     at = make_app("pages/4_Segmentation_Quality.py").run()
     assert not at.exception, [e.message for e in at.exception]
     table = next(d.value for d in at.dataframe if "condition" in d.value.columns)
