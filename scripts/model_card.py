@@ -533,7 +533,34 @@ def segmentation_section(root: Path) -> list[str]:
             lines += [failures, ""] if failures else []
             lines += _cohort_lines(per_image, root / "splits" / "segmentation_split.csv")
             lines += _contrast_lines(per_image, root / "splits" / "segmentation_split.csv")
+    lines += _seg_shift_lines(root)
     return lines
+
+
+def _seg_shift_lines(root: Path) -> list[str]:
+    """Mean Dice under shifts: network as given vs pipeline (``segmentation.robustness``)."""
+    rob = root / "evaluation" / "robustness"
+    try:
+        given = pd.read_csv(rob / "segmentation" / "summary.csv")
+        mapped = pd.read_csv(rob / "segmentation_corrected" / "summary.csv")
+    except (OSError, ValueError):
+        return []
+    both = given.merge(mapped, on=["corruption", "severity"], suffixes=("", "_pipeline"))
+    if both.empty or "intensity_corrected" not in both:
+        return []
+    rows = [
+        f"| {r.corruption.replace('_', ' ')} {r.severity} | {r.n} | {r.mean_dice:.3f} | "
+        f"{r.mean_dice_pipeline:.3f} | {100 * r.intensity_corrected:.0f} % |"
+        for r in both.itertuples()
+    ]
+    return _titled_table(
+        "**Under acquisition shift** (mean Dice on the held-out test slices altered as "
+        "another scanner or export might; `python -m segmentation.robustness`, and with "
+        "`--intensity-reference auto` as the pipeline segments them: a slice the input "
+        "check flags is mapped to the training curve first):",
+        ["shift", "slices", "network, slices as given", "pipeline", "mapped"],
+        rows,
+    )
 
 
 def _contrast_lines(per_image: pd.DataFrame, split_csv: Path) -> list[str]:

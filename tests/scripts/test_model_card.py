@@ -263,3 +263,20 @@ def test_correction_table_from_its_record(tmp_path: Path) -> None:
             {"corruption": "none", "severity": 0, "n": 200, "accuracy": 0.955, "flagged": 0,
              "accuracy_flagged_decision": None, "accuracy_flagged_second": None}]}))
     assert model_card._correction_lines(tmp_path) == []
+
+
+def test_segmentation_shift_table_pairs_the_two_robustness_runs(tmp_path: Path) -> None:
+    rob = tmp_path / "evaluation" / "robustness"
+    assert model_card._seg_shift_lines(tmp_path) == []  # no runs
+    (rob / "segmentation").mkdir(parents=True)
+    pd.DataFrame({"corruption": ["none", "gamma_dark"], "severity": [0, 2], "n": [10, 10],
+                  "mean_dice": [0.7, 0.2]}).to_csv(rob / "segmentation" / "summary.csv",
+                                                   index=False)
+    assert model_card._seg_shift_lines(tmp_path) == []  # only one of the two runs
+    (rob / "segmentation_corrected").mkdir()
+    pd.DataFrame({"corruption": ["gamma_dark", "none"], "severity": [2, 0], "n": [10, 10],
+                  "mean_dice": [0.68, 0.7], "intensity_corrected": [0.9, 0.0]}).to_csv(
+        rob / "segmentation_corrected" / "summary.csv", index=False)
+    text = "\n".join(model_card._seg_shift_lines(tmp_path))
+    assert "| none 0 | 10 | 0.700 | 0.700 | 0 % |" in text
+    assert "| gamma dark 2 | 10 | 0.200 | 0.680 | 90 % |" in text
