@@ -28,6 +28,7 @@ import numpy as np
 
 from neurostack import CLASS_NAMES, __version__
 from neurostack.errors import ArtifactError, InputImageError
+from neurostack.formatting import format_probability
 from neurostack.imaging import InputLimits, LoadedImage, load_image
 from neurostack.preprocess import CropBox, almost_blank, crop, find_brain_box, resize_square
 from neurostack.render import colourfulness, mask_image, overlay_mask
@@ -418,7 +419,7 @@ class Pipeline:
                 f"analysed as a copy with its grey levels mapped to the training curve (gamma "
                 f"1/{prep.intensity.relative_gamma:.2f}); masks are drawn on the slice as "
                 f"given. As given, the ensemble says {CLASS_NAMES[k0]} "
-                f"({check['uncorrected_confidence']:.2f}): {same}")
+                f"({format_probability(check['uncorrected_confidence'])}): {same}")
         return CaseResult(
             image_sha256=hashlib.sha256(np.ascontiguousarray(img.gray).tobytes()).hexdigest(),
             shape=img.shape, per_model=per_model,

@@ -26,6 +26,7 @@ import numpy as np
 
 from morphology import format_record
 from neurostack import CLASS_NAMES, MODEL_LABELS, __version__
+from neurostack.formatting import format_probability
 from neurostack.pipeline import CaseResult
 from neurostack.render import encode_png
 
@@ -98,35 +99,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, float | np.floating):
         return f"{float(value):.4g}"
     return str(value)
-
-
-def format_probability(p: float, decimals: int = 1) -> str:
-    """Format a probability as a percentage that never reads as certainty it does not have.
-
-    A value that would round to 100 % is shown as ``">99.9%"`` and a positive
-    value that would round to 0 % as ``"<0.1%"`` (for ``decimals=1``): a
-    float32 softmax of 1.0 only means the other classes underflowed.
-
-    Args:
-        p: Probability in ``[0, 1]``.
-        decimals: Decimal places of the percentage (0-4).
-
-    Raises:
-        ValueError: If ``p`` is not a finite number in ``[0, 1]`` or ``decimals``
-            is out of range.
-    """
-    if not 0 <= decimals <= 4:
-        raise ValueError(f"decimals must be in 0..4; received {decimals!r}")
-    p = float(p)
-    if not np.isfinite(p) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"probability must be a finite number in [0, 1]; received {p!r}")
-    step = 10.0 ** -decimals  # smallest shown step, in percent
-    percent = 100.0 * p
-    if round(percent, decimals) >= 100.0:
-        return f">{100.0 - step:.{decimals}f}%"
-    if percent > 0.0 and round(percent, decimals) <= 0.0:
-        return f"<{step:.{decimals}f}%"
-    return f"{percent:.{decimals}f}%"
 
 
 def png_data_uri(image: np.ndarray) -> str:

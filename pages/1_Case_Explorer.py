@@ -9,14 +9,10 @@ from dashboard import cache, charts, components, paths
 from dashboard.evaluation import model_label
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
+from neurostack.formatting import format_probability
 from neurostack.imaging import window_to_uint8
 from neurostack.render import encode_png, overlay_mask
-from neurostack.report import (
-    case_report_html,
-    format_probability,
-    intensity_sentence,
-    spacing_sentence,
-)
+from neurostack.report import case_report_html, intensity_sentence, spacing_sentence
 
 components.page_setup("Case Explorer", ":material/biotech:")
 st.title(":material/biotech: Case Explorer")

@@ -18,7 +18,6 @@ from neurostack.pipeline import CaseResult
 from neurostack.render import mask_image, overlay_mask
 from neurostack.report import (
     case_report_html,
-    format_probability,
     format_value,
     intensity_sentence,
     png_data_uri,
@@ -184,19 +183,6 @@ def test_format_value(value, text) -> None:
     assert format_value(value) == text
 
 
-@pytest.mark.parametrize(("p", "decimals", "text"), [
-    (0.81, 1, "81.0%"), (0.5, 0, "50%"), (0.0, 1, "0.0%"), (0.99949, 1, "99.9%"),
-    (0.99951, 1, ">99.9%"), (1.0, 1, ">99.9%"), (np.float32(1.0), 2, ">99.99%"),
-    (1.0, 0, ">99%"), (0.00049, 1, "<0.1%"), (0.00051, 1, "0.1%"), (1e-9, 2, "<0.01%"),
-])
-def test_format_probability_never_shows_100_or_0_for_a_model_output(p, decimals, text) -> None:
-    assert format_probability(p, decimals) == text
-
-
-@pytest.mark.parametrize(("p", "decimals"), [(1.01, 1), (-0.1, 1), (float("nan"), 1), (0.5, 5)])
-def test_format_probability_rejects_impossible_values(p, decimals) -> None:
-    with pytest.raises(ValueError, match="probability|decimals"):
-        format_probability(p, decimals)
 
 
 def test_intensity_sentence_and_report_row() -> None:

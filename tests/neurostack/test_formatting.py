@@ -1,0 +1,23 @@
+"""neurostack.formatting: known answers of the probability display."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neurostack.formatting import format_probability
+
+
+@pytest.mark.parametrize(("p", "decimals", "text"), [
+    (0.81, 1, "81.0%"), (0.5, 0, "50%"), (0.0, 1, "0.0%"), (0.99949, 1, "99.9%"),
+    (0.99951, 1, ">99.9%"), (1.0, 1, ">99.9%"), (np.float32(1.0), 2, ">99.99%"),
+    (1.0, 0, ">99%"), (0.00049, 1, "<0.1%"), (0.00051, 1, "0.1%"), (1e-9, 2, "<0.01%"),
+])
+def test_format_probability_never_shows_100_or_0_for_a_model_output(p, decimals, text) -> None:
+    assert format_probability(p, decimals) == text
+
+
+@pytest.mark.parametrize(("p", "decimals"), [(1.01, 1), (-0.1, 1), (float("nan"), 1), (0.5, 5)])
+def test_format_probability_rejects_impossible_values(p, decimals) -> None:
+    with pytest.raises(ValueError, match="probability|decimals"):
+        format_probability(p, decimals)
