@@ -297,7 +297,7 @@ class Pipeline:
         # the networks see the mapped copy of a corrected slice; its copy as given is
         # classified in the same call (rows after the first len(ready)) for comparison
         corrected = [j for j, (_, p) in enumerate(ready) if p.corrected is not None]
-        crops = [p.brain if p.corrected is None else p.corrected[1] for _, p in ready]
+        crops = [p.brain if p.corrected is None else p.corrected.brain for _, p in ready]
         try:
             pred = self.ensemble.predict_crops(crops + [ready[j][1].brain for j in corrected])
         except Exception as exc:  # noqa: BLE001 - isolate the image that breaks the batch
@@ -342,9 +342,7 @@ class Pipeline:
         prep = self._prepare(img, None, None)
         if prep.corrected is None:
             return img.gray, prep.box
-        from ensemble.intensity import correct_gamma
-
-        return correct_gamma(img.gray, prep.intensity.relative_gamma), prep.corrected[0]
+        return prep.corrected.gray, prep.corrected.box
 
     def _analyse_one(self, img: LoadedImage, spacing_cm: tuple[float, float] | None,
                      spacing_source: str | None, threshold: float,
@@ -370,7 +368,7 @@ class Pipeline:
             mapped = corrected_slice(img.gray, check)
             if mapped is not None:  # a new head box: the darkened slice's box is too tight
                 mapped_box = find_brain_box(mapped)
-                corrected = (mapped_box, crop(mapped, mapped_box))
+                corrected = _Mapped(mapped, mapped_box, crop(mapped, mapped_box))
         return _Prepared(img, box, brain, spacing, s_source,
                          {"preprocess": time.perf_counter() - t0}, check, corrected)
 
@@ -428,7 +426,7 @@ class Pipeline:
             models_agree=len(votes) == 1, warnings=warnings,
             tumor_found=predicted != NO_TUMOR, segmented=False, threshold=threshold,
             spacing_cm=prep.spacing, spacing_source=prep.spacing_source,
-            crop_box=(prep.box if prep.corrected is None else prep.corrected[0]).as_tuple(),
+            crop_box=(prep.box if prep.corrected is None else prep.corrected.box).as_tuple(),
             models=self.model_info, intensity=check,
         )
 
@@ -491,18 +489,24 @@ class Pipeline:
         """
         seg = self.segmenter
         if not hasattr(seg, "predict_crops") or not hasattr(seg, "input_size"):
-            from ensemble.intensity import correct_gamma
-
-            return [seg.predict(p.img.gray if p.corrected is None else
-                                correct_gamma(p.img.gray, p.intensity.relative_gamma),
+            return [seg.predict(p.img.gray if p.corrected is None else p.corrected.gray,
                                 threshold=threshold, postprocess=postprocess) for p in preps]
         s = int(seg.input_size)
-        boxes = [p.box if p.corrected is None else p.corrected[0] for p in preps]
-        crops = [p.brain if p.corrected is None else p.corrected[1] for p in preps]
+        boxes = [p.box if p.corrected is None else p.corrected.box for p in preps]
+        crops = [p.brain if p.corrected is None else p.corrected.brain for p in preps]
         x = np.stack([resize_square(c, s) for c in crops]).astype(np.float32) / 255.0
         probs = seg.predict_crops(x)
         return [seg.result(prob, box, p.img.gray.shape, threshold, postprocess)
                 for p, box, prob in zip(preps, boxes, probs, strict=True)]
+
+
+@dataclass(frozen=True)
+class _Mapped:
+    """A flagged slice mapped to the training curve: whole slice, its head box and crop."""
+
+    gray: np.ndarray
+    box: CropBox
+    brain: np.ndarray
 
 
 @dataclass
@@ -517,8 +521,8 @@ class _Prepared:
     t: dict[str, float]
     intensity: Any | None = None
     """``ensemble.intensity.IntensityCheck`` of the slice, when a reference is loaded."""
-    corrected: tuple[CropBox, np.ndarray] | None = None
-    """Head box and crop of the slice mapped to the training curve (flagged slices)."""
+    corrected: _Mapped | None = None
+    """The slice mapped to the training curve, for a slice the input check corrects."""
 
 
 def _check_threshold(threshold: float) -> None:
