@@ -98,6 +98,7 @@ class TrainConfig:
         warmup_epochs: Linear warm-up from ``learning_rate / 10``.
         min_lr_ratio: Final cosine learning rate as a fraction of the peak.
         weight_decay: Adam(W) decoupled weight decay (0 = plain Adam).
+        loss: A name of :data:`segmentation.metrics.LOSSES`.
         patience: Early stopping: epochs without a val-Dice improvement.
         min_delta: Smallest val-Dice increase counted as an improvement.
         seed: Seed of initialisation, split, order and augmentation.
@@ -128,6 +129,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     min_lr_ratio: float = 0.02
     weight_decay: float = 0.0
+    loss: str = "bce_dice"
     patience: int = 12
     min_delta: float = 1e-4
     seed: int = 42
@@ -277,7 +279,7 @@ def _make_progress_callback(epoch: int, epochs: int, steps: int, interval_s: flo
 def _build_compiled_model(cfg: TrainConfig, steps_per_epoch: int):
     import keras
 
-    from segmentation.metrics import DiceMetric, bce_dice_loss
+    from segmentation.metrics import DiceMetric, training_loss
     from segmentation.model import build_resunet
 
     model = build_resunet(**cfg.architecture())
@@ -294,7 +296,8 @@ def _build_compiled_model(cfg: TrainConfig, steps_per_epoch: int):
         optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
     else:
         optimizer = keras.optimizers.Adam(schedule)
-    model.compile(optimizer=optimizer, loss=bce_dice_loss, metrics=[DiceMetric(name="dice")])
+    loss, _ = training_loss(cfg.loss)
+    model.compile(optimizer=optimizer, loss=loss, metrics=[DiceMetric(name="dice")])
     return model
 
 
@@ -580,6 +583,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     """
     import keras
 
+    from segmentation.metrics import training_loss
     from segmentation.model import build_resunet
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -645,7 +649,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         },
         "split": split_info,
         "recipe": {
-            "loss": "BCE + soft Dice (smooth 1)",
+            "loss": training_loss(cfg.loss)[1],
             "optimizer": "AdamW" if cfg.weight_decay > 0 else "Adam",
             "learning_rate": cfg.learning_rate,
             "schedule": f"linear warm-up {cfg.warmup_epochs} epochs from lr/10, cosine to "
@@ -709,6 +713,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate")
     p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument(
+        "--loss",
+        default=d.loss,
+        help="a name of segmentation.metrics.LOSSES: bce_dice, or bce_focal_tversky "
+        "(missed tumour pixels weigh more: alpha 0.3, beta 0.7, gamma 0.75)",
+    )
     p.add_argument("--patience", type=int, default=d.patience)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--split", default=d.split_path, help="split CSV (created if missing)")
@@ -779,6 +789,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         AugmentConfig(**ranges)  # validate up front
+        if not args.resume:
+            from segmentation.metrics import training_loss
+
+            training_loss(args.loss)
     except ValueError as exc:
         parser.error(str(exc))
     defaults = asdict(AugmentConfig())
@@ -797,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.lr,
         warmup_epochs=args.warmup_epochs,
         weight_decay=args.weight_decay,
+        loss=args.loss,
         patience=args.patience,
         seed=args.seed,
         split_path=args.split,

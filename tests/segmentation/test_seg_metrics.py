@@ -11,7 +11,9 @@ from segmentation.metrics import (
     dice_coefficient,
     dice_loss,
     dice_metric,
+    focal_tversky_loss,
     iou,
+    training_loss,
 )
 
 
@@ -120,6 +122,47 @@ def test_keras_bce_dice_loss_matches_numpy():
     bce = -(t * np.log(pc) + (1 - t) * np.log(1 - pc)).reshape(len(t), -1).mean(1)
     expected = bce + _numpy_soft_dice_loss(t, p, 1.0)
     np.testing.assert_allclose(np.asarray(bce_dice_loss(t, p)), expected, rtol=1e-4)
+
+
+def test_focal_tversky_loss_known_answers():
+    t = np.array([1, 1, 0, 0], np.float32).reshape(1, 2, 2, 1)
+    p = np.array([1, 0, 1, 0], np.float32).reshape(1, 2, 2, 1)
+    # tp = fp = fn = 1: TI = (1 + 1) / (1 + 0.3 + 0.7 + 1) = 2/3, loss = (1/3) ** 0.75
+    got = float(np.asarray(focal_tversky_loss(t, p))[0])
+    assert got == pytest.approx((1 / 3) ** 0.75, rel=1e-5)
+    # alpha = beta = 0.5, gamma = 1 is the soft Dice loss (whose smoothing counts twice)
+    tb, pb = _batch()
+    np.testing.assert_allclose(
+        np.asarray(focal_tversky_loss(tb, pb, alpha=0.5, beta=0.5, gamma=1.0, smooth=0.5)),
+        np.asarray(dice_loss(tb, pb, smooth=1.0)), rtol=1e-5,
+    )
+    # a perfect prediction costs nothing; so does an empty truth with an empty prediction
+    np.testing.assert_allclose(np.asarray(focal_tversky_loss(t, t)), [0.0], atol=1e-6)
+    empty = np.zeros((1, 2, 2, 1), np.float32)
+    np.testing.assert_allclose(np.asarray(focal_tversky_loss(empty, empty)), [0.0], atol=1e-6)
+
+
+def test_focal_tversky_loss_weighs_misses_more_than_false_pixels():
+    truth = square()[None, ..., None] / 255.0  # 100 tumour pixels
+    missed = square(size=8)[None, ..., None] / 255.0  # 36 tumour pixels missed
+    extra = np.zeros_like(truth)
+    extra[0, 10:20, 10:20] = 1.0
+    extra[0, 20:24, 10:19] = 1.0  # 36 false pixels next to the tumour
+    miss_loss = float(np.asarray(focal_tversky_loss(truth, missed.astype(np.float32)))[0])
+    extra_loss = float(np.asarray(focal_tversky_loss(truth, extra.astype(np.float32)))[0])
+    assert miss_loss > extra_loss > 0.0
+    # the soft Dice loss cannot tell the two apart as strongly (it weighs both 0.5)
+    dice_miss = float(np.asarray(dice_loss(truth, missed.astype(np.float32)))[0])
+    dice_extra = float(np.asarray(dice_loss(truth, extra.astype(np.float32)))[0])
+    assert miss_loss / extra_loss > dice_miss / dice_extra
+
+
+def test_training_loss_names():
+    fn, text = training_loss("bce_focal_tversky")
+    assert "focal Tversky" in text and "beta 0.7" in text
+    assert training_loss("bce_dice")[0] is bce_dice_loss
+    with pytest.raises(ValueError, match=r"bce_dice.*received 'lovasz'"):
+        training_loss("lovasz")
 
 
 def test_dice_metric_matches_numpy_with_empty_policy():

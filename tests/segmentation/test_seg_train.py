@@ -120,6 +120,7 @@ def test_cli_export_only_and_errors(figshare_like, tmp_path, capsys):
     assert recipe["augmentation"]["noise"] == 0.04
     assert recipe["augmentation"]["rotation_deg"] == 15.0
     assert recipe["augmentation"]["zoom"] == 0.1  # the default, unchanged
+    assert recipe["loss"] == "BCE + soft Dice (smooth 1)"
     assert main(args) == 2  # run exists, no --resume
     assert (
         main(["--run-dir", cfg.run_dir, "--export", str(tmp_path / "art2"), "--export-only"]) == 0
@@ -192,3 +193,18 @@ def test_cli_passes_mirror_input(monkeypatch, tmp_path):
     seen.clear()
     main(["--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r2")])
     assert seen["cfg"].mirror_input is False
+    assert seen["cfg"].loss == "bce_dice"
+
+
+def test_cli_loss_option(monkeypatch, tmp_path, capsys):
+    import segmentation.train as train_module
+
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda cfg, **kw: seen.setdefault("cfg", cfg))
+    base = ["--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r")]
+    main([*base, "--loss", "bce_focal_tversky"])
+    assert seen["cfg"].loss == "bce_focal_tversky"
+    seen.clear()
+    with pytest.raises(SystemExit):  # checked before any work
+        main([*base, "--loss", "lovasz"])
+    assert "received 'lovasz'" in capsys.readouterr().err and not seen
