@@ -125,6 +125,26 @@ class CaseResult:
         return rec
 
 
+
+def empty_mask_warning(result: CaseResult, max_probability: float) -> str:
+    """Say that the segmenter outlined nothing, with the slice's highest tumour probability.
+
+    Args:
+        result: The case (its class, whether a tumour was found, the threshold).
+        max_probability: Highest tumour probability on the slice, in ``[0, 1]``.
+    """
+    text = (
+        f"segmentation found no tumour pixels at threshold {result.threshold:g} "
+        f"(highest tumour probability on this slice: {max_probability:.3f})"
+    )
+    if not result.tumor_found:
+        return text
+    return (
+        f"{text}, although the ensemble says {result.predicted_class}: no outline and no "
+        "measurements; faint, non-enhancing tumours are the segmenter's known weak point"
+    )
+
+
 class Pipeline:
     """Classifier ensemble + segmenter + morphology, loaded once and shared."""
 
@@ -475,7 +495,7 @@ class Pipeline:
         result.mask_png = mask_image(seg.mask)
         prep.t["render"] = time.perf_counter() - t0
         if not seg.mask.any():
-            result.warnings.append("segmentation found no tumour pixels at this threshold")
+            result.warnings.append(empty_mask_warning(result, float(np.max(seg.probability))))
 
     def _run_segmenter(self, preps: list[_Prepared], threshold: float,
                        postprocess: str | None = None) -> list[Any]:

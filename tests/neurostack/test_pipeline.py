@@ -164,6 +164,27 @@ def test_tumour_prediction_segments_and_warns(tiny_pipeline, png_slice, monkeypa
     assert "base models disagree: glioma, meningioma, notumor" in res.warnings
 
 
+def test_empty_outline_says_why_and_gives_the_highest_probability(
+    tiny_pipeline, png_slice, monkeypatch
+) -> None:
+    prob = tiny_pipeline.segmenter.predict(load_image(png_slice).gray).probability
+    above = float(prob.max()) + 1e-3  # nothing reaches this threshold
+    assert above <= 1.0
+    monkeypatch.setattr(tiny_pipeline.ensemble, "predict_crops",
+                        lambda crops: _fake_prediction([0.9, 0.05, 0.03, 0.02]))
+    res = tiny_pipeline.analyse(png_slice, threshold=above)
+    assert res.segmented and not res.mask.any() and res.morphology["area_px"] == 0
+    expected = (f"segmentation found no tumour pixels at threshold {above:g} "
+                f"(highest tumour probability on this slice: {prob.max():.3f}), although the "
+                "ensemble says glioma: no outline and no measurements")
+    assert [w for w in res.warnings if w.startswith(expected)]
+    monkeypatch.setattr(tiny_pipeline.ensemble, "predict_crops",
+                        lambda crops: _fake_prediction([0.05, 0.05, 0.85, 0.05]))
+    forced = tiny_pipeline.analyse(png_slice, threshold=above, force_segmentation=True)
+    assert (f"segmentation found no tumour pixels at threshold {above:g} "
+            f"(highest tumour probability on this slice: {prob.max():.3f})") in forced.warnings
+
+
 def test_intensity_check_flags_a_darkened_slice_and_records_it(tiny_pipeline, make_slice,
                                                                monkeypatch) -> None:
     from ensemble.intensity import (
