@@ -17,6 +17,7 @@ the segmenter. Measurements: ``benchmarks/README.md``.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -129,19 +130,25 @@ class CaseResult:
 def empty_mask_warning(result: CaseResult, max_probability: float) -> str:
     """Say that the segmenter outlined nothing, with the slice's highest tumour probability.
 
+    The probability is rounded down to 3 decimals (``"< 0.001"`` below that), so it
+    never reads as reaching the threshold it missed.
+
     Args:
         result: The case (its class, whether a tumour was found, the threshold).
         max_probability: Highest tumour probability on the slice, in ``[0, 1]``.
     """
+    shown = math.floor(max_probability * 1000) / 1000
+    highest = "< 0.001" if shown <= 0 else f"{shown:.3f}"
     text = (
         f"segmentation found no tumour pixels at threshold {result.threshold:g} "
-        f"(highest tumour probability on this slice: {max_probability:.3f})"
+        f"(highest tumour probability on this slice: {highest})"
     )
     if not result.tumor_found:
         return text
     return (
         f"{text}, although the ensemble says {result.predicted_class}: no outline and no "
-        "measurements; faint, non-enhancing tumours are the segmenter's known weak point"
+        "measurements. The segmenter misses some tumours entirely (most often faint "
+        "gliomas); read the slice yourself"
     )
 
 

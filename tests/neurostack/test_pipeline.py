@@ -7,6 +7,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -19,7 +20,7 @@ from ensemble.registry import BACKBONES
 from neurostack import CLASS_NAMES
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import LoadedImage, load_image
-from neurostack.pipeline import CaseResult, Pipeline, load_pipeline
+from neurostack.pipeline import CaseResult, Pipeline, empty_mask_warning, load_pipeline
 from neurostack.preprocess import crop, find_brain_box, resize_square
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,15 +175,27 @@ def test_empty_outline_says_why_and_gives_the_highest_probability(
                         lambda crops: _fake_prediction([0.9, 0.05, 0.03, 0.02]))
     res = tiny_pipeline.analyse(png_slice, threshold=above)
     assert res.segmented and not res.mask.any() and res.morphology["area_px"] == 0
+    highest = f"{np.floor(prob.max() * 1000) / 1000:.3f}"
     expected = (f"segmentation found no tumour pixels at threshold {above:g} "
-                f"(highest tumour probability on this slice: {prob.max():.3f}), although the "
+                f"(highest tumour probability on this slice: {highest}), although the "
                 "ensemble says glioma: no outline and no measurements")
     assert [w for w in res.warnings if w.startswith(expected)]
     monkeypatch.setattr(tiny_pipeline.ensemble, "predict_crops",
                         lambda crops: _fake_prediction([0.05, 0.05, 0.85, 0.05]))
     forced = tiny_pipeline.analyse(png_slice, threshold=above, force_segmentation=True)
     assert (f"segmentation found no tumour pixels at threshold {above:g} "
-            f"(highest tumour probability on this slice: {prob.max():.3f})") in forced.warnings
+            f"(highest tumour probability on this slice: {highest})") in forced.warnings
+
+
+@pytest.mark.parametrize(
+    ("p", "shown"), [(0.000344, "< 0.001"), (0.0, "< 0.001"), (0.0808, "0.080"), (0.19999, "0.199")]
+)
+def test_empty_mask_warning_never_rounds_up_to_the_threshold(p: float, shown: str) -> None:
+    case = SimpleNamespace(threshold=0.2, tumor_found=False, predicted_class="notumor")
+    assert empty_mask_warning(case, p) == (
+        f"segmentation found no tumour pixels at threshold 0.2 "
+        f"(highest tumour probability on this slice: {shown})"
+    )
 
 
 def test_intensity_check_flags_a_darkened_slice_and_records_it(tiny_pipeline, make_slice,
