@@ -127,7 +127,8 @@ def gradcam_overlays(data: bytes, frame: int | None, class_index: int) -> dict[s
     Computed on the slice the classifiers analysed (a copy mapped to the training
     curve when the input check corrected it), drawn on the slice as given.
     """
-    from ensemble.gradcam import gradcam_on_image, heatmap_overlay
+    from ensemble.gradcam import gradcam_on_image
+    from neurostack.render import heatmap_overlay
 
     img = decode(data, frame)
     pipeline = get_pipeline()

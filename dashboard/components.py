@@ -24,8 +24,8 @@ DISCLAIMER = (
 )
 PAGES: list[tuple[str, str, str, str]] = [
     ("pages/1_Case_Explorer.py", "Case Explorer", ":material/biotech:",
-     "Radiologists: analyse one slice — class, tumour mask, measurements, Grad-CAM, "
-     "printable report."),
+     "Radiologists: analyse one slice — class, tumour mask and probability map, "
+     "measurements, Grad-CAM, printable report."),
     ("pages/2_Batch_Analysis.py", "Batch Analysis", ":material/stacks:",
      "Analysts: many images or a ZIP, one row per image, CSV export."),
     ("pages/3_Model_Evaluation.py", "Model Evaluation", ":material/monitoring:",

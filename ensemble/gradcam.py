@@ -53,14 +53,3 @@ def gradcam_on_image(
     """Grad-CAM mapped onto the full original image grid ``(H, W)`` (0 outside the crop)."""
     brain = gray[box.row0 : box.row1, box.col0 : box.col1]
     return paste_crop(gradcam(clf, brain, class_index), box, gray.shape)
-
-
-def heatmap_overlay(display: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a [0, 1] heatmap (JET colour map) onto an RGB image; returns uint8 RGB."""
-    import cv2
-
-    colored = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB).astype(np.float32)
-    rgb = display if display.ndim == 3 else np.repeat(display[..., None], 3, axis=-1)
-    out = (1 - alpha * heat[..., None]) * rgb.astype(np.float32) + alpha * heat[..., None] * colored
-    return np.clip(out, 0, 255).astype(np.uint8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -32,3 +34,30 @@ def format_probability(p: float, decimals: int = 1) -> str:
     if percent > 0.0 and round(percent, decimals) <= 0.0:
         return f"<{step:.{decimals}f}%"
     return f"{percent:.{decimals}f}%"
+
+
+def format_probability_floor(p: float, decimals: int = 3) -> str:
+    """Format a probability as a number rounded down, e.g. for one below a threshold.
+
+    Rounding down never shows a value as reaching a threshold it missed
+    (0.19999 -> ``"0.199"``, not ``"0.200"``); a value that rounds down to 0 is
+    shown as ``"< 0.001"`` (for ``decimals=3``), never as a hard 0.
+
+    Args:
+        p: Probability in ``[0, 1]``.
+        decimals: Decimal places (1-6).
+
+    Raises:
+        ValueError: If ``p`` is not a finite number in ``[0, 1]`` or ``decimals``
+            is out of range.
+    """
+    if not 1 <= decimals <= 6:
+        raise ValueError(f"decimals must be in 1..6; received {decimals!r}")
+    p = float(p)
+    if not np.isfinite(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability must be a finite number in [0, 1]; received {p!r}")
+    scale = 10**decimals
+    shown = math.floor(p * scale + 1e-9) / scale  # 0.29 * 1000 is 289.99999999999994
+    if shown <= 0.0:
+        return f"< {1 / scale:.{decimals}f}"
+    return f"{shown:.{decimals}f}"

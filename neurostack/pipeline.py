@@ -17,7 +17,6 @@ the segmenter. Measurements: ``benchmarks/README.md``.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ import numpy as np
 
 from neurostack import CLASS_NAMES, __version__
 from neurostack.errors import ArtifactError, InputImageError
-from neurostack.formatting import format_probability
+from neurostack.formatting import format_probability, format_probability_floor
 from neurostack.imaging import InputLimits, LoadedImage, load_image
 from neurostack.preprocess import CropBox, almost_blank, crop, find_brain_box, resize_square
 from neurostack.render import colourfulness, mask_image, overlay_mask
@@ -130,15 +129,14 @@ class CaseResult:
 def empty_mask_warning(result: CaseResult, max_probability: float) -> str:
     """Say that the segmenter outlined nothing, with the slice's highest tumour probability.
 
-    The probability is rounded down to 3 decimals (``"< 0.001"`` below that), so it
-    never reads as reaching the threshold it missed.
+    The probability is rounded down (:func:`~neurostack.formatting.format_probability_floor`),
+    so it never reads as reaching the threshold it missed.
 
     Args:
         result: The case (its class, whether a tumour was found, the threshold).
         max_probability: Highest tumour probability on the slice, in ``[0, 1]``.
     """
-    shown = math.floor(max_probability * 1000) / 1000
-    highest = "< 0.001" if shown <= 0 else f"{shown:.3f}"
+    highest = format_probability_floor(max_probability)
     text = (
         f"segmentation found no tumour pixels at threshold {result.threshold:g} "
         f"(highest tumour probability on this slice: {highest})"

@@ -1,4 +1,4 @@
-"""Pure image renderings for display and download: green overlay, binary mask image."""
+"""Pure image renderings for display and download: green overlay, binary mask image, heatmaps."""
 
 from __future__ import annotations
 
@@ -50,6 +50,36 @@ def overlay_mask(
         out = np.ascontiguousarray(out)
         cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), contour_px)
     return out
+
+
+def heatmap_overlay(display: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a heatmap in ``[0, 1]`` (JET colour map) onto an image, in proportion to the heat.
+
+    Zero heat leaves a pixel unchanged, so a map that is near 0 everywhere shows
+    the image as it is (Grad-CAM maps, the segmenter's tumour probabilities).
+
+    Args:
+        display: ``(H, W, 3)`` uint8 RGB (or ``(H, W)`` greyscale) original.
+        heat: ``(H, W)`` values in ``[0, 1]`` on the same grid.
+        alpha: Opacity of the colour where the heat is 1, in ``[0, 1]``.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image; the original is not modified.
+
+    Raises:
+        ValueError: If the shapes differ or ``alpha`` is outside ``[0, 1]``.
+    """
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    rgb = display if display.ndim == 3 else np.repeat(display[..., None], 3, axis=-1)
+    if heat.shape != rgb.shape[:2]:
+        raise ValueError(f"heat shape {heat.shape} differs from image shape {rgb.shape[:2]}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1]; received {alpha}")
+    colored = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB).astype(np.float32)
+    weight = alpha * heat[..., None]
+    out = (1 - weight) * rgb.astype(np.float32) + weight * colored
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -1,4 +1,4 @@
-"""Case Explorer: analyse one slice — class, tumour overlay, mask, measurements, Grad-CAM."""
+"""Case Explorer: one slice — class, overlay, mask, probability map, measurements, Grad-CAM."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from dashboard import cache, charts, components, paths
 from dashboard.evaluation import model_label
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
-from neurostack.formatting import format_probability
+from neurostack.formatting import format_probability, format_probability_floor
 from neurostack.imaging import window_to_uint8
-from neurostack.render import encode_png, overlay_mask
+from neurostack.render import encode_png, heatmap_overlay, overlay_mask
 from neurostack.report import case_report_html, intensity_sentence, spacing_sentence
 
 components.page_setup("Case Explorer", ":material/biotech:")
@@ -188,6 +188,17 @@ else:
                 st.rerun()
         else:
             st.warning("Segmentation is not available (model not loaded).")
+
+if result.segmented and result.probability is not None:
+    with st.expander("Segmenter probability map"):
+        st.image(heatmap_overlay(display, result.probability), width="stretch",
+                 caption="Tumour probability of the Res-UNet per pixel, on the slice as given")
+        st.caption(
+            f"Colour from blue (low) to dark red (1), drawn in proportion to the probability, "
+            f"so pixels near 0 show the slice unchanged. The mask is where the probability is "
+            f"at or above {result.threshold:g}; highest on this slice: "
+            f"{format_probability_floor(float(result.probability.max()))}."
+        )
 
 left, right = st.columns([1, 1])
 with left:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble.gradcam import gradcam, gradcam_on_image, heatmap_overlay
+from ensemble.gradcam import gradcam, gradcam_on_image
 from neurostack.preprocess import CropBox, find_brain_box
 
 
@@ -45,13 +45,3 @@ def test_invalid_class_index(tiny_pipeline, slice_and_box) -> None:
     gray, _ = slice_and_box
     with pytest.raises(ValueError, match="class_index must be in 0..3; received 4"):
         gradcam(tiny_pipeline.ensemble.members["resnet50"], gray, 4)
-
-
-def test_heatmap_overlay() -> None:
-    display = np.full((20, 30), 100, np.uint8)
-    heat = np.zeros((20, 30), np.float32)
-    heat[5:10, 5:10] = 1.0
-    out = heatmap_overlay(display, heat)
-    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
-    assert (out[heat == 0] == 100).all()  # zero heat leaves the image unchanged
-    assert (out[5:10, 5:10] != 100).any()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neurostack.formatting import format_probability
+from neurostack.formatting import format_probability, format_probability_floor
 
 
 @pytest.mark.parametrize(("p", "decimals", "text"), [
@@ -21,3 +21,18 @@ def test_format_probability_never_shows_100_or_0_for_a_model_output(p, decimals,
 def test_format_probability_rejects_impossible_values(p, decimals) -> None:
     with pytest.raises(ValueError, match="probability|decimals"):
         format_probability(p, decimals)
+
+
+@pytest.mark.parametrize(("p", "decimals", "text"), [
+    (0.19999, 3, "0.199"), (0.2, 3, "0.200"), (0.29, 3, "0.290"), (0.0808, 3, "0.080"),
+    (0.000344, 3, "< 0.001"),
+    (0.0, 3, "< 0.001"), (1.0, 3, "1.000"), (0.56, 1, "0.5"), (0.04, 1, "< 0.1"),
+])
+def test_format_probability_floor_never_rounds_up(p, decimals, text) -> None:
+    assert format_probability_floor(p, decimals) == text
+
+
+@pytest.mark.parametrize(("p", "decimals"), [(1.5, 3), (-0.01, 3), (float("inf"), 3), (0.5, 0)])
+def test_format_probability_floor_rejects_impossible_values(p, decimals) -> None:
+    with pytest.raises(ValueError, match="probability|decimals"):
+        format_probability_floor(p, decimals)

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neurostack.render import GREEN, colourfulness, encode_png, mask_image, overlay_mask
+from neurostack.render import (
+    GREEN,
+    colourfulness,
+    encode_png,
+    heatmap_overlay,
+    mask_image,
+    overlay_mask,
+)
 
 
 def _mask(shape=(40, 60)) -> np.ndarray:
@@ -104,3 +111,25 @@ def test_colourfulness() -> None:
     red = np.zeros((4, 4, 3), np.uint8)
     red[..., 0] = 200
     assert colourfulness(red) == pytest.approx(100.0)  # (|200 - 0| + |0 - 0|) / 2
+
+
+def test_heatmap_overlay() -> None:
+    display = np.full((20, 30), 100, np.uint8)
+    heat = np.zeros((20, 30), np.float32)
+    heat[5:10, 5:10] = 1.0
+    heat[12, 12] = 0.5
+    out = heatmap_overlay(display, heat)
+    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    assert (out[heat == 0] == 100).all()  # zero heat leaves the image unchanged
+    # heat 1 is JET's dark red (RGB 128, 0, 0) at 45 % opacity over grey 100
+    expected = (0.55 * 100 + 0.45 * np.array([128.0, 0.0, 0.0])).astype(np.uint8)  # 112, 55, 55
+    np.testing.assert_array_equal(out[7, 7], expected)
+    assert np.abs(out[12, 12].astype(int) - 100).max() < np.abs(out[7, 7].astype(int) - 100).max()
+    assert (display == 100).all()  # the original is not modified
+
+
+def test_heatmap_overlay_rejects_mismatches() -> None:
+    with pytest.raises(ValueError, match=r"heat shape \(4, 4\) differs from image shape \(5, 5\)"):
+        heatmap_overlay(np.zeros((5, 5), np.uint8), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="alpha must be in"):
+        heatmap_overlay(np.zeros((5, 5), np.uint8), np.zeros((5, 5)), alpha=1.5)

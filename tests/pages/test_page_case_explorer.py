@@ -38,7 +38,11 @@ def test_sample_is_classified_and_measured(make_app):
     assert "area_px" in features and "circularity" in features
     assert any("pixel units" in c.value for c in at.caption)
     assert len(at.get("download_button")) == 5
-    assert len(at.get("image")) == 3  # original, overlay, mask
+    assert len(at.get("image")) == 4  # original, overlay, mask, probability map
+    assert "Segmenter probability map" in [e.label for e in at.expander]
+    highest = next(c.value for c in at.caption if "highest on this slice" in c.value)
+    assert re.search(r"at or above 0?\.\d+; highest on this slice: (< 0\.001|[01]\.\d{3})\.$",
+                     highest)
 
 
 def _force_notumor(monkeypatch):
@@ -66,6 +70,7 @@ def test_no_tumour_stops_until_segment_anyway(make_app, monkeypatch):
         assert _metric(at, "Predicted class") == "notumor"
         assert len(at.table) == 0
         assert any("No tumour predicted" in i.value for i in at.info)
+        assert "Segmenter probability map" not in [e.label for e in at.expander]
         at.button(key="ce_segment_anyway").click().run()
         assert not at.exception, [e.message for e in at.exception]
         assert len(at.table) == 1
