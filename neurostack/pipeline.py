@@ -125,7 +125,6 @@ class CaseResult:
         return rec
 
 
-
 def empty_mask_warning(result: CaseResult, max_probability: float) -> str:
     """Say that the segmenter outlined nothing, with the slice's highest tumour probability.
 

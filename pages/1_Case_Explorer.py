@@ -194,8 +194,8 @@ if result.segmented and result.probability is not None:
         st.image(heatmap_overlay(display, result.probability), width="stretch",
                  caption="Tumour probability of the Res-UNet per pixel, on the slice as given")
         st.caption(
-            f"Colour from blue (low) to dark red (1), drawn in proportion to the probability, "
-            f"so pixels near 0 show the slice unchanged. The mask is where the probability is "
+            "Colour from blue (low) to dark red (1), drawn in proportion to the probability, "
+            "so pixels near 0 show the slice unchanged. The mask is where the probability is "
             f"at or above {result.threshold:g}; highest on this slice: "
             f"{format_probability_floor(float(result.probability.max()))}."
         )
