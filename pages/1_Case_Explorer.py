@@ -191,9 +191,10 @@ else:
 
 if result.segmented and result.probability is not None:
     with st.expander("Segmenter probability map"):
-        st.image(heatmap_overlay(display, result.probability), width="stretch",
+        pm, note = st.columns([1, 2])
+        pm.image(heatmap_overlay(display, result.probability), width="stretch",
                  caption="Tumour probability of the Res-UNet per pixel, on the slice as given")
-        st.caption(
+        note.caption(
             "Colour from blue (low) to dark red (1), drawn in proportion to the probability, "
             "so pixels near 0 show the slice unchanged. The mask is where the probability is "
             f"at or above {result.threshold:g}; highest on this slice: "
