@@ -7,6 +7,16 @@ import math
 import numpy as np
 
 
+def _checked(p: float, decimals: int, lowest: int, highest: int) -> float:
+    """``p`` as a float after checking it is a probability and ``decimals`` is in range."""
+    if not lowest <= decimals <= highest:
+        raise ValueError(f"decimals must be in {lowest}..{highest}; received {decimals!r}")
+    p = float(p)
+    if not np.isfinite(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"probability must be a finite number in [0, 1]; received {p!r}")
+    return p
+
+
 def format_probability(p: float, decimals: int = 1) -> str:
     """Format a probability as a percentage that never reads as certainty it does not have.
 
@@ -22,11 +32,7 @@ def format_probability(p: float, decimals: int = 1) -> str:
         ValueError: If ``p`` is not a finite number in ``[0, 1]`` or ``decimals``
             is out of range.
     """
-    if not 0 <= decimals <= 4:
-        raise ValueError(f"decimals must be in 0..4; received {decimals!r}")
-    p = float(p)
-    if not np.isfinite(p) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"probability must be a finite number in [0, 1]; received {p!r}")
+    p = _checked(p, decimals, 0, 4)
     step = 10.0 ** -decimals  # smallest shown step, in percent
     percent = 100.0 * p
     if round(percent, decimals) >= 100.0:
@@ -51,11 +57,7 @@ def format_probability_floor(p: float, decimals: int = 3) -> str:
         ValueError: If ``p`` is not a finite number in ``[0, 1]`` or ``decimals``
             is out of range.
     """
-    if not 1 <= decimals <= 6:
-        raise ValueError(f"decimals must be in 1..6; received {decimals!r}")
-    p = float(p)
-    if not np.isfinite(p) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"probability must be a finite number in [0, 1]; received {p!r}")
+    p = _checked(p, decimals, 1, 6)
     scale = 10**decimals
     shown = math.floor(p * scale + 1e-9) / scale  # 0.29 * 1000 is 289.99999999999994
     if shown <= 0.0:
