@@ -303,6 +303,13 @@ class AugmentConfig:
             ``sqrt((x + n1)**2 + n2**2)`` with ``n1, n2 ~ N(0, sigma)`` per pixel and
             ``sigma`` drawn uniformly from ``[0, noise]`` (intensities in ``[0, 1]``);
             0 switches it off (same rule as ``gamma``).
+        tumour_flatten: Probability of simulating a non-enhancing tumour: the
+            tumour's grey levels are pulled toward the median of the head tissue
+            around it (a ring 2-6 px outside the mask, pixels above
+            ``HEAD_LEVEL``) by a fraction drawn uniformly from ``[0, 1]``, through a
+            Gaussian-softened mask, so its texture and shape stay and only the
+            enhancement goes. Tumours no brighter than their surroundings are left
+            alone. 0 switches it off (same rule as ``gamma``).
     """
 
     flip: bool = True
@@ -312,6 +319,7 @@ class AugmentConfig:
     brightness: tuple[float, float] = (0.8, 1.2)
     gamma: float = 0.0
     noise: float = 0.0
+    tumour_flatten: float = 0.0
 
     def __post_init__(self) -> None:
         bad = {
@@ -325,15 +333,67 @@ class AugmentConfig:
             bad["gamma"] = self.gamma
         if not 0 <= self.noise < 1:
             bad["noise"] = self.noise
+        if not 0 <= self.tumour_flatten <= 1:
+            bad["tumour_flatten"] = self.tumour_flatten
         lo, hi = self.brightness
         if not 0 < lo <= hi:
             bad["brightness"] = self.brightness
         if bad:
             raise ValueError(
-                "augmentation ranges must be >= 0 (zoom, noise < 1; "
+                "augmentation ranges must be >= 0 (zoom, noise < 1; tumour_flatten <= 1; "
                 f"0 < brightness low <= high); "
                 f"received {bad}"
             )
+
+
+HEAD_LEVEL = 20.0 / 255.0
+"""Grey level above which a pixel counts as head tissue for ``tumour_flatten``."""
+
+
+def _gaussian_blur(x: tf.Tensor, sigma: float) -> tf.Tensor:
+    """Blur a ``(1, S, S, 1)`` tensor with a normalised Gaussian (zero padding)."""
+    import tensorflow as tf
+
+    r = int(np.ceil(3 * sigma))
+    g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    kernel = np.outer(g, g) / np.outer(g, g).sum()
+    return tf.nn.conv2d(x, tf.constant(kernel[..., None, None], tf.float32), 1, "SAME")
+
+
+def flatten_tumour(image: tf.Tensor, mask: tf.Tensor, strength: tf.Tensor) -> tf.Tensor:
+    """Remove a fraction of a tumour's enhancement, keeping its fine texture.
+
+    The enhancement is the tumour's excess over the median of the head tissue
+    around it (a ring 3-6 px outside the mask, pixels above ``HEAD_LEVEL``),
+    smoothed within the mask (Gaussian, sigma 3 px, normalised by the mask) so
+    that only its slowly varying part goes; it is subtracted through the mask
+    softened by a Gaussian of sigma 1 px, so the tumour fades into the tissue
+    over about 2 px instead of ending in a drawn (dark) edge.
+
+    Args:
+        image: ``(S, S, 1)`` float32 intensities in ``[0, 1]``.
+        mask: ``(S, S, 1)`` float32 tumour mask (``> 0.5`` is tumour).
+        strength: Scalar in ``[0, 1]``: 0 returns the image unchanged, 1 removes
+            the whole smoothed excess.
+
+    Returns:
+        ``(S, S, 1)`` float32 image in ``[0, 1]``. An empty mask, a mask with no
+        head tissue around it, or a tumour no brighter than that tissue leaves the
+        image unchanged.
+    """
+    import tensorflow as tf
+
+    m = tf.cast(mask > 0.5, tf.float32)[None]  # (1, S, S, 1)
+    near = tf.nn.max_pool2d(m, 7, 1, "SAME")  # within 3 px
+    far = tf.nn.max_pool2d(m, 13, 1, "SAME")  # within 6 px
+    ring = tf.logical_and((far - near)[0, ..., 0] > 0.5, image[..., 0] > HEAD_LEVEL)
+    around = tf.sort(tf.boolean_mask(image[..., 0], ring))
+    n_around = tf.size(around)
+    median = tf.cond(n_around > 0, lambda: around[n_around // 2], lambda: tf.constant(1.0))
+    excess = tf.nn.relu(image[None] - median) * m
+    smooth = _gaussian_blur(excess, 3.0) / tf.maximum(_gaussian_blur(m, 3.0), 1e-3)
+    soft = _gaussian_blur(m, 1.0)
+    return tf.clip_by_value(image - strength * (soft * smooth)[0], 0.0, 1.0)
 
 
 def _augment_pair(
@@ -367,9 +427,14 @@ def _augment_pair(
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )[0]
+    image = pair[..., :1]
+    if cfg.tumour_flatten > 0:
+        u = tf.random.stateless_uniform([2], seed=seed + 4, minval=0.0, maxval=1.0)
+        strength = tf.where(u[0] < cfg.tumour_flatten, u[1], 0.0)
+        image = flatten_tumour(image, pair[..., 1:], strength)
     lo, hi = cfg.brightness
     factor = lo + (r[5] + 1.0) / 2.0 * (hi - lo)
-    image = tf.clip_by_value(pair[..., :1] * factor, 0.0, 1.0)
+    image = tf.clip_by_value(image * factor, 0.0, 1.0)
     if cfg.gamma > 0:
         u = tf.random.stateless_uniform([], seed=seed + 1, minval=-1.0, maxval=1.0)
         image = tf.pow(image, tf.exp(u * float(np.log1p(cfg.gamma))))

@@ -359,6 +359,7 @@ def train(
     Raises:
         FileExistsError: If the run folder already holds a run and ``resume`` is false.
         RuntimeError: If another trainer holds the run folder's lock.
+        ValueError: If an option is out of range (checked before anything is written).
     """
     run_dir = Path(cfg.run_dir)
     state = _read_state(run_dir) if resume else None
@@ -382,7 +383,7 @@ def train(
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose a new --run-dir"
         )
-
+    validate_config(cfg)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     lock = _lock_run_dir(run_dir)
     import keras
@@ -393,6 +394,37 @@ def train(
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
         lock.close()
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check a run's options before any data is read or file written.
+
+    Raises:
+        ValueError: Naming the option, the allowed values and the received value.
+    """
+    from segmentation.metrics import training_loss
+
+    training_loss(cfg.loss)
+    if cfg.mixed_precision not in TRAINING_PRECISIONS:
+        raise ValueError(
+            f"mixed_precision must be one of {list(TRAINING_PRECISIONS)}; "
+            f"received {cfg.mixed_precision!r}"
+        )
+    positive = {
+        k: getattr(cfg, k) for k in ("image_size", "base_filters", "depth", "epochs", "batch_size")
+    }
+    bad = {k: v for k, v in positive.items() if not (isinstance(v, int) and v >= 1)}
+    if cfg.learning_rate <= 0:
+        bad["learning_rate"] = cfg.learning_rate
+    if not 0 <= cfg.dropout < 1:
+        bad["dropout"] = cfg.dropout
+    if bad:
+        raise ValueError(
+            "image_size, base_filters, depth, epochs and batch_size must be integers >= 1, "
+            f"learning_rate > 0 and 0 <= dropout < 1; received {bad}"
+        )
+    if cfg.augment:
+        data_augment_config(cfg)  # raises ValueError on a bad range
 
 
 def _lock_run_dir(run_dir: Path):
@@ -738,6 +770,12 @@ def _parser() -> argparse.ArgumentParser:
         default=aug.noise,
         help="max Rician noise sigma on [0, 1] intensities (0: off)",
     )
+    p.add_argument(
+        "--aug-tumour-flatten",
+        type=float,
+        default=aug.tumour_flatten,
+        help="probability of removing a random fraction of the tumour's enhancement (0: off)",
+    )
     p.add_argument("--max-train-images", type=int, default=None, help="smoke tests only")
     p.add_argument(
         "--init-weights",
@@ -786,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         "zoom": args.aug_zoom,
         "gamma": args.aug_gamma,
         "noise": args.aug_noise,
+        "tumour_flatten": args.aug_tumour_flatten,
     }
     try:
         AugmentConfig(**ranges)  # validate up front

@@ -3,12 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage as ndi
 
 from neurostack.preprocess import CropBox
 from segmentation.data import (
     SPLIT_COLUMNS,
     AugmentConfig,
     PreparedData,
+    flatten_tumour,
     load_metadata,
     make_eval_dataset,
     make_patient_split,
@@ -217,9 +219,81 @@ def test_rician_noise_changes_only_the_image_and_zero_changes_nothing():
     assert np.abs(diff).max() < 0.5
 
 
+def _enhancing_tumour(tumour_level: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
+    """A 48x48 head at 0.3 with a textured 12x12 tumour at ``tumour_level``."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((48, 48, 1), np.float32)
+    image[4:44, 4:44] = 0.3
+    mask = np.zeros_like(image)
+    mask[18:30, 18:30] = 1.0
+    texture = rng.uniform(-0.05, 0.05, (12, 12, 1)).astype(np.float32)
+    image[18:30, 18:30] = tumour_level + texture
+    return image, mask
+
+
+def test_flatten_tumour_removes_the_enhancement_and_keeps_the_texture():
+    image, mask = _enhancing_tumour()
+    out = np.asarray(flatten_tumour(image, mask, 1.0))
+    core = (slice(21, 27), slice(21, 27))  # >= 3 px inside: the softened mask is ~1 there
+    # the tumour's excess over its surroundings (level 0.7 vs median 0.3) is gone...
+    np.testing.assert_allclose(out[core].mean(), 0.3, atol=0.01)
+    # ...its fine texture (uniform +-0.05 per pixel) is not
+    detail = image[core] - image[core].mean()
+    np.testing.assert_allclose(out[core] - out[core].mean(), detail, atol=0.015)
+    assert np.corrcoef(out[core].ravel(), detail.ravel())[0, 1] > 0.9
+    # tissue more than 3 px (the kernel's reach) from the tumour is untouched
+    far = np.ones((48, 48, 1), bool)
+    far[15:33, 15:33] = False
+    np.testing.assert_array_equal(out[far], image[far])
+    # no dark rim is drawn, and the border (2 px) keeps under a quarter of its excess
+    inner = ndi.binary_erosion(mask[..., 0] > 0.5, np.ones((3, 3), bool), 2)
+    border = (mask[..., 0] > 0.5) & ~inner
+    assert out[..., 0][border].min() > 0.3 - 0.1
+    assert out[..., 0][border].mean() - 0.3 < 0.25 * (image[..., 0][border].mean() - 0.3)
+    half = np.asarray(flatten_tumour(image, mask, 0.5))
+    np.testing.assert_allclose(half[core].mean(), image[core].mean() - 0.2, atol=0.01)
+    np.testing.assert_array_equal(np.asarray(flatten_tumour(image, mask, 0.0)), image)
+
+
+def test_flatten_tumour_leaves_dark_and_empty_tumours_alone():
+    image, mask = _enhancing_tumour(tumour_level=0.2)  # darker than the tissue around it
+    np.testing.assert_array_equal(np.asarray(flatten_tumour(image, mask, 1.0)), image)
+    np.testing.assert_array_equal(
+        np.asarray(flatten_tumour(image, np.zeros_like(mask), 1.0)), image
+    )
+    black = np.where(mask > 0, image, 0.0).astype(np.float32)  # no head tissue around it
+    np.testing.assert_array_equal(np.asarray(flatten_tumour(black, mask, 1.0)), black)
+
+
+def test_tumour_flatten_augmentation_changes_only_tumour_images_and_zero_changes_nothing():
+    data = _toy_data(8)
+    data.images[:, 2:30, 2:30] = np.maximum(data.images[:, 2:30, 2:30], 60)  # head tissue
+
+    def run(cfg):
+        x, y = next(iter(make_train_dataset(data, 8, epoch=1, augment=cfg)))
+        return np.asarray(x), np.asarray(y)
+
+    geometry = dict(rotation_deg=10, shift=0.05, zoom=0.1, gamma=0.3, noise=0.02)
+    x0, y0 = run(AugmentConfig(**geometry))
+    x_off, _ = run(AugmentConfig(**geometry, tumour_flatten=0.0))
+    np.testing.assert_array_equal(x0, x_off)  # 0: the same draws as before
+    x1, y1 = run(AugmentConfig(**geometry, tumour_flatten=1.0))
+    np.testing.assert_array_equal(y0, y1)  # masks untouched
+    changed = np.abs(x1 - x0) > 1e-6
+    assert changed.any()
+    # only pixels within the softening kernel's reach (3 px) of the tumour change
+    square = np.ones((3, 3), bool)
+    near = np.stack([ndi.binary_dilation(m[..., 0] > 0.5, square, 3) for m in y1])[..., None]
+    assert not changed[~near].any()
+    # and they only get darker before the global intensity changes, so the tumours dim
+    assert x1[y1 > 0.5].mean() < x0[y0 > 0.5].mean()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"tumour_flatten": -0.1},
+        {"tumour_flatten": 1.5},
         {"gamma": -0.1},
         {"zoom": 1.0},
         {"rotation_deg": -5},

@@ -113,11 +113,21 @@ def test_cli_export_only_and_errors(figshare_like, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--aug-noise", "-0.1"])
     assert "augmentation ranges" in capsys.readouterr().err
-    assert main([*args, "--aug-gamma", "0.3", "--aug-rotation", "15", "--aug-noise", "0.04"]) == 0
+    with pytest.raises(SystemExit):
+        main([*args, "--aug-tumour-flatten", "1.5"])
+    assert "tumour_flatten" in capsys.readouterr().err
+    assert (
+        main(
+            [*args, "--aug-gamma", "0.3", "--aug-rotation", "15", "--aug-noise", "0.04",
+             "--aug-tumour-flatten", "0.5"]
+        )
+        == 0
+    )
     assert (tmp_path / "art" / "weights.npz").is_file()
     recipe = json.loads((tmp_path / "art" / "config.json").read_text())["recipe"]
     assert recipe["augmentation"]["gamma"] == 0.3
     assert recipe["augmentation"]["noise"] == 0.04
+    assert recipe["augmentation"]["tumour_flatten"] == 0.5
     assert recipe["augmentation"]["rotation_deg"] == 15.0
     assert recipe["augmentation"]["zoom"] == 0.1  # the default, unchanged
     assert recipe["loss"] == "BCE + soft Dice (smooth 1)"
@@ -208,3 +218,22 @@ def test_cli_loss_option(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit):  # checked before any work
         main([*base, "--loss", "lovasz"])
     assert "received 'lovasz'" in capsys.readouterr().err and not seen
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"loss": "lovasz"}, "received 'lovasz'"),
+        ({"mixed_precision": "float16"}, "received 'float16'"),
+        ({"epochs": 0}, "'epochs': 0"),
+        ({"learning_rate": -1e-3}, "'learning_rate': -0.001"),
+        ({"dropout": 1.0}, "'dropout': 1.0"),
+        ({"extra": {"augment": {"tumour_flatten": 2.0}}}, "'tumour_flatten': 2.0"),
+    ],
+)
+def test_train_rejects_bad_options_before_writing_anything(figshare_like, tmp_path, kw, message):
+    cfg = _cfg(figshare_like, tmp_path, **kw)
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "cache").exists()
