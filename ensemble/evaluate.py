@@ -6,6 +6,11 @@ probability columns ``<model>_<class>`` for every base model and
 ``failures.csv``. Unreadable files are reported and skipped; the command
 exits 0 when at least one image was evaluated.
 
+``--intensity-reference auto`` scores the slices as the pipeline feeds them: a
+slice the input check flags is mapped to the training intensity curve first
+(``ensemble.intensity.corrected_slice``), and ``predictions.csv`` gains an
+``intensity_corrected`` column. The default, ``none``, scores the slices as given.
+
 Example::
 
     python -m ensemble.evaluate ../shared/datasets/brain-tumor-mri/Training \
@@ -27,6 +32,14 @@ from tqdm.auto import tqdm
 
 from ensemble.data import label_indices, list_class_folder, load_split
 from ensemble.inference import Ensemble, load_ensemble
+from ensemble.intensity import (
+    REFERENCE_FOLDER,
+    IntensityReference,
+    check_slice,
+    corrected_slice,
+    correction_record,
+    resolve_reference,
+)
 from ensemble.metrics import classification_metrics
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
@@ -47,6 +60,8 @@ def predict_files(
     rows: pd.DataFrame,
     batch_size: int = 32,
     reuse: pd.DataFrame | None = None,
+    reference: IntensityReference | None = None,
+    reuse_is_mapped: bool = False,
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Predict every file in ``rows`` (columns ``path``, ``label``); collect failures.
 
@@ -59,6 +74,11 @@ def predict_files(
             indexed by ``path`` with ``<model>_<class>`` columns (:func:`reusable_predictions`);
             those members are not run again, the final answer is recomputed. A batch
             with a path missing from ``reuse`` is run in full.
+        reference: The input check's reference: a slice it flags is mapped to the
+            training curve before the networks (as the pipeline does) and its row
+            gets ``intensity_corrected = True``. ``None``: slices as given, no column.
+        reuse_is_mapped: Whether ``reuse`` was computed with the same ``reference``;
+            if not, a batch holding a slice mapped here is run in full.
 
     Returns:
         ``(predictions, failures)``: one row per readable image; one dict
@@ -70,20 +90,25 @@ def predict_files(
     reused = [n for n in names if reuse is not None and probability_columns(n)[0] in reuse]
     for start in tqdm(range(0, len(rows), batch_size), desc="evaluating", unit="batch"):
         chunk = rows.iloc[start : start + batch_size]
-        crops, kept = [], []
+        crops, kept, mapped = [], [], []
         for rec in chunk.itertuples(index=False):
             try:
                 gray = load_image(root / rec.path).gray
             except InputImageError as exc:
                 failures.append({"path": rec.path, "error": str(exc)})
                 continue
+            if reference is not None:
+                corrected = corrected_slice(gray, check_slice(reference, gray))
+                gray = gray if corrected is None else corrected
+                mapped.append(corrected is not None)
             crops.append(crop(gray, find_brain_box(gray)))
             kept.append(rec)
         if not crops:
             continue
         paths = [r.path for r in kept]
         given = {}
-        if reused and pd.Index(paths).isin(reuse.index).all():
+        stale = any(mapped) and not reuse_is_mapped  # reused rows were computed as given
+        if reused and not stale and pd.Index(paths).isin(reuse.index).all():
             given = {
                 n: reuse.loc[paths, probability_columns(n)].to_numpy(np.float32) for n in reused
             }
@@ -101,6 +126,8 @@ def predict_files(
             row.update(
                 zip(probability_columns(ENSEMBLE_COLUMN), pred.ensemble[i].tolist(), strict=True)
             )
+            if reference is not None:
+                row["intensity_corrected"] = mapped[i]
             out_rows.append(row)
     return pd.DataFrame(out_rows), failures
 
@@ -172,8 +199,15 @@ def evaluate(
     reuse: Path | None = None,
     tta: str | None = None,
     runtime: str | None = None,
+    intensity_reference: str | Path | None = None,
 ) -> dict:
     """Run the ensemble over a dataset and write predictions, metrics and failures.
+
+    ``intensity_reference`` (``auto``, ``none`` or a folder; see
+    :func:`ensemble.intensity.resolve_reference`) applies the pipeline's
+    input check; ``metrics.json`` records it under ``intensity_correction`` (``None``
+    when the slices were scored as given) and the number mapped as
+    ``n_intensity_corrected``.
 
     ``tta`` is the base models' test-time augmentation (``None``: the meta-learner's,
     see :func:`~ensemble.inference.load_ensemble`); ``metrics.json`` records it, and
@@ -183,16 +217,28 @@ def evaluate(
     weights are unchanged are not run again (see :func:`reusable_predictions`);
     ``metrics.json`` names them under ``reused``.
     """
+    reference, reference_path = resolve_reference(
+        intensity_reference, Path(artifacts) / REFERENCE_FOLDER
+    )
+    correction = correction_record(reference, reference_path)
     rows = load_split(split_csv, part) if split_csv else list_class_folder(data_dir)
     t0 = time.time()
     reused: list[str] = []
+    reuse_is_mapped = False
     if reuse is not None:
         ensemble = load_ensemble(artifacts, strict=strict, fused=False, tta=tta, runtime=runtime)
         table, reused = reusable_predictions(reuse, ensemble)
+        old = json.loads((Path(reuse) / "metrics.json").read_text()).get("intensity_correction")
+        reuse_is_mapped = correction is not None and old is not None and (
+            old.get("features_sha256") == correction["features_sha256"]
+            and old.get("threshold") == correction["threshold"]
+        )
     else:
         ensemble = load_ensemble(artifacts, strict=strict, tta=tta, runtime=runtime)
         table = None
-    preds, failures = predict_files(ensemble, Path(data_dir), rows, batch_size, table)
+    preds, failures = predict_files(
+        ensemble, Path(data_dir), rows, batch_size, table, reference, reuse_is_mapped
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     preds.to_csv(out_dir / "predictions.csv", index=False)
     if failures:
@@ -203,6 +249,10 @@ def evaluate(
         ensemble_method=ensemble.method,
         tta=ensemble.tta,
         runtimes=ensemble.runtimes,
+        intensity_correction=correction,
+        n_intensity_corrected=(
+            int(preds["intensity_corrected"].sum()) if correction is not None and len(preds) else 0
+        ),
         missing_artifacts=ensemble.missing,
         split={"csv": str(split_csv) if split_csv else None, "part": part},
         artifacts={name: clf.config["weights_sha256"] for name, clf in ensemble.members.items()}
@@ -279,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also write each model's metrics for --part into ARTIFACTS/<model>/metrics.json",
     )
+    p.add_argument(
+        "--intensity-reference",
+        default="none",
+        help="input check applied before the networks as in the pipeline: none (default: "
+        "slices as given), auto (ARTIFACTS/intensity_reference, if any) or a folder",
+    )
     a = p.parse_args(argv)
     if a.part and not a.split:
         p.error("--part needs --split")
@@ -297,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         reuse=a.reuse,
         tta=a.tta,
         runtime=a.runtime,
+        intensity_reference=a.intensity_reference,
     )
     if a.record_in_artifacts and m["n_images"]:
         for path in record_in_artifacts(m, a.artifacts, a.out / "metrics.json", a.part):
@@ -306,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:12s} accuracy={rec['accuracy']:.4f} macro_f1={rec['macro_f1']:.4f} "
             f"auc={rec['roc_auc']['macro']}"
         )
+    if m["intensity_correction"] is not None:
+        print(f"{m['n_intensity_corrected']} slices mapped to the training curve first")
     print(f"{m['n_images']} images evaluated, {m['n_failed']} failed -> {a.out}")
     if m["n_images"] == 0:
         print("no image could be evaluated", file=sys.stderr)

@@ -219,6 +219,29 @@ def network_inputs(grays: Sequence[np.ndarray], reference: IntensityReference | 
     return inputs, corrected
 
 
+def resolve_reference(choice: str | Path | None, default: str | Path
+                      ) -> tuple[IntensityReference | None, Path | None]:
+    """Load the input check's reference an evaluation should apply.
+
+    Args:
+        choice: ``"auto"`` (``default`` if that folder exists, else none),
+            ``"none"`` / ``None`` (slices as given) or a reference folder.
+        default: The reference shipped beside the models being evaluated.
+
+    Returns:
+        ``(reference or None, its folder or None)``.
+
+    Raises:
+        ArtifactError: If a named folder (or an existing ``auto`` one) is unusable.
+    """
+    if choice is None or str(choice) == "none":
+        return None, None
+    path = Path(default) if str(choice) == "auto" else Path(choice)
+    if str(choice) == "auto" and not path.is_dir():
+        return None, None
+    return load_reference(path), path
+
+
 def correction_record(reference: IntensityReference | None, path: str | Path | None
                       ) -> dict[str, Any] | None:
     """Provenance of the intensity correction an evaluation used (``None``: none)."""

@@ -95,6 +95,20 @@ def _tiny_intensity_reference(cls_dir: Path, seed: int) -> None:
                    cls_dir / REFERENCE_FOLDER, {"tiny_test_artifact": True})
 
 
+def flag_everything_reference(folder: str | Path) -> Path:
+    """Write an intensity reference whose threshold 0 flags every slice.
+
+    Its training curve sits at ``log(0.4)`` for every quantile, so each slice's
+    relative gamma is finite and positive and the mapping can be checked by hand
+    with :func:`ensemble.intensity.correct_gamma`. Returns the folder.
+    """
+    from ensemble.intensity import IntensityReference, save_reference
+
+    rng = np.random.default_rng(0)
+    features = np.log(0.4) + 0.01 * rng.standard_normal((12, 6))
+    return save_reference(IntensityReference(features, 3, 0.0), folder, {"fit_part": "test"})
+
+
 def _tiny_evaluation(root: Path, class_names: tuple[str, ...], seed: int) -> None:
     from ensemble.evaluate import evaluate
     from neurostack.artifacts import write_json

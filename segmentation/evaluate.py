@@ -75,27 +75,14 @@ def default_reference(artifacts: str | Path) -> Path:
 
 def resolve_reference(choice: str | Path | None, artifacts: str | Path
                       ) -> tuple[Any, Path | None]:
-    """Load the input check's reference an evaluation should apply.
+    """Load the input check's reference for a segmenter's evaluation.
 
-    Args:
-        choice: ``"auto"`` (the reference beside ``artifacts`` if it exists, else
-            none), ``"none"`` / ``None`` (no correction) or a reference folder.
-        artifacts: The segmenter's folder.
-
-    Returns:
-        ``(reference or None, its folder or None)``.
-
-    Raises:
-        ArtifactError: If a named folder (or an existing ``auto`` one) is unusable.
+    ``choice`` as in :func:`ensemble.intensity.resolve_reference`; ``"auto"`` is the
+    reference beside the segmenter's artifact tree (:func:`default_reference`).
     """
-    from ensemble.intensity import load_reference
+    from ensemble.intensity import resolve_reference as resolve
 
-    if choice is None or str(choice) == "none":
-        return None, None
-    path = default_reference(artifacts) if str(choice) == "auto" else Path(choice)
-    if str(choice) == "auto" and not path.is_dir():
-        return None, None
-    return load_reference(path), path
+    return resolve(choice, default_reference(artifacts))
 
 
 MASK_LEVEL = 127

@@ -15,6 +15,7 @@ from ensemble.evaluate import main, probability_columns
 from ensemble.inference import load_meta
 from ensemble.registry import BACKBONES
 from neurostack import CLASS_NAMES
+from neurostack.testing import flag_everything_reference
 
 pytestmark = pytest.mark.slow  # the module fixture runs a full evaluation (~15 s)
 
@@ -202,3 +203,46 @@ def test_tta_is_recorded_and_reuse_needs_the_same_tta(evaluated, tmp_path: Path)
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--tta", "vflip"])
     assert exc.value.code == 2
+
+
+def test_intensity_reference_scores_the_slices_the_pipeline_would_feed(
+    evaluated, tmp_path: Path
+) -> None:
+    """A reference that flags everything: every row is the ensemble on the mapped copy."""
+    from ensemble.inference import load_ensemble
+    from ensemble.intensity import check_slice, correct_gamma, load_reference
+    from neurostack.imaging import load_image
+    from neurostack.preprocess import crop, find_brain_box
+
+    ref_dir = flag_everything_reference(tmp_path / "ref")
+    prev = tmp_path / "prev"  # an evaluation of the slices as given, marked to show reuse
+    shutil.copytree(evaluated["out"], prev)
+    old = pd.read_csv(prev / "predictions.csv")
+    old[probability_columns("xception")] = 0.25
+    old.to_csv(prev / "predictions.csv", index=False)
+    out = tmp_path / "mapped"
+    argv = [str(evaluated["data"]), "--out", str(out), "--artifacts", str(evaluated["artifacts"])]
+    assert main([*argv, "--intensity-reference", str(ref_dir), "--reuse", str(prev)]) == 0
+    new = pd.read_csv(out / "predictions.csv")
+    assert new["intensity_corrected"].all() and len(new) == len(old)
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["n_intensity_corrected"] == len(new)
+    ref = load_reference(ref_dir)
+    assert record["intensity_correction"]["features_sha256"] == ref.config["features_sha256"]
+    # probabilities computed on the slices as given are not reused for mapped slices
+    assert not np.allclose(new[probability_columns("xception")], 0.25)
+    # known answer: the ensemble on the mapped copy's head crop, computed here by hand
+    ensemble = load_ensemble(evaluated["artifacts"])
+    crops = []
+    for path in new["path"].head(3):
+        gray = load_image(evaluated["data"] / path).gray
+        mapped = correct_gamma(gray, check_slice(ref, gray).relative_gamma)
+        crops.append(crop(mapped, find_brain_box(mapped)))
+    want = ensemble.predict_crops(crops).ensemble
+    np.testing.assert_allclose(
+        new[probability_columns("ensemble")].head(3).to_numpy(), want, atol=1e-5
+    )
+    # the default scores the slices as given and has no such column
+    plain = json.loads((evaluated["out"] / "metrics.json").read_text())
+    assert plain["intensity_correction"] is None and plain["n_intensity_corrected"] == 0
+    assert "intensity_corrected" not in pd.read_csv(evaluated["out"] / "predictions.csv")

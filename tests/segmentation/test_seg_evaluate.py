@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from neurostack.testing import flag_everything_reference
 from segmentation.evaluate import main
 from segmentation.metrics import cluster_bootstrap_ci
 
@@ -307,17 +308,6 @@ def test_load_mask_thresholds_at_the_stated_level(tmp_path):
     assert mask.sum() == 32 * 16
 
 
-def _flag_everything_reference(folder):
-    """A reference whose threshold 0 flags every slice; training curve at log(0.4)."""
-    import numpy as np
-
-    from ensemble.intensity import IntensityReference, save_reference
-
-    rng = np.random.default_rng(0)
-    features = np.log(0.4) + 0.01 * rng.standard_normal((12, 6))
-    return save_reference(IntensityReference(features, 3, 0.0), folder, {"fit_part": "test"})
-
-
 def test_cli_maps_flagged_slices_like_the_pipeline(eval_dirs, tiny_artifact, tmp_path):
     """With a reference that flags everything, each slice is scored on its mapped copy."""
     from ensemble.intensity import check_slice, correct_gamma, load_reference
@@ -327,7 +317,7 @@ def test_cli_maps_flagged_slices_like_the_pipeline(eval_dirs, tiny_artifact, tmp
     from segmentation.predict import load_segmenter
 
     images, masks = eval_dirs
-    ref_dir = _flag_everything_reference(tmp_path / "ref")
+    ref_dir = flag_everything_reference(tmp_path / "ref")
     out = tmp_path / "out"
     args = [str(images), str(masks), "--out", str(out), "--artifacts", str(tiny_artifact),
             "--no-progress", "--intensity-reference", str(ref_dir)]
@@ -364,7 +354,7 @@ def test_resolve_reference_choices(tmp_path):
     assert resolve_reference("auto", seg_dir) == (None, None)  # none shipped: no correction
     assert resolve_reference("none", seg_dir) == (None, None)
     assert resolve_reference(None, seg_dir) == (None, None)
-    _flag_everything_reference(default_reference(seg_dir))
+    flag_everything_reference(default_reference(seg_dir))
     ref, path = resolve_reference("auto", seg_dir)
     assert path == default_reference(seg_dir) and ref.threshold == 0.0
     with pytest.raises(ArtifactError):
