@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard import cache, components, paths
 from dashboard.evaluation import BASE_MODELS, model_label
 from ensemble.intensity import describe_reference
+from ensemble.quality import describe_reference as describe_quality
 from neurostack.artifacts import sha256_file
 
 components.page_setup("Home", ":material/neurology:")
@@ -119,6 +120,9 @@ if pipeline is not None:
                    + " A flagged slice is classified, outlined and measured as a copy with its "
                    "grey levels mapped to the training curve; the answer on the slice as given "
                    "is shown beside it.")
+    if pipeline.quality is not None:
+        st.caption("**Noise and detail check.** " + describe_quality(pipeline.quality.config)
+                   + " A flagged slice is analysed as given, with a warning.")
     if tiny:
         st.error("These are **tiny, randomly initialised test artifacts**: every prediction "
                  "is meaningless. Point NEUROSTACK_ARTIFACTS at the trained models.",

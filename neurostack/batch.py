@@ -79,7 +79,7 @@ RECORD_HEAD: tuple[str, ...] = (
     "image_sha256", "height_px_image", "width_px_image", "predicted_class", "confidence",
     "method", "models_agree", "tumor_found", "segmented", "mask_threshold", "warnings",
     "intensity_atypicality", "relative_gamma", "intensity_corrected", "uncorrected_class",
-    "uncorrected_confidence",
+    "uncorrected_confidence", "noise_sigma_grey", "detail_level_grey", "quality_flags",
 )
 ENSEMBLE_COLUMNS: tuple[str, ...] = tuple(f"ensemble_{c}" for c in CLASS_NAMES)
 SPACING_COLUMNS: tuple[str, ...] = ("spacing_source", "row_spacing_cm", "col_spacing_cm")
@@ -89,7 +89,7 @@ TAIL_COLUMNS: tuple[str, ...] = ("model_versions", "extra_json")
 FAILURE_COLUMNS: tuple[str, ...] = ("item", "n", "error", "error_type", "file_sha256")
 TEXT_COLUMNS: tuple[str, ...] = (
     "item", "file_sha256", "image_sha256", "predicted_class", "uncorrected_class", "method",
-    "warnings",
+    "warnings", "quality_flags",
     "spacing_source", "model_versions", "extra_json",
 )
 BOOL_COLUMNS: tuple[str, ...] = ("models_agree", "tumor_found", "segmented",
@@ -119,6 +119,18 @@ def count_intensity_flagged(rows: pd.DataFrame) -> int:
         return 0
     return int(rows["warnings"].fillna("").astype(str).str.contains(WARNING_PREFIX,
                                                                     regex=False).sum())
+
+
+def count_quality_flagged(rows: pd.DataFrame) -> dict[str, int]:
+    """Count result rows the noise and detail check flags: ``{"noisy": n, "smooth": m}``.
+
+    Reads the ``quality_flags`` column (``"noisy"``, ``"smooth"``, both joined by ``;``,
+    or empty); zeros when there is no such column.
+    """
+    if "quality_flags" not in rows.columns:
+        return {"noisy": 0, "smooth": 0}
+    flags = rows["quality_flags"].fillna("").astype(str).str.split(";")
+    return {k: int(flags.map(lambda f, k=k: k in f).sum()) for k in ("noisy", "smooth")}
 
 
 def anonymise_name(name: str, key: str = "") -> str:
@@ -439,6 +451,11 @@ class BatchResult:
                      "(input check): see `warnings`; those marked `intensity_corrected` were "
                      "analysed as copies mapped to the training curve (`uncorrected_class`: "
                      "the ensemble on the slice as given).")
+        quality = count_quality_flagged(self.rows)
+        if quality["noisy"] or quality["smooth"]:
+            text += (f" The noise and detail check flagged {quality['noisy']} slice(s) as "
+                     f"noisier and {quality['smooth']} as less detailed than the training "
+                     "slices: see `quality_flags` and `warnings`.")
         if self.repaired:
             text += " A truncated last line left by an interrupted run was removed."
         if self.out_csv is not None:

@@ -84,6 +84,11 @@ class CaseResult:
     the training curve, so the classification, outline and measurements come from
     it); a corrected slice also has ``uncorrected_class`` / ``uncorrected_confidence``
     (the ensemble on the slice as given). ``None`` without a reference."""
+    quality: dict[str, Any] | None = None
+    """Noise and fine-detail check of the slice as given against the training slices
+    (``ensemble.quality``): ``noise_sigma``, ``detail_level`` (grey levels),
+    ``noise_limit``, ``detail_limit``, ``noisy``, ``smooth``. ``None`` without a
+    reference."""
 
     def to_record(self) -> dict[str, Any]:
         """Flat, identifier-free record for CSV export and the case database."""
@@ -108,6 +113,12 @@ class CaseResult:
             "uncorrected_confidence": None
             if (self.intensity or {}).get("uncorrected_confidence") is None
             else round(self.intensity["uncorrected_confidence"], 6),
+            "noise_sigma_grey": None if self.quality is None
+            else round(self.quality["noise_sigma"], 3),
+            "detail_level_grey": None if self.quality is None
+            else round(self.quality["detail_level"], 4),
+            "quality_flags": None if self.quality is None else ";".join(
+                k for k in ("noisy", "smooth") if self.quality[k]),
         }
         for c in CLASS_NAMES:
             rec[f"ensemble_{c}"] = round(self.ensemble[c], 6)
@@ -153,13 +164,16 @@ class Pipeline:
     """Classifier ensemble + segmenter + morphology, loaded once and shared."""
 
     def __init__(self, ensemble: Any, segmenter: Any | None, *, missing: list[str] | None = None,
-                 limits: InputLimits | None = None, intensity: Any | None = None) -> None:
+                 limits: InputLimits | None = None, intensity: Any | None = None,
+                 quality: Any | None = None) -> None:
         self.ensemble = ensemble
         self.segmenter = segmenter
         self.missing = list(missing or [])
         self.limits = limits or InputLimits()
         self.intensity = intensity
         """``ensemble.intensity.IntensityReference`` checking each slice's grey levels."""
+        self.quality = quality
+        """``ensemble.quality.QualityReference`` checking each slice's noise and detail."""
 
     def with_tta(self, tta: str) -> Pipeline:
         """Return a pipeline whose classifiers use test-time augmentation ``tta``.
@@ -173,7 +187,7 @@ class Pipeline:
             return self
         missing = [*self.missing, *(m for m in ensemble.missing if m not in self.missing)]
         return Pipeline(ensemble, self.segmenter, missing=missing, limits=self.limits,
-                        intensity=self.intensity)
+                        intensity=self.intensity, quality=self.quality)
 
     # ------------------------------------------------------------------ info
     @property
@@ -393,8 +407,13 @@ class Pipeline:
             if mapped is not None:  # a new head box: the darkened slice's box is too tight
                 mapped_box = find_brain_box(mapped)
                 corrected = _Mapped(mapped, mapped_box, crop(mapped, mapped_box))
+        quality = None
+        if self.quality is not None:
+            from ensemble.quality import quality_features
+
+            quality = self.quality.check(quality_features(img.gray, brain))
         return _Prepared(img, box, brain, spacing, s_source,
-                         {"preprocess": time.perf_counter() - t0}, check, corrected)
+                         {"preprocess": time.perf_counter() - t0}, check, corrected, quality)
 
     def _result(self, prep: _Prepared, pred: Any, j: int, threshold: float,
                 j_as_given: int | None = None) -> CaseResult:
@@ -432,6 +451,8 @@ class Pipeline:
             "corrected": prep.corrected is not None}
         if flagged and prep.corrected is None:
             warnings.append("the intensity curve cannot be inverted: analysed as given")
+        if prep.quality is not None and not almost_blank(img.gray):
+            warnings.extend(prep.quality.warnings())
         if j_as_given is not None:
             k0 = int(np.argmax(pred.ensemble[j_as_given]))
             check["uncorrected_class"] = CLASS_NAMES[k0]
@@ -452,6 +473,7 @@ class Pipeline:
             spacing_cm=prep.spacing, spacing_source=prep.spacing_source,
             crop_box=(prep.box if prep.corrected is None else prep.corrected.box).as_tuple(),
             models=self.model_info, intensity=check,
+            quality=None if prep.quality is None else prep.quality.to_dict(),
         )
 
     def _segment_many(self, items: list[tuple[int, _Prepared, CaseResult]], threshold: float,
@@ -547,6 +569,8 @@ class _Prepared:
     """``ensemble.intensity.IntensityCheck`` of the slice, when a reference is loaded."""
     corrected: _Mapped | None = None
     """The slice mapped to the training curve, for a slice the input check corrects."""
+    quality: Any | None = None
+    """``ensemble.quality.QualityCheck`` of the slice as given, when a reference is loaded."""
 
 
 def _check_threshold(threshold: float) -> None:
@@ -605,7 +629,9 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
 
     ``classification/intensity_reference`` (``python -m ensemble.intensity``), when
     present, adds a check of each slice's grey levels against the training slices'
-    (a warning, and ``CaseResult.intensity``).
+    (a warning, and ``CaseResult.intensity``); ``classification/quality_reference``
+    (``python -m ensemble.quality``) one of its noise and fine detail (warnings, and
+    ``CaseResult.quality``).
 
     Args:
         artifacts_dir: Root of the artifact tree.
@@ -631,6 +657,7 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
     Raises:
         ArtifactError: Naming missing (strict) or corrupt artifacts.
     """
+    from ensemble import quality as quality_check
     from ensemble.inference import load_ensemble
     from ensemble.intensity import REFERENCE_FOLDER, load_reference
     from ensemble.precision import default_precision
@@ -649,7 +676,11 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
                                load_segmenter, missing, strict)
     intensity = _load_optional(root / "classification" / REFERENCE_FOLDER,
                                "intensity check of the input", load_reference, missing, strict)
-    pipeline = Pipeline(ensemble, segmenter, missing=missing, limits=limits, intensity=intensity)
+    quality = _load_optional(root / "classification" / quality_check.REFERENCE_FOLDER,
+                             "noise and detail check of the input",
+                             quality_check.load_reference, missing, strict)
+    pipeline = Pipeline(ensemble, segmenter, missing=missing, limits=limits, intensity=intensity,
+                        quality=quality)
     if warm_up:
         pipeline.warm_up()
     return pipeline

@@ -84,6 +84,25 @@ def intensity_sentence(intensity: Mapping[str, float] | None) -> str:
     return text
 
 
+def quality_sentence(quality: Mapping[str, Any] | None) -> str:
+    """Say how a slice's noise and fine detail compare with the training slices'.
+
+    ``quality`` is ``CaseResult.quality``; ``None`` (no reference loaded) -> says the
+    check was not made.
+    """
+    if quality is None:
+        return "Noise and detail check not made: no quality reference in the artifacts."
+    n, nl = quality["noise_sigma"], quality["noise_limit"]
+    d, dl = quality["detail_level"], quality["detail_limit"]
+    noise = (f"noisier than the training slices (noise sd {n:.1f} > {nl:.1f} grey levels)"
+             if quality["noisy"] else f"noise sd {n:.1f} ≤ {nl:.1f} grey levels")
+    detail = (f"less fine detail than the training slices ({d:.2f} < {dl:.2f}: blurred or "
+              "up-sampled)" if quality["smooth"] else f"detail level {d:.2f} ≥ {dl:.2f}")
+    verdict = ("within the training slices' range" if not (quality["noisy"] or quality["smooth"])
+               else "outside the training slices' range")
+    return f"Noise and detail check: {verdict} ({noise}; {detail})."
+
+
 def format_value(value: Any) -> str:
     """Format a measurement or flag for display.
 
@@ -219,6 +238,8 @@ def case_report_html(
         ["Final decision", result.method],
         ["Base models agree", "yes" if result.models_agree else "NO"],
         ["Input check", intensity_sentence(result.intensity).removeprefix("Input check: ")],
+        ["Noise and detail",
+         quality_sentence(result.quality).removeprefix("Noise and detail check: ")],
         ["Tumour found", "yes" if result.tumor_found else "no"],
         ["Segmented", "yes" if result.segmented else "no"],
     ]

@@ -75,6 +75,7 @@ def make_tiny_artifacts(root: str | Path, *, seed: int = 0, with_evaluation: boo
         },
     )
     _tiny_intensity_reference(cls_dir, seed)
+    _tiny_quality_reference(cls_dir, seed)
     if with_evaluation:
         _tiny_evaluation(root, CLASS_NAMES, seed)
     return root
@@ -92,6 +93,16 @@ def _tiny_intensity_reference(cls_dir: Path, seed: int) -> None:
     curve = np.log(np.array([60.0, 70.0, 80.0, 90.0, 110.0, 135.0]) / 255.0)
     features = curve * rng.uniform(0.7, 1.3, (60, 1)) + rng.normal(0, 0.02, (60, curve.size))
     save_reference(IntensityReference(features, k=5, threshold=100.0),
+                   cls_dir / REFERENCE_FOLDER, {"tiny_test_artifact": True})
+
+
+def _tiny_quality_reference(cls_dir: Path, seed: int) -> None:
+    """Write a noise/detail reference that never flags (limits beyond any 8-bit slice)."""
+    from ensemble.quality import REFERENCE_FOLDER, QualityReference, save_reference
+
+    rng = np.random.default_rng(seed)
+    features = np.column_stack([rng.uniform(0.2, 3.0, 60), rng.uniform(0.3, 3.0, 60)])
+    save_reference(QualityReference(features, noise_limit=1000.0, detail_limit=0.0),
                    cls_dir / REFERENCE_FOLDER, {"tiny_test_artifact": True})
 
 

@@ -12,7 +12,12 @@ from neurostack.errors import InputImageError
 from neurostack.formatting import format_probability, format_probability_floor
 from neurostack.imaging import window_to_uint8
 from neurostack.render import encode_png, heatmap_overlay, overlay_mask
-from neurostack.report import case_report_html, intensity_sentence, spacing_sentence
+from neurostack.report import (
+    case_report_html,
+    intensity_sentence,
+    quality_sentence,
+    spacing_sentence,
+)
 
 components.page_setup("Case Explorer", ":material/biotech:")
 st.title(":material/biotech: Case Explorer")
@@ -166,6 +171,11 @@ st.caption(intensity_sentence(result.intensity),
            help="Distance of the slice's grey-level quantiles to the nearest training slices; "
                 "flagged above the 99th percentile of the training slices themselves. The "
                 "classifiers lose accuracy on slices with another intensity curve.")
+st.caption(quality_sentence(result.quality),
+           help="Noise sd: robust estimate from the median response of Immerkaer's noise mask "
+                "over the head. Detail level: its mean response over the head crop (blur and "
+                "up-sampling lower it). Flagged above the 99th / below the 0.5th percentile of "
+                "the training slices.")
 if reference_label and reference_label != result.predicted_class:
     st.caption(f"Note: the dataset's reference label for this sample is *{reference_label}*.")
 

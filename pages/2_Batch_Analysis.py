@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, charts, components
-from neurostack.batch import count_intensity_flagged
+from neurostack.batch import count_intensity_flagged, count_quality_flagged
 
 components.page_setup("Batch Analysis", ":material/stacks:")
 st.title(":material/stacks: Batch Analysis")
@@ -129,10 +129,18 @@ if len(rows):
                    "the ensemble on the slice as given). Check how they were exported or "
                    "windowed.",
                    icon=":material/contrast:")
+    quality = count_quality_flagged(rows)
+    if quality["noisy"] or quality["smooth"]:
+        st.warning(f"**Noise and detail check:** {quality['noisy']} slice(s) noisier and "
+                   f"{quality['smooth']} with less fine detail than the training slices (see "
+                   "`quality_flags`, `noise_sigma_grey`, `detail_level_grey` and `warnings`). "
+                   "The networks lose accuracy on noisy slices; outlines of blurred or "
+                   "up-sampled slices are less precise.",
+                   icon=":material/grain:")
     lead = [c for c in ("n", "item", "predicted_class", "confidence", "models_agree", "tumor_found",
                         "segmented", "area_cm2", "area_px", "spacing_source", "warnings",
                         "intensity_atypicality", "relative_gamma", "intensity_corrected",
-                        "uncorrected_class")
+                        "uncorrected_class", "quality_flags")
             if c in rows.columns]
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_order=[*lead, *[c for c in rows.columns if c not in lead]],

@@ -18,6 +18,8 @@ from dashboard.evaluation import (
     training_phases,
 )
 from ensemble.intensity import REFERENCE_FOLDER, describe_reference
+from ensemble.quality import REFERENCE_FOLDER as QUALITY_FOLDER
+from ensemble.quality import describe_reference as describe_quality
 from ensemble.shortcut import SHORTCUT_RECORD
 from ensemble.shortcut import describe as describe_shortcut
 
@@ -178,6 +180,19 @@ if reference and "n_reference" in reference:
                        "`accuracy_as_given` the ensemble on the slices as given.")
             st.dataframe(fixed["table"], hide_index=True, width="stretch",
                          key=f"me_correction_{part}")
+
+quality = cache.json_record(paths.classifier_dir(QUALITY_FOLDER) / "config.json")
+if quality and "n_reference" in quality:
+    st.info("**Noise and detail check** (a warning on each analysed slice; "
+            "`python -m ensemble.quality`). " + describe_quality(quality),
+            icon=":material/grain:")
+    flags = cache.json_record(paths.robustness_dir() / "quality_flags.json")
+    if flags and flags.get("table"):
+        st.caption("The same check on the shifted slices of the robustness run "
+                   "(`scripts/intensity_flags.py --check quality`): `accuracy_flagged` is the "
+                   "ensemble on the flagged slices, `flagged_called_notumor` the share of them "
+                   "it calls notumor.")
+        st.dataframe(flags["table"], hide_index=True, width="stretch", key="me_quality_flags")
 
 st.subheader("Training curves")
 logs = {name: cache.training_log(paths.classifier_dir(name)) for name in BASE_MODELS}

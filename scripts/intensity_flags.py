@@ -1,15 +1,18 @@
-"""Check whether the input check flags the slices the ensemble gets wrong under shift.
+"""Check whether an input check flags the slices the ensemble gets wrong under shift.
 
 Re-creates the shifted slices of a classification robustness run (same paths,
-conditions and seeds as ``python -m ensemble.robustness``), applies the shipped
-intensity reference to each, and tabulates per condition: the ensemble's
-accuracy, the share of slices flagged, the accuracy on flagged and unflagged
-slices, and the share of the ensemble's errors that were flagged. Reporting
-only: the reference's threshold was fixed on the training slices.
+conditions and seeds as ``python -m ensemble.robustness``), applies a shipped
+reference to each — the intensity check (``--check intensity``, default) or the
+noise and detail check (``--check quality``: flagged = noisy or smooth) — and
+tabulates per condition: the ensemble's accuracy, the share of slices flagged,
+the accuracy on flagged and unflagged slices, the share of the ensemble's
+errors that were flagged, and the share of flagged slices it calls notumor.
+Reporting only: the references' limits were fixed on the training slices.
 
 Usage::
 
     python scripts/intensity_flags.py ../shared/datasets/brain-tumor-mri/Training \
+        [--check intensity|quality] \
         [--robustness artifacts/evaluation/robustness/classification] \
         [--reference artifacts/classification/intensity_reference] [--json OUT.json]
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ensemble.intensity import FEATURE_COLUMNS, load_reference, read_features
+from ensemble import intensity, quality
 
 KEYS = ["path", "corruption", "severity"]
 
@@ -38,7 +41,8 @@ def flags_vs_errors(per_slice: pd.DataFrame, flagged: pd.DataFrame) -> pd.DataFr
     Returns:
         One row per ``(corruption, severity)`` in ``per_slice`` order: ``n``, ``accuracy``,
         ``flagged_share``, ``accuracy_unflagged``, ``accuracy_flagged`` (NaN when no slice
-        is in the group), ``errors`` and ``errors_flagged_share`` (NaN without errors).
+        is in the group), ``errors``, ``errors_flagged_share`` (NaN without errors) and
+        ``flagged_called_notumor`` (share of flagged slices the ensemble calls notumor).
 
     Raises:
         ValueError: If a slice and condition of ``per_slice`` has no flag.
@@ -60,6 +64,7 @@ def flags_vs_errors(per_slice: pd.DataFrame, flagged: pd.DataFrame) -> pd.DataFr
             "accuracy_flagged": g.loc[g["flagged"], "right"].mean(),
             "errors": int(wrong.sum()),
             "errors_flagged_share": g.loc[wrong, "flagged"].mean() if wrong.any() else np.nan,
+            "flagged_called_notumor": (g.loc[g["flagged"], "ensemble"] == "notumor").mean(),
         })
     return pd.DataFrame(rows)
 
@@ -70,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data_dir", type=Path)
     p.add_argument("--robustness", type=Path,
                    default=Path("artifacts/evaluation/robustness/classification"))
-    p.add_argument("--reference", type=Path,
-                   default=Path("artifacts/classification/intensity_reference"))
+    p.add_argument("--check", choices=("intensity", "quality"), default="intensity")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="default: the shipped reference of --check")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     missing = [f for f in ("per_slice.csv", "metrics.json") if not (a.robustness / f).is_file()]
@@ -79,20 +85,31 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{a.robustness} lacks {missing}: run python -m ensemble.robustness first")
     per_slice = pd.read_csv(a.robustness / "per_slice.csv")
     settings = json.loads((a.robustness / "metrics.json").read_text())["settings"]
-    reference = load_reference(a.reference)
+    module = intensity if a.check == "intensity" else quality
+    a.reference = a.reference or Path("artifacts/classification") / module.REFERENCE_FOLDER
+    reference = module.load_reference(a.reference)
     rows = per_slice.drop_duplicates("path")[["path", "label"]].assign(split="robustness")
     shifts = [tuple(c) for c in settings["conditions"]]
-    feats, failures = read_features(a.data_dir, rows, shifts=shifts, seed=settings["seed"])
-    feats["flagged"] = reference.atypicality(feats[list(FEATURE_COLUMNS)].to_numpy()) > \
-        reference.threshold
+    if a.check == "intensity":
+        feats, failures = intensity.read_features(a.data_dir, rows, shifts=shifts,
+                                                  seed=settings["seed"])
+        x = feats[list(intensity.FEATURE_COLUMNS)].to_numpy()
+        feats["flagged"] = reference.atypicality(x) > reference.threshold
+        limits = {"threshold": reference.threshold}
+    else:
+        feats, failures = quality.read_quality_features(a.data_dir, rows, shifts=shifts,
+                                                        seed=settings["seed"])
+        noisy, smooth = reference.flags(feats[list(quality.FEATURE_COLUMNS)].to_numpy())
+        feats["flagged"] = noisy | smooth
+        limits = {"noise_limit": reference.noise_limit, "detail_limit": reference.detail_limit}
     table = flags_vs_errors(per_slice, feats)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if failures:
         print(f"{len(failures)} unreadable: {[f['path'] for f in failures]}")
     if a.json:
         a.json.write_text(json.dumps({
-            "robustness_run": str(a.robustness), "reference": str(a.reference),
-            "threshold": reference.threshold, "unreadable": failures,
+            "robustness_run": str(a.robustness), "check": a.check,
+            "reference": str(a.reference), **limits, "unreadable": failures,
             "table": json.loads(table.to_json(orient="records")),
         }, indent=2) + "\n")
     return 0

@@ -164,6 +164,25 @@ def test_intensity_reference_loads_and_its_threshold_is_reproducible() -> None:
     assert rates[("none", 0)] <= 0.05 and len(rates) == 15
 
 
+def test_quality_reference_loads_and_its_limits_are_reproducible() -> None:
+    from ensemble.quality import REFERENCE_FOLDER, fit_reference, load_reference
+
+    ref = load_reference(ART / "classification" / REFERENCE_FOLDER)  # SHA-256 checked
+    split = pd.read_csv(REPO / ref.config["split"])
+    assert ref.config["fit_part"] == "train" and ref.config["unreadable"] == []
+    assert len(ref.features) == (split["split"] == "train").sum()
+    refit = fit_reference(ref.features, noise_quantile=ref.config["noise_quantile"],
+                          detail_quantile=ref.config["detail_quantile"])
+    assert (refit.noise_limit, refit.detail_limit) == (ref.noise_limit, ref.detail_limit)
+    noisy, smooth = ref.flags(ref.features)
+    beyond = ref.config["training_classes_beyond_limits"]
+    assert sum(beyond["noisy"].values()) == noisy.sum()
+    assert sum(beyond["smooth"].values()) == smooth.sum()
+    rates = {(r["corruption"], r["severity"]): r for r in ref.config["check"]["flagged_share"]}
+    assert rates[("none", 0)]["flagged_share"] <= 0.05 and len(rates) == 15
+    assert rates[("rician_noise", 2)]["noisy_share"] >= 0.9  # what it was built to catch
+
+
 def test_all_weights_together_stay_under_200_mb() -> None:
     total = sum(p.stat().st_size for p in ART.rglob("weights.npz"))
     assert total < 200 * MB, f"{total / MB:.1f} MB of weights"

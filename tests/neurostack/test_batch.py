@@ -754,3 +754,17 @@ def test_count_intensity_flagged_and_the_summary_line() -> None:
     clean = nb.BatchResult(rows=rows.iloc[1:3], failures=pd.DataFrame(), analysed=2,
                            failed=0, skipped=0, elapsed_s=1.0)
     assert "grey levels" not in clean.summary()
+
+
+def test_count_quality_flagged_and_the_summary_line() -> None:
+    import pandas as pd
+
+    rows = pd.DataFrame({"quality_flags": ["noisy", "", None, "noisy;smooth", "smooth"]})
+    assert nb.count_quality_flagged(rows) == {"noisy": 2, "smooth": 2}
+    assert nb.count_quality_flagged(pd.DataFrame({"item": ["a"]})) == {"noisy": 0, "smooth": 0}
+    result = nb.BatchResult(rows=rows, failures=pd.DataFrame(), analysed=5, failed=0,
+                            skipped=0, elapsed_s=1.0)
+    assert "flagged 2 slice(s) as noisier and 2 as less detailed" in result.summary()
+    clean = nb.BatchResult(rows=rows.iloc[1:3], failures=pd.DataFrame(), analysed=2,
+                           failed=0, skipped=0, elapsed_s=1.0)
+    assert "noise and detail" not in clean.summary()

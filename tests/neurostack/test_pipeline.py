@@ -290,6 +290,53 @@ def test_load_pipeline_reports_a_missing_intensity_reference(tiny_artifacts, tmp
     assert load_pipeline(tiny_artifacts, warm_up=False).intensity is not None
 
 
+def test_quality_check_flags_a_noisy_slice_and_records_it(tiny_pipeline, make_slice,
+                                                         monkeypatch) -> None:
+    from ensemble.quality import NOISY_PREFIX, SMOOTH_PREFIX, fit_reference, quality_features
+    from neurostack.corrupt import corrupt
+
+    rng = np.random.default_rng(5)
+    slices = [make_slice(c, rng, (160, 160)) for c in ("glioma", "meningioma", "notumor") * 4]
+    reference = fit_reference(np.stack([quality_features(g) for g in slices]))
+    monkeypatch.setattr(tiny_pipeline, "quality", reference)
+    clean = slices[0]
+    res = tiny_pipeline.analyse(LoadedImage(clean, np.dstack([clean] * 3)))
+    expected = reference.check(quality_features(clean))
+    assert res.quality == expected.to_dict()
+    rec = res.to_record()
+    assert rec["noise_sigma_grey"] == round(expected.noise_sigma, 3)
+    assert rec["detail_level_grey"] == round(expected.detail_level, 4)
+    noisy = corrupt(clean, "rician_noise", 2, seed=1)  # sd 16 grey levels
+    res = tiny_pipeline.analyse(LoadedImage(noisy, np.dstack([noisy] * 3)))
+    assert res.quality["noisy"] and res.quality["noise_sigma"] > reference.noise_limit
+    assert res.to_record()["quality_flags"] == "noisy"
+    assert sum(w.startswith(NOISY_PREFIX) for w in res.warnings) == 1
+    smooth = corrupt(clean, "low_resolution", 2, seed=1)
+    res = tiny_pipeline.analyse(LoadedImage(smooth, np.dstack([smooth] * 3)))
+    assert res.quality["smooth"] and not res.quality["noisy"]
+    assert any(w.startswith(SMOOTH_PREFIX) for w in res.warnings)
+    black = np.zeros((160, 160), np.uint8)  # almost blank: said once, no quality warning
+    res = tiny_pipeline.analyse(LoadedImage(black, np.dstack([black] * 3)))
+    assert not any(w.startswith((NOISY_PREFIX, SMOOTH_PREFIX)) for w in res.warnings)
+    monkeypatch.setattr(tiny_pipeline, "quality", None)  # no reference: no check, empty columns
+    rec = tiny_pipeline.analyse(LoadedImage(clean, np.dstack([clean] * 3))).to_record()
+    assert rec["noise_sigma_grey"] is None and rec["quality_flags"] is None
+
+
+def test_load_pipeline_reports_a_missing_quality_reference(tiny_artifacts, tmp_path) -> None:
+    import shutil
+
+    root = shutil.copytree(tiny_artifacts, tmp_path / "art")
+    shutil.rmtree(root / "classification" / "quality_reference")
+    pipe = load_pipeline(root, warm_up=False)
+    assert pipe.quality is None
+    assert any("noise and detail check" in m for m in pipe.missing)
+    with pytest.raises(ArtifactError, match="noise and detail check"):
+        load_pipeline(root, strict=True, warm_up=False)
+    loaded = load_pipeline(tiny_artifacts, warm_up=False)
+    assert loaded.quality is not None and loaded.with_tta("hflip").quality is loaded.quality
+
+
 @pytest.fixture()
 def three_images(png_slice, make_slice) -> list:
     odd = make_slice("pituitary", np.random.default_rng(11), (97, 131))

@@ -21,6 +21,7 @@ from neurostack.report import (
     format_value,
     intensity_sentence,
     png_data_uri,
+    quality_sentence,
     spacing_sentence,
 )
 
@@ -266,3 +267,22 @@ def test_cli_reports_bad_input_and_writes_nothing(tiny_pipeline, tmp_path, capsy
     assert main([str(good), "--out", str(folder)]) == 2  # the output path is a folder
     assert "cannot write the report" in capsys.readouterr().err
     assert folder.is_dir() and not list(tmp_path.glob("*.part"))
+
+
+def test_quality_sentence_and_report_row() -> None:
+    assert quality_sentence(None).startswith("Noise and detail check not made")
+    fine = {"noise_sigma": 0.49, "noise_limit": 11.37, "detail_level": 0.61,
+            "detail_limit": 0.362, "noisy": False, "smooth": False}
+    assert quality_sentence(fine) == (
+        "Noise and detail check: within the training slices' range (noise sd 0.5 ≤ 11.4 grey "
+        "levels; detail level 0.61 ≥ 0.36).")
+    noisy = fine | {"noise_sigma": 15.04, "detail_level": 14.2, "noisy": True}
+    assert quality_sentence(noisy) == (
+        "Noise and detail check: outside the training slices' range (noisier than the "
+        "training slices (noise sd 15.0 > 11.4 grey levels); detail level 14.20 ≥ 0.36).")
+    smooth = fine | {"detail_level": 0.2, "smooth": True}
+    assert "less fine detail than the training slices (0.20 < 0.36: blurred or up-sampled)" in (
+        quality_sentence(smooth))
+    doc = case_report_html(dataclasses.replace(_result(), quality=noisy), generated_at=WHEN)
+    text = re.sub(r"\s+", " ", " ".join(_parse(doc).text))
+    assert "Noise and detail outside the training slices' range" in text

@@ -118,11 +118,30 @@ def test_batch_counts_the_slices_the_input_check_flags(make_app, monkeypatch):
     assert results["uncorrected_class"].notna().all()  # with the answer on it as given
 
 
+def test_batch_counts_the_slices_the_quality_check_flags(make_app, monkeypatch):
+    from dashboard import cache
+    from ensemble.quality import NOISY_PREFIX, QualityReference
+
+    at = make_app("pages/2_Batch_Analysis.py").run()
+    pipeline = cache.get_pipeline()
+    ref = pipeline.quality
+    monkeypatch.setattr(pipeline, "quality", QualityReference(ref.features, 0.0, 0.0))
+    a, b = sample_bytes(), sorted_second()
+    at = _upload_and_run(at, [(a[0], a[1], "image/jpeg"), (b[0], b[1], "image/jpeg")])
+    note = next(w.value for w in at.warning if "Noise and detail check" in w.value)
+    assert "2 slice(s) noisier and 0 with less fine detail" in note
+    results = at.dataframe[0].value
+    assert (results["quality_flags"] == "noisy").all()
+    assert results["noise_sigma_grey"].gt(0).all()
+    assert results["warnings"].str.contains(NOISY_PREFIX).all()
+
+
 def test_batch_says_nothing_when_no_slice_is_flagged(make_app):
     a = sample_bytes()
     at = _upload_and_run(make_app("pages/2_Batch_Analysis.py").run(),
                          [(a[0], a[1], "image/jpeg")])
     assert not any("input check" in w.value for w in at.warning)
+    assert not any("Noise and detail check" in w.value for w in at.warning)
     results = at.dataframe[0].value
     assert results["intensity_atypicality"].notna().all()
     assert results["uncorrected_class"].isna().all() and not results["intensity_corrected"].any()

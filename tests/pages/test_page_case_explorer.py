@@ -29,6 +29,8 @@ def test_sample_is_classified_and_measured(make_app):
     # the tiny reference never flags: the check is stated as passed, with its numbers
     check = next(c.value for c in at.caption if c.value.startswith("Input check"))
     assert "typical of the training slices" in check and "≤ 100.000" in check
+    quality = next(c.value for c in at.caption if c.value.startswith("Noise and detail check"))
+    assert "within the training slices' range" in quality and "≤ 1000.0 grey levels" in quality
     chart_count = len(at.get("plotly_chart"))
     assert chart_count == 1  # grouped probability bars
     if any(b.key == "ce_segment_anyway" for b in at.button):

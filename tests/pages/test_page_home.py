@@ -24,6 +24,9 @@ def test_home_shows_purpose_models_metrics_and_links(make_app):
     assert check.startswith("**Input check.** Each slice's grey levels are compared with "
                             "those of 60 training slices")
     assert "as a copy with its grey levels mapped to the training curve" in check
+    quality = next(c.value for c in at.caption if c.value.startswith("**Noise and detail"))
+    assert "with those of 60 training slices: flagged *noisy* above a noise sd of 1000.0" in (
+        quality)
     # the tiny test artifacts are flagged as meaningless
     assert any("tiny" in e.value for e in at.error)
     assert PATIENT_ID not in str(at)

@@ -145,6 +145,16 @@ def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifac
     check = next(i.value for i in at.info if i.value.startswith("**Input check**"))
     assert "those of 60 training slices" in check and "atypicality 100.000" in check
     assert not any("Correction of flagged" in c.value for c in at.caption)
+    quality = next(i.value for i in at.info if i.value.startswith("**Noise and detail check**"))
+    assert "those of 60 training slices" in quality
+    assert not any("robustness run (`scripts/intensity_flags.py" in c.value for c in at.caption)
+    (folder / "quality_flags.json").write_text(json.dumps({"check": "quality", "table": [
+        {"corruption": "rician_noise", "severity": 2, "n": 20, "accuracy": 0.7,
+         "flagged_share": 1.0, "accuracy_flagged": 0.7, "flagged_called_notumor": 0.55}]}))
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    table = next(d.value for d in at.dataframe if "flagged_called_notumor" in d.value.columns)
+    assert table.loc[0, "flagged_called_notumor"] == 0.55
 
     (root / "evaluation" / "classification" / "intensity_correction_val.json").write_text(
         json.dumps({"part": "val", "per_class": 5, "table": [

@@ -33,6 +33,8 @@ def test_known_table():
     assert (dark["accuracy"], dark["flagged_share"], dark["errors"]) == (0.5, 0.5, 2)
     assert dark["accuracy_flagged"] == 0.5 and dark["accuracy_unflagged"] == 0.5
     assert dark["errors_flagged_share"] == 0.5  # c flagged, d not
+    assert dark["flagged_called_notumor"] == 0.5  # a (glioma) and c (notumor) flagged
+    assert np.isnan(clean["flagged_called_notumor"])  # nothing flagged
     assert list(table.index) == ["none", "gamma_dark"]  # the run's order
 
 
