@@ -9,12 +9,17 @@ the accuracy on flagged and unflagged slices, the share of the ensemble's
 errors that were flagged, and the share of flagged slices it calls notumor.
 Reporting only: the references' limits were fixed on the training slices.
 
+``--predictions PRED.csv`` (an ``ensemble.evaluate`` record) does the same for the
+unchanged slices of that evaluation instead of a robustness run.
+
 Usage::
 
     python scripts/intensity_flags.py ../shared/datasets/brain-tumor-mri/Training \
         [--check intensity|quality] \
         [--robustness artifacts/evaluation/robustness/classification] \
         [--reference artifacts/classification/intensity_reference] [--json OUT.json]
+    python scripts/intensity_flags.py ../shared/datasets/brain-tumor-mri/Training --check quality \
+        --predictions artifacts/evaluation/classification/test/predictions.csv
 """
 
 from __future__ import annotations
@@ -69,6 +74,13 @@ def flags_vs_errors(per_slice: pd.DataFrame, flagged: pd.DataFrame) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def predictions_as_run(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Read an ``ensemble.evaluate`` table (``path, label, pred``) as an unchanged run."""
+    return pd.DataFrame({"path": predictions["path"], "label": predictions["label"],
+                         "corruption": "none", "severity": 0,
+                         "ensemble": predictions["pred"]})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Compute the table for the shipped records and print it (optionally write JSON)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -78,13 +90,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", choices=("intensity", "quality"), default="intensity")
     p.add_argument("--reference", type=Path, default=None,
                    help="default: the shipped reference of --check")
+    p.add_argument("--predictions", type=Path, default=None,
+                   help="an ensemble.evaluate predictions.csv: its unchanged slices instead")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    missing = [f for f in ("per_slice.csv", "metrics.json") if not (a.robustness / f).is_file()]
-    if missing:
-        p.error(f"{a.robustness} lacks {missing}: run python -m ensemble.robustness first")
-    per_slice = pd.read_csv(a.robustness / "per_slice.csv")
-    settings = json.loads((a.robustness / "metrics.json").read_text())["settings"]
+    if a.predictions is not None:
+        if not a.predictions.is_file():
+            p.error(f"no such predictions file: {a.predictions}")
+        per_slice = predictions_as_run(pd.read_csv(a.predictions))
+        settings = {"conditions": [["none", 0]], "seed": 0}
+        a.robustness = a.predictions
+    else:
+        missing = [f for f in ("per_slice.csv", "metrics.json")
+                   if not (a.robustness / f).is_file()]
+        if missing:
+            p.error(f"{a.robustness} lacks {missing}: run python -m ensemble.robustness first")
+        per_slice = pd.read_csv(a.robustness / "per_slice.csv")
+        settings = json.loads((a.robustness / "metrics.json").read_text())["settings"]
     module = intensity if a.check == "intensity" else quality
     a.reference = a.reference or Path("artifacts/classification") / module.REFERENCE_FOLDER
     reference = module.load_reference(a.reference)

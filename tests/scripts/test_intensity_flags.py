@@ -51,3 +51,15 @@ def test_cli_names_a_missing_robustness_record(tmp_path, capsys):
         fl.main([str(tmp_path), "--robustness", str(tmp_path / "none")])
     assert exc.value.code == 2
     assert "lacks ['per_slice.csv', 'metrics.json']" in capsys.readouterr().err
+
+
+def test_an_evaluation_record_is_read_as_an_unchanged_run(tmp_path, capsys):
+    preds = pd.DataFrame({"path": ["a", "b"], "label": ["glioma", "notumor"],
+                          "pred": ["glioma", "glioma"], "ensemble_glioma": [0.9, 0.6]})
+    run = fl.predictions_as_run(preds)
+    assert run[fl.KEYS].values.tolist() == [["a", "none", 0], ["b", "none", 0]]
+    table = fl.flags_vs_errors(run, run[fl.KEYS].assign(flagged=[False, True]))
+    assert table.loc[0, "accuracy_flagged"] == 0.0 and table.loc[0, "accuracy_unflagged"] == 1.0
+    with pytest.raises(SystemExit) as exc:
+        fl.main([str(tmp_path), "--predictions", str(tmp_path / "missing.csv")])
+    assert exc.value.code == 2 and "no such predictions file" in capsys.readouterr().err
