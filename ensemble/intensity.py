@@ -36,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -49,7 +48,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ensemble.data import load_split
-from neurostack.artifacts import read_json, sha256_file, verify_sha256, write_json
+from neurostack.artifacts import (
+    FEATURES_FILE,  # noqa: F401 - re-exported: the file name of this reference
+    read_features_artifact,
+    read_json,
+    write_features_artifact,
+)
+from neurostack.cli import reference_parser
 from neurostack.corrupt import CLEAN, conditions, corrupt, slice_seed
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import load_image
@@ -60,7 +65,6 @@ INTENSITY_QUANTILES: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 FEATURE_COLUMNS: tuple[str, ...] = tuple(f"q{p}" for p in INTENSITY_QUANTILES)
 REFERENCE_FOLDER = "intensity_reference"
 """Folder of the reference under ``artifacts/classification``."""
-FEATURES_FILE = "features.npz"
 CONFIG_FILE = "config.json"
 DEFAULT_K = 10
 WARNING_PREFIX = "grey levels unlike the training slices"
@@ -409,21 +413,15 @@ def fit_reference(features: np.ndarray, *, k: int = DEFAULT_K,
 def save_reference(ref: IntensityReference, folder: str | Path,
                    provenance: dict[str, Any]) -> Path:
     """Write ``features.npz`` and ``config.json`` (with the SHA-256 and ``provenance``)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / FEATURES_FILE, features=ref.features.astype(np.float32))
-    write_json(folder / CONFIG_FILE, {
+    return write_features_artifact(folder, ref.features.astype(np.float32), {
         "kind": "intensity reference",
         "features": "log(q / 255) of the head crop's grey-level quantiles",
         "quantiles": list(INTENSITY_QUANTILES),
         "k": ref.k,
         "threshold": ref.threshold,
         "n_reference": len(ref.features),
-        "features_file": FEATURES_FILE,
-        "features_sha256": sha256_file(folder / FEATURES_FILE),
         **provenance,
     })
-    return folder
 
 
 def load_reference(folder: str | Path) -> IntensityReference:
@@ -433,22 +431,14 @@ def load_reference(folder: str | Path) -> IntensityReference:
         ArtifactError: If the folder, config or features are missing or corrupt,
             or were made with other quantile levels; the message names the file.
     """
-    folder = Path(folder)
-    config = read_json(folder / CONFIG_FILE)
-    missing = [k for k in ("quantiles", "k", "threshold", "features_sha256") if k not in config]
-    if missing:
-        raise ArtifactError(f"{folder / CONFIG_FILE} lacks required keys {missing}")
+    features, config = read_features_artifact(folder, ("quantiles", "k", "threshold"))
     if tuple(config["quantiles"]) != INTENSITY_QUANTILES:
-        raise ArtifactError(f"{folder / CONFIG_FILE}: quantiles {config['quantiles']} differ "
-                            f"from this version's {list(INTENSITY_QUANTILES)}")
-    path = folder / config.get("features_file", FEATURES_FILE)
-    verify_sha256(path, config["features_sha256"])
+        raise ArtifactError(f"{Path(folder) / CONFIG_FILE}: quantiles {config['quantiles']} "
+                            f"differ from this version's {list(INTENSITY_QUANTILES)}")
     try:
-        with np.load(path) as data:
-            features = data["features"]
         return IntensityReference(features, int(config["k"]), float(config["threshold"]), config)
-    except (KeyError, ValueError, OSError) as exc:
-        raise ArtifactError(f"{path}: unusable intensity reference: {exc}") from None
+    except ValueError as exc:
+        raise ArtifactError(f"{folder}: unusable intensity reference: {exc}") from None
 
 
 def describe_reference(config: dict[str, Any], *, notable: float = 0.10) -> str:
@@ -540,15 +530,10 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m ensemble.intensity DATA --split CSV --out FOLDER``."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data_dir", type=Path, help="root the split's paths are relative to")
-    p.add_argument("--split", type=Path, required=True, help="split CSV (path, label, split)")
-    p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
+    p = reference_parser(__doc__.split("\n\n")[0])
     p.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours averaged")
     p.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
                    help="share of training slices below the flag threshold")
-    p.add_argument("--check-per-class", type=int, default=50,
-                   help="validation slices per class measured under each shift")
     a = p.parse_args(argv)
     try:
         cfg = build(a.data_dir, a.split, a.out, k=a.k, quantile=a.quantile,

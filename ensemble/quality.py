@@ -33,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +45,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ensemble.data import load_split
-from neurostack.artifacts import read_json, sha256_file, verify_sha256, write_json
+from neurostack.artifacts import (
+    FEATURES_FILE,  # noqa: F401 - re-exported: the file name of this reference
+    read_features_artifact,
+    read_json,
+    write_features_artifact,
+)
+from neurostack.cli import reference_parser
 from neurostack.corrupt import CLEAN, conditions, corrupt, slice_seed
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import load_image
@@ -54,7 +59,6 @@ from neurostack.preprocess import crop, find_brain_box
 
 REFERENCE_FOLDER = "quality_reference"
 """Folder of the reference under ``artifacts/classification``."""
-FEATURES_FILE = "features.npz"
 CONFIG_FILE = "config.json"
 FEATURE_COLUMNS: tuple[str, ...] = ("noise_sigma_grey", "detail_level_grey")
 HEAD_LEVEL = 20
@@ -72,17 +76,21 @@ _MAD_TO_SD = 0.6744897501960817  # median |N(0, 1)|
 _MEAN_ABS_TO_SD = float(np.sqrt(2.0 / np.pi))  # mean |N(0, 1)|
 
 
-def _mask_response(head: np.ndarray) -> np.ndarray:
-    """``|Immerkaer mask * head|`` on the interior pixels ``(H-2, W-2)``, float64."""
-    response = cv2.filter2D(head.astype(np.float64), -1, _MASK, borderType=cv2.BORDER_REFLECT)
-    return np.abs(response[1:-1, 1:-1])
+def _mask_response(head: np.ndarray) -> np.ndarray | None:
+    """``|Immerkaer mask * head|`` on the interior pixels ``(H-2, W-2)``, float64.
 
+    Returns ``None`` for a crop smaller than 3 x 3.
 
-def _check_head(head: np.ndarray) -> np.ndarray:
+    Raises:
+        ValueError: If ``head`` is not a 2-D uint8 array.
+    """
     head = np.asarray(head)
     if head.ndim != 2 or head.dtype != np.uint8:
         raise ValueError(f"head must be a 2-D uint8 array; received {head.dtype} {head.shape}")
-    return head
+    if min(head.shape) < 3:
+        return None
+    response = cv2.filter2D(head.astype(np.float64), -1, _MASK, borderType=cv2.BORDER_REFLECT)
+    return np.abs(response[1:-1, 1:-1])
 
 
 def noise_sigma(head: np.ndarray) -> float:
@@ -100,13 +108,11 @@ def noise_sigma(head: np.ndarray) -> float:
     Raises:
         ValueError: If ``head`` is not a 2-D uint8 array.
     """
-    head = _check_head(head)
-    if min(head.shape) < 3:
+    response = _mask_response(head)
+    inside = None if response is None else np.asarray(head)[1:-1, 1:-1] > HEAD_LEVEL
+    if inside is None or not inside.any():
         return float("nan")
-    inside = head[1:-1, 1:-1] > HEAD_LEVEL
-    if not inside.any():
-        return float("nan")
-    return float(np.median(_mask_response(head)[inside]) / (_MASK_NORM * _MAD_TO_SD))
+    return float(np.median(response[inside]) / (_MASK_NORM * _MAD_TO_SD))
 
 
 def detail_level(head: np.ndarray) -> float:
@@ -123,10 +129,10 @@ def detail_level(head: np.ndarray) -> float:
     Raises:
         ValueError: If ``head`` is not a 2-D uint8 array.
     """
-    head = _check_head(head)
-    if min(head.shape) < 3:
+    response = _mask_response(head)
+    if response is None:
         return float("nan")
-    return float(_mask_response(head).mean() / (_MASK_NORM * _MEAN_ABS_TO_SD))
+    return float(response.mean() / (_MASK_NORM * _MEAN_ABS_TO_SD))
 
 
 def quality_features(gray: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
@@ -273,11 +279,8 @@ def fit_reference(features: np.ndarray, *, noise_quantile: float = DEFAULT_NOISE
 
 def save_reference(ref: QualityReference, folder: str | Path,
                    provenance: dict[str, Any]) -> Path:
-    """Write ``features.npz`` and ``config.json`` (with the SHA-256 and ``provenance``)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(folder / FEATURES_FILE, features=ref.features)  # float64: limits exact
-    write_json(folder / CONFIG_FILE, {
+    """Write ``features.npz`` (float64: the limits stay exact) and ``config.json``."""
+    return write_features_artifact(folder, ref.features, {
         "kind": "noise and detail reference",
         "features": {
             "noise_sigma_grey": "median |Immerkaer mask| over head pixels > "
@@ -288,11 +291,8 @@ def save_reference(ref: QualityReference, folder: str | Path,
         "noise_limit": ref.noise_limit,
         "detail_limit": ref.detail_limit,
         "n_reference": len(ref.features),
-        "features_file": FEATURES_FILE,
-        "features_sha256": sha256_file(folder / FEATURES_FILE),
         **provenance,
     })
-    return folder
 
 
 def load_reference(folder: str | Path) -> QualityReference:
@@ -302,20 +302,12 @@ def load_reference(folder: str | Path) -> QualityReference:
         ArtifactError: If the folder, config or features are missing or corrupt; the
             message names the file.
     """
-    folder = Path(folder)
-    config = read_json(folder / CONFIG_FILE)
-    missing = [k for k in ("noise_limit", "detail_limit", "features_sha256") if k not in config]
-    if missing:
-        raise ArtifactError(f"{folder / CONFIG_FILE} lacks required keys {missing}")
-    path = folder / config.get("features_file", FEATURES_FILE)
-    verify_sha256(path, config["features_sha256"])
+    features, config = read_features_artifact(folder, ("noise_limit", "detail_limit"))
     try:
-        with np.load(path) as data:
-            features = data["features"]
         return QualityReference(features, float(config["noise_limit"]),
                                 float(config["detail_limit"]), config)
-    except (KeyError, ValueError, OSError) as exc:
-        raise ArtifactError(f"{path}: unusable quality reference: {exc}") from None
+    except ValueError as exc:
+        raise ArtifactError(f"{folder}: unusable quality reference: {exc}") from None
 
 
 def describe_reference(config: dict[str, Any]) -> str:
@@ -465,16 +457,11 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m ensemble.quality DATA --split CSV --out FOLDER``."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data_dir", type=Path, help="root the split's paths are relative to")
-    p.add_argument("--split", type=Path, required=True, help="split CSV (path, label, split)")
-    p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
+    p = reference_parser(__doc__.split("\n\n")[0])
     p.add_argument("--noise-quantile", type=float, default=DEFAULT_NOISE_QUANTILE,
                    help="share of training slices at or below the noise limit")
     p.add_argument("--detail-quantile", type=float, default=DEFAULT_DETAIL_QUANTILE,
                    help="share of training slices below the detail limit")
-    p.add_argument("--check-per-class", type=int, default=50,
-                   help="validation slices per class measured under each shift")
     a = p.parse_args(argv)
     try:
         cfg = build(a.data_dir, a.split, a.out, noise_quantile=a.noise_quantile,

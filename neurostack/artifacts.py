@@ -143,6 +143,51 @@ def read_json(path: str | Path) -> Any:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
 
 
+FEATURES_FILE = "features.npz"
+"""Array file of a reference artifact (``features`` key), beside its ``config.json``."""
+
+
+def write_features_artifact(folder: str | Path, features: np.ndarray,
+                            config: dict[str, Any]) -> Path:
+    """Write ``features.npz`` and ``config.json`` (``config`` + the array's SHA-256).
+
+    Used by the input checks' references (:mod:`ensemble.intensity`,
+    :mod:`ensemble.quality`). Returns the folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / FEATURES_FILE, features=features)
+    write_json(folder / "config.json", {
+        **config, "features_file": FEATURES_FILE,
+        "features_sha256": sha256_file(folder / FEATURES_FILE)})
+    return folder
+
+
+def read_features_artifact(folder: str | Path,
+                           required: tuple[str, ...]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a folder written by :func:`write_features_artifact`, checking the SHA-256 first.
+
+    Returns:
+        ``(features, config)``.
+
+    Raises:
+        ArtifactError: If ``config.json`` lacks a ``required`` key or the SHA-256, or
+            the array file is missing, altered or unreadable; the message names the file.
+    """
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    missing = [k for k in (*required, "features_sha256") if k not in config]
+    if missing:
+        raise ArtifactError(f"{folder / 'config.json'} lacks required keys {missing}")
+    path = folder / config.get("features_file", FEATURES_FILE)
+    verify_sha256(path, config["features_sha256"])
+    try:
+        with np.load(path) as data:
+            return data["features"], config
+    except (KeyError, ValueError, OSError) as exc:
+        raise ArtifactError(f"{path}: unusable features file: {exc}") from None
+
+
 PREVIOUS_LOG_FILE = "previous_log.csv"
 PREVIOUS_CONFIG_FILE = "previous_config.json"
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from neurostack.errors import ArtifactError, InputImageError
 
@@ -30,3 +32,19 @@ def print_record(compute: Callable[[], dict]) -> int:
         return 2
     print(json.dumps(record, indent=2))
     return 0
+
+
+def reference_parser(description: str) -> argparse.ArgumentParser:
+    """Parser with the arguments every input-check reference builder takes.
+
+    ``data_dir`` (root of the split's paths), ``--split`` (CSV with ``path, label,
+    split``), ``--out`` (artifact folder) and ``--check-per-class`` (validation slices
+    per class measured under each simulated shift).
+    """
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("data_dir", type=Path, help="root the split's paths are relative to")
+    p.add_argument("--split", type=Path, required=True, help="split CSV (path, label, split)")
+    p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
+    p.add_argument("--check-per-class", type=int, default=50,
+                   help="validation slices per class measured under each shift")
+    return p
