@@ -11,13 +11,16 @@ import pandas as pd
 import pytest
 
 from neurostack.artifacts import (
+    FEATURES_FILE,
     keep_lineage,
     load_weights_compact,
     merged_training_log,
+    read_features_artifact,
     read_json,
     save_weights_compact,
     sha256_file,
     verify_sha256,
+    write_features_artifact,
     write_json,
 )
 from neurostack.errors import ArtifactError
@@ -168,3 +171,20 @@ def test_merged_training_log_refuses_a_log_without_epochs(tmp_path: Path) -> Non
     (tmp_path / "previous_log.csv").write_text("loss,acc\n1.0,0.2\n")
     with pytest.raises(ArtifactError, match="previous_log.csv is not a per-epoch training log"):
         merged_training_log(tmp_path)
+
+
+def test_features_artifact_round_trip_and_refusals(tmp_path: Path) -> None:
+    features = np.arange(12, dtype=np.float64).reshape(6, 2) / 7
+    folder = write_features_artifact(tmp_path / "ref", features, {"limit": 1.5})
+    back, config = read_features_artifact(folder, ("limit",))
+    np.testing.assert_array_equal(back, features)  # float64 kept bit for bit
+    assert config["limit"] == 1.5 and config["features_file"] == FEATURES_FILE
+    assert config["features_sha256"] == sha256_file(folder / FEATURES_FILE)
+    with pytest.raises(ArtifactError, match=r"lacks required keys \['k'\]"):
+        read_features_artifact(folder, ("limit", "k"))
+    with open(folder / FEATURES_FILE, "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(ArtifactError, match="SHA-256|sha256|checksum"):
+        read_features_artifact(folder, ("limit",))
+    with pytest.raises(ArtifactError, match="Missing file"):
+        read_features_artifact(tmp_path / "nowhere", ())

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from neurostack.cli import print_record
+from neurostack.cli import print_record, reference_parser
 from neurostack.errors import ArtifactError
 
 
@@ -33,3 +33,11 @@ def test_bugs_keep_their_traceback() -> None:
 
     with pytest.raises(KeyError):
         print_record(bug)
+
+
+def test_reference_parser_has_the_shared_arguments(tmp_path) -> None:
+    p = reference_parser("build a reference")
+    a = p.parse_args([str(tmp_path), "--split", "s.csv", "--out", "o"])
+    assert (a.data_dir, str(a.split), str(a.out), a.check_per_class) == (tmp_path, "s.csv", "o", 50)
+    with pytest.raises(SystemExit):
+        p.parse_args([str(tmp_path), "--out", "o"])  # --split is required
