@@ -55,14 +55,15 @@ from neurostack.cli import reference_parser
 from neurostack.corrupt import CLEAN, conditions, corrupt, slice_seed
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import load_image
-from neurostack.preprocess import crop, find_brain_box
+from neurostack.preprocess import BLANK_LEVEL, crop, find_brain_box
 
 REFERENCE_FOLDER = "quality_reference"
 """Folder of the reference under ``artifacts/classification``."""
 CONFIG_FILE = "config.json"
 FEATURE_COLUMNS: tuple[str, ...] = ("noise_sigma_grey", "detail_level_grey")
-HEAD_LEVEL = 20
-"""Grey level above which a pixel of the head crop counts for :func:`noise_sigma`."""
+HEAD_LEVEL = BLANK_LEVEL
+"""Grey level above which a pixel of the head crop counts for :func:`noise_sigma` (the
+background level of :func:`neurostack.preprocess.almost_blank`)."""
 DEFAULT_NOISE_QUANTILE = 0.99
 DEFAULT_DETAIL_QUANTILE = 0.005
 NOISY_PREFIX = "noisier than the training slices"

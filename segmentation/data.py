@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from neurostack.imaging import load_image
-from neurostack.preprocess import CropBox, crop, find_brain_box, resize_square
+from neurostack.preprocess import BLANK_LEVEL, CropBox, crop, find_brain_box, resize_square
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -346,8 +346,9 @@ class AugmentConfig:
             )
 
 
-HEAD_LEVEL = 20.0 / 255.0
-"""Grey level above which a pixel counts as head tissue for ``tumour_flatten``."""
+HEAD_LEVEL = BLANK_LEVEL / 255.0
+"""Intensity above which a pixel counts as head tissue for ``tumour_flatten`` (the
+background level of :func:`neurostack.preprocess.almost_blank`, on ``[0, 1]``)."""
 
 
 def _gaussian_blur(x: tf.Tensor, sigma: float) -> tf.Tensor:
