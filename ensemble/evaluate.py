@@ -42,7 +42,7 @@ from ensemble.intensity import (
 )
 from ensemble.metrics import classification_metrics
 from neurostack import CLASS_NAMES
-from neurostack.errors import InputImageError
+from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import load_image
 from neurostack.preprocess import TTA_MODES, crop, find_brain_box
 
@@ -342,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--record-in-artifacts needs --split and --part")
     if a.reuse and not all((a.reuse / f).is_file() for f in ("metrics.json", "predictions.csv")):
         p.error(f"--reuse needs metrics.json and predictions.csv in {a.reuse}")
+    try:  # a named reference must be usable before any model is run
+        resolve_reference(a.intensity_reference, a.artifacts / REFERENCE_FOLDER)
+    except ArtifactError as exc:
+        p.error(f"--intensity-reference: {exc}")
     m = evaluate(
         a.data_dir,
         a.out,

@@ -242,6 +242,10 @@ def test_intensity_reference_scores_the_slices_the_pipeline_would_feed(
     np.testing.assert_allclose(
         new[probability_columns("ensemble")].head(3).to_numpy(), want, atol=1e-5
     )
+    # a named reference that is not one is refused before any model runs
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--intensity-reference", str(tmp_path / "nowhere")])
+    assert exc.value.code == 2 and not (tmp_path / "nowhere").exists()
     # the default scores the slices as given and has no such column
     plain = json.loads((evaluated["out"] / "metrics.json").read_text())
     assert plain["intensity_correction"] is None and plain["n_intensity_corrected"] == 0
