@@ -16,7 +16,7 @@ both pretraining parts (:func:`held_out_matches`).
 
 Run folder (resumable after any epoch with ``--resume``)::
 
-    run_config.json, state.json, training_log.csv, exclusions.csv,
+    run_config.json, state.json, pretrain_log.csv, exclusions.csv,
     last.keras (model + optimizer), unet_init.weights.npz (best epoch by val accuracy)
 
 Example::
@@ -46,7 +46,8 @@ CLASS_ORDER = ("glioma", "meningioma", "notumor", "pituitary")
 HELD_OUT_PARTS = ("val", "test")
 STATE_FILE = "state.json"
 RUN_CONFIG = "run_config.json"
-LOG_FILE = "training_log.csv"
+# Not training_log.csv: a segmentation run started from here would take it for its own history.
+LOG_FILE = "pretrain_log.csv"
 EXCLUSIONS_FILE = "exclusions.csv"
 INIT_WEIGHTS_FILE = "unet_init.weights.npz"
 LAST_CHECKPOINT = "last.keras"

@@ -163,3 +163,15 @@ def test_cli_requires_data_dir_for_a_new_run(tmp_path, capsys):
     assert "data_dir" in capsys.readouterr().err
     assert main(["x", "--run-dir", str(tmp_path / "r"), "--epochs", "0"]) == 2
     assert "epochs" in capsys.readouterr().err
+
+
+def test_pretraining_log_is_not_taken_for_a_segmentation_history(tmp_path):
+    from neurostack.artifacts import PREVIOUS_LOG_FILE, keep_lineage
+
+    pre = tmp_path / "pre"
+    run = tmp_path / "seg_run"
+    pre.mkdir()
+    run.mkdir()
+    (pre / LOG_FILE).write_text("epoch,accuracy\n1,0.5\n")
+    assert not keep_lineage(pre, run)
+    assert not (run / PREVIOUS_LOG_FILE).exists()
