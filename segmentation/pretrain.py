@@ -33,7 +33,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -414,9 +414,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data_dir", nargs="?", help="classification class-folder root")
-    p.add_argument("--split", default="artifacts/splits/classification_split.csv")
+    p.add_argument("--split", dest="split_csv", default="artifacts/splits/classification_split.csv")
     p.add_argument("--seg-data-dir", default="../shared/datasets/figshare-seg")
-    p.add_argument("--seg-split", default="artifacts/splits/segmentation_split.csv")
+    p.add_argument(
+        "--seg-split", dest="seg_split_csv", default="artifacts/splits/segmentation_split.csv"
+    )
     p.add_argument("--run-dir", required=True)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--threads", type=int, default=None)
@@ -446,27 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir is None and not args.resume:
         print("error: data_dir is required for a new run", file=sys.stderr)
         return 2
-    cfg = PretrainConfig(
-        data_dir=args.data_dir or "",
-        split_csv=args.split,
-        seg_data_dir=args.seg_data_dir,
-        seg_split_csv=args.seg_split,
-        run_dir=args.run_dir,
-        image_size=args.image_size,
-        base_filters=args.base_filters,
-        depth=args.depth,
-        dropout=args.dropout,
-        bn_momentum=args.bn_momentum,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        max_hamming=args.max_hamming,
-        mixed_precision=args.mixed_precision,
-        seed=args.seed,
-        cache_dir=args.cache_dir,
-    )
+    options = {f.name: getattr(args, f.name) for f in fields(PretrainConfig) if f.name in args}
+    cfg = PretrainConfig(**{**options, "data_dir": args.data_dir or ""})
     try:
         out = pretrain(
             cfg,

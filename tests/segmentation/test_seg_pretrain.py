@@ -175,3 +175,48 @@ def test_pretraining_log_is_not_taken_for_a_segmentation_history(tmp_path):
     (pre / LOG_FILE).write_text("epoch,accuracy\n1,0.5\n")
     assert not keep_lineage(pre, run)
     assert not (run / PREVIOUS_LOG_FILE).exists()
+
+
+def test_cli_maps_every_option_onto_the_config(monkeypatch, tmp_path):
+    import segmentation.pretrain as mod
+
+    seen = {}
+
+    def fake_pretrain(cfg, **kw):
+        seen.update(cfg=cfg, **kw)
+        return tmp_path / INIT_WEIGHTS_FILE
+
+    monkeypatch.setattr(mod, "pretrain", fake_pretrain)
+    argv = [
+        "ROOT",
+        "--run-dir",
+        "R",
+        "--split",
+        "S.csv",
+        "--seg-split",
+        "SEG.csv",
+        "--seg-data-dir",
+        "SEGDIR",
+        "--epochs",
+        "3",
+        "--learning-rate",
+        "0.01",
+        "--max-hamming",
+        "4",
+        "--dropout",
+        "0.1",
+        "--threads",
+        "1",
+        "--resume",
+    ]
+    assert main(argv) == 0
+    cfg = seen["cfg"]
+    assert (cfg.data_dir, cfg.split_csv, cfg.seg_split_csv, cfg.seg_data_dir) == (
+        "ROOT",
+        "S.csv",
+        "SEG.csv",
+        "SEGDIR",
+    )
+    assert (cfg.epochs, cfg.learning_rate, cfg.max_hamming, cfg.dropout) == (3, 0.01, 4, 0.1)
+    assert cfg.image_size == PretrainConfig("", "", "", "", "").image_size
+    assert seen["threads"] == 1 and seen["resume"] is True
