@@ -170,21 +170,36 @@ def held_out_matches(
     return distance <= max_hamming, distance
 
 
-def perceptual_hashes(paths: list[Path], desc: str) -> np.ndarray:
-    """``(N,)`` uint64 64-bit pHashes of image files' canonical greyscale."""
+def perceptual_hashes(paths: list[Path], desc: str) -> tuple[np.ndarray, list[str]]:
+    """64-bit pHashes of image files' canonical greyscale, reporting unreadable files.
+
+    Returns:
+        ``(hashes, errors)``: ``(N,)`` uint64 (0 where unreadable) and ``(N,)`` str,
+        empty for a readable file, else the reason it could not be read.
+    """
     from tqdm import tqdm
 
     from ensemble.data import _phash_bits
+    from neurostack.errors import InputImageError
     from neurostack.imaging import load_image
 
-    return np.array(
-        [_phash_bits(load_image(p).gray) for p in tqdm(paths, desc=desc, unit="img")],
-        dtype=np.uint64,
-    )
+    hashes = np.zeros(len(paths), dtype=np.uint64)
+    errors = [""] * len(paths)
+    for i, p in enumerate(tqdm(paths, desc=desc, unit="img")):
+        try:
+            hashes[i] = _phash_bits(load_image(p).gray)
+        except (InputImageError, OSError) as exc:
+            errors[i] = f"{type(exc).__name__}: {exc}"
+    return hashes, errors
 
 
 def pretraining_table(cfg: PretrainConfig) -> pd.DataFrame:
-    """Classification rows with ``excluded`` and ``held_out_distance`` columns."""
+    """Classification rows with ``excluded``, ``held_out_distance`` and ``unreadable`` columns.
+
+    An unreadable classification file is excluded and its reason kept in
+    ``unreadable``; the run goes on with the others. An unreadable segmentation
+    slice cannot be compared and is reported on stderr (it cannot be evaluated either).
+    """
     from segmentation.data import read_split
 
     table = pd.read_csv(cfg.split_csv)
@@ -193,14 +208,32 @@ def pretraining_table(cfg: PretrainConfig) -> pd.DataFrame:
         raise ValueError(f"{cfg.split_csv} lacks columns {sorted(missing)}")
     seg = read_split(cfg.seg_split_csv)
     images = Path(cfg.seg_data_dir) / "images"
-    seg_hashes = perceptual_hashes([images / f"{i}.jpg" for i in seg["id"]], "hash figshare-seg")
-    class_hashes = perceptual_hashes(
+    seg_hashes, seg_errors = perceptual_hashes(
+        [images / f"{i}.jpg" for i in seg["id"]], "hash figshare-seg"
+    )
+    seg_ok = np.array([not e for e in seg_errors])
+    if not seg_ok.all():
+        bad = ", ".join(seg["id"][~seg_ok].astype(str).tolist()[:10])
+        print(
+            f"warning: {int((~seg_ok).sum())} segmentation slices unreadable, not compared "
+            f"(ids {bad})",
+            file=sys.stderr,
+        )
+    class_hashes, class_errors = perceptual_hashes(
         [Path(cfg.data_dir) / p for p in table["path"]], "hash classification"
     )
     excluded, distance = held_out_matches(
-        class_hashes, seg_hashes, seg["split"].to_numpy(), max_hamming=cfg.max_hamming
+        class_hashes,
+        seg_hashes[seg_ok],
+        seg["split"].to_numpy()[seg_ok],
+        max_hamming=cfg.max_hamming,
     )
-    return table.assign(excluded=excluded, held_out_distance=distance)
+    unreadable = np.array([bool(e) for e in class_errors])
+    return table.assign(
+        excluded=excluded | unreadable,
+        held_out_distance=np.where(unreadable, -1, distance),
+        unreadable=class_errors,
+    )
 
 
 # ----------------------------------------------------------------------------- model
@@ -323,9 +356,11 @@ def pretrain(
         table = pretraining_table(cfg)
         table.to_csv(excl_path, index=False)
     kept = table[~table["excluded"]]
+    n_bad = int(table["unreadable"].fillna("").astype(bool).sum())
     print(
         f"excluded {int(table['excluded'].sum())} of {len(table)} classification slices "
-        f"(within {cfg.max_hamming} pHash bits of a held-out segmentation slice)",
+        f"(within {cfg.max_hamming} pHash bits of a held-out segmentation slice, or one of "
+        f"{n_bad} unreadable files listed in {EXCLUSIONS_FILE})",
         flush=True,
     )
     labels = {c: i for i, c in enumerate(CLASS_ORDER)}

@@ -104,6 +104,8 @@ def _classification_folder(root, seg_dir, seg_split, make_fake_slice):
         rel = f"glioma/copy_of_{part}.jpg"
         shutil.copy(seg_dir / "images" / f"{stem}.jpg", root / rel)
         rows.append({"path": rel, "label": "glioma", "split": "train"})
+    (root / "meningioma" / "broken.jpg").write_text("not an image")
+    rows.append({"path": "meningioma/broken.jpg", "label": "meningioma", "split": "train"})
     table = pd.DataFrame(rows)
     table.to_csv(root / "split.csv", index=False)
     return root / "split.csv"
@@ -152,6 +154,10 @@ def test_pretrain_excludes_held_out_copies_resumes_and_feeds_segmentation(
     assert excl.loc["glioma/copy_of_val.jpg", "excluded"]
     assert excl.loc["glioma/copy_of_val.jpg", "held_out_distance"] == 0
     assert not excl.loc["glioma/copy_of_train.jpg", "excluded"]
+    # a broken file is reported and left out; the other slices were used
+    assert excl.loc["meningioma/broken.jpg", "excluded"]
+    assert "Error" in excl.loc["meningioma/broken.jpg", "unreadable"]
+    assert excl["unreadable"].isna().sum() == len(excl) - 1
     assert out == run / INIT_WEIGHTS_FILE
 
     unet = build_resunet(input_size=64, base_filters=2, depth=2, dropout=0.2)
