@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,22 +221,37 @@ def cached_arrays(
     paths: list[str],
     size: int,
     cache_dir: str | Path = DEFAULT_CACHE,
+    *,
+    transform: Callable[[np.ndarray, str], np.ndarray] | None = None,
+    transform_id: str = "",
 ) -> np.ndarray:
     """Return ``(N, size, size)`` uint8 brain crops, computed once and cached as ``.npy``.
 
     The cache key hashes the dataset root, the file list and the size; unreadable
-    files raise.
+    files raise. ``transform(gray, relative_path) -> gray`` (e.g. seeded noise)
+    is applied to each whole slice before the crop, as an acquisition change
+    would be; ``transform_id`` must then name it uniquely, since it joins the key.
+
+    Raises:
+        ValueError: If ``transform`` is given without ``transform_id``.
     """
+    if transform is not None and not transform_id:
+        raise ValueError("transform_id must name the transform; received ''")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     ident = f"{Path(root).resolve()}|" + "\n".join(paths) + f"|{size}|crop-v1"
+    if transform is not None:
+        ident += f"|{transform_id}"
     key = hashlib.sha256(ident.encode()).hexdigest()[:16]
     target = cache_dir / f"crops_{size}_{key}.npy"
     if target.exists():
         return np.load(target, mmap_mode="r")
     out = np.zeros((len(paths), size, size), dtype=np.uint8)
     for i, rel in enumerate(tqdm(paths, desc=f"caching {size}px crops", unit="img")):
-        out[i] = preprocess_gray(load_image(Path(root) / rel).gray, size)
+        gray = load_image(Path(root) / rel).gray
+        if transform is not None:
+            gray = transform(gray, rel)
+        out[i] = preprocess_gray(gray, size)
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")  # concurrent runs: no shared tmp
     np.save(tmp, out)
     tmp.replace(target)

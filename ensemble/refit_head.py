@@ -23,13 +23,23 @@ Protocol (the validation split stays untouched for the decision to ship):
 2. A group-aware hold-out of the training split (duplicate groups never
    straddle it) picks the epoch; the head starts from the shipped head weights.
 3. The shipped head and the refitted head are both scored on the validation
-   features; the record says which is better. Nothing in ``artifacts/`` is
+   features; the record says which is better.
+
+With ``--noise-copies K`` the fit also sees K Rician-noised copies of every
+training image (sigma drawn per slice in ``[--noise-sigma-min,
+--noise-sigma-max]`` grey levels, seeded by its path), so that the head stops
+reading noise as "no tumour" (the training split's noisiest slices are all
+notumor). Both heads are then also scored on the validation split under the
+robustness run's noise (sigma 8 and 16, same seeds); the record is
+``head_refit_noise.json``. Nothing in ``artifacts/`` is
    touched: ``--out`` is a new artifact folder to compare and copy by hand.
 
 Command line::
 
     python -m ensemble.refit_head artifacts/classification/inceptionv3 \
         --out /work/runs/headfit/inceptionv3 --features-dir /work/runs/headfit/features
+    python -m ensemble.refit_head artifacts/classification/xception --noise-copies 1 \
+        --out /work/runs/noisefit/xception --features-dir /work/runs/noisefit/features
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import csv
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +58,7 @@ import numpy as np
 from tqdm import tqdm
 
 from neurostack.cli import print_record
+from neurostack.corrupt import CORRUPTIONS, SEVERITIES, apply_corruption, corrupt, slice_seed
 from neurostack.errors import ArtifactError
 from neurostack.hardware import set_tensorflow_threads
 
@@ -56,6 +68,8 @@ if TYPE_CHECKING:
 FEATURE_LAYER = "flatten"
 """Name of the layer whose output feeds the head (see :func:`ensemble.models.build_classifier`)."""
 KEPT_RECORDS = ("training_log.csv", "resolution.json", "recalibration.json")
+NOISE = "rician_noise"
+"""The corruption used for noise augmentation and its validation check."""
 """Records of earlier steps copied from the source artifact (with an earlier head refit's)."""
 DEFAULT_DATA = Path("../shared/datasets/brain-tumor-mri/Training")
 DEFAULT_SPLIT = Path("artifacts/splits/classification_split.csv")
@@ -73,6 +87,13 @@ class HeadFitConfig:
         patience: Epochs without a better hold-out score before stopping.
         holdout_fraction: Share of training duplicate groups held out to pick the epoch.
         seed: Seed of the hold-out draw, the shuffling and the dropout.
+        noise_copies: Rician-noised copies of every training image added to the fit
+            (0: none). Each copy's sigma is drawn per slice, uniformly in
+            ``[noise_sigma_min, noise_sigma_max]`` grey levels, and applied to the whole
+            slice before the crop; a copy stays on the same side of the hold-out as its
+            original.
+        noise_sigma_min: Lower end of the noise sigma, grey levels.
+        noise_sigma_max: Upper end of the noise sigma, grey levels.
     """
 
     epochs: int = 60
@@ -82,6 +103,9 @@ class HeadFitConfig:
     patience: int = 8
     holdout_fraction: float = 0.15
     seed: int = 0
+    noise_copies: int = 0
+    noise_sigma_min: float = 2.0
+    noise_sigma_max: float = 20.0
 
     def check(self) -> HeadFitConfig:
         """Raise ``ValueError`` naming the allowed and received value of a bad option."""
@@ -99,7 +123,46 @@ class HeadFitConfig:
             raise ValueError(
                 f"holdout_fraction must be in (0, 0.5); received {self.holdout_fraction}"
             )
+        if self.noise_copies < 0:
+            raise ValueError(f"noise_copies must be >= 0; received {self.noise_copies}")
+        if not 0 <= self.noise_sigma_min <= self.noise_sigma_max:
+            raise ValueError(
+                "noise sigmas must satisfy 0 <= noise_sigma_min <= noise_sigma_max; received "
+                f"{self.noise_sigma_min} and {self.noise_sigma_max}"
+            )
         return self
+
+    def noise_id(self, copy: int) -> str:
+        """Cache and shard name of noisy training copy ``copy`` (0-based)."""
+        return (
+            f"{NOISE}_copy{copy}_sigma{self.noise_sigma_min:g}-{self.noise_sigma_max:g}"
+            f"_seed{self.seed}"
+        )
+
+
+def training_noise(cfg: HeadFitConfig, copy: int) -> Callable[[np.ndarray, str], np.ndarray]:
+    """Return ``(gray, key) -> gray``: copy ``copy`` of a slice with its own seeded noise.
+
+    The sigma and the noise are drawn from seeds of ``key`` (the relative path),
+    ``copy`` and ``cfg.seed``, so a copy is the same on every run and machine.
+    """
+
+    def apply(gray: np.ndarray, key: str) -> np.ndarray:
+        base = slice_seed(key, f"{NOISE}_train", copy, cfg.seed)
+        u = np.random.default_rng(base).random()
+        sigma = cfg.noise_sigma_min + (cfg.noise_sigma_max - cfg.noise_sigma_min) * u
+        return apply_corruption(gray, NOISE, sigma, base + 1)
+
+    return apply
+
+
+def robustness_noise(severity: int, seed: int = 0) -> Callable[[np.ndarray, str], np.ndarray]:
+    """Return ``(gray, key) -> gray``: the robustness run's noise at ``severity`` (same seeds)."""
+
+    def apply(gray: np.ndarray, key: str) -> np.ndarray:
+        return corrupt(gray, NOISE, severity, slice_seed(key, NOISE, severity, seed))
+
+    return apply
 
 
 def _layer(model: keras.Model, name: str) -> keras.layers.Layer:
@@ -421,35 +484,57 @@ def refit_artifact(
     kw = {"cache_dir": cache_dir} if cache_dir else {}
     extractor = feature_extractor(clf.model, from_layer)
     key = f"{clf.name}_{size}" + ("" if from_layer == FEATURE_LAYER else f"_{from_layer}")
-    feats, labels, groups, idents = {}, {}, {}, {}
-    for part in ("train", "val"):
-        rows = load_split(split_csv, part)
-        paths = rows["path"].tolist()
-        crops = np.asarray(cached_arrays(data_dir, paths, size, **kw))
-        idents[part] = features_ident(clf.config["weights_sha256"], paths, from_layer)
-        feats[part] = extract_features(
+
+    def features(part: str, paths: list[str], variant: str = "", transform=None) -> np.ndarray:
+        crops = np.asarray(
+            cached_arrays(data_dir, paths, size, transform=transform, transform_id=variant, **kw)
+        )
+        ident = features_ident(clf.config["weights_sha256"], paths, from_layer)
+        return extract_features(
             extractor,
             clf.preprocess_mode,
             crops,
-            shard_dir=Path(features_dir) / key / part,
-            desc=f"{clf.name} {part} features",
-            ident=idents[part],
+            shard_dir=Path(features_dir) / key / (f"{part}_{variant}" if variant else part),
+            desc=f"{clf.name} {part} {variant or 'clean'} features",
+            ident=f"{ident}|{variant}" if variant else ident,
         )
+
+    feats, labels, groups, idents, noisy_val = {}, {}, {}, {}, {}
+    for part in ("train", "val"):
+        rows = load_split(split_csv, part)
+        paths = rows["path"].tolist()
+        idents[part] = features_ident(clf.config["weights_sha256"], paths, from_layer)
+        feats[part] = features(part, paths)
         labels[part] = label_indices(rows["label"])
         groups[part] = rows["group"].to_numpy() if "group" in rows else np.arange(len(rows))
+        if part == "train" and cfg.noise_copies:
+            copies = [
+                features(part, paths, cfg.noise_id(k), training_noise(cfg, k))
+                for k in range(cfg.noise_copies)
+            ]
+            feats[part] = np.concatenate([feats[part], *copies])
+        if part == "val" and cfg.noise_copies:
+            for sev in SEVERITIES:
+                noisy_val[sev] = features(part, paths, f"{NOISE}_{sev}", robustness_noise(sev))
     t_feat = time.time() - t0
 
-    hold = group_holdout(groups["train"], labels["train"], cfg.holdout_fraction, cfg.seed)
+    copies = 1 + cfg.noise_copies
+    y_train = np.tile(labels["train"], copies)
+    hold = np.tile(
+        group_holdout(groups["train"], labels["train"], cfg.holdout_fraction, cfg.seed), copies
+    )
     tail = build_tail(clf.model, from_layer)  # shares its weights with clf.model
     val_before = head_accuracy(tail, feats["val"], labels["val"])
+    noise_before = {s: head_accuracy(tail, f, labels["val"]) for s, f in noisy_val.items()}
+    fit_dir = "fit" if not cfg.noise_copies else f"fit_{cfg.noise_id(cfg.noise_copies - 1)}"
     log = fit_head(
         tail,
         feats["train"][~hold],
-        labels["train"][~hold],
+        y_train[~hold],
         feats["train"][hold],
-        labels["train"][hold],
+        y_train[hold],
         cfg,
-        checkpoint=Path(features_dir) / key / "fit",
+        checkpoint=Path(features_dir) / key / fit_dir,
         ident=idents["train"],
     )
     val_after = head_accuracy(tail, feats["val"], labels["val"])
@@ -470,11 +555,21 @@ def refit_artifact(
         "better_on_val": bool(val_after > val_before),
         "config": cfg.__dict__,
         "feature_seconds": round(t_feat, 1),
-        "seconds": round(time.time() - t0, 1),
     }
+    if cfg.noise_copies:
+        levels = CORRUPTIONS[NOISE].levels
+        record["val_accuracy_under_noise"] = {
+            f"sigma_{levels[s - 1]:g}": {
+                "shipped_head": round(noise_before[s], 4),
+                "refitted_head": round(head_accuracy(tail, f, labels["val"]), 4),
+            }
+            for s, f in noisy_val.items()
+        }
+    record["seconds"] = round(time.time() - t0, 1)
     if out is not None:
         out = Path(out)
         step = "head_refit" if from_layer == FEATURE_LAYER else "tail_finetune"
+        step += "_noise" if cfg.noise_copies else ""
         training = dict(clf.config.get("training", {}))
         training[step] = {
             k: record[k]
@@ -490,13 +585,22 @@ def refit_artifact(
                 "config",
             )
         } | {
-            "features": f"output of {from_layer!r} at input_size, train split, no augmentation",
+            "features": f"output of {from_layer!r} at input_size, train split, "
+            + (
+                f"plus {cfg.noise_copies} Rician-noised cop(y/ies) of every image (sigma "
+                f"uniform in [{cfg.noise_sigma_min:g}, {cfg.noise_sigma_max:g}] grey levels, "
+                "applied to the whole slice before the crop)"
+                if cfg.noise_copies
+                else "no augmentation"
+            ),
             "batchnorm": "frozen (inference mode, statistics unchanged)",
         }
         write_classifier_artifact(
             clf.model, out, backbone=clf.name, input_size=size, training=training
         )
-        for name in (*KEPT_RECORDS, "head_refit.json", "head_refit_log.csv"):
+        kept = (*KEPT_RECORDS, "head_refit.json", "head_refit_log.csv")
+        kept += ("tail_finetune.json", "tail_finetune_log.csv") if cfg.noise_copies else ()
+        for name in kept:
             if (Path(folder) / name).is_file():
                 shutil.copy(Path(folder) / name, out / name)
         with open(out / f"{step}_log.csv", "w", newline="") as fh:
@@ -527,6 +631,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=HeadFitConfig.patience)
     p.add_argument("--holdout-fraction", type=float, default=HeadFitConfig.holdout_fraction)
     p.add_argument("--seed", type=int, default=HeadFitConfig.seed)
+    p.add_argument(
+        "--noise-copies",
+        type=int,
+        default=HeadFitConfig.noise_copies,
+        help="Rician-noised copies of every training image added to the fit (0: none); the "
+        "record then also scores both heads on the validation split under the robustness "
+        "run's noise (sigma 8 and 16)",
+    )
+    p.add_argument("--noise-sigma-min", type=float, default=HeadFitConfig.noise_sigma_min)
+    p.add_argument("--noise-sigma-max", type=float, default=HeadFitConfig.noise_sigma_max)
     p.add_argument("--threads", type=int, default=None, help="TensorFlow intra-op threads")
     a = p.parse_args(argv)
 
@@ -539,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
             patience=a.patience,
             holdout_fraction=a.holdout_fraction,
             seed=a.seed,
+            noise_copies=a.noise_copies,
+            noise_sigma_min=a.noise_sigma_min,
+            noise_sigma_max=a.noise_sigma_max,
         ).check()
         return refit_artifact(
             a.artifact,

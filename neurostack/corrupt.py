@@ -137,12 +137,38 @@ def corrupt(gray: np.ndarray, name: str, severity: int, seed: int = 0) -> np.nda
         ValueError: On an unknown name or severity, or a slice that is not 2-D uint8.
     """
     c = _check(name, severity)
+    if severity == 0:
+        return _checked_gray(gray).copy()
+    return apply_corruption(gray, name, c.levels[severity - 1], seed)
+
+
+def _checked_gray(gray: np.ndarray) -> np.ndarray:
     gray = np.asarray(gray)
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"gray must be a 2-D uint8 array; received {gray.dtype} {gray.shape}")
-    if severity == 0:
-        return gray.copy()
-    return c.apply(gray, c.levels[severity - 1], np.random.default_rng(seed))
+    return gray
+
+
+def apply_corruption(gray: np.ndarray, name: str, parameter: float, seed: int = 0) -> np.ndarray:
+    """Apply corruption ``name`` with an explicit parameter instead of a severity level.
+
+    Training-time augmentation draws the parameter (e.g. a noise sigma) per slice;
+    :func:`corrupt` uses the two fixed levels of the robustness tables.
+
+    Args:
+        gray: ``(H, W)`` uint8 slice.
+        name: A key of :data:`CORRUPTIONS`.
+        parameter: In the corruption's own unit (see its ``description``).
+        seed: Seed for the random parts.
+
+    Returns:
+        ``(H, W)`` uint8 slice.
+
+    Raises:
+        ValueError: On an unknown name or a slice that is not 2-D uint8.
+    """
+    c = _check(name, 1)
+    return c.apply(_checked_gray(gray), float(parameter), np.random.default_rng(seed))
 
 
 def corrupt_mask(mask: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:

@@ -211,6 +211,31 @@ def test_cached_arrays_computes_once_then_reads_the_cache(
     assert len(list(cache.glob("crops_*.npy"))) == 1
 
 
+def test_cached_arrays_applies_a_named_transform_to_the_whole_slice_before_the_crop(
+    class_dataset: Path, tmp_path: Path
+) -> None:
+    paths = list_class_folder(class_dataset)["path"].tolist()[:3]
+    cache = tmp_path / "cache"
+    seen = []
+
+    def invert(gray: np.ndarray, key: str) -> np.ndarray:
+        seen.append(key)
+        return 255 - gray
+
+    out = cached_arrays(class_dataset, paths, 32, cache, transform=invert, transform_id="invert")
+    assert seen == paths  # called with each relative path, once
+    for i, rel in enumerate(paths):
+        expected = preprocess_gray(255 - load_image(class_dataset / rel).gray, 32)
+        np.testing.assert_array_equal(out[i], expected)
+    clean = cached_arrays(class_dataset, paths, 32, cache)
+    assert not np.array_equal(np.asarray(clean), np.asarray(out))  # its own cache entry
+    assert len(list(cache.glob("crops_*.npy"))) == 2
+    cached_arrays(class_dataset, paths, 32, cache, transform=invert, transform_id="invert")
+    assert len(seen) == len(paths)  # the second call reads the cache
+    with pytest.raises(ValueError, match="transform_id must name the transform"):
+        cached_arrays(class_dataset, paths, 32, cache, transform=invert)
+
+
 def test_cached_arrays_raises_on_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "glioma").mkdir()
     (tmp_path / "glioma" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")

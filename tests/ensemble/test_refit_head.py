@@ -322,3 +322,71 @@ def test_cli_tail_finetune_moves_only_the_last_stage_and_keeps_earlier_records(
     assert not any(n.endswith("_bn") for n in changed)  # batch norm frozen
     feats = tmp_path / "feats" / f"resnet50_{before.input_size}_conv4_block6_out"
     assert (feats / "fit" / "state.npz").is_file() and (feats / "val" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"noise_copies": -1}, "noise_copies must be >= 0; received -1"),
+        ({"noise_sigma_min": 5.0, "noise_sigma_max": 4.0}, "received 5.0 and 4.0"),
+        ({"noise_sigma_min": -1.0}, "0 <= noise_sigma_min <= noise_sigma_max"),
+    ],
+)
+def test_noise_options_name_the_allowed_and_received_values(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        HeadFitConfig(**fields).check()
+
+
+def test_training_noise_is_seeded_per_slice_and_copy_with_sigma_in_range() -> None:
+    from ensemble.refit_head import robustness_noise, training_noise
+    from neurostack.corrupt import corrupt, slice_seed
+
+    flat = np.full((128, 128), 120, np.uint8)  # far from 0: Rician ~ Gaussian here
+    cfg = HeadFitConfig(noise_copies=2, noise_sigma_min=6.0, noise_sigma_max=10.0)
+    first = training_noise(cfg, 0)
+    a, again = first(flat, "glioma/a.jpg"), first(flat, "glioma/a.jpg")
+    np.testing.assert_array_equal(a, again)
+    assert not np.array_equal(a, first(flat, "glioma/b.jpg"))
+    assert not np.array_equal(a, training_noise(cfg, 1)(flat, "glioma/a.jpg"))
+    sds = [
+        training_noise(cfg, k)(flat, f"k{j}").astype(float).std() for k in (0, 1) for j in range(8)
+    ]
+    assert min(sds) > 5.5 and max(sds) < 10.5 and max(sds) - min(sds) > 0.5  # drawn, not fixed
+    # the validation check reproduces the robustness run's noisy slices exactly
+    expected = corrupt(flat, "rician_noise", 2, slice_seed("x.jpg", "rician_noise", 2, 0))
+    np.testing.assert_array_equal(robustness_noise(2)(flat, "x.jpg"), expected)
+
+
+def test_cli_noise_refit_scores_both_heads_under_noise_and_keeps_earlier_records(
+    tiny_artifacts, class_dataset, class_dataset_split, tmp_path, capsys
+) -> None:
+    from ensemble.data import list_class_folder
+    from ensemble.inference import load_classifier
+    from ensemble.refit_head import main
+
+    df = list_class_folder(class_dataset)
+    src = tiny_artifacts / "classification" / "resnet50"
+    first, out = tmp_path / "head", tmp_path / "noise"
+    common = ["--data-dir", str(class_dataset), "--split", str(class_dataset_split)]
+    common += ["--cache-dir", str(tmp_path / "cache"), "--holdout-fraction", "0.25"]
+    common += ["--epochs", "2"]
+    argv = [str(src), "--out", str(first), "--features-dir", str(tmp_path / "f0"), *common]
+    assert main(argv) == 0
+    capsys.readouterr()
+    argv = [str(first), "--out", str(out), "--features-dir", str(tmp_path / "feats"), *common]
+    assert main([*argv, "--noise-copies", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    n_train = len(df) - len(df) // 2
+    assert printed["n_train"] + printed["n_holdout"] == 2 * n_train  # each image + its noisy copy
+    assert printed["n_holdout"] % 2 == 0  # a copy sits on its original's side
+    noise = printed["val_accuracy_under_noise"]
+    assert set(noise) == {"sigma_8", "sigma_16"}
+    assert all(0 <= v <= 1 for pair in noise.values() for v in pair.values())
+    assert json.loads((out / "head_refit_noise.json").read_text()) == printed
+    assert (out / "head_refit.json").read_text() == (first / "head_refit.json").read_text()
+    training = load_classifier(out).config["training"]  # SHA-256 checked
+    assert "Rician-noised" in training["head_refit_noise"]["features"]
+    key = tmp_path / "feats" / f"resnet50_{load_classifier(src).input_size}"
+    names = sorted(p.name for p in key.iterdir())
+    assert "val_rician_noise_2" in names
+    assert any(n.startswith("train_rician_noise_copy0") for n in names)

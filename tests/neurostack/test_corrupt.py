@@ -8,6 +8,7 @@ import pytest
 from neurostack.corrupt import (
     CORRUPTIONS,
     SEVERITIES,
+    apply_corruption,
     conditions,
     corrupt,
     corrupt_mask,
@@ -155,3 +156,15 @@ def test_mask_moves_with_a_rotated_slice_and_stays_for_intensity_shifts():
     np.testing.assert_array_equal(corrupt_mask(mask, "rotation", 0), mask)
     with pytest.raises(ValueError, match="severity"):
         corrupt_mask(mask, "rotation", 5)
+
+
+def test_apply_corruption_with_a_level_parameter_equals_that_severity():
+    gray = np.random.default_rng(1).integers(0, 256, (40, 50), dtype=np.uint8)
+    for name, c in CORRUPTIONS.items():
+        np.testing.assert_array_equal(
+            apply_corruption(gray, name, c.levels[1], seed=7), corrupt(gray, name, 2, seed=7)
+        )
+    with pytest.raises(ValueError, match="corruption must be one of"):
+        apply_corruption(gray, "snow", 1.0)
+    with pytest.raises(ValueError, match="2-D uint8"):
+        apply_corruption(gray.astype(float), "blur", 1.0)
