@@ -29,12 +29,34 @@ def test_head_refit_note_states_protocol_and_validation_change() -> None:
     note = model_card._head_refit_note(rec)
     assert "3386 training images" in note and "612 held-out" in note
     assert "epoch 33" in note and note.endswith("val acc 0.8613 -> 0.8904")
-    assert model_card._head_refit_note(rec, 1587.9).endswith("0.8904, 26 min wall")
+    assert model_card._head_refit_note(rec, {"seconds": 1587.9}).endswith("0.8904, 26 min wall")
     assert model_card._head_refit_note(None) == "" == model_card._head_refit_note({})
     tail = rec | {"from_layer": "conv4_block6_out", "trainable_params": 15_000_000}
     note = model_card._head_refit_note(tail)
     assert "layers above `conv4_block6_out` (15.0 M weights, batch norm frozen)" in note
     assert "frozen `conv4_block6_out` feature maps of 3386 training images" in note
+
+
+def test_head_refit_note_states_noise_copies_and_accuracy_under_noise() -> None:
+    rec = {
+        "n_train": 6772,
+        "n_holdout": 1224,
+        "best_epoch": 20,
+        "val_accuracy_shipped_head": 0.8974,
+        "val_accuracy_refitted_head": 0.9138,
+        "config": {"noise_copies": 1, "noise_sigma_min": 2.0, "noise_sigma_max": 20.0},
+    }
+    record = {
+        "seconds": 1135.4,
+        "val_accuracy_under_noise": {
+            "sigma_8": {"shipped_head": 0.542, "refitted_head": 0.8462},
+            "sigma_16": {"shipped_head": 0.3368, "refitted_head": 0.7436},
+        },
+    }
+    note = model_card._head_refit_note(rec, record)
+    assert "6772 training images plus 1 Rician-noised copy of each (sigma drawn in [2, 20]" in note
+    assert "val acc 0.8974 -> 0.9138; val acc under noise sigma 8 0.5420 -> 0.8462" in note
+    assert note.endswith("sigma 16 0.3368 -> 0.7436, 19 min wall")
 
 
 def test_recalibration_note_with_and_without_scores() -> None:
@@ -280,3 +302,26 @@ def test_segmentation_shift_table_pairs_the_two_robustness_runs(tmp_path: Path) 
     text = "\n".join(model_card._seg_shift_lines(tmp_path))
     assert "| none 0 | 10 | 0.700 | 0.700 | 0 % |" in text
     assert "| gamma dark 2 | 10 | 0.200 | 0.680 | 90 % |" in text
+
+
+def test_noise_limitation_counts_tumours_called_notumor_and_names_refitted_models(tmp_path):
+    rob = tmp_path / "evaluation" / "robustness" / "classification"
+    rob.mkdir(parents=True)
+    rows = [
+        ("g.jpg", "glioma", "rician_noise", 2, "notumor"),
+        ("m.jpg", "meningioma", "rician_noise", 2, "meningioma"),
+        ("p.jpg", "pituitary", "rician_noise", 2, "notumor"),
+        ("n.jpg", "notumor", "rician_noise", 2, "notumor"),  # not a tumour slice
+        ("g.jpg", "glioma", "rician_noise", 1, "notumor"),  # other severity
+        ("g.jpg", "glioma", "none", 0, "glioma"),
+    ]
+    cols = ["path", "label", "corruption", "severity", "ensemble"]
+    pd.DataFrame(rows, columns=cols).to_csv(rob / "per_slice.csv", index=False)
+    text = model_card._noise_limitation(tmp_path)
+    assert "ensemble called 2 of the 3 tumour\n  slices" in text
+    assert "refitted" not in text  # no model records a noise refit
+    folder = tmp_path / "classification" / "xception"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"training": {"head_refit_noise": {}}}))
+    assert " xception was refitted on" in model_card._noise_limitation(tmp_path)
+    assert "ensemble called" not in model_card._noise_limitation(tmp_path / "elsewhere")
