@@ -83,7 +83,18 @@ class TrainConfig:
     seed: int = 42
     cache_dir: str | None = None
     init_from: str | None = None
+    aug_noise_sigma: float = 0.0
+    aug_noise_probability: float = 0.5
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Raise ``ValueError`` naming the allowed and received value of a bad option."""
+        if not self.aug_noise_sigma >= 0:
+            raise ValueError(f"aug_noise_sigma must be >= 0; received {self.aug_noise_sigma}")
+        if not 0 <= self.aug_noise_probability <= 1:
+            raise ValueError(
+                f"aug_noise_probability must be in [0, 1]; received {self.aug_noise_probability}"
+            )
 
 
 def plan_phases(
@@ -130,12 +141,25 @@ def _apply_trainable(model: keras.Model, base_layers: int, scope: str) -> None:
 
 
 def make_dataset(
-    x: np.ndarray, y: np.ndarray, mode: str, batch_size: int, *, train: bool, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    mode: str,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int,
+    noise_sigma: float = 0.0,
+    noise_probability: float = 0.5,
 ) -> tf.data.Dataset:
-    """Build a ``tf.data`` pipeline from ``(N, S, S)`` uint8 crops and integer labels."""
+    """Build a ``tf.data`` pipeline from ``(N, S, S)`` uint8 crops and integer labels.
+
+    Training batches get the seed augmentation and, with ``noise_sigma > 0``,
+    Rician noise on a ``noise_probability`` share of the images
+    (:func:`ensemble.augment.random_rician_noise`); validation batches get neither.
+    """
     import tensorflow as tf
 
-    from ensemble.augment import build_augmenter, random_brightness
+    from ensemble.augment import build_augmenter, random_brightness, random_rician_noise
     from ensemble.registry import _CAFFE_MEAN_BGR
 
     onehot = np.eye(len(CLASS_NAMES), dtype=np.float32)[y]
@@ -151,6 +175,8 @@ def make_dataset(
         if train:
             images = aug(images, training=True)
             images = random_brightness(images)
+            if noise_sigma > 0:
+                images = random_rician_noise(images, noise_sigma, noise_probability)
         images = tf.repeat(images, 3, axis=-1)
         images = images / 127.5 - 1.0 if mode == "tf" else images - mean  # grey: RGB == BGR
         return images, labels
@@ -423,6 +449,8 @@ def _train_model(
             cfg.batch_size,
             train=True,
             seed=cfg.seed + state.data["global_epoch"],
+            noise_sigma=cfg.aug_noise_sigma,
+            noise_probability=cfg.aug_noise_probability,
         )
         val_ds = make_dataset(x_val, y_val, spec.preprocess_mode, 64, train=False, seed=0)
 
@@ -695,6 +723,19 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="auto: bfloat16 only on CPUs with native bfloat16 (AVX512_BF16/AMX), else float32",
     )
+    p.add_argument(
+        "--aug-noise-sigma",
+        type=float,
+        default=0.0,
+        help="Rician noise augmentation: largest sigma in grey levels of the training crop "
+        "(0: off); each drawn image gets a sigma uniform in [0, this]",
+    )
+    p.add_argument(
+        "--aug-noise-probability",
+        type=float,
+        default=0.5,
+        help="share of training images that get noise (with --aug-noise-sigma)",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resume", action="store_true")
@@ -732,6 +773,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     names = [get_backbone(n).name for n in a.models.split(",") if n]
+    if not a.aug_noise_sigma >= 0 or not 0 <= a.aug_noise_probability <= 1:
+        p.error(
+            "--aug-noise-sigma must be >= 0 and --aug-noise-probability in [0, 1]; received "
+            f"{a.aug_noise_sigma} and {a.aug_noise_probability}"
+        )
     deadline = time.time() + 60 * a.time_budget_min if a.time_budget_min else None
     if a.export:
         for name in names:
@@ -767,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
             mixed_precision=a.mixed_precision,
             cache_dir=a.cache_dir,
             init_from=a.init_from,
+            aug_noise_sigma=a.aug_noise_sigma,
+            aug_noise_probability=a.aug_noise_probability,
         )
         state_file = a.run_dir / name / "state.json"
         resume = a.resume and state_file.exists()
@@ -776,6 +824,12 @@ def main(argv: list[str] | None = None) -> int:
         if resume:
             old = json.loads((a.run_dir / name / "config.json").read_text())
             cfg.phases = [Phase(**ph) for ph in old["phases"]]
+            for key in ("aug_noise_sigma", "aug_noise_probability"):  # the run's own recipe
+                kept = old.get(key, TrainConfig.__dataclass_fields__[key].default)
+                if kept != getattr(cfg, key):
+                    given = getattr(cfg, key)
+                    print(f"[{name}] resuming with the run's {key}={kept} (given: {given})")
+                setattr(cfg, key, kept)
         state = train_model(cfg, resume=resume, threads=a.threads, deadline=deadline)
         if not state.get("done"):
             print(f"[{name}] not finished (time budget); later models not started")

@@ -186,3 +186,21 @@ def test_random_brightness_follows_the_global_seed() -> None:
     other = np.asarray(random_brightness(x))
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
+
+
+def test_rician_noise_known_answers_and_per_image_draw() -> None:
+    from ensemble.augment import random_rician_noise
+
+    keras.utils.set_random_seed(0)
+    flat = np.full((64, 24, 24, 1), 120.0, np.float32)
+    np.testing.assert_array_equal(np.asarray(random_rician_noise(flat, 20.0, 0.0)), flat)
+    out = np.asarray(random_rician_noise(flat, 20.0, 1.0))
+    sds = out.reshape(64, -1).std(axis=1)
+    assert out.min() >= 0 and out.max() <= 255
+    assert sds.max() < 20 * 1.2 and sds.min() < 5 < 10 < sds.max()  # one sigma per image
+    # on black background the magnitude is the Rician floor: positive, mean sigma*sqrt(pi/2)
+    zero = np.asarray(random_rician_noise(np.zeros((4, 64, 64, 1), np.float32), 8.0, 1.0))
+    assert (zero >= 0).all() and zero.mean() > 0
+    half = np.asarray(random_rician_noise(flat, 20.0, 0.5))
+    unchanged = (half.reshape(64, -1) == 120.0).all(axis=1)
+    assert 16 < unchanged.sum() < 48  # about half the images drawn

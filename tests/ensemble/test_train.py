@@ -344,3 +344,44 @@ def test_export_with_batchnorm_recalibration_changes_only_moving_statistics(
     with pytest.raises(ValueError, match="vgg19 has no batch-norm"):
         export_model(tmp_path / "runs", "vgg19", tmp_path / "v", recalibrate_images=4)
     assert not (tmp_path / "v").exists()  # nothing half-written
+
+
+def test_noise_options_are_validated_up_front(class_dataset: Path, split_csv: Path, tmp_path):
+    cfg = _config(class_dataset, split_csv, tmp_path, epochs=1)
+    with pytest.raises(ValueError, match="aug_noise_sigma must be >= 0; received -1.0"):
+        TrainConfig(**{**cfg.__dict__, "aug_noise_sigma": -1.0})
+    with pytest.raises(ValueError, match=r"aug_noise_probability must be in \[0, 1\]; received 2"):
+        TrainConfig(**{**cfg.__dict__, "aug_noise_probability": 2})
+    with pytest.raises(SystemExit) as exc:
+        train_module.main(["--models", "vgg19", "--aug-noise-sigma", "-3"])
+    assert exc.value.code == 2
+
+
+def test_noise_reaches_training_batches_only() -> None:
+    from ensemble.train import make_dataset
+
+    x, y = np.zeros((8, 16, 16), np.uint8), np.arange(8) % 4
+    kw = {"mode": "tf", "batch_size": 8, "seed": 0}
+    keras.utils.set_random_seed(0)
+    plain = next(iter(make_dataset(x, y, train=True, **kw)))[0].numpy()
+    np.testing.assert_allclose(plain, -1.0)  # black stays black under the seed augmentation
+    noisy = next(iter(make_dataset(x, y, train=True, noise_sigma=30, noise_probability=1, **kw)))
+    assert (noisy[0].numpy() > -1.0).mean() > 0.9
+    val = next(iter(make_dataset(x, y, train=False, noise_sigma=30, noise_probability=1, **kw)))
+    np.testing.assert_allclose(val[0].numpy(), -1.0)
+
+
+def test_resume_keeps_the_runs_own_noise_recipe(tmp_path: Path, monkeypatch, capsys) -> None:
+    run = tmp_path / "runs" / "vgg19"
+    run.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps({"done": False}))
+    phases = [{"name": "scratch", "image_size": 32, "epochs": 3, "lr": 1e-3}]
+    old = {"phases": phases, "aug_noise_sigma": 12.0, "aug_noise_probability": 0.25}
+    (run / "config.json").write_text(json.dumps(old))
+    seen = []
+    monkeypatch.setattr(train_module, "train_model", lambda cfg, **kw: seen.append(cfg) or {})
+    argv = ["--models", "vgg19", "--run-dir", str(tmp_path / "runs"), "--resume"]
+    train_module.main(argv)
+    assert (seen[0].aug_noise_sigma, seen[0].aug_noise_probability) == (12.0, 0.25)
+    assert seen[0].phases[0].epochs == 3
+    assert "resuming with the run's aug_noise_sigma=12.0 (given: 0.0)" in capsys.readouterr().out
