@@ -89,6 +89,15 @@ def _head_refit_note(rec: dict | None, record: dict | None = None) -> str:
     )
 
 
+def _noise_augmentation_note(recipe: dict) -> str:
+    """Recipe suffix for ``ensemble.train --aug-noise-sigma`` (empty when it was off)."""
+    sigma = recipe.get("aug_noise_sigma") or 0
+    if not sigma:
+        return ""
+    share = recipe.get("aug_noise_probability", 0.5)
+    return f", Rician noise augmentation (sigma <= {sigma:g} grey levels, {share:.0%} of images)"
+
+
 def classification_section(root: Path) -> list[str]:
     """Split, recipes, wall times and test results of the classifiers."""
     lines = ["## Classification", ""]
@@ -143,6 +152,7 @@ def classification_section(root: Path) -> list[str]:
                 f"label smoothing {rec.get('label_smoothing')}, BN momentum "
                 f"{rec.get('bn_momentum')}, {rec.get('mixed_precision')}"
                 + (f", clipnorm {rec['clipnorm']}" if rec.get("clipnorm") else "")
+                + _noise_augmentation_note(rec)
                 + _recalibration_note(tr.get("batchnorm_recalibration"))
                 + "".join(
                     _head_refit_note(tr.get(step), _json(cfg_dir / f"{step}.json"))

@@ -325,3 +325,11 @@ def test_noise_limitation_counts_tumours_called_notumor_and_names_refitted_model
     (folder / "config.json").write_text(json.dumps({"training": {"head_refit_noise": {}}}))
     assert " xception was refitted on" in model_card._noise_limitation(tmp_path)
     assert "ensemble called" not in model_card._noise_limitation(tmp_path / "elsewhere")
+
+
+def test_noise_augmentation_note_only_when_used() -> None:
+    assert model_card._noise_augmentation_note({}) == ""
+    assert model_card._noise_augmentation_note({"aug_noise_sigma": 0.0}) == ""
+    recipe = {"aug_noise_sigma": 16.0, "aug_noise_probability": 0.5}
+    note = model_card._noise_augmentation_note(recipe)
+    assert note == ", Rician noise augmentation (sigma <= 16 grey levels, 50% of images)"
