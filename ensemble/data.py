@@ -227,10 +227,11 @@ def cached_arrays(
 ) -> np.ndarray:
     """Return ``(N, size, size)`` uint8 brain crops, computed once and cached as ``.npy``.
 
-    The cache key hashes the dataset root, the file list and the size; unreadable
-    files raise. ``transform(gray, relative_path) -> gray`` (e.g. seeded noise)
-    is applied to each whole slice before the crop, as an acquisition change
-    would be; ``transform_id`` must then name it uniquely, since it joins the key.
+    The cache key hashes the dataset root, the file list and the size; an
+    unreadable file raises :class:`InputImageError` naming it (nothing is cached).
+    ``transform(gray, relative_path) -> gray`` (e.g. seeded noise) is applied to
+    each whole slice before the crop, as an acquisition change would be;
+    ``transform_id`` must then name it uniquely, since it joins the key.
 
     Raises:
         ValueError: If ``transform`` is given without ``transform_id``.
@@ -248,7 +249,10 @@ def cached_arrays(
         return np.load(target, mmap_mode="r")
     out = np.zeros((len(paths), size, size), dtype=np.uint8)
     for i, rel in enumerate(tqdm(paths, desc=f"caching {size}px crops", unit="img")):
-        gray = load_image(Path(root) / rel).gray
+        try:
+            gray = load_image(Path(root) / rel).gray
+        except InputImageError as exc:  # name the file: the list is thousands long
+            raise InputImageError(f"{rel}: {exc}") from exc
         if transform is not None:
             gray = transform(gray, rel)
         out[i] = preprocess_gray(gray, size)

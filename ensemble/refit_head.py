@@ -134,10 +134,16 @@ class HeadFitConfig:
 
     def noise_id(self, copy: int) -> str:
         """Cache and shard name of noisy training copy ``copy`` (0-based)."""
+        return f"{NOISE}_copy{copy}_{self._noise_spec()}"
+
+    def fit_dir(self) -> str:
+        """Name of the fit checkpoint folder: one per noise recipe, so fits never collide."""
         return (
-            f"{NOISE}_copy{copy}_sigma{self.noise_sigma_min:g}-{self.noise_sigma_max:g}"
-            f"_seed{self.seed}"
+            f"fit_{NOISE}_x{self.noise_copies}_{self._noise_spec()}" if self.noise_copies else "fit"
         )
+
+    def _noise_spec(self) -> str:
+        return f"sigma{self.noise_sigma_min:g}-{self.noise_sigma_max:g}_seed{self.seed}"
 
 
 def training_noise(cfg: HeadFitConfig, copy: int) -> Callable[[np.ndarray, str], np.ndarray]:
@@ -489,7 +495,7 @@ def refit_artifact(
         crops = np.asarray(
             cached_arrays(data_dir, paths, size, transform=transform, transform_id=variant, **kw)
         )
-        ident = features_ident(clf.config["weights_sha256"], paths, from_layer)
+        ident = idents[part]
         return extract_features(
             extractor,
             clf.preprocess_mode,
@@ -526,7 +532,6 @@ def refit_artifact(
     tail = build_tail(clf.model, from_layer)  # shares its weights with clf.model
     val_before = head_accuracy(tail, feats["val"], labels["val"])
     noise_before = {s: head_accuracy(tail, f, labels["val"]) for s, f in noisy_val.items()}
-    fit_dir = "fit" if not cfg.noise_copies else f"fit_{cfg.noise_id(cfg.noise_copies - 1)}"
     log = fit_head(
         tail,
         feats["train"][~hold],
@@ -534,7 +539,7 @@ def refit_artifact(
         feats["train"][hold],
         y_train[hold],
         cfg,
-        checkpoint=Path(features_dir) / key / fit_dir,
+        checkpoint=Path(features_dir) / key / cfg.fit_dir(),
         ident=idents["train"],
     )
     val_after = head_accuracy(tail, feats["val"], labels["val"])
@@ -587,7 +592,8 @@ def refit_artifact(
         } | {
             "features": f"output of {from_layer!r} at input_size, train split, "
             + (
-                f"plus {cfg.noise_copies} Rician-noised cop(y/ies) of every image (sigma "
+                f"plus {cfg.noise_copies} Rician-noised "
+                f"{'copy' if cfg.noise_copies == 1 else 'copies'} of every image (sigma "
                 f"uniform in [{cfg.noise_sigma_min:g}, {cfg.noise_sigma_max:g}] grey levels, "
                 "applied to the whole slice before the crop)"
                 if cfg.noise_copies

@@ -239,7 +239,7 @@ def test_cached_arrays_applies_a_named_transform_to_the_whole_slice_before_the_c
 def test_cached_arrays_raises_on_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "glioma").mkdir()
     (tmp_path / "glioma" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    with pytest.raises(InputImageError):
+    with pytest.raises(InputImageError, match="^glioma/bad.png: "):
         cached_arrays(tmp_path, ["glioma/bad.png"], 32, cache_dir=tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.npy"))  # nothing half-written is cached
 

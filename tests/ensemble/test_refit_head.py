@@ -390,3 +390,4 @@ def test_cli_noise_refit_scores_both_heads_under_noise_and_keeps_earlier_records
     names = sorted(p.name for p in key.iterdir())
     assert "val_rician_noise_2" in names
     assert any(n.startswith("train_rician_noise_copy0") for n in names)
+    assert "fit_rician_noise_x1_sigma2-20_seed0" in names  # its own checkpoint folder
