@@ -773,11 +773,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     names = [get_backbone(n).name for n in a.models.split(",") if n]
-    if not a.aug_noise_sigma >= 0 or not 0 <= a.aug_noise_probability <= 1:
-        p.error(
-            "--aug-noise-sigma must be >= 0 and --aug-noise-probability in [0, 1]; received "
-            f"{a.aug_noise_sigma} and {a.aug_noise_probability}"
-        )
     deadline = time.time() + 60 * a.time_budget_min if a.time_budget_min else None
     if a.export:
         for name in names:
@@ -789,33 +784,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in names:
         weights = None if a.weights == "none" else a.weights
-        cfg = TrainConfig(
-            model=name,
-            data_dir=str(a.data_dir),
-            split_csv=str(a.split),
-            run_dir=str(a.run_dir),
-            phases=plan_phases(
-                name,
+        try:
+            cfg = TrainConfig(
+                model=name,
+                data_dir=str(a.data_dir),
+                split_csv=str(a.split),
+                run_dir=str(a.run_dir),
+                phases=plan_phases(
+                    name,
+                    weights=weights,
+                    image_size=a.image_size,
+                    epochs=a.epochs,
+                    lr=a.lr,
+                    warmup_epochs=a.warmup_epochs,
+                    native_epochs=a.native_epochs,
+                    native_lr=a.native_lr,
+                ),
+                batch_size=a.batch_size,
                 weights=weights,
-                image_size=a.image_size,
-                epochs=a.epochs,
-                lr=a.lr,
-                warmup_epochs=a.warmup_epochs,
-                native_epochs=a.native_epochs,
-                native_lr=a.native_lr,
-            ),
-            batch_size=a.batch_size,
-            weights=weights,
-            optimizer=a.optimizer,
-            clipnorm=a.clipnorm,
-            batch_warmup_steps=a.batch_warmup_steps,
-            patience=a.patience,
-            mixed_precision=a.mixed_precision,
-            cache_dir=a.cache_dir,
-            init_from=a.init_from,
-            aug_noise_sigma=a.aug_noise_sigma,
-            aug_noise_probability=a.aug_noise_probability,
-        )
+                optimizer=a.optimizer,
+                clipnorm=a.clipnorm,
+                batch_warmup_steps=a.batch_warmup_steps,
+                patience=a.patience,
+                mixed_precision=a.mixed_precision,
+                cache_dir=a.cache_dir,
+                init_from=a.init_from,
+                aug_noise_sigma=a.aug_noise_sigma,
+                aug_noise_probability=a.aug_noise_probability,
+            )
+        except ValueError as exc:  # TrainConfig names the bad option and its value
+            p.error(str(exc))
         state_file = a.run_dir / name / "state.json"
         resume = a.resume and state_file.exists()
         if resume and json.loads(state_file.read_text()).get("done"):

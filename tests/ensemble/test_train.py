@@ -346,7 +346,9 @@ def test_export_with_batchnorm_recalibration_changes_only_moving_statistics(
     assert not (tmp_path / "v").exists()  # nothing half-written
 
 
-def test_noise_options_are_validated_up_front(class_dataset: Path, split_csv: Path, tmp_path):
+def test_noise_options_are_validated_up_front(
+    class_dataset: Path, split_csv: Path, tmp_path, capsys
+):
     cfg = _config(class_dataset, split_csv, tmp_path, epochs=1)
     with pytest.raises(ValueError, match="aug_noise_sigma must be >= 0; received -1.0"):
         TrainConfig(**{**cfg.__dict__, "aug_noise_sigma": -1.0})
@@ -355,6 +357,7 @@ def test_noise_options_are_validated_up_front(class_dataset: Path, split_csv: Pa
     with pytest.raises(SystemExit) as exc:
         train_module.main(["--models", "vgg19", "--aug-noise-sigma", "-3"])
     assert exc.value.code == 2
+    assert "aug_noise_sigma must be >= 0; received -3.0" in capsys.readouterr().err
 
 
 def test_noise_reaches_training_batches_only() -> None:
