@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ensemble.data import label_indices, list_class_folder, load_split
-from ensemble.inference import Ensemble, load_ensemble
+from ensemble.inference import CASCADE, CLASSIFIER_MODES, Ensemble, load_ensemble
 from ensemble.intensity import (
     REFERENCE_FOLDER,
     IntensityReference,
@@ -44,7 +44,7 @@ from ensemble.metrics import classification_metrics
 from neurostack import CLASS_NAMES
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.imaging import load_image
-from neurostack.preprocess import TTA_MODES, crop, find_brain_box
+from neurostack.preprocess import crop, find_brain_box
 
 ENSEMBLE_COLUMN = "ensemble"
 
@@ -128,6 +128,8 @@ def predict_files(
             )
             if reference is not None:
                 row["intensity_corrected"] = mapped[i]
+            if pred.escalated is not None:
+                row["escalated"] = bool(pred.escalated[i])
             out_rows.append(row)
     return pd.DataFrame(out_rows), failures
 
@@ -254,9 +256,13 @@ def evaluate(
             int(preds["intensity_corrected"].sum()) if correction is not None and len(preds) else 0
         ),
         missing_artifacts=ensemble.missing,
+        **({"n_escalated": int(preds["escalated"].sum()), "cascade_threshold":
+            ensemble.threshold} if "escalated" in preds else {}),
         split={"csv": str(split_csv) if split_csv else None, "part": part},
         artifacts={name: clf.config["weights_sha256"] for name, clf in ensemble.members.items()}
-        | ({"meta": ensemble.meta.config["weights_sha256"]} if ensemble.meta else {}),
+        | ({"meta": ensemble.meta.config["weights_sha256"]} if ensemble.meta else {})
+        | ({"meta_single_crop": ensemble.first.meta.config["weights_sha256"]}
+           if ensemble.tta == CASCADE and ensemble.first.meta else {}),
         wall_time_s=round(time.time() - t0, 1),
     )
     if reuse is not None:
@@ -309,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--tta",
-        choices=TTA_MODES,
+        choices=CLASSIFIER_MODES,
         default=None,
-        help="base models' test-time augmentation (default: the meta-learner's input_tta)",
+        help="base models' test-time augmentation (default: the meta-learner's input_tta); "
+        "cascade: single crops first, hflip for the slices the first pass is unsure of",
     )
     p.add_argument(
         "--runtime",
@@ -340,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--part needs --split")
     if a.record_in_artifacts and not a.part:
         p.error("--record-in-artifacts needs --split and --part")
+    if a.reuse and a.tta == CASCADE:
+        p.error("--reuse cannot be used with --tta cascade (which pass computes a slice is "
+                "only known after the first one)")
     if a.reuse and not all((a.reuse / f).is_file() for f in ("metrics.json", "predictions.csv")):
         p.error(f"--reuse needs metrics.json and predictions.csv in {a.reuse}")
     try:  # a named reference must be usable before any model is run

@@ -70,6 +70,11 @@ META_NAME = "meta"
 ALT_META_NAMES: dict[str, str] = {"none": "meta_single_crop", "hflip": "meta_mirror"}
 """Folder of a meta-learner fitted for another test-time augmentation than the default one,
 by mode; :func:`load_ensemble` uses it when that mode is asked for."""
+CASCADE = "cascade"
+"""Classifier mode: the single crop first, the default mirror-averaged mode only for
+the slices the single-crop ensemble is unsure of (:mod:`ensemble.cascade`)."""
+CLASSIFIER_MODES: tuple[str, ...] = (*TTA_MODES, CASCADE)
+"""What ``tta=`` accepts for the classifiers: a test-time augmentation or :data:`CASCADE`."""
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 """Inference precisions of the base classifiers; ``float32`` is the default."""
 RUNTIME_ENV = "NEUROSTACK_RUNTIME"
@@ -570,6 +575,8 @@ class EnsemblePrediction:
     per_model: dict[str, np.ndarray]
     ensemble: np.ndarray
     method: str
+    escalated: np.ndarray | None = None
+    """``(N,)`` bool in :data:`CASCADE` mode: the rows the default mode answered."""
 
     @property
     def label_index(self) -> np.ndarray:
@@ -578,6 +585,15 @@ class EnsemblePrediction:
 
 
 _TTA_WORDS = {"none": "single-crop", "hflip": "mirror-averaged"}
+
+
+def check_classifier_mode(mode: str) -> str:
+    """Return ``mode`` if it is one of :data:`CLASSIFIER_MODES`, else raise ``ValueError``."""
+    if mode not in CLASSIFIER_MODES:
+        raise ValueError(
+            f"classifier mode (tta) must be one of {list(CLASSIFIER_MODES)}; received {mode!r}"
+        )
+    return mode
 
 
 class Ensemble:
@@ -663,6 +679,9 @@ class Ensemble:
     def with_tta(self, tta: str) -> Ensemble:
         """Return this ensemble with test-time augmentation ``tta``, sharing the loaded members.
 
+        ``tta="cascade"`` returns :class:`ensemble.cascade.CascadeEnsemble` around this
+        ensemble in its default (mirror-averaged) mode.
+
         The meta-learner follows :func:`select_meta_folder` (the one fitted for ``tta``
         when the artifacts hold one). With ``precision="auto"`` the members follow the
         check recorded for ``tta`` (:func:`ensemble.precision.auto_precision`): a member
@@ -673,9 +692,13 @@ class Ensemble:
             ValueError: If ``tta`` is not one of :data:`~neurostack.preprocess.TTA_MODES`.
             ArtifactError: If the other meta-learner is corrupt.
         """
-        check_tta(tta)
+        check_classifier_mode(tta)
         if tta == self.tta:
             return self
+        if tta == CASCADE:
+            from ensemble.cascade import build_cascade
+
+            return build_cascade(self)
         meta, missing = self.meta, list(self.missing)
         if meta is not None:
             folder = select_meta_folder(meta.folder.parent, tta)
@@ -845,6 +868,8 @@ def load_ensemble(
             (:data:`~neurostack.preprocess.TTA_MODES`). ``None`` (default): the mode
             the meta-learner was fitted with (its config's ``input_tta``), or
             ``"none"`` without a meta-learner. ``"hflip"`` doubles the compute.
+            ``"cascade"`` returns :class:`ensemble.cascade.CascadeEnsemble`: single
+            crops first, ``"hflip"`` for the unsure slices (``cascade.json``).
         runtime: Where each base model runs (:func:`parse_runtime`). ``None``
             (default) reads ``$NEUROSTACK_RUNTIME``, else ``"auto"``:
             :data:`AUTO_RUNTIMES` when every model is float32 and unfolded, else
@@ -858,7 +883,13 @@ def load_ensemble(
             is asked for a model that is not float32.
     """
     if tta is not None:
-        check_tta(tta)
+        check_classifier_mode(tta)
+    if tta == CASCADE:
+        from ensemble.cascade import SECOND_TTA, build_cascade
+
+        return build_cascade(load_ensemble(
+            classification_dir, strict=strict, precision=precision, fused=fused,
+            fold_batchnorm=fold_batchnorm, tta=SECOND_TTA, runtime=runtime))
     root = Path(classification_dir)
     per_model, precision_note = resolve_precision(precision, root, tta)
     log.info("classifier precision %s", precision_note)

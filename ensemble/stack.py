@@ -102,6 +102,80 @@ def _fit(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, x_val=None, y_val
     return model, hist.history
 
 
+def out_of_fold_probabilities(
+    x: np.ndarray,
+    y: np.ndarray,
+    splits: list[tuple],
+    epochs: int,
+    seed: int,
+    *,
+    on_fit=None,
+) -> np.ndarray:
+    """``(N, 4)`` meta-learner probabilities, each row from the fold model that never saw it.
+
+    Fold ``k`` is fitted for ``epochs`` with seed ``seed + k`` (as in
+    :func:`fit_meta_learner`'s cross-validation); ``on_fit`` is called after each fit.
+    """
+    oof = np.full((len(y), len(CLASS_NAMES)), np.nan, dtype=np.float32)
+    for k, (tr, va) in enumerate(splits):
+        model, _ = _fit(x[tr], y[tr], epochs, seed + k)
+        oof[va] = model.predict(x[va], verbose=0)
+        if on_fit is not None:
+            on_fit()
+    return oof
+
+
+def heldout_out_of_fold(heldout_csv: Path, meta_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """Re-run a shipped meta-learner's cross-validation and return its out-of-fold outputs.
+
+    Uses the folds, seed and epoch count the meta-learner in ``meta_dir`` recorded, on
+    the held-out predictions it was fitted on (``heldout_csv``, normally the one its
+    config names), so every row's probabilities come from a fold model that did not
+    see that row (nor its duplicate group).
+
+    Returns:
+        ``(table, check)``: the table has ``path``, ``label``, ``fold`` and
+        ``ensemble_<class>`` columns in ``heldout_csv`` order; ``check`` compares the
+        fold accuracies with the ones the meta-learner recorded
+        (``{"recorded", "recomputed", "max_abs_difference"}``).
+
+    Raises:
+        ValueError: If ``meta_dir`` lacks its config or metrics, or the held-out rows
+            differ in number from the ones it was fitted on.
+    """
+    meta_dir = Path(meta_dir)
+    try:
+        cfg = json.loads((meta_dir / "config.json").read_text())
+        recorded = json.loads((meta_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{meta_dir}: cannot read the meta-learner's config/metrics ({exc})"
+        ) from None
+    training = cfg.get("training") or {}
+    df = pd.read_csv(heldout_csv)
+    if int(training.get("n_rows", -1)) != len(df):
+        raise ValueError(
+            f"{heldout_csv} has {len(df)} rows; the meta-learner in {meta_dir} was fitted on "
+            f"{training.get('n_rows')!r}"
+        )
+    folds = len(recorded.get("cv_fold_accuracies") or []) or 5
+    x = stacked_features(df, list(cfg["inputs"]))
+    y = label_indices(df["label"])
+    groups = heldout_groups(Path(heldout_csv), df["path"])
+    splits = cv_folds(y, groups, folds, int(training["seed"]))
+    oof = out_of_fold_probabilities(x, y, splits, int(training["epochs"]), int(training["seed"]))
+    fold = np.empty(len(df), dtype=int)
+    for k, (_, va) in enumerate(splits):
+        fold[va] = k
+    table = pd.DataFrame({"path": df["path"], "label": df["label"], "fold": fold})
+    for c, name in enumerate(CLASS_NAMES):
+        table[f"ensemble_{name}"] = oof[:, c]
+    again = [float((oof[va].argmax(1) == y[va]).mean()) for _, va in splits]
+    before = [float(a) for a in recorded.get("cv_fold_accuracies") or []]
+    diff = max((abs(a - b) for a, b in zip(again, before, strict=False)), default=float("nan"))
+    return table, {"recorded": before, "recomputed": again, "max_abs_difference": diff}
+
+
 def fit_meta_learner(
     heldout_csv: Path,
     out: Path,
@@ -170,11 +244,8 @@ def fit_meta_learner(
     best_epochs = int(np.argmin(mean_curve)) + 1
     bar.set_postfix(epochs=best_epochs)
     # cross-validated accuracy at the chosen epoch count, refitting each fold
-    accs = []
-    for k, (tr, va) in enumerate(splits):
-        m, _ = _fit(x[tr], y[tr], best_epochs, seed + k)
-        accs.append(float((m.predict(x[va], verbose=0).argmax(1) == y[va]).mean()))
-        bar.update()
+    oof = out_of_fold_probabilities(x, y, splits, best_epochs, seed, on_fit=bar.update)
+    accs = [float((oof[va].argmax(1) == y[va]).mean()) for _, va in splits]
     cv_acc = float(np.mean(accs))
     model, _ = _fit(x, y, best_epochs, seed)
     bar.update()

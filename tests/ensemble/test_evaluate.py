@@ -250,3 +250,38 @@ def test_intensity_reference_scores_the_slices_the_pipeline_would_feed(
     plain = json.loads((evaluated["out"] / "metrics.json").read_text())
     assert plain["intensity_correction"] is None and plain["n_intensity_corrected"] == 0
     assert "intensity_corrected" not in pd.read_csv(evaluated["out"] / "predictions.csv")
+
+
+def test_cascade_evaluation_marks_escalated_rows_and_refuses_reuse(
+    evaluated, tmp_path: Path
+) -> None:
+    from neurostack.artifacts import sha256_file
+
+    root = tmp_path / "cls"
+    root.mkdir()
+    for name in BACKBONES:
+        (root / name).symlink_to(evaluated["artifacts"] / name, target_is_directory=True)
+    cfg = json.loads((evaluated["artifacts"] / "meta" / "config.json").read_text())
+    for name, tta in (("meta", "hflip"), ("meta_single_crop", "none")):
+        shutil.copytree(evaluated["artifacts"] / "meta", root / name)
+        (root / name / "config.json").write_text(json.dumps(cfg | {"input_tta": tta}))
+    shas = {n: sha256_file(root / n / "weights.npz") for n in ("meta", "meta_single_crop")}
+    (root / "cascade.json").write_text(json.dumps({"threshold": 1.0, "meta_sha256": shas}))
+    out = tmp_path / "cascade"
+    argv = [str(evaluated["data"]), "--out", str(out), "--artifacts", str(root)]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--tta", "cascade", "--reuse", str(evaluated["out"])])
+    assert exc.value.code == 2
+    assert main([*argv, "--tta", "cascade"]) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    table = pd.read_csv(out / "predictions.csv")
+    # threshold 1.0: every slice escalated, so the answers are the default mode's
+    assert record["tta"] == "cascade" and record["cascade_threshold"] == 1.0
+    assert record["artifacts"]["meta_single_crop"] == shas["meta_single_crop"]
+    assert record["artifacts"]["meta"] == shas["meta"]
+    assert table["escalated"].all() and record["n_escalated"] == len(table)
+    assert main([str(evaluated["data"]), "--out", str(tmp_path / "hf"), "--artifacts",
+                 str(root), "--tta", "hflip"]) == 0
+    hflip = pd.read_csv(tmp_path / "hf" / "predictions.csv")
+    cols = probability_columns("ensemble")
+    np.testing.assert_allclose(table[cols], hflip[cols], atol=1e-5)

@@ -313,7 +313,7 @@ def test_tta_default_follows_the_meta_learner(tiny_artifacts: Path, tmp_path: Pa
     cfg_path.write_text(json.dumps(cfg | {"input_tta": "hflip"}))
     assert load_ensemble(root, fused=False).tta == "hflip"
     assert load_ensemble(root, fused=False, tta="none").tta == "none"
-    with pytest.raises(ValueError, match=r"\['none', 'hflip'\]; received 'vflip'"):
+    with pytest.raises(ValueError, match=r"\['none', 'hflip', 'cascade'\]; received 'vflip'"):
         load_ensemble(root, fused=False, tta="vflip")
     cfg_path.write_text(json.dumps(cfg | {"input_tta": "rot90"}))
     with pytest.raises(ArtifactError, match="input_tta must be one of .* received 'rot90'"):
