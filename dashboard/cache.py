@@ -32,7 +32,7 @@ def _pipeline_for(artifacts_dir: str) -> Pipeline:
     return load_pipeline(artifacts_dir, strict=False)
 
 
-@st.cache_resource(show_spinner="Preparing the single-crop classifiers (once per server "
+@st.cache_resource(show_spinner="Preparing the other classification mode (once per server "
                                 "process)…")
 def _pipeline_with_tta(artifacts_dir: str, tta: str) -> Pipeline:
     return _pipeline_for(artifacts_dir).with_tta(tta)

@@ -77,7 +77,7 @@ KEY_COLUMNS: tuple[str, ...] = ("item", "n", "file_sha256")
 """Leading columns of the results CSV: item name, running index (1-based), file hash."""
 RECORD_HEAD: tuple[str, ...] = (
     "image_sha256", "height_px_image", "width_px_image", "predicted_class", "confidence",
-    "method", "models_agree", "tumor_found", "segmented", "mask_threshold", "warnings",
+    "method", "escalated", "models_agree", "tumor_found", "segmented", "mask_threshold", "warnings",
     "intensity_atypicality", "relative_gamma", "intensity_corrected", "uncorrected_class",
     "uncorrected_confidence", "noise_sigma_grey", "detail_level_grey", "quality_flags",
 )
@@ -920,11 +920,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="pixel spacing in mm for every image (DICOM spacing is used otherwise)")
     p.add_argument("--force-segmentation", action="store_true",
                    help="segment even when the ensemble predicts no tumour")
-    p.add_argument("--tta", choices=["none", "hflip"], default=None,
+    p.add_argument("--tta", choices=["none", "hflip", "cascade"], default=None,
                    help="classifiers' test-time augmentation (default: the shipped "
                         "meta-learner's, hflip); none = single crop, about half the "
                         "classification time, with the meta-learner fitted on single crops "
-                        "when the artifacts have one (accuracy of both in README)")
+                        "when the artifacts have one; cascade = single crop first and hflip "
+                        "only for the slices it is unsure of (the escalated column); accuracy "
+                        "of each in README")
     p.add_argument("--anonymise-names", action="store_true",
                    help="write anon-<hash> instead of file names (keyed by the environment "
                         "variable NEUROSTACK_NAME_KEY when set)")

@@ -84,6 +84,10 @@ class CaseResult:
     the training curve, so the classification, outline and measurements come from
     it); a corrected slice also has ``uncorrected_class`` / ``uncorrected_confidence``
     (the ensemble on the slice as given). ``None`` without a reference."""
+    escalated: bool | None = None
+    """In the classifiers' cascade mode (``tta="cascade"``): whether the single-crop pass
+    was unsure, so that the mirror-averaged default mode gave the answer. ``None`` in
+    the other modes."""
     quality: dict[str, Any] | None = None
     """Noise and fine-detail check of the slice as given against the training slices
     (``ensemble.quality``): ``noise_sigma``, ``detail_level`` (grey levels),
@@ -99,6 +103,7 @@ class CaseResult:
             "predicted_class": self.predicted_class,
             "confidence": round(self.confidence, 6),
             "method": self.method,
+            "escalated": self.escalated,
             "models_agree": self.models_agree,
             "tumor_found": self.tumor_found,
             "segmented": self.segmented,
@@ -180,7 +185,9 @@ class Pipeline:
 
         Shares every loaded model (:meth:`ensemble.inference.Ensemble.with_tta`);
         ``"none"`` halves the classifiers' compute and uses the meta-learner fitted on
-        single crops when the artifacts hold one. ``self`` when nothing changes.
+        single crops when the artifacts hold one; ``"cascade"`` runs single crops and the
+        default mode only for the slices they leave unsure (:mod:`ensemble.cascade`).
+        ``self`` when nothing changes.
         """
         ensemble = self.ensemble.with_tta(tta)
         if ensemble is self.ensemble:
@@ -188,6 +195,25 @@ class Pipeline:
         missing = [*self.missing, *(m for m in ensemble.missing if m not in self.missing)]
         return Pipeline(ensemble, self.segmenter, missing=missing, limits=self.limits,
                         intensity=self.intensity, quality=self.quality)
+
+    @property
+    def classifier_modes(self) -> list[str]:
+        """Modes :meth:`with_tta` can switch to: this pipeline's own first.
+
+        The default mirror-averaged mode, ``"cascade"`` when the artifacts hold a
+        cascade threshold (:func:`ensemble.cascade.cascade_available`) and ``"none"``
+        (single crop).
+        """
+        from ensemble.cascade import cascade_available
+
+        own = self.ensemble.tta
+        modes = [own]
+        meta = getattr(self.ensemble, "meta", None)
+        if meta is not None and cascade_available(meta.folder.parent):
+            modes.append("cascade")
+        modes.append("hflip")
+        modes.append("none")
+        return list(dict.fromkeys(modes))
 
     # ------------------------------------------------------------------ info
     @property
@@ -474,6 +500,8 @@ class Pipeline:
             crop_box=(prep.box if prep.corrected is None else prep.corrected.box).as_tuple(),
             models=self.model_info, intensity=check,
             quality=None if prep.quality is None else prep.quality.to_dict(),
+            escalated=None if getattr(pred, "escalated", None) is None
+            else bool(pred.escalated[j]),
         )
 
     def _segment_many(self, items: list[tuple[int, _Prepared, CaseResult]], threshold: float,
@@ -646,7 +674,8 @@ def load_pipeline(artifacts_dir: str | Path = "artifacts", *, strict: bool = Fal
             (:func:`ensemble.precision.auto_precision`). ``None`` (default) reads
             ``$NEUROSTACK_PRECISION`` and falls back to ``"auto"``.
         warm_up: Run every model once before returning (:meth:`Pipeline.warm_up`).
-        tta: The base classifiers' test-time augmentation (``"none"`` or ``"hflip"``).
+        tta: The base classifiers' test-time augmentation (``"none"`` or ``"hflip"``),
+            or ``"cascade"`` (single crops, ``"hflip"`` for the unsure slices).
             ``None`` (default) reads ``$NEUROSTACK_TTA`` and falls back to the one the
             meta-learner was fitted with; ``"none"`` halves the classifiers' compute.
         runtime: Where the base classifiers run: ``"auto"``, ``"tensorflow"``,

@@ -18,6 +18,12 @@ except ImportError as exc:
     components.not_available("Batch analysis", "neurostack.batch", exc)
     st.stop()
 
+MODE_LABELS = {
+    "hflip": "Default: slice and mirror image",
+    "cascade": "Cascade: mirror image only when unsure (faster)",
+    "none": "Single crop (fastest, less accurate)",
+}
+
 pipeline = components.require_pipeline()
 components.missing_artifacts(pipeline)
 limits = cache.input_limits()
@@ -49,11 +55,15 @@ with st.expander("Options", expanded=True):
                  "identify a patient. Rows can still be matched by file_sha256.")
         store = st.checkbox("Store the results in the case registry", key="ba_store",
                             help="Only identifier-free records are stored (no file names).")
-        fast = pipeline.ensemble.tta != "none" and st.checkbox(
-            "Fast mode: classify each slice once (no mirror image)", key="ba_fast",
-            help="About half the classification time, with a meta-learner fitted for single "
-                 "crops. Its test-split scores are the run `test_single_crop` on the Model "
-                 "Evaluation page; the rows' `method` column says which mode made them.")
+        modes = pipeline.classifier_modes
+        mode = st.radio(
+            "Classification mode", modes, key="ba_mode", format_func=MODE_LABELS.get,
+            help="The default classifies each slice and its mirror image. The cascade "
+                 "classifies each slice once and adds the mirror image only when that "
+                 "first answer is unsure (the rows' `escalated` column); single crop never "
+                 "does, with a meta-learner fitted for single crops. Their test-split scores "
+                 "are the runs `test_cascade` and `test_single_crop` on the Model Evaluation "
+                 "page; the rows' `method` column says which mode made them.")
     with o2:
         spacing_cm, spacing_source = components.spacing_controls("ba_spacing")
         st.caption("DICOM files use their own Pixel Spacing unless a spacing is set here.")
@@ -67,7 +77,7 @@ if run and uploads:
     def _progress(done: int, total: int, name: str) -> None:
         bar.progress(done / max(total, 1), text=f"{done} / {total} · {name}")
 
-    chosen = components.require_pipeline("none") if fast else pipeline
+    chosen = pipeline if mode == modes[0] else components.require_pipeline(mode)
     try:
         result = run_batch(
             chosen, items, threshold=threshold, spacing_cm=spacing_cm,

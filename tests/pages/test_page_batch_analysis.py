@@ -85,18 +85,36 @@ def test_fast_mode_uses_the_single_crop_meta_learner(make_app, dashboard_artifac
     name, data = sample_bytes()
     files = [(name, data, "image/jpeg")]
 
-    at = _upload_and_run(make_app("pages/2_Batch_Analysis.py").run(), files)
-    assert not at.checkbox(key="ba_fast").value
-    default = at.dataframe[-1].value["method"].iloc[0]
-    assert default.endswith("averaged over the slice and its mirror image")
+    from neurostack.artifacts import sha256_file
 
-    at.checkbox(key="ba_fast").check()
+    # a cascade threshold of 1.0 sends every slice on to the default mode
+    cls = root / "classification"
+    shas = {n: sha256_file(cls / n / "weights.npz") for n in ("meta", "meta_single_crop")}
+    (cls / "cascade.json").write_text(json.dumps({"threshold": 1.0, "meta_sha256": shas}))
+
+    at = _upload_and_run(make_app("pages/2_Batch_Analysis.py").run(), files)
+    assert at.radio(key="ba_mode").value == "hflip"
+    assert at.radio(key="ba_mode").options == [
+        "Default: slice and mirror image", "Cascade: mirror image only when unsure (faster)",
+        "Single crop (fastest, less accurate)"]
+    default = at.dataframe[-1].value
+    assert default["method"].iloc[0].endswith("averaged over the slice and its mirror image")
+
+    at.radio(key="ba_mode").set_value("none")
     at.button(key="ba_run").click().run()
     assert not at.exception, [e.message for e in at.exception]
     fast = at.dataframe[-1].value
     assert fast["method"].iloc[0] == "meta-learner (stacking)"  # single crops, own meta-learner
     assert any(c.value == "Classified by: meta-learner (stacking)" for c in at.caption)
     assert list(fast["item"]) == [name]
+
+    at.radio(key="ba_mode").set_value("cascade")
+    at.button(key="ba_run").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    cas = at.dataframe[-1].value
+    assert cas["method"].iloc[0].startswith("cascade: ") and cas["escalated"].astype(bool).all()
+    cols = [f"ensemble_{c}" for c in ("glioma", "meningioma", "notumor", "pituitary")]
+    assert abs(cas[cols].to_numpy(float) - default[cols].to_numpy(float)).max() < 1e-5
 
 
 def test_batch_counts_the_slices_the_input_check_flags(make_app, monkeypatch):
