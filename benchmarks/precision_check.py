@@ -69,6 +69,7 @@ def compare(
 
     from ensemble.data import load_split
     from ensemble.inference import format_precision, load_ensemble, parse_precision
+    from ensemble.precision import AUTO
     from neurostack import CLASS_NAMES
     from neurostack.errors import InputImageError
     from neurostack.imaging import load_image
@@ -77,10 +78,18 @@ def compare(
     rows = load_split(split_csv, part)
     if limit is not None:
         rows = rows.iloc[:limit]
-    per_model = parse_precision(precision)
+    if precision == AUTO:  # as the pipeline runs: each mode's recorded precision
+        reduced = load_ensemble(artifacts / "classification", strict=False, precision=AUTO,
+                                tta=tta)
+        per_model = {n: c.precision for n, c in reduced.members.items()}
+    else:
+        per_model = parse_precision(precision)
+        reduced = load_ensemble(artifacts / "classification", strict=False,
+                                precision=per_model, tta=tta)
     ensembles = {
-        key: load_ensemble(artifacts / "classification", strict=False, precision=p, tta=tta)
-        for key, p in (("float32", "float32"), ("bfloat16", per_model))
+        "float32": load_ensemble(artifacts / "classification", strict=False,
+                                 precision="float32", tta=tta),
+        "bfloat16": reduced,
     }
     names = [*ensembles["float32"].members, ENSEMBLE]
     probs: dict[str, dict[str, list[np.ndarray]]] = {p: {n: [] for n in names} for p in ensembles}
@@ -126,7 +135,9 @@ def compare(
     }
     recommended_check = None
     meta = ensembles["float32"].meta
-    if len(y) and kept != per_model and "bfloat16" in kept.values() and meta is not None:
+    cascade = ensembles["float32"].tta == "cascade"  # its rows mix two meta-learners
+    if (len(y) and kept != per_model and "bfloat16" in kept.values() and meta is not None
+            and not cascade):
         recommended_check = mixed_check(out, y, kept, meta.inputs, meta.predict)
     return {
         "artifacts": str(artifacts),
@@ -134,6 +145,7 @@ def compare(
         "part": part,
         "data_dir": str(data_dir),
         "reduced_precision": format_precision(per_model),
+        "reduced_precision_note": reduced.precision_note,
         "n_images": int(len(y)),
         "failures": failures,
         "missing_artifacts": ensembles["float32"].missing,
@@ -252,15 +264,18 @@ def _parser() -> argparse.ArgumentParser:
         "--precision",
         default="bfloat16",
         help="the precision compared with float32: bfloat16 (every base model) or per model, "
-        "e.g. resnet50=bfloat16,vgg19=bfloat16",
+        "e.g. resnet50=bfloat16,vgg19=bfloat16, or auto (as the pipeline runs: each "
+        "mode's recorded precision on a CPU with native bfloat16)",
     )
     p.add_argument(
         "--tta",
-        choices=["none", "hflip"],
+        choices=["none", "hflip", "cascade"],
         default=None,
         help="classifiers' test-time augmentation (default: the meta-learner's); --record "
         "then writes that mode's record (precision_single_crop.json for none, when the "
-        "default mode is hflip), which pins that mode's meta-learner",
+        "default mode is hflip), which pins that mode's meta-learner. cascade (single crop "
+        "first, the default mode when unsure) runs on the default mode's members and "
+        "record, so it is checked but never recorded",
     )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument(
@@ -316,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ensemble.inference import format_precision, parse_precision
 
+    if args.precision == "auto" and args.record:
+        parser.error("--record needs an explicit --precision spec, not auto")
     try:
-        per_model = parse_precision(args.precision)
+        per_model = parse_precision(args.precision) if args.precision != "auto" else {}
     except ValueError as exc:
         parser.error(str(exc))
     report = compare(
@@ -365,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['accuracy_bfloat16']:.4f} (agreement {m['agreement']:.4f}); "
             f"verdict {rec['verdict']}"
         )
+    if args.record and args.tta == "cascade":
+        print("not recorded: the cascade runs on the default mode's precision record; check "
+              "it, record the default mode", file=sys.stderr)
+        return 1 if not unchanged else 0
     if args.record and report.get("meta_input_tta") not in (None, report.get("tta")):
         print(f"not recorded: the meta-learner {report['meta_learner']} was fitted on "
               f"{report['meta_input_tta']!r} inputs, not on the {report['tta']!r} inputs checked "

@@ -393,6 +393,8 @@ def measure_throughput(
                 "slices_per_s": round(res.analysed / elapsed, 3) if elapsed > 0 else None,
             }
         )
+        if "escalated" in res.rows and res.rows["escalated"].notna().any():
+            runs[-1]["escalated"] = int(res.rows["escalated"].astype(str).eq("True").sum())
         _log(f"throughput, chunk {chunk}: {runs[-1]['slices_per_s']} slices/s")
     return {
         "n_slices": n,
@@ -605,6 +607,13 @@ def _parser() -> argparse.ArgumentParser:
         help="folder of sample slices (*.jpg, *.png)",
     )
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N samples")
+    p.add_argument(
+        "--throughput-samples",
+        type=Path,
+        default=None,
+        help="folder of slices for the batch throughput only (default: --samples), e.g. a "
+        "random draw of test slices, where the cascade's share of unsure slices is realistic",
+    )
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument(
         "--repeats",
@@ -628,9 +637,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tta",
-        choices=("none", "hflip"),
+        choices=("none", "hflip", "cascade"),
         default=None,
-        help="classifiers' test-time augmentation (default: the meta-learner's input_tta)",
+        help="classifiers' test-time augmentation (default: the meta-learner's input_tta); "
+        "cascade: single crops, the default mode only for the slices the first pass is "
+        "unsure of",
     )
     p.add_argument(
         "--runtime",
@@ -739,7 +750,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peaks.append(system.matmul_peak(args.matmul_size, args.matmul_repeats))
     peak = system.merge_peaks(*peaks)
     _log(f"throughput: {args.batch_slices} slices through run_batch")
-    thr = measure_throughput(pipe, samples, args.batch_slices, _chunk_sizes(args.chunk_sizes))
+    thr_samples = samples
+    if args.throughput_samples is not None:
+        thr_samples = [(p.name, p.read_bytes()) for p in sorted(args.throughput_samples.glob("*"))
+                       if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+        if not thr_samples:
+            raise SystemExit(f"no slices in {args.throughput_samples}")
+    thr = measure_throughput(pipe, thr_samples, args.batch_slices, _chunk_sizes(args.chunk_sizes))
+    if args.throughput_samples is not None:
+        thr["samples"] = {"folder": str(args.throughput_samples), "n": len(thr_samples)}
     flops = backbone_flops(pipe, not args.no_profiler_flops)
     dash = dashboard_reuse_check(pipe, artifacts)
     end = system.conditions(args.busy_sample_s)

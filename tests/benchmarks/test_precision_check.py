@@ -50,6 +50,23 @@ def test_bad_spec_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
     assert "allowed" in capsys.readouterr().err
 
 
+def test_auto_checks_the_pipeline_precision_and_is_never_recorded(
+        tiny_artifacts: Path, make_dataset_dir, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        precision_check.main(["--data-dir", str(tmp_path), "--precision", "auto", "--record"])
+    assert exc.value.code == 2 and "explicit --precision spec" in capsys.readouterr().err
+    data = make_dataset_dir(2, seed=8)
+    rows = [{"path": p.relative_to(data).as_posix(), "label": p.parent.name, "group": i,
+             "split": "test"} for i, p in enumerate(sorted(data.glob("*/*.png")))]
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    report = precision_check.compare(tiny_artifacts, data, tmp_path / "split.csv", "test",
+                                     precision="auto", log=lambda m: None)
+    # no precision record in the tiny tree: "auto" is float32 everywhere, so nothing moves
+    assert report["reduced_precision"] == "float32" and "float32" in report[
+        "reduced_precision_note"]
+    assert all(m["agreement"] == 1.0 for m in report["models"].values())
+
+
 def test_record_lets_auto_use_the_checked_spec(tiny_artifacts: Path, make_dataset_dir,
                                               tmp_path: Path) -> None:
     import shutil
