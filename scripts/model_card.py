@@ -254,6 +254,7 @@ def classification_section(root: Path) -> list[str]:
         preds = pd.read_csv(table) if table.is_file() else None
         lines += _ensemble_vs_best(ev["models"], preds)
     lines += _single_crop_lines(root)
+    lines += _cascade_lines(root)
     lines += _shift_and_shortcut_lines(root)
     return lines
 
@@ -381,6 +382,37 @@ def _single_crop_lines(root: Path) -> list[str]:
         pd.DataFrame(res).to_markdown(index=False),
         "",
     ]
+
+
+def _cascade_lines(root: Path) -> list[str]:
+    """Describe the confidence cascade when its record and its test evaluation exist."""
+    rec = _json(root / "classification" / "cascade.json")
+    ev = _json(root / "evaluation" / "classification" / "test_cascade" / "metrics.json")
+    default = _json(root / "evaluation" / "classification" / "test" / "metrics.json") or {}
+    if not rec or rec.get("threshold") is None or not ev or ev.get("tta") != "cascade":
+        return []
+    val = rec.get("validation") or {}
+    oof = val.get("out_of_fold") or {}
+    at = oof.get("cascade_at_threshold") or {}
+    ref = (oof.get("default_mode") or {}).get("accuracy")
+    ens = ev["models"]["ensemble"]
+    text = (
+        "Opt-in for large batches (`python -m neurostack.batch ... --tta cascade`, "
+        "`NEUROSTACK_TTA=cascade`, or the Batch Analysis page): every slice goes once "
+        "through the four base models and the single-crop meta-learner; a slice whose top "
+        f"probability is below {rec['threshold']:.2f} is classified again in the default "
+        "mode, whose answer is final. The threshold was chosen on the validation split from "
+        "out-of-fold meta-learner outputs (`python -m ensemble.cascade fit`): "
+        f"{at.get('escalated')} of {val.get('n_images')} validation slices escalated, "
+        f"accuracy {_fmt(at.get('accuracy'))} against the default mode's {_fmt(ref)}. "
+        f"On the test split it escalated {ev.get('n_escalated')} of {ev['n_images']} slices "
+        f"and scored accuracy {_fmt(ens['accuracy'])} / macro-F1 {_fmt(ens['macro_f1'])}"
+    )
+    d = (default.get("models") or {}).get("ensemble")
+    if d:
+        text += (f" (default mode {_fmt(d['accuracy'])} / {_fmt(d['macro_f1'])}); not the "
+                 "default")
+    return [f"### Cascade mode ({ev['n_images']} test slices)", "", text + ".", ""]
 
 
 def _ensemble_vs_best(models: dict[str, Any], predictions: pd.DataFrame | None = None) -> list[str]:

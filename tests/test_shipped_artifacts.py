@@ -101,6 +101,13 @@ def test_evaluation_records_were_made_with_the_shipped_weights() -> None:
     for path in records:
         record = json.loads(path.read_text())
         tta = record.get("tta", "none")
+        if tta == "cascade":  # both meta-learners, the ones its threshold was chosen for
+            chosen_for = json.loads((ART / "classification" / "cascade.json").read_text())
+            assert record["artifacts"]["meta_single_crop"] == chosen_for["meta_sha256"][
+                "meta_single_crop"] == json.loads((ART / "classification" / "meta_single_crop"
+                                                   / "config.json").read_text())["weights_sha256"]
+            assert record["artifacts"]["meta"] == chosen_for["meta_sha256"]["meta"]
+            tta = "hflip"  # the default mode answers the unsure slices
         meta_dir = select_meta_folder(ART / "classification", tta)
         meta_cfg = json.loads((meta_dir / "config.json").read_text())
         # the meta-learner was fitted on, and is applied to, inputs of one augmentation

@@ -197,6 +197,32 @@ def test_single_crop_section_only_with_its_meta_learner_and_test_record(tmp_path
     assert model_card._single_crop_lines(tmp_path) == []  # not a single-crop record
 
 
+def test_cascade_section_needs_a_threshold_and_a_cascade_test_record(tmp_path: Path) -> None:
+    assert model_card._cascade_lines(tmp_path) == []
+    cls = tmp_path / "classification"
+    cls.mkdir()
+    record = {"threshold": 0.85, "validation": {"n_images": 858, "out_of_fold": {
+        "default_mode": {"accuracy": 0.95921}, "cascade_at_threshold": {
+            "escalated": 51, "accuracy": 0.95921}}}}
+    (cls / "cascade.json").write_text(json.dumps(record))
+    assert model_card._cascade_lines(tmp_path) == []  # no test record yet
+    ev = tmp_path / "evaluation" / "classification"
+    (ev / "test_cascade").mkdir(parents=True)
+    (ev / "test").mkdir()
+    ens = {"accuracy": 0.95561, "macro_f1": 0.95504}
+    (ev / "test_cascade" / "metrics.json").write_text(json.dumps(
+        {"tta": "cascade", "n_images": 856, "n_escalated": 50, "models": {"ensemble": ens}}))
+    (ev / "test" / "metrics.json").write_text(json.dumps(
+        {"models": {"ensemble": {"accuracy": 0.95794, "macro_f1": 0.95749}}}))
+    text = "\n".join(model_card._cascade_lines(tmp_path))
+    assert "### Cascade mode (856 test slices)" in text and "below 0.85" in text
+    assert "51 of 858 validation slices escalated, accuracy 0.9592" in text
+    assert "escalated 50 of 856 slices and scored accuracy 0.9556 / macro-F1 0.955" in text
+    assert "(default mode 0.9579 / 0.9575); not the default" in text
+    (cls / "cascade.json").write_text(json.dumps(record | {"threshold": None}))
+    assert model_card._cascade_lines(tmp_path) == []  # no threshold chosen
+
+
 def test_shift_and_shortcut_section_reads_both_records(tmp_path: Path) -> None:
     assert model_card._shift_and_shortcut_lines(tmp_path) == []
     rob = tmp_path / "evaluation" / "robustness" / "classification"
