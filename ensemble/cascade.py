@@ -35,12 +35,15 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from neurostack import CLASS_NAMES
+
+if TYPE_CHECKING:  # at run time each of the two modules imports the other inside functions
+    from ensemble.inference import Ensemble, EnsemblePrediction
 
 CASCADE_FILE = "cascade.json"
 """Name of the cascade's record in the classification artifacts folder."""
@@ -331,7 +334,8 @@ class CascadeEnsemble:
 
     tta = "cascade"
 
-    def __init__(self, first: Any, second: Any, threshold: float, record: dict[str, Any]) -> None:
+    def __init__(self, first: Ensemble, second: Ensemble, threshold: float,
+                 record: dict[str, Any]) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1]; received {threshold!r}")
         self.first = first
@@ -369,7 +373,7 @@ class CascadeEnsemble:
                 f"{self.second.method}")
 
     def predict_crops(self, crops: list[np.ndarray],
-                      given: Any = None) -> Any:
+                      given: dict[str, np.ndarray] | None = None) -> EnsemblePrediction:
         """Classify greyscale crops; ``escalated`` marks the rows the default mode answered.
 
         Raises:
@@ -392,7 +396,7 @@ class CascadeEnsemble:
             final[idx] = second.ensemble
         return EnsemblePrediction(per, final, self.method, escalated=esc)
 
-    def with_tta(self, tta: str) -> Any:
+    def with_tta(self, tta: str) -> CascadeEnsemble | Ensemble:
         """``self`` for ``"cascade"``, else the pass of mode ``tta`` (already loaded)."""
         from ensemble.inference import check_classifier_mode
 
@@ -400,7 +404,7 @@ class CascadeEnsemble:
         return {"cascade": self, "none": self.first}.get(tta) or self.second.with_tta(tta)
 
 
-def build_cascade(ensemble: Any) -> CascadeEnsemble:
+def build_cascade(ensemble: Ensemble) -> CascadeEnsemble:
     """Wrap a loaded :class:`ensemble.inference.Ensemble` into the cascade.
 
     The second pass is ``ensemble`` in its mirror-averaged mode, the first that
