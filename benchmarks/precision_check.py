@@ -274,8 +274,8 @@ def _parser() -> argparse.ArgumentParser:
         help="classifiers' test-time augmentation (default: the meta-learner's); --record "
         "then writes that mode's record (precision_single_crop.json for none, when the "
         "default mode is hflip), which pins that mode's meta-learner. cascade (single crop "
-        "first, the default mode when unsure) runs on the default mode's members and "
-        "record, so it is checked but never recorded",
+        "first, the default mode when unsure) runs each pass in its own mode's record, so "
+        "it is checked but never recorded",
     )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument(
@@ -383,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             f"verdict {rec['verdict']}"
         )
     if args.record and args.tta == "cascade":
-        print("not recorded: the cascade runs on the default mode's precision record; check "
-              "it, record the default mode", file=sys.stderr)
+        print("not recorded: the cascade runs each pass in its own mode's precision record; "
+              "record those modes (--tta none, --tta hflip)", file=sys.stderr)
         return 1 if not unchanged else 0
     if args.record and report.get("meta_input_tta") not in (None, report.get("tta")):
         print(f"not recorded: the meta-learner {report['meta_learner']} was fitted on "

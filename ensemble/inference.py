@@ -689,8 +689,9 @@ class Ensemble:
         the fused graph is traced anew. ``self`` when ``tta`` is already the mode.
 
         Raises:
-            ValueError: If ``tta`` is not one of :data:`~neurostack.preprocess.TTA_MODES`.
-            ArtifactError: If the other meta-learner is corrupt.
+            ValueError: If ``tta`` is not one of :data:`CLASSIFIER_MODES`.
+            ArtifactError: If the other meta-learner is corrupt (or, for the cascade, its
+                record is missing or stale: :func:`ensemble.cascade.build_cascade`).
         """
         check_classifier_mode(tta)
         if tta == self.tta:

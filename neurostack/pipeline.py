@@ -103,7 +103,6 @@ class CaseResult:
             "predicted_class": self.predicted_class,
             "confidence": round(self.confidence, 6),
             "method": self.method,
-            "escalated": self.escalated,
             "models_agree": self.models_agree,
             "tumor_found": self.tumor_found,
             "segmented": self.segmented,
@@ -125,6 +124,8 @@ class CaseResult:
             "quality_flags": None if self.quality is None else ";".join(
                 k for k in ("noisy", "smooth") if self.quality[k]),
         }
+        if self.escalated is not None:  # cascade mode only: older results files lack it
+            rec["escalated"] = self.escalated
         for c in CLASS_NAMES:
             rec[f"ensemble_{c}"] = round(self.ensemble[c], 6)
         for model, probs in self.per_model.items():

@@ -639,3 +639,17 @@ def test_with_tta_shares_the_loaded_models(tiny_pipeline, png_slice) -> None:
     assert "fitted on single-crop inputs" in mirrored.analyse(png_slice).method
     with pytest.raises(ValueError, match="received 'vflip'"):
         tiny_pipeline.with_tta("vflip")
+
+
+def test_record_has_escalated_only_in_cascade_mode() -> None:
+    from neurostack import CLASS_NAMES
+    from neurostack.pipeline import CaseResult
+
+    probs = dict.fromkeys(CLASS_NAMES, 0.25)
+    base = dict(image_sha256="0" * 64, shape=(8, 8), per_model={}, ensemble=probs,
+                predicted_class="glioma", confidence=0.25, method="m", models_agree=True,
+                warnings=[], tumor_found=True, segmented=False, threshold=0.5,
+                spacing_cm=None, spacing_source="none")
+    assert "escalated" not in CaseResult(**base).to_record()  # older results files lack it
+    assert CaseResult(**base, escalated=True).to_record()["escalated"] is True
+    assert CaseResult(**base, escalated=False).to_record()["escalated"] is False
