@@ -8,12 +8,15 @@ and post-processing (mean Dice over slices, empty-mask policy of
 * ``component_oracle``: the best single thresholded component per slice, picked
   with the ground truth (an upper bound for any component-selection rule);
 * ``scales``: the same weights run at other input sizes, and their average;
-* ``precise_bn``: batch-norm statistics re-estimated on training crops.
+* ``precise_bn``: batch-norm statistics re-estimated on training crops;
+* ``bfloat16``: the same weights in mixed bfloat16 (the output layer stays
+  float32): mean Dice, per-slice Dice changes against float32, misses, and the
+  network's time per slice for both precisions on the same validation crops.
 
 Never touches the test split. Usage::
 
     PYTHONPATH=. python scripts/segmentation_probe.py ../shared/datasets/figshare-seg \
-        --sizes 192,224,256 --bn-batches 56 --json /tmp/segmentation_probe.json
+        --sizes 192,224,256 --bn-batches 56 --bfloat16 --json /tmp/segmentation_probe.json
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,9 +75,7 @@ def _full_probabilities(seg: Segmenter, data_dir: Path, ids: list[str]) -> list[
 
 
 def _mean_dice(probs: list[np.ndarray], masks: list[np.ndarray], t: float, post: str) -> float:
-    pairs = zip(probs, masks, strict=True)
-    scores = [dice_coefficient(m, probability_to_mask(p, t, post)[0]) for p, m in pairs]
-    return float(np.mean(scores))
+    return float(np.mean(_dice_list(probs, masks, t, post)))
 
 
 def component_oracle(probs: list[np.ndarray], masks: list[np.ndarray], t: float) -> float:
@@ -89,6 +91,69 @@ def component_oracle(probs: list[np.ndarray], masks: list[np.ndarray], t: float)
     return float(np.mean(scores))
 
 
+def bfloat16_copy(seg: Segmenter) -> Segmenter:
+    """Rebuild the segmenter's network under ``mixed_bfloat16`` with the same weights.
+
+    The policy is restored afterwards; the output layer computes in float32
+    (:func:`segmentation.model.build_resunet`), so probabilities stay float32.
+    """
+    import keras
+
+    from segmentation.model import build_segmenter
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_segmenter(seg.config["architecture"])
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    model.set_weights(seg.model.get_weights())
+    return Segmenter(model, seg.config, tta=seg.tta, postprocess=seg.postprocess)
+
+
+def paired_dice_changes(
+    reference: list[float], other: list[float], *, tolerance: float = 0.01
+) -> dict[str, float | int]:
+    """Per-slice Dice changes of ``other`` against ``reference`` (same slices, same order).
+
+    Returns:
+        ``mean_change`` (other - reference), ``max_abs_change``, and how many
+        slices moved by more than ``tolerance`` (``n_changed``) in each direction.
+    """
+    a = np.asarray(reference, dtype=float)
+    b = np.asarray(other, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"need Dice lists of equal length; received {a.shape} and {b.shape}")
+    d = b - a
+    return {
+        "mean_change": float(d.mean()) if d.size else 0.0,
+        "max_abs_change": float(np.abs(d).max()) if d.size else 0.0,
+        "n_changed": int((np.abs(d) > tolerance).sum()),
+        "n_better": int((d > tolerance).sum()),
+        "n_worse": int((d < -tolerance).sum()),
+        "tolerance": tolerance,
+    }
+
+
+def _network_s_per_slice(seg: Segmenter, crops: np.ndarray, repeats: int = 3) -> float:
+    """Median seconds per slice of :meth:`Segmenter.predict_crops` on ``crops`` (warm)."""
+    seg.predict_crops(crops[:8])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for k in range(0, len(crops), 8):
+            seg.predict_crops(crops[k : k + 8])
+        times.append((time.perf_counter() - start) / len(crops))
+    return float(np.median(times))
+
+
+def _dice_list(
+    probs: list[np.ndarray], masks: list[np.ndarray], t: float, post: str
+) -> list[float]:
+    pairs = zip(probs, masks, strict=True)
+    return [float(dice_coefficient(m, probability_to_mask(p, t, post)[0])) for p, m in pairs]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -97,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="artifacts/splits/segmentation_split.csv")
     p.add_argument("--sizes", default="", help="other input sizes, e.g. 224,256")
     p.add_argument("--bn-batches", type=int, default=0, help="batches of 32 training crops")
+    p.add_argument("--bfloat16", action="store_true", help="also score a mixed-bfloat16 copy")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -117,6 +183,33 @@ def main(argv: list[str] | None = None) -> int:
         report["scales"] = {str(s): _mean_dice(v, masks, t, post) for s, v in scales.items()}
         avg = [np.mean(ps, axis=0) for ps in zip(*scales.values(), strict=True)]
         report["scales"]["average"] = _mean_dice(avg, masks, t, post)
+    if args.bfloat16:
+        fast = bfloat16_copy(seg)
+        b16 = _full_probabilities(fast, args.data_dir, ids)
+        ref, new = _dice_list(base, masks, t, post), _dice_list(b16, masks, t, post)
+        crops = (
+            np.stack(
+                [preprocess_slice(g, seg.input_size)[0] for g in _grays(args.data_dir, ids[:64])]
+            ).astype(np.float32)[..., None]
+            / 255.0
+        )
+        report["bfloat16"] = {
+            "mean_dice": float(np.mean(new)),
+            "misses_below_0.05": {
+                "float32": sum(d < 0.05 for d in ref),
+                "bfloat16": sum(d < 0.05 for d in new),
+            },
+            "paired": paired_dice_changes(ref, new),
+            "max_abs_probability_change": max(
+                float(np.abs(a - b).max()) for a, b in zip(base, b16, strict=True)
+            ),
+            "network_s_per_slice": {
+                "float32": _network_s_per_slice(seg, crops),
+                "bfloat16": _network_s_per_slice(fast, crops),
+                "crops": len(crops),
+                "tta": seg.tta,
+            },
+        }
     if args.bn_batches:
         from ensemble.recalibrate import recalibrate_batchnorm
 

@@ -39,3 +39,39 @@ def test_mean_dice_applies_threshold_and_postprocess():
     assert probe._mean_dice([prob], [gt], 0.5, "none") == pytest.approx(1.0)
     assert probe._mean_dice([prob], [gt], 0.3, "none") == pytest.approx(2 * 4 / (8 + 4))
     assert probe._mean_dice([prob], [gt], 0.3, "largest_component") == pytest.approx(1.0)
+
+
+def test_paired_dice_changes_counts_moves_beyond_the_tolerance():
+    out = probe.paired_dice_changes([0.5, 0.8, 0.9, 0.0], [0.5, 0.805, 0.7, 0.3], tolerance=0.01)
+    assert out["mean_change"] == pytest.approx((0.005 - 0.2 + 0.3) / 4)
+    assert out["max_abs_change"] == pytest.approx(0.3)
+    assert (out["n_changed"], out["n_better"], out["n_worse"]) == (2, 1, 1)
+    with pytest.raises(ValueError, match="equal length"):
+        probe.paired_dice_changes([0.1], [0.1, 0.2])
+
+
+@pytest.mark.slow
+def test_bfloat16_copy_keeps_weights_and_float32_output(tmp_path):
+    import keras
+
+    from neurostack.testing import make_tiny_artifacts
+    from segmentation.predict import load_segmenter
+
+    root = make_tiny_artifacts(tmp_path / "a", with_evaluation=False)
+    seg = load_segmenter(root / "segmentation" / "resunet")
+    before = keras.mixed_precision.global_policy().name
+    fast = probe.bfloat16_copy(seg)
+    assert keras.mixed_precision.global_policy().name == before
+    assert fast.model.output.dtype == "float32"
+    assert fast.model.layers[1].compute_dtype == "bfloat16"
+    for a, b in zip(seg.model.get_weights(), fast.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).random((2, seg.input_size, seg.input_size), dtype=np.float32)
+    p32, p16 = seg.predict_crops(x), fast.predict_crops(x)
+    assert p16.dtype == np.float32
+    assert np.abs(p32 - p16).max() < 0.05
+    assert (fast.default_threshold, fast.postprocess, fast.tta) == (
+        seg.default_threshold,
+        seg.postprocess,
+        seg.tta,
+    )
