@@ -77,7 +77,8 @@ KEY_COLUMNS: tuple[str, ...] = ("item", "n", "file_sha256")
 """Leading columns of the results CSV: item name, running index (1-based), file hash."""
 RECORD_HEAD: tuple[str, ...] = (
     "image_sha256", "height_px_image", "width_px_image", "predicted_class", "confidence",
-    "method", "escalated", "models_agree", "tumor_found", "segmented", "mask_threshold", "warnings",
+    "method", "escalated", "models_agree", "tumor_found", "segmented", "mask_threshold",
+    "outline_confidence", "outline_flagged", "warnings",
     "intensity_atypicality", "relative_gamma", "intensity_corrected", "uncorrected_class",
     "uncorrected_confidence", "noise_sigma_grey", "detail_level_grey", "quality_flags",
 )
@@ -93,7 +94,7 @@ TEXT_COLUMNS: tuple[str, ...] = (
     "spacing_source", "model_versions", "extra_json",
 )
 BOOL_COLUMNS: tuple[str, ...] = ("models_agree", "tumor_found", "segmented",
-                                 "intensity_corrected")
+                                 "intensity_corrected", "outline_flagged")
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _DRIVE = re.compile(r"^[A-Za-z]:")

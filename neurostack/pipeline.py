@@ -88,6 +88,14 @@ class CaseResult:
     """In the classifiers' cascade mode (``tta="cascade"``): whether the single-crop pass
     was unsure, so that the mirror-averaged default mode gave the answer. ``None`` in
     the other modes."""
+    outline_confidence: float | None = None
+    """Mean segmenter probability over the outline's pixels
+    (:func:`segmentation.confidence.outline_confidence`); ``None`` without an outline."""
+    outline_flagged: bool | None = None
+    """Whether that confidence is below the flag threshold recorded for the shipped
+    segmenter (``outline_confidence.json``, chosen on the validation patients); ``None``
+    without an outline, without a record, or at another mask threshold or
+    post-processing than the record's operating point."""
     quality: dict[str, Any] | None = None
     """Noise and fine-detail check of the slice as given against the training slices
     (``ensemble.quality``): ``noise_sigma``, ``detail_level`` (grey levels),
@@ -126,6 +134,11 @@ class CaseResult:
         }
         if self.escalated is not None:  # cascade mode only: older results files lack it
             rec["escalated"] = self.escalated
+        if self.segmented:
+            rec["outline_confidence"] = (
+                None if self.outline_confidence is None else round(self.outline_confidence, 4)
+            )
+            rec["outline_flagged"] = self.outline_flagged
         for c in CLASS_NAMES:
             rec[f"ensemble_{c}"] = round(self.ensemble[c], 6)
         for model, probs in self.per_model.items():
@@ -534,6 +547,15 @@ class Pipeline:
         result.mask = seg.mask
         result.probability = seg.probability
         result.postprocess = getattr(seg, "postprocess", "none")
+        result.outline_confidence = getattr(seg, "confidence", None)
+        flag = getattr(self.segmenter, "outline_flagged", None)
+        result.outline_flagged = flag(seg) if callable(flag) else None
+        if result.outline_flagged:
+            from segmentation.confidence import flag_warning
+
+            result.warnings.append(
+                flag_warning(result.outline_confidence, self.segmenter.confidence_record)
+            )
         removed = int(getattr(seg, "removed_components", 0))
         if removed:
             result.warnings.append(

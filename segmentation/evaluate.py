@@ -395,6 +395,7 @@ def evaluate(
             row["gt_area_px"] = int(gt.sum())
             row["pred_area_px"] = res.area_px
             row["tumour_contrast_sd"] = tumour_contrast_sd(gray, gt)
+            row["outline_confidence"] = res.confidence
             row["intensity_corrected"] = fixed
             rows.append(row)
             for t in sweep:
@@ -415,7 +416,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = ["id"] + (["label"] if labels else []) + [
         "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd",
-        "intensity_corrected"]
+        "outline_confidence", "intensity_corrected"]
     df = pd.DataFrame(rows, columns=columns)
     df.to_csv(out_dir / "per_image.csv", index=False, float_format="%.6f")
 

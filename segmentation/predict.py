@@ -26,6 +26,8 @@ from neurostack.artifacts import (
 )
 from neurostack.errors import ArtifactError
 from neurostack.preprocess import TTA_MODES, CropBox, paste_crop
+from segmentation.confidence import outline_confidence
+from segmentation.confidence import read_record as read_confidence_record
 from segmentation.data import preprocess_slice
 from segmentation.postprocess import POSTPROCESS_MODES, check_postprocess, probability_to_mask
 
@@ -45,6 +47,9 @@ class SegmentationResult:
         postprocess: The post-processing applied (:data:`POSTPROCESS_MODES`).
         removed_components: Connected components of the thresholded mask that the
             post-processing removed (0 with ``"none"``).
+        confidence: Mean probability over the mask's pixels
+            (:func:`segmentation.confidence.outline_confidence`); ``None`` for an
+            empty mask.
     """
 
     probability: np.ndarray
@@ -53,6 +58,7 @@ class SegmentationResult:
     threshold: float
     postprocess: str = "none"
     removed_components: int = 0
+    confidence: float | None = None
 
     @property
     def area_px(self) -> int:
@@ -69,6 +75,8 @@ class Segmenter:
         tta: Test-time augmentation; ``None`` uses ``config["test_time_augmentation"]``.
         postprocess: Default mask post-processing (:data:`POSTPROCESS_MODES`); ``None``
             uses ``config["postprocess"]`` (``"none"`` when absent).
+        confidence_record: The outline-confidence flag fitted for these weights
+            (:func:`segmentation.confidence.read_record`), or ``None``.
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class Segmenter:
         *,
         tta: str | None = None,
         postprocess: str | None = None,
+        confidence_record: dict[str, Any] | None = None,
     ) -> None:
         import tensorflow as tf
 
@@ -93,6 +102,7 @@ class Segmenter:
         self.postprocess = check_postprocess(
             str(config.get("postprocess", "none") if postprocess is None else postprocess)
         )
+        self.confidence_record = confidence_record
         spec = tf.TensorSpec([None, self.input_size, self.input_size, 1], tf.float32)
         # One trace for every batch size: fixed signature, no per-call retracing.
         self._infer = tf.function(
@@ -130,6 +140,25 @@ class Segmenter:
             raise ValueError(f"gray must be uint8 (LoadedImage.gray); received {gray.dtype}")
         return gray
 
+    def outline_flagged(self, result: SegmentationResult) -> bool | None:
+        """Whether ``result``'s outline falls below the recorded confidence flag.
+
+        ``None`` when there is no record for these weights, the mask is empty, or the
+        mask was made at another operating point (threshold, test-time augmentation or
+        post-processing) than the flag was fitted at.
+        """
+        rec = self.confidence_record
+        if rec is None or result.confidence is None:
+            return None
+        point = rec["operating_point"]
+        if (
+            not np.isclose(result.threshold, point["threshold"])
+            or result.postprocess != point["postprocess"]
+            or self.tta != point["test_time_augmentation"]
+        ):
+            return None
+        return bool(result.confidence < rec["flag_threshold"])
+
     def result(
         self,
         crop_probability: np.ndarray,
@@ -150,7 +179,8 @@ class Segmenter:
         mode = self.postprocess if postprocess is None else check_postprocess(postprocess)
         full = np.clip(paste_crop(crop_probability, box, shape, fill=0.0), 0.0, 1.0)
         mask, removed = probability_to_mask(full, threshold, mode)
-        return SegmentationResult(full, mask, box, float(threshold), mode, removed)
+        confidence = outline_confidence(full, mask)
+        return SegmentationResult(full, mask, box, float(threshold), mode, removed, confidence)
 
     def predict(
         self, gray: np.ndarray, threshold: float | None = None, postprocess: str | None = None
@@ -261,4 +291,5 @@ def load_segmenter(
             f"architecture input {model.input_shape[1]}"
         )
     load_weights_compact(model, weights)
-    return Segmenter(model, config, tta=tta, postprocess=postprocess)
+    record = read_confidence_record(folder, config["weights_sha256"])
+    return Segmenter(model, config, tta=tta, postprocess=postprocess, confidence_record=record)

@@ -653,3 +653,47 @@ def test_record_has_escalated_only_in_cascade_mode() -> None:
     assert "escalated" not in CaseResult(**base).to_record()  # older results files lack it
     assert CaseResult(**base, escalated=True).to_record()["escalated"] is True
     assert CaseResult(**base, escalated=False).to_record()["escalated"] is False
+
+
+def test_outline_confidence_and_its_recorded_flag(tiny_pipeline, tiny_artifacts, png_slice,
+                                                  tmp_path):
+    import shutil
+
+    thr = _low_threshold(tiny_pipeline, png_slice)
+    plain = tiny_pipeline.analyse(png_slice, threshold=thr, force_segmentation=True)
+    assert plain.mask.any()
+    # the mean probability over the outline; no record in the tiny tree, so no flag
+    assert plain.outline_confidence == pytest.approx(float(plain.probability[plain.mask].mean()))
+    assert plain.outline_confidence >= thr and plain.outline_flagged is None
+    assert plain.to_record()["outline_flagged"] is None
+
+    root = Path(shutil.copytree(tiny_artifacts, tmp_path / "a"))
+    seg_dir = root / "segmentation" / "resunet"
+    config = json.loads((seg_dir / "config.json").read_text())
+    config["threshold"] = thr
+    (seg_dir / "config.json").write_text(json.dumps(config))
+    point = {"threshold": thr, "test_time_augmentation": config.get("test_time_augmentation",
+                                                                     "none"),
+             "postprocess": config.get("postprocess", "none")}
+    record = {"format": 1, "flag_threshold": 1.0, "operating_point": point,
+              "weights_sha256": config["weights_sha256"], "passes_rule": True,
+              "validation": {"n": 10, "n_flagged": 3, "mean_dice_flagged": 0.25,
+                             "mean_dice_unflagged": 0.8}}
+    (seg_dir / "outline_confidence.json").write_text(json.dumps(record))
+    pipe = load_pipeline(root, strict=True)
+
+    flagged = pipe.analyse(png_slice, force_segmentation=True)  # at the recorded point
+    assert flagged.outline_confidence == pytest.approx(plain.outline_confidence, abs=1e-6)
+    assert flagged.outline_flagged is True
+    assert any(w.startswith("uncertain outline") and "0.25" in w for w in flagged.warnings)
+    rec = flagged.to_record()
+    assert rec["outline_flagged"] is True and rec["outline_confidence"] == pytest.approx(
+        flagged.outline_confidence, abs=1e-4)
+    # another mask threshold than the record's: the flag does not apply
+    other = pipe.analyse(png_slice, threshold=min(0.99, thr + 0.05), force_segmentation=True)
+    assert other.outline_flagged is None
+    assert not any(w.startswith("uncertain outline") for w in other.warnings)
+    # a record made for other weights is ignored
+    (seg_dir / "outline_confidence.json").write_text(json.dumps({**record,
+                                                                 "weights_sha256": "0" * 64}))
+    assert load_pipeline(root, strict=True).segmenter.confidence_record is None

@@ -43,8 +43,13 @@ def test_cli_writes_per_image_and_metrics(eval_dirs, tiny_artifact, tmp_path, ca
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
     assert list(per_image.columns) == [
         "id", "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd",
-        "intensity_corrected"]
+        "outline_confidence", "intensity_corrected"]
     assert len(per_image) == 30
+    # mean probability over the mask: none without a mask, never below the mask threshold
+    conf, empty = per_image["outline_confidence"], per_image["pred_area_px"] == 0
+    assert (~empty).any() and conf[empty].isna().all() and conf[~empty].notna().all()
+    threshold = json.loads((out / "metrics.json").read_text())["threshold"]
+    assert (conf[~empty] >= threshold - 1e-6).all() and (conf[~empty] <= 1.0).all()
     assert not per_image["intensity_corrected"].any()  # default: slices as they are
     # the contrast column is the library function on the stored image and reference mask
     from neurostack.imaging import load_image
@@ -102,7 +107,7 @@ def test_cli_with_split_and_metadata_gives_labels(figshare_like, tiny_artifact, 
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
     assert list(per_image.columns) == [
         "id", "label", "dice", "iou", "gt_area_px", "pred_area_px", "tumour_contrast_sd",
-        "intensity_corrected"]
+        "outline_confidence", "intensity_corrected"]
     assert set(per_image["id"]) == set(split.loc[split["split"] == "test", "id"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class"]) == set(per_image["label"])
