@@ -278,6 +278,28 @@ def threshold_sweep(
     return _finish(fig, "Mean Dice by mask threshold (same probabilities)", height=360)
 
 
+def confidence_scatter(df: pd.DataFrame, flag_threshold: float | None = None) -> go.Figure:
+    """Each slice's Dice against its outline confidence, by class (``per_image.csv``).
+
+    Slices without an outline (no confidence) are left out; ``flag_threshold`` draws the
+    recorded flag as a vertical line.
+    """
+    shown = df.dropna(subset=["outline_confidence"])
+    fig = go.Figure()
+    groups = shown.groupby("label") if "label" in shown else [("all images", shown)]
+    for label, part in groups:
+        fig.add_scatter(x=part["outline_confidence"], y=part["dice"], mode="markers",
+                        name=str(label), marker={"color": CLASS_COLOURS.get(str(label)),
+                                                 "size": 6, "opacity": 0.7})
+    if flag_threshold is not None:
+        fig.add_vline(x=flag_threshold, line_dash="dash", line_color="#d62728",
+                      annotation_text=f"flag below {flag_threshold:g}")
+    fig.update_xaxes(title="outline confidence (mean probability inside the outline)",
+                     range=[0, 1.02])
+    fig.update_yaxes(title="Dice", range=[-0.02, 1.02])
+    return _finish(fig, "Dice by outline confidence", height=380)
+
+
 # -------------------------------------------------------------- batch / cases
 def class_counts(series: pd.Series, title: str = "Predicted classes") -> go.Figure:
     """Bar chart of how many images fall in each class."""

@@ -134,6 +134,13 @@ def count_quality_flagged(rows: pd.DataFrame) -> dict[str, int]:
     return {k: int(flags.map(lambda f, k=k: k in f).sum()) for k in ("noisy", "smooth")}
 
 
+def count_outline_flagged(rows: pd.DataFrame) -> int:
+    """Count result rows whose outline the recorded confidence flag marks (0 if no column)."""
+    if "outline_flagged" not in rows.columns:
+        return 0
+    return int((rows["outline_flagged"].astype("boolean") == True).sum())  # noqa: E712
+
+
 def anonymise_name(name: str, key: str = "") -> str:
     """Replace an item name by ``anon-`` and 16 hex digits of a (keyed) SHA-256.
 

@@ -96,6 +96,8 @@ class CaseResult:
     segmenter (``outline_confidence.json``, chosen on the validation patients); ``None``
     without an outline, without a record, or at another mask threshold or
     post-processing than the record's operating point."""
+    outline_flag_threshold: float | None = None
+    """The recorded flag threshold when the segmenter has a record for its weights."""
     quality: dict[str, Any] | None = None
     """Noise and fine-detail check of the slice as given against the training slices
     (``ensemble.quality``): ``noise_sigma``, ``detail_level`` (grey levels),
@@ -550,6 +552,8 @@ class Pipeline:
         result.outline_confidence = getattr(seg, "confidence", None)
         flag = getattr(self.segmenter, "outline_flagged", None)
         result.outline_flagged = flag(seg) if callable(flag) else None
+        record = getattr(self.segmenter, "confidence_record", None)
+        result.outline_flag_threshold = None if record is None else float(record["flag_threshold"])
         if result.outline_flagged:
             from segmentation.confidence import flag_warning
 

@@ -103,6 +103,30 @@ def quality_sentence(quality: Mapping[str, Any] | None) -> str:
     return f"Noise and detail check: {verdict} ({noise}; {detail})."
 
 
+def outline_sentence(result: Any) -> str:
+    """Say how far to trust a slice's outline (``CaseResult.outline_*``).
+
+    Returns ``""`` for a slice that was not segmented.
+    """
+    if not result.segmented:
+        return ""
+    conf, flagged, limit = (result.outline_confidence, result.outline_flagged,
+                            result.outline_flag_threshold)
+    if conf is None:
+        return "Outline confidence: no outline."
+    text = (f"Outline confidence {conf:.2f} (the segmenter's mean probability inside the "
+            "outline)")
+    if flagged is True:
+        return f"{text}: below the flag threshold {limit:.2f}; check the outline by eye."
+    if flagged is False:
+        return (f"{text}: at or above the flag threshold {limit:.2f} chosen on the validation "
+                "patients.")
+    if limit is None:
+        return f"{text}; no flag threshold recorded for these weights."
+    return (f"{text}; the flag threshold {limit:.2f} holds at the segmenter's own mask "
+            "threshold and post-processing, so it is not applied here.")
+
+
 def format_value(value: Any) -> str:
     """Format a measurement or flag for display.
 
@@ -243,6 +267,9 @@ def case_report_html(
         ["Tumour found", "yes" if result.tumor_found else "no"],
         ["Segmented", "yes" if result.segmented else "no"],
     ]
+    if result.segmented:
+        summary.append(["Outline confidence", outline_sentence(result)
+                        .removeprefix("Outline confidence").strip(" :")])
     parts.append(f'<div class="summary">{_table(None, summary, numeric_from=2)}</div>')
     if result.warnings:
         parts.append("<ul>" + "".join(f'<li class="warn">{_esc(w)}</li>'

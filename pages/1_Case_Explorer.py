@@ -15,6 +15,7 @@ from neurostack.render import encode_png, heatmap_overlay, overlay_mask
 from neurostack.report import (
     case_report_html,
     intensity_sentence,
+    outline_sentence,
     quality_sentence,
     spacing_sentence,
 )
@@ -198,6 +199,14 @@ else:
                 st.rerun()
         else:
             st.warning("Segmentation is not available (model not loaded).")
+
+if result.segmented:
+    st.caption(outline_sentence(result),
+               help="Mean Res-UNet probability over the outline's pixels. On held-out patients "
+                    "it ranks outlines by their Dice, and outlines below the flag threshold "
+                    "(chosen on the validation patients) score much lower; the Segmentation "
+                    "Quality page has the figures. It cannot see a tumour the segmenter "
+                    "missed altogether.")
 
 if result.segmented and result.probability is not None:
     with st.expander("Segmenter probability map"):

@@ -5,7 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cache, charts, components
-from neurostack.batch import count_intensity_flagged, count_quality_flagged
+from neurostack.batch import (
+    count_intensity_flagged,
+    count_outline_flagged,
+    count_quality_flagged,
+)
 
 components.page_setup("Batch Analysis", ":material/stacks:")
 st.title(":material/stacks: Batch Analysis")
@@ -147,8 +151,16 @@ if len(rows):
                    "The networks lose accuracy on noisy slices; outlines of blurred or "
                    "up-sampled slices are less precise.",
                    icon=":material/grain:")
+    uncertain = count_outline_flagged(rows)
+    if uncertain:
+        st.warning(f"**{uncertain} outline(s) flagged as uncertain** (`outline_flagged`): the "
+                   "segmenter's mean probability inside them (`outline_confidence`) is below "
+                   "the threshold chosen on the validation patients, where such outlines had a "
+                   "much lower Dice. Check them by eye before using their measurements.",
+                   icon=":material/help:")
     lead = [c for c in ("n", "item", "predicted_class", "confidence", "models_agree", "tumor_found",
-                        "segmented", "area_cm2", "area_px", "spacing_source", "warnings",
+                        "segmented", "outline_confidence", "outline_flagged", "area_cm2",
+                        "area_px", "spacing_source", "warnings",
                         "intensity_atypicality", "relative_gamma", "intensity_corrected",
                         "uncorrected_class", "quality_flags")
             if c in rows.columns]

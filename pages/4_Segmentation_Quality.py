@@ -20,6 +20,8 @@ from dashboard.evaluation import (
 )
 from neurostack.errors import InputImageError
 from neurostack.render import overlay_mask
+from segmentation.confidence import RECORD_FILE as OUTLINE_RECORD_FILE
+from segmentation.confidence import confidence_caption, flag_summary
 
 GT_COLOUR = (255, 0, 255)  # magenta: ground truth; green: prediction (render.GREEN)
 
@@ -94,6 +96,17 @@ if bands is not None and len(bands):
                    "(`segmentation.cohorts.tumour_contrast_sd`). Tumours that do not enhance "
                    "(contrast at or below 0) are where whole tumours are missed; most of them "
                    "come from the alphanumeric-id series.")
+if "outline_confidence" in scores.columns and scores["outline_confidence"].notna().any():
+    flag_record = cache.json_record(paths.segmenter_dir() / OUTLINE_RECORD_FILE)
+    with st.expander("Outline confidence", expanded=True):
+        limit = None if flag_record is None else flag_record.get("flag_threshold")
+        components.chart(charts.confidence_scatter(scores, limit), "sq_confidence")
+        if limit is None:
+            st.caption("No outline-confidence flag is recorded for the shipped segmenter "
+                       "(`python -m segmentation.confidence fit …`).")
+        else:
+            fs = flag_summary(scores["outline_confidence"], scores["dice"], limit)
+            st.caption(confidence_caption(fs, flag_record))
 sweep = cache.threshold_sweep(run)
 if sweep is not None and len(sweep):
     components.chart(charts.threshold_sweep(sweep, record.get("threshold"),

@@ -608,8 +608,36 @@ def segmentation_section(root: Path) -> list[str]:
             lines += [failures, ""] if failures else []
             lines += _cohort_lines(per_image, root / "splits" / "segmentation_split.csv")
             lines += _contrast_lines(per_image, root / "splits" / "segmentation_split.csv")
+    lines += _outline_confidence_lines(root)
     lines += _seg_shift_lines(root)
     return lines
+
+
+def _outline_confidence_lines(root: Path) -> list[str]:
+    """Describe the outline-confidence flag: validation choice and test report (the record)."""
+    rec = _json(root / "segmentation" / "resunet" / "outline_confidence.json")
+    if not rec or not rec.get("passes_rule"):
+        return []
+    rows = []
+    for name, s in (("validation (chose the threshold)", rec.get("validation")),
+                    ("test (reported)", (rec.get("evaluated") or {}).get("test"))):
+        if s:
+            rows.append(
+                f"| {name} | {s['n']} ({s['n_empty']} without) | {s['n_flagged']} | "
+                f"{_fmt(s['spearman'], 3)} | {_fmt(s['sensitivity'], 3)} | "
+                f"{_fmt(s['specificity'], 3)} | {_fmt(s['mean_dice_flagged'], 3)} / "
+                f"{_fmt(s['mean_dice_unflagged'], 3)} | {s['misses_flagged']} of {s['misses']} |"
+            )
+    return _titled_table(
+        "**Outline confidence** (mean segmenter probability inside the outline; an outline "
+        f"below {rec['flag_threshold']:.2f} is flagged as uncertain, the threshold with the "
+        f"largest Youden's J for outlines with {rec.get('poor_outline', 'Dice < 0.5')} on the "
+        "validation patients; `python -m segmentation.confidence`). A warning only: the "
+        "outline and the scores above are unchanged.",
+        ["patients", "outlines", "flagged", "Spearman with Dice", "sensitivity (poor)",
+         "specificity", "mean Dice flagged / unflagged", "misses flagged"],
+        rows,
+    )
 
 
 def _seg_shift_lines(root: Path) -> list[str]:

@@ -317,6 +317,26 @@ def flag_warning(confidence: float, record: dict[str, Any]) -> str:
     )
 
 
+def confidence_caption(summary: dict[str, Any], record: dict[str, Any]) -> str:
+    """Describe a :func:`flag_summary` of one evaluation run in words (for the dashboard)."""
+
+    def f(x: float | None) -> str:
+        return "—" if x is None else f"{x:.2f}"
+
+    chosen = record.get("validation", {})
+    return (
+        f"Outline confidence is the mean Res-UNet probability inside the outline. Flag "
+        f"threshold {summary['threshold']:.2f}, chosen on the validation patients (largest "
+        f"Youden's J for outlines with Dice < {summary['poor_below']:g}; Spearman there "
+        f"{f(chosen.get('spearman'))}). On this run: {summary['n_flagged']} of "
+        f"{summary['n']} outlines flagged, mean Dice {f(summary['mean_dice_flagged'])} "
+        f"flagged against {f(summary['mean_dice_unflagged'])} unflagged; poor outlines "
+        f"caught {f(summary['sensitivity'])} (sensitivity), good ones left unflagged "
+        f"{f(summary['specificity'])} (specificity); Spearman {f(summary['spearman'])}. "
+        f"{summary['n_empty']} slice(s) without an outline are not in the chart."
+    )
+
+
 def _print(summary: dict[str, Any]) -> None:
     def f(x: Any) -> str:
         return "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))

@@ -218,3 +218,26 @@ def test_shipped_classifiers_give_the_same_answers_in_litert() -> None:
         np.testing.assert_allclose(got.per_model[name], want.per_model[name], atol=1e-4)
     np.testing.assert_allclose(got.ensemble, want.ensemble, atol=1e-4)
     assert list(got.ensemble.argmax(1)) == list(want.ensemble.argmax(1))
+
+
+def test_outline_confidence_record_is_reproducible_from_the_shipped_evaluations() -> None:
+    from segmentation import confidence as oc
+
+    seg = ART / "segmentation" / "resunet"
+    config = json.loads((seg / "config.json").read_text())
+    record = oc.read_record(seg, config["weights_sha256"])
+    assert record is not None, "outline_confidence.json missing, stale or failing its rule"
+    assert record["weights_sha256"] == sha256_file(seg / config["weights_file"])
+    assert record["operating_point"] == {
+        "threshold": config["threshold"], "postprocess": config["postprocess"],
+        "test_time_augmentation": config["test_time_augmentation"]}
+    evals = ART / "evaluation" / "segmentation"
+    val = pd.read_csv(evals / "val" / "per_image.csv", dtype={"id": str})
+    sweep = oc.confidence_sweep(val["outline_confidence"], val["dice"])
+    assert oc.choose_flag_threshold(sweep) == record["flag_threshold"]
+    again = oc.flag_summary(val["outline_confidence"], val["dice"], record["flag_threshold"])
+    assert again == pytest.approx(record["validation"])
+    test = pd.read_csv(evals / "test" / "per_image.csv", dtype={"id": str})
+    scored = oc.flag_summary(test["outline_confidence"], test["dice"], record["flag_threshold"])
+    stored = {k: v for k, v in record["evaluated"]["test"].items() if k != "per_image"}
+    assert scored == pytest.approx(stored)

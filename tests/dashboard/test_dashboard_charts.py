@@ -124,3 +124,13 @@ def test_robustness_figure_has_a_panel_per_corruption_starting_from_clean():
     blur_resnet = next(t for t in fig.data if t.name == "ResNet50" and t.xaxis == "x")
     assert list(blur_resnet.x) == [0, 1, 2] and list(blur_resnet.y) == [0.9, 0.85, 0.5]
     assert sum(t.showlegend for t in fig.data) == 2  # one legend entry per model
+
+
+def test_confidence_scatter_leaves_out_slices_without_an_outline():
+    df = pd.DataFrame({"label": ["glioma", "glioma", "pituitary"],
+                       "dice": [0.2, 0.9, 0.8], "outline_confidence": [0.5, 0.95, None]})
+    fig = charts.confidence_scatter(df, 0.8)
+    points = sum(len(t.x) for t in fig.data)
+    assert points == 2 and [t.name for t in fig.data] == ["glioma"]
+    assert fig.layout.shapes[0].x0 == 0.8
+    assert len(charts.confidence_scatter(df).layout.shapes) == 0

@@ -768,3 +768,16 @@ def test_count_quality_flagged_and_the_summary_line() -> None:
     clean = nb.BatchResult(rows=rows.iloc[1:3], failures=pd.DataFrame(), analysed=2,
                            failed=0, skipped=0, elapsed_s=1.0)
     assert "noise and detail" not in clean.summary()
+
+
+def test_count_outline_flagged_reads_the_nullable_column():
+    import pandas as pd
+
+    from neurostack.batch import count_outline_flagged
+
+    rows = pd.DataFrame({"outline_flagged": [True, False, None, True]})
+    assert count_outline_flagged(rows) == 2
+    assert count_outline_flagged(pd.DataFrame({"x": [1]})) == 0
+    assert count_outline_flagged(pd.DataFrame({"outline_flagged": ["True", "", "False"]}).pipe(
+        lambda d: d.assign(outline_flagged=d["outline_flagged"].map(
+            {"True": True, "False": False})))) == 1

@@ -20,6 +20,7 @@ from neurostack.report import (
     case_report_html,
     format_value,
     intensity_sentence,
+    outline_sentence,
     png_data_uri,
     quality_sentence,
     spacing_sentence,
@@ -286,3 +287,19 @@ def test_quality_sentence_and_report_row() -> None:
     doc = case_report_html(dataclasses.replace(_result(), quality=noisy), generated_at=WHEN)
     text = re.sub(r"\s+", " ", " ".join(_parse(doc).text))
     assert "Noise and detail outside the training slices' range" in text
+
+
+def test_outline_sentence_covers_every_case() -> None:
+    from types import SimpleNamespace
+
+    def case(conf, flagged, limit, segmented=True):
+        return SimpleNamespace(segmented=segmented, outline_confidence=conf,
+                               outline_flagged=flagged, outline_flag_threshold=limit)
+
+    assert outline_sentence(case(0.9, None, None, segmented=False)) == ""
+    assert outline_sentence(case(None, None, 0.8)) == "Outline confidence: no outline."
+    low = outline_sentence(case(0.612, True, 0.8))
+    assert low.startswith("Outline confidence 0.61") and "below the flag threshold 0.80" in low
+    assert "at or above the flag threshold 0.80" in outline_sentence(case(0.93, False, 0.8))
+    assert "no flag threshold recorded" in outline_sentence(case(0.93, None, None))
+    assert "not applied here" in outline_sentence(case(0.93, None, 0.8))

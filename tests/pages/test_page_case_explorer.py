@@ -45,6 +45,11 @@ def test_sample_is_classified_and_measured(make_app):
     highest = next(c.value for c in at.caption if "highest on this slice" in c.value)
     assert re.search(r"at or above 0?\.\d+; highest on this slice: (< 0\.001|[01]\.\d{3})\.$",
                      highest)
+    # the tiny tree records no confidence flag: the outline's confidence is stated as such
+    outline = next(c.value for c in at.caption if c.value.startswith("Outline confidence"))
+    assert outline == "Outline confidence: no outline." or (
+        re.match(r"Outline confidence [01]\.\d\d \(", outline)
+        and "no flag threshold recorded" in outline)
 
 
 def _force_notumor(monkeypatch):

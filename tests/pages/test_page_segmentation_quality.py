@@ -129,3 +129,30 @@ def test_series_table_shows_counts_not_patient_ids(make_app, own_artifacts):
     assert bands["slices"].sum() == len(ids)
     assert bands["from alphanumeric-id patients, %"].tolist() == [100.0, 0.0]
     assert "MRX" not in bands.to_string() and "7700" not in bands.to_string()
+
+
+def test_outline_confidence_section(make_app, own_artifacts):
+    import json
+
+    import pandas as pd
+
+    root = own_artifacts
+    per_image = root / "evaluation" / "segmentation" / "test" / "per_image.csv"
+    df = pd.read_csv(per_image, dtype={"id": str})
+    # confidence tracks Dice; the first slice has no outline
+    df["outline_confidence"] = [None, *list((0.5 + df["dice"] / 2).iloc[1:])]
+    df.to_csv(per_image, index=False)
+    at = make_app("pages/4_Segmentation_Quality.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "Dice by outline confidence" in chart_titles(at)
+    assert any("No outline-confidence flag" in c.value for c in at.caption)
+
+    record = {"flag_threshold": 0.8, "validation": {"spearman": 0.81}}
+    (root / "segmentation" / "resunet" / "outline_confidence.json").write_text(
+        json.dumps(record))
+    at = make_app("pages/4_Segmentation_Quality.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    caption = next(c.value for c in at.caption if c.value.startswith("Outline confidence is"))
+    n_flagged = int((df["outline_confidence"] < 0.8).sum())
+    assert f"{n_flagged} of {len(df) - 1} outlines flagged" in caption
+    assert "1 slice(s) without an outline" in caption

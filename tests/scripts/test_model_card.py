@@ -359,3 +359,21 @@ def test_noise_augmentation_note_only_when_used() -> None:
     recipe = {"aug_noise_sigma": 16.0, "aug_noise_probability": 0.5}
     note = model_card._noise_augmentation_note(recipe)
     assert note == ", Rician noise augmentation (sigma <= 16 grey levels, 50% of images)"
+
+
+def test_outline_confidence_table_needs_a_passing_record(tmp_path: Path) -> None:
+    folder = tmp_path / "segmentation" / "resunet"
+    folder.mkdir(parents=True)
+    assert model_card._outline_confidence_lines(tmp_path) == []
+    summary = {"n": 10, "n_empty": 1, "n_flagged": 3, "spearman": 0.8, "sensitivity": 0.75,
+               "specificity": 0.9, "mean_dice_flagged": 0.3, "mean_dice_unflagged": 0.85,
+               "misses": 2, "misses_flagged": 2}
+    record = {"passes_rule": True, "flag_threshold": 0.8, "poor_outline": "Dice < 0.5",
+              "validation": summary, "evaluated": {"test": {**summary, "n_flagged": 4}}}
+    (folder / "outline_confidence.json").write_text(json.dumps(record))
+    text = "\n".join(model_card._outline_confidence_lines(tmp_path))
+    assert "below 0.80 is flagged" in text
+    assert "| validation (chose the threshold) | 10 (1 without) | 3 | 0.800 | 0.750 |" in text
+    assert "| test (reported) | 10 (1 without) | 4 |" in text and "2 of 2 |" in text
+    (folder / "outline_confidence.json").write_text(json.dumps({**record, "passes_rule": False}))
+    assert model_card._outline_confidence_lines(tmp_path) == []
