@@ -37,8 +37,13 @@ from morphology.measure import FEATURE_UNITS
 from neurostack import CLASS_NAMES, __version__
 from neurostack.pipeline import CaseResult
 
-SCHEMA_VERSION = 1
-"""Version of the ``cases`` table layout written by this module."""
+SCHEMA_VERSION = 2
+"""Version of the ``cases`` table layout written by this module (2: outline confidence)."""
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE cases ADD COLUMN outline_confidence FLOAT",
+        "ALTER TABLE cases ADD COLUMN outline_flagged BOOLEAN"),
+}
+"""SQL that brings a database of version ``v - 1`` to version ``v`` (run in order)."""
 
 DB_FILE_NAME = "cases.sqlite"
 ENV_DATA_DIR = "NEUROSTACK_DATA_DIR"
@@ -68,6 +73,8 @@ cases_table = sa.Table(
     sa.Column("tumor_found", sa.Boolean, nullable=False),
     sa.Column("segmented", sa.Boolean, nullable=False),
     sa.Column("mask_threshold", sa.Float),
+    sa.Column("outline_confidence", sa.Float),
+    sa.Column("outline_flagged", sa.Boolean),
     sa.Column("warnings", sa.Text),
     sa.Column("height_px_image", sa.Integer),
     sa.Column("width_px_image", sa.Integer),
@@ -90,8 +97,9 @@ meta_table = sa.Table(
 )
 
 _T = TypeVar("_T")
-_FLOATS = ("confidence", "mask_threshold", "row_spacing_cm", "col_spacing_cm")
-_BOOLS = ("models_agree", "tumor_found", "segmented")
+_FLOATS = ("confidence", "mask_threshold", "row_spacing_cm", "col_spacing_cm",
+           "outline_confidence")
+_BOOLS = ("models_agree", "tumor_found", "segmented", "outline_flagged")
 _TEXTS = ("method", "warnings", "spacing_source", "model_versions")
 
 
@@ -299,6 +307,14 @@ class CaseStore:
                     f"The case database has schema version {found}; this NeuroStack "
                     f"supports up to {SCHEMA_VERSION}. Upgrade NeuroStack."
                 )
+            else:  # older layout: add what later versions added, in one transaction
+                for version in range(int(found) + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(version, ()):
+                        conn.execute(sa.text(statement))
+                if int(found) < SCHEMA_VERSION:
+                    conn.execute(meta_table.update()
+                                 .where(meta_table.c.key == "schema_version")
+                                 .values(value=str(SCHEMA_VERSION)))
 
     @property
     def schema_version(self) -> int:
@@ -375,6 +391,7 @@ class CaseStore:
         order_by: str = "created_utc",
         descending: bool = True,
         limit: int | None = None,
+        hide_uncertain_outlines: bool = False,
     ) -> pd.DataFrame:
         """Cases as a DataFrame, morphology and per-model probabilities expanded to columns.
 
@@ -386,6 +403,8 @@ class CaseStore:
             order_by: A column of the ``cases`` table.
             descending: Sort order (ties broken by id in the same direction).
             limit: At most this many rows.
+            hide_uncertain_outlines: Leave out cases whose outline the confidence flag
+                marked (``outline_flagged`` true); unflagged and unknown ones stay.
 
         Returns:
             One row per case; ``created_utc`` is timezone-aware UTC.
@@ -404,6 +423,9 @@ class CaseStore:
             stmt = stmt.where(cases_table.c.tumor_found.is_(True))
         if since is not None:
             stmt = stmt.where(cases_table.c.created_utc >= _utc_naive(since))
+        if hide_uncertain_outlines:
+            flag = cases_table.c.outline_flagged
+            stmt = stmt.where(sa.or_(flag.is_(None), flag.is_(False)))
         col, tie = cases_table.c[order_by], cases_table.c.id
         stmt = stmt.order_by(*((col.desc(), tie.desc()) if descending else (col.asc(), tie.asc())))
         if limit is not None:

@@ -12,8 +12,8 @@ from neurostack import CLASS_NAMES
 ORDER_COLUMNS = ["created_utc", "confidence", "predicted_class", "area_cm2", "area_px",
                  "max_feret_cm", "max_feret_px", "circularity", "solidity", "id"]
 LEAD_COLUMNS = ["id", "created_utc", "predicted_class", "confidence", "tumor_found", "segmented",
-                "area_cm2", "area_px", "max_feret_cm", "circularity", "spacing_source",
-                "warnings"]
+                "outline_confidence", "outline_flagged", "area_cm2", "area_px", "max_feret_cm",
+                "circularity", "spacing_source", "warnings"]
 HIDDEN_FROM_PLOTS = {"id", "mask_threshold", "height_px_image", "width_px_image"}
 
 components.page_setup("Cases & Features", ":material/table_chart:")
@@ -40,6 +40,11 @@ with st.sidebar:
                              key="cf_classes")
     min_conf = st.slider("Minimum confidence", 0.0, 1.0, 0.0, 0.05, key="cf_min_conf")
     tumour_only = st.checkbox("Tumour predicted only", key="cf_tumour")
+    hide_uncertain = st.checkbox(
+        "Hide uncertain outlines", key="cf_hide_uncertain",
+        help="Leave out cases whose outline was flagged as uncertain (outline_flagged: the "
+             "segmenter's mean probability inside it was below the threshold chosen on the "
+             "validation patients), e.g. before exporting measurements.")
     use_since = st.checkbox("Only cases since a date", key="cf_use_since")
     since = None
     if use_since:
@@ -52,7 +57,7 @@ with st.sidebar:
 
 df = store.to_frame(class_in=classes, min_confidence=min_conf or None, tumor_only=tumour_only,
                     since=since, order_by=order_by, descending=descending,
-                    limit=int(limit) or None)
+                    limit=int(limit) or None, hide_uncertain_outlines=hide_uncertain)
 st.markdown(f"**{len(df)}** of {total} case(s) match the filters.")
 lead = [c for c in LEAD_COLUMNS if c in df.columns]
 st.dataframe(df, hide_index=True, width="stretch",

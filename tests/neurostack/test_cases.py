@@ -255,3 +255,28 @@ def test_dicom_identifiers_never_reach_the_database_or_the_csv(tmp_path: Path) -
         assert value.encode() not in csv_bytes, value
         assert value not in text, value
     assert json.loads(json.dumps(record))  # the record itself is plain JSON
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_cases(tmp_path: Path) -> None:
+    path = tmp_path / "cases.sqlite"
+    with CaseStore(data_dir=tmp_path) as fresh:
+        old_id = fresh.add(fake_record("old"))
+    with sqlite3.connect(path) as raw:  # the layout of schema version 1
+        raw.execute("ALTER TABLE cases DROP COLUMN outline_confidence")
+        raw.execute("ALTER TABLE cases DROP COLUMN outline_flagged")
+        raw.execute("UPDATE neurostack_meta SET value = '1' WHERE key = 'schema_version'")
+    with CaseStore(data_dir=tmp_path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        new_id = store.add({**fake_record("new"), "outline_confidence": 0.61,
+                            "outline_flagged": True})
+        df = store.to_frame(order_by="id", descending=False).set_index("id")
+    assert pd.isna(df.at[old_id, "outline_confidence"])
+    assert pd.isna(df.at[old_id, "outline_flagged"])
+    assert df.at[new_id, "outline_confidence"] == pytest.approx(0.61)
+    assert bool(df.at[new_id, "outline_flagged"]) is True
+    with CaseStore(data_dir=tmp_path) as again:  # reopening a migrated database is a no-op
+        assert again.schema_version == 2 and again.count() == 2
+        clear = again.add({**fake_record("clear"), "outline_confidence": 0.9,
+                           "outline_flagged": False})
+        kept = again.to_frame(order_by="id", descending=False, hide_uncertain_outlines=True)
+        assert kept["id"].tolist() == [old_id, clear]  # unknown and unflagged stay
