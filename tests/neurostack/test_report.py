@@ -303,3 +303,11 @@ def test_outline_sentence_covers_every_case() -> None:
     assert "at or above the flag threshold 0.80" in outline_sentence(case(0.93, False, 0.8))
     assert "no flag threshold recorded" in outline_sentence(case(0.93, None, None))
     assert "not applied here" in outline_sentence(case(0.93, None, 0.8))
+    doc = case_report_html(dataclasses.replace(_result(), outline_confidence=0.612,
+                                               outline_flagged=True, outline_flag_threshold=0.8),
+                           generated_at=WHEN)
+    text = re.sub(r"\s+", " ", " ".join(_parse(doc).text))
+    assert "Outline confidence 0.61 (the segmenter's mean probability inside the outline)" in text
+    assert "below the flag threshold 0.80" in text
+    plain = case_report_html(_result(segmented=False), generated_at=WHEN)
+    assert "Outline confidence" not in plain
