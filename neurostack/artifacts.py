@@ -138,8 +138,8 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise ArtifactError(f"Missing file: {path}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
 
 

@@ -136,6 +136,10 @@ def test_read_and_write_json(tmp_path: Path) -> None:
         read_json(broken)
     assert str(broken) in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\x00\xff\xfe not text")
+    with pytest.raises(ArtifactError, match="is not valid JSON"):
+        read_json(binary)
 
 
 def _log(path: Path, epochs: list[int], val: list[float], run: list[int] | None = None) -> None:
