@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,9 @@ import numpy as np
 import pandas as pd
 
 from neurostack.artifacts import CONFIG_FILE, read_json, sha256_file, write_json
+from neurostack.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 RECORD_FILE = "outline_confidence.json"
 """The flag threshold's record, in the segmenter's artifact folder."""
@@ -54,6 +58,14 @@ MIN_DICE_GAP = 0.2
 """The rule: ship the flag only with at least this Spearman correlation and this
 gap between the unflagged and flagged slices' mean Dice (validation patients)."""
 DEFAULT_ARTIFACTS = Path("artifacts/segmentation/resunet")
+REQUIRED_KEYS: tuple[str, ...] = (
+    "flag_threshold",
+    "operating_point",
+    "weights_sha256",
+    "passes_rule",
+    "validation",
+)
+"""Keys the runtime reads from a record; a record lacking one is not used."""
 
 
 def outline_confidence(probability: np.ndarray, mask: np.ndarray) -> float | None:
@@ -194,11 +206,20 @@ def _read_per_image(path: str | Path) -> pd.DataFrame:
             f"{path} lacks columns {sorted(missing)}; rerun python -m segmentation.evaluate "
             "(it writes outline_confidence since 2026-12-07)"
         )
+    for column in ("dice", "outline_confidence"):
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = values.isna() & df[column].notna()
+        if bad.any():
+            raise ValueError(
+                f"{path}: column {column!r} holds {int(bad.sum())} non-numeric value(s), "
+                f"first in row {int(bad.idxmax()) + 2} (id {df.at[bad.idxmax(), 'id']!r})"
+            )
+        df[column] = values
     return df
 
 
-def _check_same_operating_point(metrics_path: Path, config: dict[str, Any]) -> None:
-    """Refuse an evaluation made at another operating point or with other weights."""
+def _check_same_operating_point(metrics_path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Return the evaluation's ``metrics.json``; refuse another operating point or weights."""
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{metrics_path} not found (written next to per_image.csv)")
     metrics = read_json(metrics_path)
@@ -216,6 +237,7 @@ def _check_same_operating_point(metrics_path: Path, config: dict[str, Any]) -> N
             f"{metrics_path} evaluated weights {sha}, the artifact has "
             f"{config.get('weights_sha256')}"
         )
+    return metrics
 
 
 def fit(per_image: str | Path, artifacts: str | Path = DEFAULT_ARTIFACTS) -> dict[str, Any]:
@@ -235,9 +257,7 @@ def fit(per_image: str | Path, artifacts: str | Path = DEFAULT_ARTIFACTS) -> dic
     """
     per_image, artifacts = Path(per_image), Path(artifacts)
     config = read_json(artifacts / CONFIG_FILE)
-    metrics_path = per_image.parent / "metrics.json"
-    _check_same_operating_point(metrics_path, config)
-    split = read_json(metrics_path).get("split")
+    split = _check_same_operating_point(per_image.parent / "metrics.json", config).get("split")
     if split != "val":
         raise ValueError(
             f"the flag threshold is chosen on the validation split; {per_image} is split {split!r}"
@@ -282,9 +302,7 @@ def score(per_image: str | Path, artifacts: str | Path = DEFAULT_ARTIFACTS) -> d
     record = read_record(artifacts, config.get("weights_sha256", ""))
     if record is None:
         raise ValueError(f"no {RECORD_FILE} for these weights in {artifacts}; run fit first")
-    metrics_path = per_image.parent / "metrics.json"
-    _check_same_operating_point(metrics_path, config)
-    split = str(read_json(metrics_path).get("split"))
+    split = str(_check_same_operating_point(per_image.parent / "metrics.json", config).get("split"))
     df = _read_per_image(per_image)
     summary = flag_summary(df["outline_confidence"], df["dice"], record["flag_threshold"])
     record.setdefault("evaluated", {})[split] = {**summary, "per_image": str(per_image)}
@@ -295,13 +313,24 @@ def score(per_image: str | Path, artifacts: str | Path = DEFAULT_ARTIFACTS) -> d
 def read_record(folder: str | Path, weights_sha256: str) -> dict[str, Any] | None:
     """Read the folder's :data:`RECORD_FILE` if fitted for ``weights_sha256`` and passing its rule.
 
-    Returns ``None`` when the file is absent, made for other weights, or failed the rule.
+    Returns ``None`` when the file is absent, made for other weights, or failed the
+    rule. An unreadable or incomplete file is logged as a warning and also gives
+    ``None``: the outlines are then shown without a flag, and the segmenter itself
+    still loads.
     """
     path = Path(folder) / RECORD_FILE
     if not path.is_file():
         return None
-    record = read_json(path)
-    if record.get("weights_sha256") != weights_sha256 or not record.get("passes_rule"):
+    try:
+        record = read_json(path)
+    except ArtifactError as exc:
+        log.warning("outline-confidence record not used: %s", exc)
+        return None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(record, dict) or k not in record]
+    if missing:
+        log.warning("outline-confidence record not used: %s lacks %s", path, missing)
+        return None
+    if record["weights_sha256"] != weights_sha256 or not record["passes_rule"]:
         return None
     return record
 

@@ -142,3 +142,45 @@ def test_cli_fit_reports_and_exit_code(tmp_path, artifact, capsys):
         oc.main(["score", str(tmp_path / "missing" / "per_image.csv"), "--artifacts", str(folder)])
         == 2
     )
+
+
+def test_a_broken_record_is_ignored_with_a_warning(tmp_path, artifact, caplog):
+    folder, point, sha = artifact
+    path = folder / oc.RECORD_FILE
+    path.write_text("{not json")
+    with caplog.at_level("WARNING", logger="segmentation.confidence"):
+        assert oc.read_record(folder, sha) is None
+    assert "not valid JSON" in caplog.text
+    caplog.clear()
+    path.write_text(json.dumps({"flag_threshold": 0.8, "weights_sha256": sha}))
+    with caplog.at_level("WARNING", logger="segmentation.confidence"):
+        assert oc.read_record(folder, sha) is None
+    assert "lacks" in caplog.text and "operating_point" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_segmenter_still_loads_next_to_a_corrupt_record(tmp_path):
+    from neurostack.testing import make_tiny_artifacts
+    from segmentation.predict import load_segmenter
+
+    root = make_tiny_artifacts(tmp_path / "a", with_evaluation=False)
+    folder = root / "segmentation" / "resunet"
+    (folder / oc.RECORD_FILE).write_bytes(b"\x00\xff truncated")
+    seg = load_segmenter(folder)
+    assert seg.confidence_record is None
+    gray = (np.random.default_rng(0).random((64, 80)) * 255).astype(np.uint8)
+    result = seg.predict(gray, threshold=0.0001)
+    assert seg.outline_flagged(result) is None
+
+
+def test_score_names_the_bad_cell_of_a_broken_table(tmp_path, artifact):
+    folder, point, sha = artifact
+    val = _evaluation(
+        tmp_path / "val", "val", point, sha, [0.2, 0.3, 0.8, 0.9], [0.1, 0.2, 0.8, 0.9]
+    )
+    oc.fit(val, folder)
+    test = _evaluation(tmp_path / "test", "test", point, sha, [0.5, 0.9], [0.7, 0.8])
+    test.write_text("id,dice,outline_confidence\n0001,0.7,0.5\n0002,abc,0.9\n")
+    with pytest.raises(ValueError, match=r"'dice' holds 1 non-numeric value\(s\), first in row 3"):
+        oc.score(test, folder)
+    assert oc.read_record(folder, sha)["evaluated"] == {}  # nothing written
