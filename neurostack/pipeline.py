@@ -557,9 +557,7 @@ class Pipeline:
         if result.outline_flagged:
             from segmentation.confidence import flag_warning
 
-            result.warnings.append(
-                flag_warning(result.outline_confidence, self.segmenter.confidence_record)
-            )
+            result.warnings.append(flag_warning(result.outline_confidence, record))
         removed = int(getattr(seg, "removed_components", 0))
         if removed:
             result.warnings.append(
