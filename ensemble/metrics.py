@@ -213,3 +213,84 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def detection_rates(flagged: np.ndarray, positive: np.ndarray) -> dict[str, float | None]:
+    """How well a flag detects positives (e.g. wrong answers, poor outlines).
+
+    Args:
+        flagged: ``(N,)`` bool, the flag raised on item ``i``.
+        positive: ``(N,)`` bool, item ``i`` is what the flag should catch.
+
+    Returns:
+        ``{"sensitivity", "specificity", "youden"}``; a rate without a denominator
+        (no positive, or no negative item) and the J built on it are ``None``.
+
+    Raises:
+        ValueError: If the two arrays are not 1-D of the same length.
+    """
+    f = np.asarray(flagged, dtype=bool)
+    p = np.asarray(positive, dtype=bool)
+    if f.ndim != 1 or f.shape != p.shape:
+        raise ValueError(f"need two (N,) arrays of one length; received {f.shape} and {p.shape}")
+    sens = float((f & p).sum() / p.sum()) if p.any() else None
+    spec = float((~f & ~p).sum() / (~p).sum()) if (~p).any() else None
+    youden = None if sens is None or spec is None else sens + spec - 1.0
+    return {"sensitivity": sens, "specificity": spec, "youden": youden}
+
+
+def choose_youden_threshold(thresholds: Sequence[float], youden: Sequence[float | None]) -> float:
+    """Return the threshold with the largest Youden's J; ties go to the lowest threshold.
+
+    Args:
+        thresholds: Candidate thresholds of a sweep.
+        youden: J at each of them (``None`` / NaN where undefined).
+
+    Raises:
+        ValueError: If the lengths differ or J is undefined everywhere.
+    """
+    t = np.asarray(thresholds, dtype=float)
+    j = np.asarray([np.nan if v is None else v for v in youden], dtype=float)
+    if t.shape != j.shape or t.ndim != 1:
+        raise ValueError(f"need one J per threshold; received {t.shape} and {j.shape}")
+    if np.isnan(j).all():
+        raise ValueError("Youden's J is undefined at every threshold: need positives and negatives")
+    best = np.nanmax(j)
+    return float(t[np.isclose(j, best) & ~np.isnan(j)].min())
+
+
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray | float]:
+    """Accuracy of the answers kept when only the most confident ones are accepted.
+
+    Answers are accepted in decreasing confidence; equal confidences are accepted
+    together, so each point is reachable by a threshold.
+
+    Args:
+        confidence: ``(N,)`` confidence of each answer (e.g. top probability).
+        correct: ``(N,)`` bool, the answer was right.
+
+    Returns:
+        ``coverage`` (share accepted), ``accuracy`` (of the accepted), ``threshold``
+        (accept confidence >= it), each ``(M,)`` with coverage increasing to 1, and
+        ``aurc``: the mean selective risk (1 - accuracy) over the N acceptance
+        points, one per answer (lower is better; 0 for a perfect ranking
+        of an all-correct set).
+
+    Raises:
+        ValueError: If the arrays are not 1-D of one non-zero length.
+    """
+    c = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    if c.ndim != 1 or c.shape != ok.shape or not len(c):
+        raise ValueError(f"need two non-empty (N,) arrays of one length; received {c.shape} "
+                         f"and {ok.shape}")
+    order = np.argsort(-c, kind="mergesort")
+    c, ok = c[order], ok[order]
+    last = np.r_[np.nonzero(np.diff(c))[0], len(c) - 1]  # end of each group of equal values
+    hits = np.cumsum(ok)
+    n = np.arange(1, len(c) + 1)
+    # each answer's risk is that of its group's acceptance point (ties enter together)
+    group_end = np.repeat(last, np.diff(np.r_[-1, last]))
+    aurc = float(np.mean(1.0 - hits[group_end] / n[group_end]))
+    return {"coverage": n[last] / len(c), "accuracy": hits[last] / n[last],
+            "threshold": c[last], "aurc": aurc}

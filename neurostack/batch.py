@@ -77,7 +77,8 @@ KEY_COLUMNS: tuple[str, ...] = ("item", "n", "file_sha256")
 """Leading columns of the results CSV: item name, running index (1-based), file hash."""
 RECORD_HEAD: tuple[str, ...] = (
     "image_sha256", "height_px_image", "width_px_image", "predicted_class", "confidence",
-    "method", "escalated", "models_agree", "tumor_found", "segmented", "mask_threshold",
+    "review_flagged", "review_threshold", "method", "escalated", "models_agree", "tumor_found",
+    "segmented", "mask_threshold",
     "outline_confidence", "outline_flagged", "warnings",
     "intensity_atypicality", "relative_gamma", "intensity_corrected", "uncorrected_class",
     "uncorrected_confidence", "noise_sigma_grey", "detail_level_grey", "quality_flags",
@@ -134,11 +135,20 @@ def count_quality_flagged(rows: pd.DataFrame) -> dict[str, int]:
     return {k: int(flags.map(lambda f, k=k: k in f).sum()) for k in ("noisy", "smooth")}
 
 
+def _count_true(rows: pd.DataFrame, column: str) -> int:
+    if column not in rows.columns:
+        return 0
+    return int((rows[column].astype("boolean") == True).sum())  # noqa: E712
+
+
 def count_outline_flagged(rows: pd.DataFrame) -> int:
     """Count result rows whose outline the recorded confidence flag marks (0 if no column)."""
-    if "outline_flagged" not in rows.columns:
-        return 0
-    return int((rows["outline_flagged"].astype("boolean") == True).sum())  # noqa: E712
+    return _count_true(rows, "outline_flagged")
+
+
+def count_review_flagged(rows: pd.DataFrame) -> int:
+    """Count result rows whose classification is flagged for review (0 if no column)."""
+    return _count_true(rows, "review_flagged")
 
 
 def anonymise_name(name: str, key: str = "") -> str:
@@ -459,6 +469,13 @@ class BatchResult:
                      "(input check): see `warnings`; those marked `intensity_corrected` were "
                      "analysed as copies mapped to the training curve (`uncorrected_class`: "
                      "the ensemble on the slice as given).")
+        review = count_review_flagged(self.rows)
+        if review:
+            text += (f" {review} answer(s) flagged for review (`review_flagged`: the ensemble's "
+                     "top probability below `review_threshold`).")
+        outlines = count_outline_flagged(self.rows)
+        if outlines:
+            text += f" {outlines} outline(s) flagged as uncertain (`outline_flagged`)."
         quality = count_quality_flagged(self.rows)
         if quality["noisy"] or quality["smooth"]:
             text += (f" The noise and detail check flagged {quality['noisy']} slice(s) as "

@@ -37,11 +37,14 @@ from morphology.measure import FEATURE_UNITS
 from neurostack import CLASS_NAMES, __version__
 from neurostack.pipeline import CaseResult
 
-SCHEMA_VERSION = 2
-"""Version of the ``cases`` table layout written by this module (2: outline confidence)."""
+SCHEMA_VERSION = 3
+"""Version of the ``cases`` table layout written by this module (2: outline confidence;
+3: the classification's review flag)."""
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE cases ADD COLUMN outline_confidence FLOAT",
         "ALTER TABLE cases ADD COLUMN outline_flagged BOOLEAN"),
+    3: ("ALTER TABLE cases ADD COLUMN review_flagged BOOLEAN",
+        "ALTER TABLE cases ADD COLUMN review_threshold FLOAT"),
 }
 """SQL that brings a database of version ``v - 1`` to version ``v`` (run in order)."""
 
@@ -68,6 +71,8 @@ cases_table = sa.Table(
     sa.Column("image_sha256", sa.String(64), nullable=False, index=True),
     sa.Column("predicted_class", sa.String(32), nullable=False, index=True),
     sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("review_flagged", sa.Boolean),
+    sa.Column("review_threshold", sa.Float),
     sa.Column("method", sa.String(200)),
     sa.Column("models_agree", sa.Boolean),
     sa.Column("tumor_found", sa.Boolean, nullable=False),
@@ -98,8 +103,8 @@ meta_table = sa.Table(
 
 _T = TypeVar("_T")
 _FLOATS = ("confidence", "mask_threshold", "row_spacing_cm", "col_spacing_cm",
-           "outline_confidence")
-_BOOLS = ("models_agree", "tumor_found", "segmented", "outline_flagged")
+           "outline_confidence", "review_threshold")
+_BOOLS = ("models_agree", "tumor_found", "segmented", "outline_flagged", "review_flagged")
 _TEXTS = ("method", "warnings", "spacing_source", "model_versions")
 
 
@@ -392,6 +397,7 @@ class CaseStore:
         descending: bool = True,
         limit: int | None = None,
         hide_uncertain_outlines: bool = False,
+        hide_review_flagged: bool = False,
     ) -> pd.DataFrame:
         """Cases as a DataFrame, morphology and per-model probabilities expanded to columns.
 
@@ -405,6 +411,8 @@ class CaseStore:
             limit: At most this many rows.
             hide_uncertain_outlines: Leave out cases whose outline the confidence flag
                 marked (``outline_flagged`` true); unflagged and unknown ones stay.
+            hide_review_flagged: Leave out cases whose classification was flagged for
+                review (``review_flagged`` true); unflagged and unknown ones stay.
 
         Returns:
             One row per case; ``created_utc`` is timezone-aware UTC.
@@ -425,6 +433,9 @@ class CaseStore:
             stmt = stmt.where(cases_table.c.created_utc >= _utc_naive(since))
         if hide_uncertain_outlines:
             flag = cases_table.c.outline_flagged
+            stmt = stmt.where(sa.or_(flag.is_(None), flag.is_(False)))
+        if hide_review_flagged:
+            flag = cases_table.c.review_flagged
             stmt = stmt.where(sa.or_(flag.is_(None), flag.is_(False)))
         col, tie = cases_table.c[order_by], cases_table.c.id
         stmt = stmt.order_by(*((col.desc(), tie.desc()) if descending else (col.asc(), tie.asc())))

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ensemble.review import ensemble_entries, review_warning
 from neurostack import CLASS_NAMES, __version__
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.formatting import format_probability, format_probability_floor
@@ -35,7 +36,8 @@ from neurostack.render import colourfulness, mask_image, overlay_mask
 
 NO_TUMOR = "notumor"
 LOW_CONFIDENCE = 0.6
-"""Below this ensemble probability a prediction is flagged as low confidence."""
+"""Fixed "low confidence" limit, used only where ``ensemble.review`` has no measured
+threshold for the meta-learner that answered (equals ``ensemble.review.FALLBACK_THRESHOLD``)."""
 COLOUR_LIMIT = 8.0
 """Mean channel difference above which an image is flagged as not a greyscale MRI."""
 SPACING_SOURCES = ("dicom", "user", "assumed", "none")
@@ -98,6 +100,14 @@ class CaseResult:
     post-processing than the record's operating point."""
     outline_flag_threshold: float | None = None
     """The recorded flag threshold when the segmenter has a record for its weights."""
+    review_flagged: bool = False
+    """The ensemble's top probability is below ``review_threshold``: double-check the answer."""
+    review_threshold: float = 0.6
+    """The threshold of the meta-learner that answered, chosen on its out-of-fold
+    validation outputs (``ensemble.review``), or the fixed :data:`LOW_CONFIDENCE`."""
+    review_measured: bool = False
+    """Whether ``review_threshold`` was measured against errors (``review.json``) or is
+    the fixed fallback."""
     quality: dict[str, Any] | None = None
     """Noise and fine-detail check of the slice as given against the training slices
     (``ensemble.quality``): ``noise_sigma``, ``detail_level`` (grey levels),
@@ -112,6 +122,8 @@ class CaseResult:
             "width_px_image": self.shape[1],
             "predicted_class": self.predicted_class,
             "confidence": round(self.confidence, 6),
+            "review_flagged": self.review_flagged,
+            "review_threshold": self.review_threshold,
             "method": self.method,
             "models_agree": self.models_agree,
             "tumor_found": self.tumor_found,
@@ -195,6 +207,9 @@ class Pipeline:
         """``ensemble.intensity.IntensityReference`` checking each slice's grey levels."""
         self.quality = quality
         """``ensemble.quality.QualityReference`` checking each slice's noise and detail."""
+        self.review = ensemble_entries(ensemble)
+        """Review-flag entries (``ensemble.review``) by who answers a slice: key ``None``
+        for a single mode, ``False`` / ``True`` for the cascade's two passes."""
 
     def with_tta(self, tta: str) -> Pipeline:
         """Return a pipeline whose classifiers use test-time augmentation ``tta``.
@@ -471,8 +486,12 @@ class Pipeline:
                      for m, p in pred.per_model.items()}
         votes = {CLASS_NAMES[int(np.argmax(p[j]))] for p in pred.per_model.values()}
         warnings = []
-        if float(probs[k]) < LOW_CONFIDENCE:
-            warnings.append(f"low confidence ({float(probs[k]):.2f} < {LOW_CONFIDENCE})")
+        escalated = None if getattr(pred, "escalated", None) is None else bool(pred.escalated[j])
+        review = self.review.get(escalated)
+        review_threshold = LOW_CONFIDENCE if review is None else float(review["threshold"])
+        review_flagged = float(probs[k]) < review_threshold
+        if review_flagged:
+            warnings.append(review_warning(float(probs[k]), review))
         if len(votes) > 1:
             warnings.append("base models disagree: " + ", ".join(sorted(votes)))
         if colourfulness(img.display) > COLOUR_LIMIT:
@@ -516,8 +535,8 @@ class Pipeline:
             crop_box=(prep.box if prep.corrected is None else prep.corrected.box).as_tuple(),
             models=self.model_info, intensity=check,
             quality=None if prep.quality is None else prep.quality.to_dict(),
-            escalated=None if getattr(pred, "escalated", None) is None
-            else bool(pred.escalated[j]),
+            escalated=escalated, review_flagged=review_flagged,
+            review_threshold=review_threshold, review_measured=review is not None,
         )
 
     def _segment_many(self, items: list[tuple[int, _Prepared, CaseResult]], threshold: float,

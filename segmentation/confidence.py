@@ -122,18 +122,15 @@ def flag_summary(
     """
     from scipy.stats import spearmanr
 
+    from ensemble.metrics import detection_rates
+
     conf, d = _checked(confidence, dice)
     has = ~np.isnan(conf)
     conf, d = conf[has], d[has]
     flagged = conf < threshold
     poor = d < poor_below
     miss = d < MISS_DICE
-
-    def rate(num: int, den: int) -> float | None:
-        return None if den == 0 else num / den
-
-    sens = rate(int((flagged & poor).sum()), int(poor.sum()))
-    spec = rate(int((~flagged & ~poor).sum()), int((~poor).sum()))
+    rates = detection_rates(flagged, poor)
     rho = spearmanr(conf, d).correlation if len(d) > 2 and np.ptp(conf) > 0 else None
     return {
         "threshold": float(threshold),
@@ -142,9 +139,7 @@ def flag_summary(
         "n_empty": int((~has).sum()),
         "n_flagged": int(flagged.sum()),
         "n_poor": int(poor.sum()),
-        "sensitivity": sens,
-        "specificity": spec,
-        "youden": None if sens is None or spec is None else sens + spec - 1.0,
+        **rates,
         "mean_dice_flagged": float(d[flagged].mean()) if flagged.any() else None,
         "mean_dice_unflagged": float(d[~flagged].mean()) if (~flagged).any() else None,
         "misses": int(miss.sum()),
@@ -171,11 +166,14 @@ def choose_flag_threshold(sweep: pd.DataFrame) -> float:
     Raises:
         ValueError: If no row has a defined J (no poor or no good outline).
     """
-    valid = sweep.dropna(subset=["youden"])
-    if valid.empty:
-        raise ValueError("Youden's J is undefined at every threshold: need poor and good outlines")
-    best = valid["youden"].max()
-    return float(valid.loc[np.isclose(valid["youden"], best), "threshold"].min())
+    from ensemble.metrics import choose_youden_threshold
+
+    try:
+        return choose_youden_threshold(sweep["threshold"], sweep["youden"])
+    except ValueError:
+        raise ValueError(
+            "Youden's J is undefined at every threshold: need poor and good outlines"
+        ) from None
 
 
 def passes_rule(summary: dict[str, Any]) -> bool:

@@ -206,3 +206,43 @@ def test_wilson_interval_known_answers() -> None:
         wilson_interval(11, 10)
     with pytest.raises(ValueError, match="confidence must be in"):
         wilson_interval(1, 10, confidence=1.0)
+
+
+def test_detection_rates_known_answers_and_undefined_rates() -> None:
+    from ensemble.metrics import detection_rates
+
+    flagged = np.array([True, True, False, False, True])
+    positive = np.array([True, False, True, False, False])
+    r = detection_rates(flagged, positive)
+    assert r["sensitivity"] == 0.5 and r["specificity"] == pytest.approx(1 / 3)
+    assert r["youden"] == pytest.approx(-1 / 6)
+    none = detection_rates(flagged, np.zeros(5, bool))
+    assert none["sensitivity"] is None and none["youden"] is None and none["specificity"] == 0.4
+    with pytest.raises(ValueError, match="one length"):
+        detection_rates(flagged, positive[:2])
+
+
+def test_choose_youden_threshold_ties_low_and_skips_undefined() -> None:
+    from ensemble.metrics import choose_youden_threshold
+
+    assert choose_youden_threshold([0.3, 0.4, 0.5, 0.6], [0.1, 0.5, 0.5, None]) == 0.4
+    assert choose_youden_threshold([0.6, 0.4], [float("nan"), 0.2]) == 0.4
+    with pytest.raises(ValueError, match="undefined at every threshold"):
+        choose_youden_threshold([0.3], [None])
+    with pytest.raises(ValueError, match="one J per threshold"):
+        choose_youden_threshold([0.3, 0.4], [0.1])
+
+
+def test_risk_coverage_known_answers_with_ties() -> None:
+    from ensemble.metrics import risk_coverage
+
+    rc = risk_coverage(np.array([0.6, 0.9, 0.8, 0.8]), np.array([False, True, True, False]))
+    np.testing.assert_allclose(rc["coverage"], [0.25, 0.75, 1.0])
+    np.testing.assert_allclose(rc["accuracy"], [1.0, 2 / 3, 0.5])
+    np.testing.assert_allclose(rc["threshold"], [0.9, 0.8, 0.6])
+    # risk per answer: 0 (0.9), 1/3 and 1/3 (the tied 0.8s enter together), 1/2 (0.6)
+    assert rc["aurc"] == pytest.approx((0 + 1 / 3 + 1 / 3 + 1 / 2) / 4)
+    perfect = risk_coverage(np.array([0.9, 0.2]), np.array([True, True]))
+    assert perfect["aurc"] == 0.0
+    with pytest.raises(ValueError, match="non-empty"):
+        risk_coverage(np.array([]), np.array([], bool))

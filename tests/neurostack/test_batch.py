@@ -781,3 +781,21 @@ def test_count_outline_flagged_reads_the_nullable_column():
     # as read back from a results CSV: a nullable boolean column with gaps
     read_back = pd.Series([True, pd.NA, False], dtype="boolean")
     assert count_outline_flagged(pd.DataFrame({"outline_flagged": read_back})) == 1
+
+
+def test_review_and_outline_flags_are_counted_in_the_summary():
+    import pandas as pd
+
+    from neurostack.batch import count_review_flagged
+
+    rows = pd.DataFrame({"review_flagged": [True, False, True, None],
+                         "outline_flagged": [None, True, False, None]})
+    assert count_review_flagged(rows) == 2
+    assert count_review_flagged(pd.DataFrame({"x": [1]})) == 0
+    result = nb.BatchResult(rows=rows, failures=pd.DataFrame(), analysed=4, failed=0,
+                            skipped=0, elapsed_s=1.0)
+    assert "2 answer(s) flagged for review" in result.summary()
+    assert "1 outline(s) flagged as uncertain" in result.summary()
+    quiet = nb.BatchResult(rows=rows.iloc[3:], failures=pd.DataFrame(), analysed=1,
+                           failed=0, skipped=0, elapsed_s=1.0)
+    assert "review" not in quiet.summary() and "uncertain" not in quiet.summary()

@@ -262,11 +262,12 @@ def test_a_version_1_database_is_migrated_and_keeps_its_cases(tmp_path: Path) ->
     with CaseStore(data_dir=tmp_path) as fresh:
         old_id = fresh.add(fake_record("old"))
     with sqlite3.connect(path) as raw:  # the layout of schema version 1
-        raw.execute("ALTER TABLE cases DROP COLUMN outline_confidence")
-        raw.execute("ALTER TABLE cases DROP COLUMN outline_flagged")
+        for column in ("outline_confidence", "outline_flagged", "review_flagged",
+                       "review_threshold"):
+            raw.execute(f"ALTER TABLE cases DROP COLUMN {column}")
         raw.execute("UPDATE neurostack_meta SET value = '1' WHERE key = 'schema_version'")
     with CaseStore(data_dir=tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         new_id = store.add({**fake_record("new"), "outline_confidence": 0.61,
                             "outline_flagged": True})
         df = store.to_frame(order_by="id", descending=False).set_index("id")
@@ -275,8 +276,35 @@ def test_a_version_1_database_is_migrated_and_keeps_its_cases(tmp_path: Path) ->
     assert df.at[new_id, "outline_confidence"] == pytest.approx(0.61)
     assert bool(df.at[new_id, "outline_flagged"]) is True
     with CaseStore(data_dir=tmp_path) as again:  # reopening a migrated database is a no-op
-        assert again.schema_version == 2 and again.count() == 2
+        assert again.schema_version == 3 and again.count() == 2
         clear = again.add({**fake_record("clear"), "outline_confidence": 0.9,
                            "outline_flagged": False})
         kept = again.to_frame(order_by="id", descending=False, hide_uncertain_outlines=True)
         assert kept["id"].tolist() == [old_id, clear]  # unknown and unflagged stay
+
+
+def test_a_version_2_database_gains_the_review_columns_and_the_filter_works(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cases.sqlite"
+    with CaseStore(data_dir=tmp_path) as fresh:
+        old_id = fresh.add({**fake_record("old"), "outline_flagged": True})
+    with sqlite3.connect(path) as raw:  # the layout of schema version 2
+        raw.execute("ALTER TABLE cases DROP COLUMN review_flagged")
+        raw.execute("ALTER TABLE cases DROP COLUMN review_threshold")
+        raw.execute("UPDATE neurostack_meta SET value = '2' WHERE key = 'schema_version'")
+    with CaseStore(data_dir=tmp_path) as store:
+        assert store.schema_version == 3
+        flagged = store.add({**fake_record("review"), "review_flagged": True,
+                             "review_threshold": 0.95})
+        clear = store.add({**fake_record("clear"), "review_flagged": False,
+                           "review_threshold": 0.95})
+        df = store.to_frame(order_by="id", descending=False).set_index("id")
+        kept = store.to_frame(order_by="id", descending=False, hide_review_flagged=True)
+        both = store.to_frame(order_by="id", descending=False, hide_review_flagged=True,
+                              hide_uncertain_outlines=True)
+    assert pd.isna(df.at[old_id, "review_flagged"]) and bool(df.at[old_id, "outline_flagged"])
+    assert bool(df.at[flagged, "review_flagged"]) is True
+    assert df.at[flagged, "review_threshold"] == pytest.approx(0.95)
+    assert kept["id"].tolist() == [old_id, clear]  # unknown and unflagged stay
+    assert both["id"].tolist() == [clear]

@@ -161,8 +161,40 @@ def test_tumour_prediction_segments_and_warns(tiny_pipeline, png_slice, monkeypa
     res = tiny_pipeline.analyse(png_slice)
     assert res.predicted_class == "glioma" and res.tumor_found and res.segmented
     assert not res.models_agree
-    assert "low confidence (0.50 < 0.6)" in res.warnings
+    # the tiny test artifacts have no review record: the fixed limit, named as such
+    assert not res.review_measured and res.review_threshold == 0.6 and res.review_flagged
+    assert "low confidence (0.50 < 0.6, a fixed limit not measured against errors)" in (
+        res.warnings)
+    rec = res.to_record()
+    assert rec["review_flagged"] is True and rec["review_threshold"] == 0.6
     assert "base models disagree: glioma, meningioma, notumor" in res.warnings
+
+
+def test_review_flag_uses_the_threshold_of_the_meta_learner_that_answered(
+    tiny_pipeline, png_slice, monkeypatch
+) -> None:
+    measured = {"threshold": 0.9, "meta_sha256": "x", "passes_rule": True,
+                "validation": {"accuracy_flagged": 0.76, "accuracy_unflagged": 0.99,
+                               "n_flagged": 113, "n": 858}}
+    # a cascade: the single-crop pass has no measured threshold, the default mode has
+    monkeypatch.setattr(tiny_pipeline, "review", {False: None, True: measured})
+
+    def cascade_like(escalated: bool):
+        pred = _fake_prediction([0.05, 0.05, 0.85, 0.05])
+        pred.escalated = np.array([escalated])
+        return pred
+
+    monkeypatch.setattr(tiny_pipeline.ensemble, "predict_crops", lambda crops: cascade_like(True))
+    res = tiny_pipeline.analyse(png_slice)
+    assert res.review_flagged and res.review_measured and res.review_threshold == 0.9
+    assert any(w.startswith("review this answer: the ensemble's top probability 0.85 is below "
+                            "0.90") and "right 76% of the time (113 of 858 slices)" in w
+               for w in res.warnings)
+    monkeypatch.setattr(tiny_pipeline.ensemble, "predict_crops", lambda crops: cascade_like(False))
+    res = tiny_pipeline.analyse(png_slice)
+    assert not res.review_flagged and not res.review_measured and res.review_threshold == 0.6
+    assert not any("review" in w or "low confidence" in w for w in res.warnings)
+    assert res.to_record()["review_flagged"] is False
 
 
 def test_empty_outline_says_why_and_gives_the_highest_probability(
