@@ -211,6 +211,28 @@ def model_evaluations(run: str) -> list[ev.ModelEvaluation]:
     return _evaluations(str(path), _mtime(path))
 
 
+def review_record() -> dict[str, Any] | None:
+    """Return the classification's review-flag record (``ensemble.review``), if shipped."""
+    from ensemble.review import RECORD_FILE
+
+    return json_record(paths.classifier_dir(RECORD_FILE))
+
+
+@st.cache_data(show_spinner=False)
+def _review_on_run(path: str, mtime: float, record_mtime: float) -> dict[str, Any] | None:
+    csv = Path(path)
+    return ev.review_on_run(ev.read_predictions(csv), json_record(csv.parent / "metrics.json")
+                            or {}, review_record(), paths.classifier_dir(""), csv)
+
+
+def review_on_run(run: str) -> dict[str, Any] | None:
+    """Score the recorded review flag on a classification run (``None`` without a record)."""
+    from ensemble.review import RECORD_FILE
+
+    path = paths.classification_eval_dir() / run / "predictions.csv"
+    return _review_on_run(str(path), _mtime(path), _mtime(paths.classifier_dir(RECORD_FILE)))
+
+
 @st.cache_data(show_spinner=False)
 def _training_log(path: str, mtime: float) -> pd.DataFrame | None:
     return ev.read_training_log(Path(path))

@@ -132,6 +132,34 @@ def reliability_figure(ev: ModelEvaluation) -> go.Figure:
     return _finish(fig, title, height=420)
 
 
+def risk_coverage_figure(curves: pd.DataFrame,
+                         flag: tuple[float, float, str] | None = None) -> go.Figure:
+    """Accuracy of the answers kept against the share kept, one line per model.
+
+    Args:
+        curves: :func:`dashboard.evaluation.risk_coverage_long` output.
+        flag: ``(coverage, accuracy, label)`` of the ensemble at its review flag.
+    """
+    fig = go.Figure()
+    for name, part in curves.groupby("model", sort=False):
+        fig.add_scatter(x=part["coverage"], y=part["accuracy"], mode="lines",
+                        name=model_label(str(name)),
+                        line={"color": MODEL_COLOURS.get(str(name)),
+                              "width": 3 if name == "ensemble" else 1.5},
+                        customdata=part["threshold"],
+                        hovertemplate="kept %{x:.1%} (top probability ≥ %{customdata:.3f}): "
+                                      "accuracy %{y:.3f}<extra></extra>")
+    if flag is not None:
+        fig.add_scatter(x=[flag[0]], y=[flag[1]], mode="markers+text", name="review flag",
+                        marker={"size": 12, "color": "#d62728", "symbol": "diamond"},
+                        text=[flag[2]], textposition="bottom left")
+    fig.update_xaxes(title="coverage: share of slices answered (most confident first)",
+                     range=[0, 1.02])
+    fig.update_yaxes(title="accuracy of the answered slices")
+    return _finish(fig, "Risk–coverage: accuracy when the least confident answers are "
+                        "sent for review", height=420)
+
+
 def comparison_bars(table: pd.DataFrame, metrics: Sequence[str],
                     intervals: dict[str, tuple[str, str]] | None = None) -> go.Figure:
     """Draw grouped bars of headline metrics, one group per metric, one bar per model.

@@ -213,6 +213,8 @@ class ModelEvaluation:
     ece: float = float("nan")
     correct: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     """``(n,)`` bool: whether the top class was right, in the predictions file's row order."""
+    top_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """``(n,)`` the top class's probability, in the same order."""
 
 
 def row_normalise(cm: np.ndarray) -> np.ndarray:
@@ -228,7 +230,7 @@ def evaluate_model(df: pd.DataFrame, model: str) -> ModelEvaluation:
     metrics = classification_metrics(y, proba, CLASS_NAMES)
     cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
     ev = ModelEvaluation(model, int(len(y)), metrics, cm, row_normalise(cm),
-                         correct=proba.argmax(axis=1) == y)
+                         correct=proba.argmax(axis=1) == y, top_probability=proba.max(axis=1))
     grid = np.linspace(0.0, 1.0, 201)
     interpolated = []
     for k, cls in enumerate(CLASS_NAMES):
@@ -311,6 +313,83 @@ def paired_comparison(evals: list[ModelEvaluation], reference: str = ENSEMBLE) -
             float(ref.correct.mean() - ev.correct.mean()), test["p_value"],
         ], strict=True)))
     return pd.DataFrame(rows, columns=columns)
+
+
+COVERAGE_POINTS: tuple[float, ...] = (0.9, 0.8)
+"""Coverages at which :func:`selective_table` reads each model's accuracy."""
+
+
+def risk_coverage_long(evals: list[ModelEvaluation]) -> pd.DataFrame:
+    """Each model's risk-coverage curve as one long table.
+
+    Returns:
+        Columns ``model``, ``coverage`` (share of images answered, most confident
+        first), ``accuracy`` (of those answered) and ``threshold`` (answer when the
+        top probability is at least this).
+    """
+    from ensemble.metrics import risk_coverage
+
+    parts = []
+    for e in evals:
+        if not e.n:
+            continue
+        rc = risk_coverage(e.top_probability, e.correct)
+        parts.append(pd.DataFrame({"model": e.name, "coverage": rc["coverage"],
+                                   "accuracy": rc["accuracy"], "threshold": rc["threshold"]}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["model", "coverage", "accuracy", "threshold"])
+
+
+def selective_table(evals: list[ModelEvaluation]) -> pd.DataFrame:
+    """One row per model: AURC and the accuracy of the most confident 90 % and 80 %.
+
+    AURC is the mean selective risk (:func:`ensemble.metrics.risk_coverage`): lower
+    means the model's confidence ranks its errors last. "Accuracy at c" is read at the
+    first acceptance point reaching coverage ``c``.
+    """
+    from ensemble.metrics import risk_coverage
+
+    rows = []
+    for e in evals:
+        if not e.n:
+            continue
+        rc = risk_coverage(e.top_probability, e.correct)
+        row: dict[str, Any] = {"model": model_label(e.name), "AURC": rc["aurc"],
+                               "accuracy (all)": float(e.correct.mean())}
+        for c in COVERAGE_POINTS:
+            i = int(np.searchsorted(rc["coverage"], c - 1e-12))
+            row[f"accuracy, most confident {c:.0%}"] = float(rc["accuracy"][i])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def review_on_run(predictions: pd.DataFrame, metrics: dict[str, Any],
+                  record: dict[str, Any] | None, classification_dir: Path,
+                  source: Path) -> dict[str, Any] | None:
+    """Score the recorded review flag (``ensemble.review``) on one evaluation run.
+
+    Each row is compared with the threshold of the meta-learner that answered it
+    (the fixed fallback where none passed its rule). ``None`` without a record or
+    without the ensemble's columns or labels.
+
+    Returns:
+        :func:`ensemble.review.review_summary` plus ``measured``: whether any row's
+        threshold was measured against errors.
+    """
+    from ensemble.review import FALLBACK_THRESHOLD, review_summary, row_thresholds
+
+    cols = ["label", *(f"ensemble_{c}" for c in CLASS_NAMES)]
+    if record is None or any(c not in predictions.columns for c in cols):
+        return None
+    known = predictions[predictions["label"].isin(CLASS_NAMES)]
+    if known.empty:
+        return None
+    thresholds = row_thresholds(known, metrics, record, classification_dir, source)
+    probs = known[cols[1:]].to_numpy(dtype=np.float64)
+    y = np.array([CLASS_NAMES.index(c) for c in known["label"]])
+    summary = review_summary(probs.max(axis=1), probs.argmax(axis=1) == y, thresholds)
+    summary["measured"] = bool((thresholds != FALLBACK_THRESHOLD).any())
+    return summary
 
 
 def report_table(ev: ModelEvaluation) -> pd.DataFrame:

@@ -103,6 +103,17 @@ def quality_sentence(quality: Mapping[str, Any] | None) -> str:
     return f"Noise and detail check: {verdict} ({noise}; {detail})."
 
 
+def review_sentence(result: Any) -> str:
+    """Say whether the classification should be double-checked (``CaseResult.review_*``)."""
+    conf, limit = result.confidence, result.review_threshold
+    how = ("chosen on the validation split against the ensemble's errors"
+           if result.review_measured else "a fixed limit, not measured against errors")
+    if result.review_flagged:
+        return (f"Review: the top probability {conf:.2f} is below {limit:.2f} ({how}); "
+                "double-check this answer.")
+    return f"Review: not flagged (top probability {conf:.2f} ≥ {limit:.2f}, {how})."
+
+
 def outline_sentence(result: Any) -> str:
     """Say how far to trust a slice's outline (``CaseResult.outline_*``).
 
@@ -261,6 +272,7 @@ def case_report_html(
         ["Confidence", format_probability(result.confidence)],
         ["Final decision", result.method],
         ["Base models agree", "yes" if result.models_agree else "NO"],
+        ["Review", review_sentence(result).removeprefix("Review: ")],
         ["Input check", intensity_sentence(result.intensity).removeprefix("Input check: ")],
         ["Noise and detail",
          quality_sentence(result.quality).removeprefix("Noise and detail check: ")],

@@ -17,6 +17,7 @@ from neurostack.report import (
     intensity_sentence,
     outline_sentence,
     quality_sentence,
+    review_sentence,
     spacing_sentence,
 )
 
@@ -168,6 +169,10 @@ if not result.models_agree:
 for warning in result.warnings:
     if not warning.startswith("base models disagree"):
         st.warning(warning, icon=":material/warning:")
+st.caption(review_sentence(result),
+           help="Answers whose top probability is below the flag threshold were right far "
+                "less often on the validation split; Model Evaluation shows the threshold's "
+                "figures and the risk-coverage curves.")
 st.caption(intensity_sentence(result.intensity),
            help="Distance of the slice's grey-level quantiles to the nearest training slices; "
                 "flagged above the 99th percentile of the training slices themselves. The "

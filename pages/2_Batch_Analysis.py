@@ -9,6 +9,7 @@ from neurostack.batch import (
     count_intensity_flagged,
     count_outline_flagged,
     count_quality_flagged,
+    count_review_flagged,
 )
 
 components.page_setup("Batch Analysis", ":material/stacks:")
@@ -151,6 +152,12 @@ if len(rows):
                    "The networks lose accuracy on noisy slices; outlines of blurred or "
                    "up-sampled slices are less precise.",
                    icon=":material/grain:")
+    review = count_review_flagged(rows)
+    if review:
+        st.warning(f"**{review} answer(s) flagged for review** (`review_flagged`): the ensemble's "
+                   "top probability is below `review_threshold`, chosen on the validation split "
+                   "where such answers were right far less often. Double-check them.",
+                   icon=":material/rate_review:")
     uncertain = count_outline_flagged(rows)
     if uncertain:
         st.warning(f"**{uncertain} outline(s) flagged as uncertain** (`outline_flagged`): the "
@@ -158,7 +165,8 @@ if len(rows):
                    "the threshold chosen on the validation patients, where such outlines had a "
                    "much lower Dice. Check them by eye before using their measurements.",
                    icon=":material/help:")
-    lead = [c for c in ("n", "item", "predicted_class", "confidence", "models_agree", "tumor_found",
+    lead = [c for c in ("n", "item", "predicted_class", "confidence", "review_flagged",
+                        "models_agree", "tumor_found",
                         "segmented", "outline_confidence", "outline_flagged", "area_cm2",
                         "area_px", "spacing_source", "warnings",
                         "intensity_atypicality", "relative_gamma", "intensity_corrected",

@@ -13,15 +13,19 @@ from dashboard.evaluation import (
     model_label,
     paired_comparison,
     report_table,
+    risk_coverage_long,
     robustness_table,
+    selective_table,
     stale_weights,
     training_phases,
 )
 from ensemble.intensity import REFERENCE_FOLDER, describe_reference
 from ensemble.quality import REFERENCE_FOLDER as QUALITY_FOLDER
 from ensemble.quality import describe_reference as describe_quality
+from ensemble.review import review_caption
 from ensemble.shortcut import SHORTCUT_RECORD
 from ensemble.shortcut import describe as describe_shortcut
+from neurostack.errors import ArtifactError
 
 components.page_setup("Model Evaluation", ":material/monitoring:")
 st.title(":material/monitoring: Model Evaluation")
@@ -97,6 +101,29 @@ if len(paired):
         "McNemar p": st.column_config.NumberColumn(format="%.3g")})
     st.caption("Two-sided exact McNemar test on the discordant images; p ≥ 0.05 means the "
                "difference is within what chance alone would often produce.")
+
+st.subheader("Which answers to review")
+try:
+    flagged = cache.review_on_run(run)
+except (ArtifactError, ValueError, OSError) as exc:
+    flagged = None
+    st.warning(f"The review flag could not be scored on this run: {exc}")
+point = None if not flagged or flagged["accuracy_unflagged"] is None else (
+    flagged["coverage"], flagged["accuracy_unflagged"],
+    f"{flagged['n_flagged']} flagged for review")
+components.chart(charts.risk_coverage_figure(risk_coverage_long(evals), point), "me_risk")
+selective = selective_table(evals)
+st.dataframe(selective, hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(format="%.4f")
+                            for c in selective.columns if c != "model"})
+if flagged:
+    st.caption(review_caption(flagged, cache.review_record() or {}))
+else:
+    st.caption("No review-flag record (`artifacts/classification/review.json`, "
+               "`python -m ensemble.review fit`): the pipeline warns below a fixed 0.6.")
+if in_sample is not None:
+    st.caption("On this run the ensemble's curve is in-sample (its meta-learner was fitted "
+               "here); the flag's threshold was chosen on out-of-fold outputs instead.")
 
 st.subheader("Per-model results")
 tabs = st.tabs([model_label(e.name) + (" (in-sample)" if in_sample is not None

@@ -11,7 +11,8 @@ from neurostack import CLASS_NAMES
 
 ORDER_COLUMNS = ["created_utc", "confidence", "predicted_class", "area_cm2", "area_px",
                  "max_feret_cm", "max_feret_px", "circularity", "solidity", "id"]
-LEAD_COLUMNS = ["id", "created_utc", "predicted_class", "confidence", "tumor_found", "segmented",
+LEAD_COLUMNS = ["id", "created_utc", "predicted_class", "confidence", "review_flagged",
+                "tumor_found", "segmented",
                 "outline_confidence", "outline_flagged", "area_cm2", "area_px", "max_feret_cm",
                 "circularity", "spacing_source", "warnings"]
 HIDDEN_FROM_PLOTS = {"id", "mask_threshold", "height_px_image", "width_px_image"}
@@ -45,6 +46,11 @@ with st.sidebar:
         help="Leave out cases whose outline was flagged as uncertain (outline_flagged: the "
              "segmenter's mean probability inside it was below the threshold chosen on the "
              "validation patients), e.g. before exporting measurements.")
+    hide_review = st.checkbox(
+        "Hide answers flagged for review", key="cf_hide_review",
+        help="Leave out cases whose classification was flagged for review (review_flagged: "
+             "the ensemble's top probability was below the threshold chosen on the "
+             "validation split).")
     use_since = st.checkbox("Only cases since a date", key="cf_use_since")
     since = None
     if use_since:
@@ -57,7 +63,8 @@ with st.sidebar:
 
 df = store.to_frame(class_in=classes, min_confidence=min_conf or None, tumor_only=tumour_only,
                     since=since, order_by=order_by, descending=descending,
-                    limit=int(limit) or None, hide_uncertain_outlines=hide_uncertain)
+                    limit=int(limit) or None, hide_uncertain_outlines=hide_uncertain,
+                    hide_review_flagged=hide_review)
 st.markdown(f"**{len(df)}** of {total} case(s) match the filters.")
 lead = [c for c in LEAD_COLUMNS if c in df.columns]
 st.dataframe(df, hide_index=True, width="stretch",

@@ -134,3 +134,16 @@ def test_confidence_scatter_leaves_out_slices_without_an_outline():
     assert points == 2 and [t.name for t in fig.data] == ["glioma"]
     assert fig.layout.shapes[0].x0 == 0.8
     assert len(charts.confidence_scatter(df).layout.shapes) == 0
+
+
+def test_risk_coverage_figure_one_line_per_model_and_the_flag_marker():
+    curves = pd.DataFrame({"model": ["resnet50", "resnet50", "ensemble", "ensemble"],
+                           "coverage": [0.5, 1.0, 0.5, 1.0], "accuracy": [1.0, 0.9, 1.0, 0.95],
+                           "threshold": [0.9, 0.4, 0.95, 0.5]})
+    fig = charts.risk_coverage_figure(curves, (0.8, 0.99, "12 flagged for review"))
+    names = [t.name for t in fig.data]
+    assert names == ["ResNet50", "Meta-learner (ensemble)", "review flag"]
+    assert list(fig.data[1].y) == [1.0, 0.95] and fig.data[1].line.width == 3
+    assert list(fig.data[2].text) == ["12 flagged for review"]
+    assert fig.layout.title.text.startswith("Risk–coverage")
+    assert len(charts.risk_coverage_figure(curves).data) == 2

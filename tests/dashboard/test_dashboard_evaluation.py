@@ -370,3 +370,53 @@ def test_segmenter_members_lists_an_ensembles_networks():
     assert table["wall time h"].tolist()[0] == 2.0 and pd.isna(table["wall time h"][1])
     assert ev.segmenter_members({"architecture": {"base_filters": 16}}) is None
     assert ev.segmenter_members(None) is None
+
+
+def _hand_made_ensemble() -> pd.DataFrame:
+    """Six slices; the ensemble is wrong on the two least confident but one."""
+    labels = ["glioma", "meningioma", "notumor", "pituitary", "glioma", "meningioma"]
+    top = [0.99, 0.97, 0.90, 0.80, 0.70, 0.55]
+    answer = [0, 1, 2, 0, 0, 0]  # rows 3 and 5 are wrong
+    df = pd.DataFrame({"path": [f"s{i}.jpg" for i in range(6)], "label": labels})
+    probs = np.repeat(((1 - np.array(top)) / 3)[:, None], 4, axis=1)
+    probs[np.arange(6), answer] = top
+    for k, c in enumerate(CLASS_NAMES):
+        df[f"ensemble_{c}"] = probs[:, k]
+    return df
+
+
+def test_risk_coverage_and_selective_table_known_answers():
+    evals = [ev.evaluate_model(_hand_made_ensemble(), "ensemble")]
+    curves = ev.risk_coverage_long(evals)
+    assert list(curves["model"].unique()) == ["ensemble"]
+    np.testing.assert_allclose(curves["coverage"], np.arange(1, 7) / 6)
+    np.testing.assert_allclose(curves["accuracy"], [1, 1, 1, 3 / 4, 4 / 5, 4 / 6])
+    table = ev.selective_table(evals).iloc[0]
+    assert table["model"] == "Meta-learner (ensemble)"
+    assert table["accuracy (all)"] == pytest.approx(4 / 6)
+    assert table["accuracy, most confident 90%"] == pytest.approx(4 / 6)  # needs all 6
+    assert table["accuracy, most confident 80%"] == pytest.approx(4 / 5)  # the first 5
+    assert table["AURC"] == pytest.approx(np.mean([0, 0, 0, 1 / 4, 1 / 5, 2 / 6]))
+
+
+def test_review_on_run_compares_each_row_with_its_meta_learners_threshold(tmp_path):
+    from ensemble.review import FALLBACK_THRESHOLD
+    from neurostack.artifacts import sha256_file
+
+    root = tmp_path / "cls"
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "weights.npz").write_bytes(b"w")
+    (root / "meta" / "config.json").write_text('{"input_tta": "hflip"}')
+    record = {"meta_learners": {"meta": {"threshold": 0.85, "passes_rule": True,
+                                         "meta_sha256": sha256_file(root / "meta" / "weights.npz"),
+                                         "validation": {}}}}
+    df = _hand_made_ensemble()
+    got = ev.review_on_run(df, {"tta": "hflip"}, record, root, tmp_path / "p.csv")
+    assert got["measured"] and got["threshold"] == [0.85]
+    assert (got["n_flagged"], got["errors_flagged"], got["n_errors"]) == (3, 2, 2)
+    record["meta_learners"]["meta"]["passes_rule"] = False  # the fixed limit instead
+    got = ev.review_on_run(df, {"tta": "hflip"}, record, root, tmp_path / "p.csv")
+    assert not got["measured"] and got["threshold"] == [FALLBACK_THRESHOLD]
+    assert got["n_flagged"] == 1
+    assert ev.review_on_run(df, {"tta": "hflip"}, None, root, tmp_path / "p.csv") is None
+    assert ev.review_on_run(df.drop(columns="label"), {}, record, root, tmp_path) is None

@@ -23,6 +23,7 @@ from neurostack.report import (
     outline_sentence,
     png_data_uri,
     quality_sentence,
+    review_sentence,
     spacing_sentence,
 )
 
@@ -311,3 +312,18 @@ def test_outline_sentence_covers_every_case() -> None:
     assert "below the flag threshold 0.80" in text
     plain = case_report_html(_result(segmented=False), generated_at=WHEN)
     assert "Outline confidence" not in plain
+
+
+def test_review_sentence_says_whether_and_why() -> None:
+    flagged = dataclasses.replace(_result(), confidence=0.81, review_flagged=True,
+                                  review_threshold=0.95, review_measured=True)
+    text = review_sentence(flagged)
+    assert text == ("Review: the top probability 0.81 is below 0.95 (chosen on the validation "
+                    "split against the ensemble's errors); double-check this answer.")
+    fixed = dataclasses.replace(_result(), confidence=0.97, review_flagged=False,
+                                review_threshold=0.6, review_measured=False)
+    assert review_sentence(fixed) == ("Review: not flagged (top probability 0.97 ≥ 0.60, a "
+                                      "fixed limit, not measured against errors).")
+    doc = case_report_html(flagged, generated_at=WHEN)
+    text = re.sub(r"\s+", " ", " ".join(_parse(doc).text))
+    assert "the top probability 0.81 is below 0.95" in text

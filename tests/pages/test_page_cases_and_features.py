@@ -30,3 +30,23 @@ def test_filter_sort_plot_and_export(make_app, app_env):
     assert len(at.get("download_button")) == 1
     at.slider(key="cf_min_conf").set_value(1.0).run()
     assert len(at.dataframe[0].value) == 0
+
+
+def test_hide_flagged_answers_and_outlines(make_app, app_env):
+    base = {"predicted_class": "glioma", "confidence": 0.9, "tumor_found": True,
+            "segmented": True, "area_px": 42, "spacing_source": "none"}
+    store = CaseStore(data_dir=app_env)
+    store.add_many([
+        {**base, "image_sha256": "a" * 64, "review_flagged": True, "outline_flagged": False},
+        {**base, "image_sha256": "b" * 64, "review_flagged": False, "outline_flagged": True},
+        {**base, "image_sha256": "c" * 64, "review_flagged": False, "outline_flagged": False},
+    ])
+    store.close()
+    at = make_app("pages/5_Cases_and_Features.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert len(at.dataframe[0].value) == 3
+    assert list(at.dataframe[0].value["review_flagged"]) == [False, False, True]  # newest first
+    at.checkbox(key="cf_hide_review").check().run()
+    assert sorted(at.dataframe[0].value["image_sha256"]) == ["b" * 64, "c" * 64]
+    at.checkbox(key="cf_hide_uncertain").check().run()
+    assert list(at.dataframe[0].value["image_sha256"]) == ["c" * 64]

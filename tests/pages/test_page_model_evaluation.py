@@ -166,3 +166,36 @@ def test_robustness_section_reads_the_stored_summary(make_app, dashboard_artifac
                for c in at.caption)
     table = next(d.value for d in at.dataframe if "accuracy_as_given" in d.value.columns)
     assert table.loc[0, "flagged"] == 9 and table.loc[0, "accuracy_flagged_decision"] == 0.9
+
+
+def test_review_section_scores_the_recorded_flag_on_the_run(make_app, dashboard_artifacts,
+                                                             tmp_path, monkeypatch):
+    import pandas as pd
+
+    from neurostack.artifacts import sha256_file
+
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts, root)
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    titles = chart_titles(at)
+    assert sum(t.startswith("Risk–coverage") for t in titles) == 1
+    assert any("No review-flag record" in c.value for c in at.caption)
+    table = next(d.value for d in at.dataframe if "AURC" in d.value.columns)
+    assert list(table["model"]) == MODELS
+
+    predictions = pd.read_csv(root / "evaluation" / "classification" / "test"
+                              / "predictions.csv")
+    top = predictions[[c for c in predictions.columns if c.startswith("ensemble_")]].max(axis=1)
+    threshold = float(top.median())  # roughly half the rows flagged
+    sha = sha256_file(root / "classification" / "meta" / "weights.npz")
+    (root / "classification" / "review.json").write_text(json.dumps({"meta_learners": {"meta": {
+        "threshold": threshold, "meta_sha256": sha, "passes_rule": True,
+        "validation": {"auroc": 0.9, "accuracy_flagged": 0.7, "accuracy_unflagged": 0.99}}}}))
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    caption = next(c.value for c in at.caption if "flagged for review when" in c.value)
+    n_flagged = int((top < threshold).sum())
+    assert f"{n_flagged} of {len(predictions)} answers flagged" in caption
+    assert "`meta` " in caption and "AUROC 0.900" in caption and "; used" in caption
