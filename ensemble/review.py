@@ -396,6 +396,34 @@ def review_warning(confidence: float, entry: dict[str, Any] | None) -> str:
     )
 
 
+def review_caption(summary: dict[str, Any], record: dict[str, Any]) -> str:
+    """Describe the flag scored on one evaluation run in words (for the dashboard)."""
+
+    def f(x: float | None) -> str:
+        return "—" if x is None else f"{x:.3f}"
+
+    thresholds = summary["threshold"]
+    thresholds = thresholds if isinstance(thresholds, list) else [thresholds]
+    chosen = []
+    for meta, entry in (record.get("meta_learners") or {}).items():
+        val = entry.get("validation") or {}
+        verdict = "used" if entry.get("passes_rule") else (
+            f"not used (failed the rule), the fixed {FALLBACK_THRESHOLD} applies")
+        chosen.append(f"`{meta}` {entry.get('threshold')} — out-of-fold validation AUROC "
+                      f"{f(val.get('auroc'))}, accuracy flagged {f(val.get('accuracy_flagged'))}"
+                      f" / unflagged {f(val.get('accuracy_unflagged'))}; {verdict}")
+    return (
+        "An answer is flagged for review when the ensemble's top probability is below the "
+        "threshold of the meta-learner that gave it, chosen on the validation split from "
+        "out-of-fold outputs (largest Youden's J for wrong answers): " + "; ".join(chosen)
+        + f". On this run (threshold(s) {', '.join(f'{t:g}' for t in thresholds)}): "
+        f"{summary['n_flagged']} of {summary['n']} answers flagged; {summary['errors_flagged']}"
+        f" of {summary['n_errors']} errors caught; accuracy {f(summary['accuracy_flagged'])} "
+        f"flagged against {f(summary['accuracy_unflagged'])} unflagged (all slices "
+        f"{f(summary['accuracy'])}, the figure the floors are judged on)."
+    )
+
+
 def _print(name: str, s: dict[str, Any]) -> None:
     def f(x: Any) -> str:
         return "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))

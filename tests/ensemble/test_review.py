@@ -190,3 +190,20 @@ def test_runtime_lookup_matches_folder_and_weights(tmp_path: Path, caplog) -> No
     assert "lacks ['meta_sha256', 'passes_rule', 'validation']" in caplog.text
     (root / review.RECORD_FILE).write_bytes(b"\xff\xfe not json")
     assert review.read_record(root) is None and review.meta_entry(meta) is None
+
+
+def test_caption_names_each_meta_learner_and_the_run() -> None:
+    record = {"meta_learners": {
+        "meta": {"threshold": 0.95, "passes_rule": True,
+                 "validation": {"auroc": 0.887, "accuracy_flagged": 0.761,
+                                "accuracy_unflagged": 0.989}},
+        "meta_single_crop": {"threshold": 0.97, "passes_rule": False,
+                             "validation": {"auroc": 0.883, "accuracy_flagged": 0.826,
+                                            "accuracy_unflagged": 0.991}}}}
+    run = review.review_summary(CONF, RIGHT, np.array([0.95, 0.95, 0.95, 0.95, 0.6, 0.6]))
+    text = review.review_caption(run, record)
+    assert "`meta` 0.95 — out-of-fold validation AUROC 0.887, accuracy flagged 0.761 / " \
+           "unflagged 0.989; used" in text
+    assert "`meta_single_crop` 0.97" in text and "not used (failed the rule), the fixed 0.6" \
+        in text
+    assert "(threshold(s) 0.6, 0.95): 3 of 6 answers flagged; 2 of 2 errors caught" in text
