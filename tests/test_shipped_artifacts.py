@@ -241,3 +241,34 @@ def test_outline_confidence_record_is_reproducible_from_the_shipped_evaluations(
     scored = oc.flag_summary(test["outline_confidence"], test["dice"], record["flag_threshold"])
     stored = {k: v for k, v in record["evaluated"]["test"].items() if k != "per_image"}
     assert scored == pytest.approx(stored)
+
+
+@pytest.mark.slow
+def test_review_flag_record_is_reproducible_from_the_shipped_predictions(tmp_path: Path) -> None:
+    """Refit into a copy (the out-of-fold outputs are recomputed) and rescore the test runs."""
+    import shutil
+
+    from ensemble import review
+
+    shipped = review.read_record(ART / "classification")
+    assert shipped is not None, "artifacts/classification/review.json missing or unreadable"
+    root = tmp_path / "classification"
+    for name in ("meta", "meta_single_crop"):
+        shutil.copytree(ART / "classification" / name, root / name)
+    evals = ART / "evaluation" / "classification"
+    record = review.fit([evals / "val" / "predictions.csv",
+                         evals / "val_single_crop" / "predictions.csv"], root)
+    for meta, entry in shipped["meta_learners"].items():
+        again = record["meta_learners"][meta]
+        assert again["meta_sha256"] == entry["meta_sha256"] == sha256_file(
+            ART / "classification" / meta / "weights.npz")
+        assert again["threshold"] == entry["threshold"]
+        assert again["validation"] == pytest.approx(entry["validation"], abs=1e-9)
+        assert again["passes_rule"] == entry["passes_rule"]
+    assert shipped["meta_learners"]["meta"]["passes_rule"]  # the default mode's flag is used
+    runs = ("test", "test_single_crop", "test_cascade")
+    scored = review.score([evals / r / "predictions.csv" for r in runs], root)
+    for r in runs:
+        stored = {k: v for k, v in shipped["evaluated"][r].items()
+                  if k not in ("risk_coverage", "predictions")}
+        assert scored[r] == pytest.approx(stored), r
