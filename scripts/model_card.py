@@ -255,6 +255,7 @@ def classification_section(root: Path) -> list[str]:
         lines += _ensemble_vs_best(ev["models"], preds)
     lines += _single_crop_lines(root)
     lines += _cascade_lines(root)
+    lines += _review_lines(root)
     lines += _shift_and_shortcut_lines(root)
     return lines
 
@@ -413,6 +414,41 @@ def _cascade_lines(root: Path) -> list[str]:
         text += (f" (default mode {_fmt(d['accuracy'])} / {_fmt(d['macro_f1'])}); not the "
                  "default")
     return [f"### Cascade mode ({ev['n_images']} test slices)", "", text + ".", ""]
+
+
+def _review_lines(root: Path) -> list[str]:
+    """Describe the review flag: each meta-learner's validation choice and the test reports."""
+    rec = _json(root / "classification" / "review.json")
+    if not rec or not isinstance(rec.get("meta_learners"), dict):
+        return []
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        t = s["threshold"]
+        t = ", ".join(f"{v:g}" for v in t) if isinstance(t, list) else f"{t:g}"
+        return (f"| {name} | {t} | {s['n']} | {s['n_flagged']} | {s['errors_flagged']} of "
+                f"{s['n_errors']} | {_fmt(s['accuracy_flagged'], 3)} / "
+                f"{_fmt(s['accuracy_unflagged'], 3)} | {_fmt(s['auroc'], 3)} |")
+
+    rows = []
+    for meta, entry in rec["meta_learners"].items():
+        used = "used" if entry.get("passes_rule") else "failed the rule, not used"
+        rows.append(row(f"`{meta}`, validation out of fold ({used})", entry["validation"]))
+    labels = {"test": "default mode, test (reported)",
+              "test_single_crop": "single-crop mode, test (reported)",
+              "test_cascade": "cascade mode, test (reported)"}
+    for run, s in (rec.get("evaluated") or {}).items():
+        rows.append(row(labels.get(run, f"{run} (reported)"), s))
+    return _titled_table(
+        "**Review flag** (an answer whose top probability is below the threshold of the "
+        "meta-learner that gave it is flagged for review; each threshold has the largest "
+        "Youden's J for wrong answers on that meta-learner's out-of-fold validation outputs "
+        "and is used only if there the AUROC is >= 0.80 and flagged answers are >= 0.20 less "
+        "accurate; otherwise the fixed 0.6 applies; `python -m ensemble.review`). A warning "
+        "only: the answers and the scores above are unchanged.",
+        ["answers of", "threshold", "slices", "flagged", "errors caught",
+         "accuracy flagged / unflagged", "AUROC"],
+        rows,
+    )
 
 
 def _ensemble_vs_best(models: dict[str, Any], predictions: pd.DataFrame | None = None) -> list[str]:

@@ -377,3 +377,22 @@ def test_outline_confidence_table_needs_a_passing_record(tmp_path: Path) -> None
     assert "| test (reported) | 10 (1 without) | 4 |" in text and "2 of 2 |" in text
     (folder / "outline_confidence.json").write_text(json.dumps({**record, "passes_rule": False}))
     assert model_card._outline_confidence_lines(tmp_path) == []
+
+
+def test_review_table_lists_each_meta_learner_and_the_reported_runs(tmp_path: Path) -> None:
+    folder = tmp_path / "classification"
+    folder.mkdir()
+    assert model_card._review_lines(tmp_path) == []
+    summary = {"threshold": 0.95, "n": 858, "n_flagged": 113, "n_errors": 35,
+               "errors_flagged": 27, "accuracy_flagged": 0.761, "accuracy_unflagged": 0.989,
+               "auroc": 0.887}
+    record = {"meta_learners": {"meta": {"passes_rule": True, "validation": summary},
+                                "meta_single_crop": {"passes_rule": False,
+                                                     "validation": summary}},
+              "evaluated": {"test_cascade": {**summary, "threshold": [0.6, 0.95]}}}
+    (folder / "review.json").write_text(json.dumps(record))
+    text = "\n".join(model_card._review_lines(tmp_path))
+    assert ("| `meta`, validation out of fold (used) | 0.95 | 858 | 113 | 27 of 35 | "
+            "0.761 / 0.989 | 0.887 |") in text
+    assert "`meta_single_crop`, validation out of fold (failed the rule, not used)" in text
+    assert "| cascade mode, test (reported) | 0.6, 0.95 |" in text
