@@ -11,12 +11,19 @@ and post-processing (mean Dice over slices, empty-mask policy of
 * ``precise_bn``: batch-norm statistics re-estimated on training crops;
 * ``bfloat16``: the same weights in mixed bfloat16 (the output layer stays
   float32): mean Dice, per-slice Dice changes against float32, misses, and the
-  network's time per slice for both precisions on the same validation crops.
+  network's time per slice for both precisions on the same validation crops;
+* ``agreement``: whether the agreement of the two test-time-augmentation passes
+  (Dice between the masks of the slice and of its mirror image, each alone) tells
+  poor outlines apart *beyond* the shipped outline confidence: its Spearman
+  correlation with Dice over all outlines and over those the confidence flag
+  leaves unflagged, and how many poor unflagged outlines (Dice < 0.5) an
+  agreement cut would catch against how many good ones it would flag.
 
 Never touches the test split. Usage::
 
     PYTHONPATH=. python scripts/segmentation_probe.py ../shared/datasets/figshare-seg \
-        --sizes 192,224,256 --bn-batches 56 --bfloat16 --json /tmp/segmentation_probe.json
+        --sizes 192,224,256 --bn-batches 56 --bfloat16 --agreement \
+        --json /tmp/segmentation_probe.json
 """
 
 from __future__ import annotations
@@ -154,6 +161,50 @@ def _dice_list(
     return [float(dice_coefficient(m, probability_to_mask(p, t, post)[0])) for p, m in pairs]
 
 
+def _single_pass(seg: Segmenter, data_dir: Path, ids: list[str], *, mirrored: bool
+                 ) -> list[np.ndarray]:
+    """Probabilities of one test-time-augmentation pass (the slice, or its mirror flipped back)."""
+    one = Segmenter(seg.model, seg.config, tta="none", postprocess=seg.postprocess)
+    out = []
+    for start in range(0, len(ids), 16):
+        grays = _grays(data_dir, ids[start : start + 16])
+        if mirrored:
+            grays = [np.ascontiguousarray(g[:, ::-1]) for g in grays]
+        probs = [r.probability for r in one.predict_batch(grays, batch_size=16)]
+        out += [np.ascontiguousarray(q[:, ::-1]) if mirrored else q for q in probs]
+    return out
+
+
+def agreement_beyond_confidence(
+    dice: list[float], confidence: list[float | None], agreement: list[float],
+    flag_threshold: float, cuts: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9),
+) -> dict:
+    """Measure whether the passes' agreement finds poor outlines the confidence flag misses.
+
+    Slices without an outline (``None`` confidence) are left out. Returns Spearman
+    correlations with Dice (all outlines; unflagged ones), the unflagged poor count,
+    and per agreement cut the unflagged poor / good outlines it would flag.
+    """
+    from scipy.stats import spearmanr
+
+    d = np.asarray(dice, dtype=float)
+    c = np.asarray([np.nan if v is None else v for v in confidence], dtype=float)
+    a = np.asarray(agreement, dtype=float)
+    has = ~np.isnan(c)
+    d, c, a = d[has], c[has], a[has]
+    kept = c >= flag_threshold
+    poor = d < 0.5
+    return {
+        "n_outlines": int(has.sum()),
+        "spearman_all": float(spearmanr(a, d).correlation),
+        "spearman_unflagged": float(spearmanr(a[kept], d[kept]).correlation),
+        "n_unflagged": int(kept.sum()),
+        "unflagged_poor": int((kept & poor).sum()),
+        "cuts": {f"{t:g}": {"poor_caught": int((kept & poor & (a < t)).sum()),
+                            "good_flagged": int((kept & ~poor & (a < t)).sum())} for t in cuts},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -163,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="", help="other input sizes, e.g. 224,256")
     p.add_argument("--bn-batches", type=int, default=0, help="batches of 32 training crops")
     p.add_argument("--bfloat16", action="store_true", help="also score a mixed-bfloat16 copy")
+    p.add_argument("--agreement", action="store_true",
+                   help="score the two TTA passes' agreement beyond the outline confidence")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -209,6 +262,25 @@ def main(argv: list[str] | None = None) -> int:
                 "crops": len(crops),
                 "tta": seg.tta,
             },
+        }
+    if args.agreement:
+        from segmentation.confidence import outline_confidence, read_record
+
+        record = read_record(args.artifacts, seg.config["weights_sha256"])
+        if record is None:
+            raise SystemExit("--agreement needs the outline-confidence record of these weights")
+        plain = _single_pass(seg, args.data_dir, ids, mirrored=False)
+        mirror = _single_pass(seg, args.data_dir, ids, mirrored=True)
+        finals = [probability_to_mask(q, t, post)[0] for q in base]
+        agree = [float(dice_coefficient(probability_to_mask(x, t, post)[0],
+                                        probability_to_mask(y, t, post)[0]))
+                 for x, y in zip(plain, mirror, strict=True)]
+        report["agreement"] = {
+            "flag_threshold": record["flag_threshold"],
+            **agreement_beyond_confidence(
+                _dice_list(base, masks, t, post),
+                [outline_confidence(q, m) for q, m in zip(base, finals, strict=True)],
+                agree, record["flag_threshold"]),
         }
     if args.bn_batches:
         from ensemble.recalibrate import recalibrate_batchnorm

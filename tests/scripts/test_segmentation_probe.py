@@ -75,3 +75,15 @@ def test_bfloat16_copy_keeps_weights_and_float32_output(tmp_path):
         seg.postprocess,
         seg.tta,
     )
+
+
+def test_agreement_beyond_confidence_counts_only_unflagged_outlines():
+    dice = [0.9, 0.1, 0.85, 0.2, 0.0, 0.95]
+    confidence = [0.9, 0.9, 0.85, 0.5, None, 0.95]
+    agreement = [0.95, 0.6, 0.7, 0.3, 0.0, 0.99]
+    out = probe.agreement_beyond_confidence(dice, confidence, agreement, 0.8, cuts=(0.65, 0.8))
+    assert out["n_outlines"] == 5 and out["n_unflagged"] == 4 and out["unflagged_poor"] == 1
+    assert out["cuts"]["0.65"] == {"poor_caught": 1, "good_flagged": 0}
+    assert out["cuts"]["0.8"] == {"poor_caught": 1, "good_flagged": 1}
+    # over unflagged outlines the ranks of agreement and Dice agree exactly
+    assert out["spearman_unflagged"] == pytest.approx(1.0)
