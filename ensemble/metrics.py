@@ -151,6 +151,14 @@ def classification_metrics(
     }
 
 
+def _bool_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two ``(N,)`` bool arrays of one length, or ``ValueError`` naming their shapes."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"need two (N,) arrays of one length; received {a.shape} and {b.shape}")
+    return a, b
+
+
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float | int]:
     """Exact McNemar test of two classifiers scored on the same images.
 
@@ -171,10 +179,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     """
     from scipy.stats import binomtest
 
-    a = np.asarray(correct_a, dtype=bool)
-    b = np.asarray(correct_b, dtype=bool)
-    if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"need two (N,) arrays of one length; received {a.shape} and {b.shape}")
+    a, b = _bool_pair(correct_a, correct_b)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n = only_a + only_b
     p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5).pvalue)
@@ -229,10 +234,7 @@ def detection_rates(flagged: np.ndarray, positive: np.ndarray) -> dict[str, floa
     Raises:
         ValueError: If the two arrays are not 1-D of the same length.
     """
-    f = np.asarray(flagged, dtype=bool)
-    p = np.asarray(positive, dtype=bool)
-    if f.ndim != 1 or f.shape != p.shape:
-        raise ValueError(f"need two (N,) arrays of one length; received {f.shape} and {p.shape}")
+    f, p = _bool_pair(flagged, positive)
     sens = float((f & p).sum() / p.sum()) if p.any() else None
     spec = float((~f & ~p).sum() / (~p).sum()) if (~p).any() else None
     youden = None if sens is None or spec is None else sens + spec - 1.0

@@ -31,7 +31,6 @@ changes a threshold. Shapes: probabilities ``(N, 4)`` in
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import logging
 import sys
@@ -44,7 +43,9 @@ import pandas as pd
 
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import CONFIG_FILE, read_json, sha256_file, write_json
+from neurostack.cli import fit_score_parser, report_errors
 from neurostack.errors import ArtifactError
+from neurostack.formatting import format_optional
 
 log = logging.getLogger(__name__)
 
@@ -398,10 +399,7 @@ def review_warning(confidence: float, entry: dict[str, Any] | None) -> str:
 
 def review_caption(summary: dict[str, Any], record: dict[str, Any]) -> str:
     """Describe the flag scored on one evaluation run in words (for the dashboard)."""
-
-    def f(x: float | None) -> str:
-        return "—" if x is None else f"{x:.3f}"
-
+    f = format_optional
     thresholds = summary["threshold"]
     thresholds = thresholds if isinstance(thresholds, list) else [thresholds]
     chosen = []
@@ -425,9 +423,7 @@ def review_caption(summary: dict[str, Any], record: dict[str, Any]) -> str:
 
 
 def _print(name: str, s: dict[str, Any]) -> None:
-    def f(x: Any) -> str:
-        return "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
-
+    f = format_optional
     print(
         f"{name}: threshold {s['threshold']}: flagged {s['n_flagged']} of {s['n']}; errors "
         f"{s['n_errors']}, caught {s['errors_flagged']} (sensitivity {f(s['sensitivity'])}, "
@@ -438,13 +434,12 @@ def _print(name: str, s: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: ``fit`` on validation predictions, ``score`` on others."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["fit", "score"])
-    p.add_argument("predictions", type=Path, nargs="+",
-                   help="predictions.csv of python -m ensemble.evaluate (metrics.json beside it)")
-    p.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
-    args = p.parse_args(argv)
-    try:
+    args = fit_score_parser(
+        __doc__.splitlines()[0], "predictions",
+        "predictions.csv of python -m ensemble.evaluate (metrics.json beside it)",
+        DEFAULT_ARTIFACTS, many=True).parse_args(argv)
+
+    def run() -> None:
         if args.command == "fit":
             record = fit(args.predictions, args.artifacts)
             for meta, entry in record["meta_learners"].items():
@@ -454,10 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for name, summary in score(args.predictions, args.artifacts).items():
                 _print(name, summary)
-    except (ValueError, FileNotFoundError, ArtifactError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return report_errors(run)
 
 
 if __name__ == "__main__":

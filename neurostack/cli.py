@@ -48,3 +48,35 @@ def reference_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--check-per-class", type=int, default=50,
                    help="validation slices per class measured under each shift")
     return p
+
+
+def report_errors(action: Callable[[], object]) -> int:
+    """Run ``action`` (which prints its own output); exit code 0, or 2 on a user error.
+
+    A :data:`USER_ERRORS` exception is printed to stderr as ``error: <message>``;
+    anything else propagates.
+    """
+    try:
+        action()
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def fit_score_parser(description: str, inputs: str, inputs_help: str, default_artifacts: Path,
+                     *, many: bool = False) -> argparse.ArgumentParser:
+    """Parser of a ``fit`` (on validation records) / ``score`` (report on others) command.
+
+    Args:
+        description: The program's description.
+        inputs: Name of the positional record argument(s).
+        inputs_help: Its help text.
+        default_artifacts: Default of ``--artifacts`` (where the record lives).
+        many: Accept one or more records instead of exactly one.
+    """
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("command", choices=["fit", "score"])
+    p.add_argument(inputs, type=Path, nargs="+" if many else None, help=inputs_help)
+    p.add_argument("--artifacts", type=Path, default=default_artifacts)
+    return p

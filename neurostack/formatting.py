@@ -63,3 +63,13 @@ def format_probability_floor(p: float, decimals: int = 3) -> str:
     if shown <= 0.0:
         return f"< {1 / scale:.{decimals}f}"
     return f"{shown:.{decimals}f}"
+
+
+def format_optional(x: object, decimals: int = 3) -> str:
+    """Format a figure that may be missing: ``None`` -> ``"—"``, floats to ``decimals``.
+
+    Anything else (counts, text) goes through ``str``.
+    """
+    if x is None:
+        return "—"
+    return f"{x:.{decimals}f}" if isinstance(x, float) else str(x)

@@ -28,7 +28,6 @@ the report under ``evaluated`` in the record), it never changes the threshold.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import logging
 import sys
@@ -40,7 +39,9 @@ import numpy as np
 import pandas as pd
 
 from neurostack.artifacts import CONFIG_FILE, read_json, sha256_file, write_json
+from neurostack.cli import fit_score_parser, report_errors
 from neurostack.errors import ArtifactError
+from neurostack.formatting import format_optional
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ def confidence_caption(summary: dict[str, Any], record: dict[str, Any]) -> str:
     """Describe a :func:`flag_summary` of one evaluation run in words (for the dashboard)."""
 
     def f(x: float | None) -> str:
-        return "—" if x is None else f"{x:.2f}"
+        return format_optional(x, 2)
 
     chosen = record.get("validation", {})
     return (
@@ -365,9 +366,7 @@ def confidence_caption(summary: dict[str, Any], record: dict[str, Any]) -> str:
 
 
 def _print(summary: dict[str, Any]) -> None:
-    def f(x: Any) -> str:
-        return "—" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
-
+    f = format_optional
     print(
         f"threshold {f(summary['threshold'])}: flagged {summary['n_flagged']} of {summary['n']} "
         f"outlines ({summary['n_empty']} empty masks apart); poor outlines (Dice < "
@@ -381,22 +380,19 @@ def _print(summary: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: ``fit`` on validation, ``score`` on another split."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["fit", "score"])
-    p.add_argument("per_image", type=Path, help="per_image.csv of python -m segmentation.evaluate")
-    p.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
-    args = p.parse_args(argv)
-    try:
+    args = fit_score_parser(
+        __doc__.splitlines()[0], "per_image", "per_image.csv of python -m segmentation.evaluate",
+        DEFAULT_ARTIFACTS).parse_args(argv)
+
+    def run() -> None:
         if args.command == "fit":
             record = fit(args.per_image, args.artifacts)
             _print(record["validation"])
             print(f"passes the rule: {record['passes_rule']} -> {args.artifacts / RECORD_FILE}")
         else:
             _print(score(args.per_image, args.artifacts))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return report_errors(run)
 
 
 if __name__ == "__main__":

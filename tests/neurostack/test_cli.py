@@ -41,3 +41,36 @@ def test_reference_parser_has_the_shared_arguments(tmp_path) -> None:
     assert (a.data_dir, str(a.split), str(a.out), a.check_per_class) == (tmp_path, "s.csv", "o", 50)
     with pytest.raises(SystemExit):
         p.parse_args([str(tmp_path), "--out", "o"])  # --split is required
+
+
+def test_report_errors_turns_user_errors_into_exit_code_2(capsys) -> None:
+    from neurostack.cli import report_errors
+
+    assert report_errors(lambda: print("done")) == 0
+    assert capsys.readouterr().out == "done\n"
+
+    def bad() -> None:
+        raise ValueError("no such split")
+
+    assert report_errors(bad) == 2
+    assert capsys.readouterr().err == "error: no such split\n"
+
+    def bug() -> None:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        report_errors(bug)
+
+
+def test_fit_score_parser_one_or_many_records() -> None:
+    from pathlib import Path
+
+    from neurostack.cli import fit_score_parser
+
+    one = fit_score_parser("d", "per_image", "h", Path("arts"))
+    args = one.parse_args(["fit", "a.csv"])
+    assert (args.command, args.per_image, args.artifacts) == ("fit", Path("a.csv"), Path("arts"))
+    many = fit_score_parser("d", "predictions", "h", Path("arts"), many=True)
+    assert many.parse_args(["score", "a", "b"]).predictions == [Path("a"), Path("b")]
+    with pytest.raises(SystemExit):
+        many.parse_args(["refit", "a"])

@@ -36,3 +36,11 @@ def test_format_probability_floor_never_rounds_up(p, decimals, text) -> None:
 def test_format_probability_floor_rejects_impossible_values(p, decimals) -> None:
     with pytest.raises(ValueError, match="probability|decimals"):
         format_probability_floor(p, decimals)
+
+
+def test_format_optional_dashes_missing_figures_and_keeps_counts() -> None:
+    from neurostack.formatting import format_optional
+
+    assert format_optional(None) == "—"
+    assert format_optional(0.81234) == "0.812" and format_optional(0.81234, 2) == "0.81"
+    assert format_optional(27) == "27" and format_optional("x") == "x"
