@@ -151,6 +151,19 @@ def count_review_flagged(rows: pd.DataFrame) -> int:
     return _count_true(rows, "review_flagged")
 
 
+def to_check(rows: pd.DataFrame) -> pd.Series:
+    """``(N,)`` bool: the rows whose answer is flagged for review or whose outline is uncertain.
+
+    Missing columns (results written before the flags existed) and empty cells count
+    as not flagged.
+    """
+    out = pd.Series(False, index=rows.index)
+    for column in ("review_flagged", "outline_flagged"):
+        if column in rows.columns:
+            out |= (rows[column].astype("boolean") == True).fillna(False)  # noqa: E712
+    return out.astype(bool)
+
+
 def anonymise_name(name: str, key: str = "") -> str:
     """Replace an item name by ``anon-`` and 16 hex digits of a (keyed) SHA-256.
 

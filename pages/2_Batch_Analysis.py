@@ -10,6 +10,7 @@ from neurostack.batch import (
     count_outline_flagged,
     count_quality_flagged,
     count_review_flagged,
+    to_check,
 )
 
 components.page_setup("Batch Analysis", ":material/stacks:")
@@ -172,7 +173,12 @@ if len(rows):
                         "intensity_atypicality", "relative_gamma", "intensity_corrected",
                         "uncorrected_class", "quality_flags")
             if c in rows.columns]
-    st.dataframe(rows, hide_index=True, width="stretch",
+    check = to_check(rows)
+    shown = rows
+    if st.toggle(f"Only the slices to check ({int(check.sum())}: answer flagged for review or "
+                 "outline uncertain)", key="ba_to_check", disabled=not check.any()):
+        shown = rows[check]
+    st.dataframe(shown, hide_index=True, width="stretch",
                  column_order=[*lead, *[c for c in rows.columns if c not in lead]],
                  column_config={"n": st.column_config.NumberColumn("#")})
     ch1, ch2 = st.columns(2)

@@ -799,3 +799,15 @@ def test_review_and_outline_flags_are_counted_in_the_summary():
     quiet = nb.BatchResult(rows=rows.iloc[3:], failures=pd.DataFrame(), analysed=1,
                            failed=0, skipped=0, elapsed_s=1.0)
     assert "review" not in quiet.summary() and "uncertain" not in quiet.summary()
+
+
+def test_to_check_marks_flagged_answers_or_outlines_only():
+    import pandas as pd
+
+    from neurostack.batch import to_check
+
+    rows = pd.DataFrame({"review_flagged": [True, False, None, False],
+                         "outline_flagged": [None, True, False, pd.NA]})
+    assert to_check(rows).tolist() == [True, True, False, False]
+    assert to_check(rows.drop(columns="outline_flagged")).tolist() == [True, False, False, False]
+    assert to_check(pd.DataFrame({"x": [1, 2]})).tolist() == [False, False]  # older results

@@ -163,3 +163,43 @@ def test_batch_says_nothing_when_no_slice_is_flagged(make_app):
     results = at.dataframe[0].value
     assert results["intensity_atypicality"].notna().all()
     assert results["uncorrected_class"].isna().all() and not results["intensity_corrected"].any()
+
+
+def test_batch_counts_answers_for_review_and_lists_only_those_on_request(make_app, monkeypatch):
+    from dashboard import cache
+
+    at = make_app("pages/2_Batch_Analysis.py").run()
+    pipeline = cache.get_pipeline()
+    entry = {"threshold": 1.0, "meta_sha256": "x", "passes_rule": True,
+             "validation": {"accuracy_flagged": 0.7, "accuracy_unflagged": 0.99,
+                            "n_flagged": 5, "n": 50}}
+    monkeypatch.setattr(pipeline, "review", {None: entry, False: entry, True: entry})
+    a, b = sample_bytes(), sorted_second()
+    at = _upload_and_run(at, [(a[0], a[1], "image/jpeg"), (b[0], b[1], "image/jpeg")])
+    note = next(w.value for w in at.warning if "flagged for review" in w.value)
+    assert note.startswith("**2 answer(s) flagged for review**")
+    results = at.dataframe[0].value
+    assert results["review_flagged"].all() and (results["review_threshold"] == 1.0).all()
+    assert results["warnings"].str.contains("review this answer").all()
+    toggle = at.toggle(key="ba_to_check")
+    assert "(2: answer flagged for review or outline uncertain)" in toggle.label
+    toggle.set_value(True).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_the_check_list_is_disabled_when_nothing_is_flagged(make_app, monkeypatch):
+    import pandas as pd
+
+    from dashboard import cache
+
+    at = make_app("pages/2_Batch_Analysis.py").run()
+    never = {"threshold": 0.0, "meta_sha256": "x", "passes_rule": True, "validation": {}}
+    monkeypatch.setattr(cache.get_pipeline(), "review", {None: never, False: never, True: never})
+    a = sample_bytes()
+    at = _upload_and_run(at, [(a[0], a[1], "image/jpeg")])
+    results = at.dataframe[0].value
+    assert not results["review_flagged"].any()
+    assert results.get("outline_flagged", pd.Series([None])).isna().all()  # no tiny record
+    assert at.toggle(key="ba_to_check").disabled
+    assert not any("flagged for review" in w.value for w in at.warning)
