@@ -351,7 +351,12 @@ def entry_for(record: dict[str, Any] | None, meta: str, meta_sha256: str) -> dic
     if missing:
         log.warning("review-flag entry for %s not used: it lacks %s", meta, missing)
         return None
-    if entry["meta_sha256"] != meta_sha256 or not entry["passes_rule"]:
+    t = entry["threshold"]
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
+        log.warning("review-flag entry for %s not used: threshold %r is not a number in [0, 1]",
+                    meta, t)
+        return None
+    if entry["meta_sha256"] != meta_sha256 or entry["passes_rule"] is not True:
         return None
     return entry
 

@@ -188,6 +188,14 @@ def test_runtime_lookup_matches_folder_and_weights(tmp_path: Path, caplog) -> No
     with caplog.at_level("WARNING"):
         assert review.meta_entry(meta) is None
     assert "lacks ['meta_sha256', 'passes_rule', 'validation']" in caplog.text
+    for bad in ("0.9", None, 1.5, True):
+        (root / review.RECORD_FILE).write_text(json.dumps(
+            {"meta_learners": {"meta": {**entry, "threshold": bad}}}))
+        assert review.meta_entry(meta) is None, bad
+    assert "is not a number in [0, 1]" in caplog.text
+    (root / review.RECORD_FILE).write_text(json.dumps(
+        {"meta_learners": {"meta": {**entry, "passes_rule": "yes"}}}))
+    assert review.meta_entry(meta) is None  # only a real True passes
     (root / review.RECORD_FILE).write_bytes(b"\xff\xfe not json")
     assert review.read_record(root) is None and review.meta_entry(meta) is None
 
