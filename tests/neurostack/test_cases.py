@@ -69,6 +69,8 @@ def test_round_trip_of_results_and_records(store: CaseStore, tmp_path: Path) -> 
             assert row[key] == pytest.approx(rec[key]), key
         assert bool(row["tumor_found"]) == res.tumor_found
         assert bool(row["segmented"]) == res.segmented
+        assert bool(row["review_flagged"]) == res.review_flagged
+        assert row["review_threshold"] == pytest.approx(res.review_threshold)
         for key, value in (res.morphology or {}).items():
             if isinstance(value, str) or value is None:
                 assert row[key] == value or pd.isna(row[key]), key
