@@ -135,10 +135,30 @@ def count_quality_flagged(rows: pd.DataFrame) -> dict[str, int]:
     return {k: int(flags.map(lambda f, k=k: k in f).sum()) for k in ("noisy", "smooth")}
 
 
+def flag_values(rows: pd.DataFrame, column: str) -> pd.Series:
+    """``(N,)`` bool: where ``column`` is true, read from ``extra_json`` too.
+
+    A results file begun by an older version lacks newer columns; rows appended to
+    it on ``--resume`` keep such values in ``extra_json``. Empty cells are false.
+    """
+    out = pd.Series(False, index=rows.index)
+    if column in rows.columns:
+        out |= (rows[column].astype("boolean") == True).fillna(False)  # noqa: E712
+    if "extra_json" in rows.columns:
+        def extra(text: object) -> bool:
+            if not isinstance(text, str) or not text.strip():
+                return False
+            try:
+                return json.loads(text).get(column) is True
+            except (ValueError, AttributeError):
+                return False
+
+        out |= rows["extra_json"].map(extra).astype(bool)
+    return out.astype(bool)
+
+
 def _count_true(rows: pd.DataFrame, column: str) -> int:
-    if column not in rows.columns:
-        return 0
-    return int((rows[column].astype("boolean") == True).sum())  # noqa: E712
+    return int(flag_values(rows, column).sum())
 
 
 def count_outline_flagged(rows: pd.DataFrame) -> int:
@@ -154,14 +174,10 @@ def count_review_flagged(rows: pd.DataFrame) -> int:
 def to_check(rows: pd.DataFrame) -> pd.Series:
     """``(N,)`` bool: the rows whose answer is flagged for review or whose outline is uncertain.
 
-    Missing columns (results written before the flags existed) and empty cells count
-    as not flagged.
+    Values kept in ``extra_json`` (rows resumed into an older results file) count;
+    missing columns and empty cells count as not flagged.
     """
-    out = pd.Series(False, index=rows.index)
-    for column in ("review_flagged", "outline_flagged"):
-        if column in rows.columns:
-            out |= (rows[column].astype("boolean") == True).fillna(False)  # noqa: E712
-    return out.astype(bool)
+    return flag_values(rows, "review_flagged") | flag_values(rows, "outline_flagged")
 
 
 def anonymise_name(name: str, key: str = "") -> str:

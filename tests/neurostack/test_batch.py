@@ -811,3 +811,19 @@ def test_to_check_marks_flagged_answers_or_outlines_only():
     assert to_check(rows).tolist() == [True, True, False, False]
     assert to_check(rows.drop(columns="outline_flagged")).tolist() == [True, False, False, False]
     assert to_check(pd.DataFrame({"x": [1, 2]})).tolist() == [False, False]  # older results
+
+
+def test_flags_resumed_into_an_older_results_file_are_read_from_extra_json():
+    import pandas as pd
+
+    from neurostack.batch import count_review_flagged, flag_values, to_check
+
+    # an older file has no review columns; rows appended on --resume keep them as JSON
+    rows = pd.DataFrame({"outline_flagged": [None, True, None, None],
+                         "extra_json": [None, "", '{"review_flagged": true}',
+                                        '{"review_flagged": false, "x": 1}']})
+    assert flag_values(rows, "review_flagged").tolist() == [False, False, True, False]
+    assert count_review_flagged(rows) == 1
+    assert to_check(rows).tolist() == [False, True, True, False]
+    broken = pd.DataFrame({"extra_json": ["{not json", "[1, 2]"]})
+    assert flag_values(broken, "review_flagged").tolist() == [False, False]
