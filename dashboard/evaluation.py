@@ -373,8 +373,10 @@ def review_on_run(predictions: pd.DataFrame, metrics: dict[str, Any],
     without the ensemble's columns or labels.
 
     Returns:
-        :func:`ensemble.review.review_summary` plus ``measured``: whether any row's
-        threshold was measured against errors.
+        :func:`ensemble.review.review_summary` plus ``measured`` (whether any row's
+        threshold was measured against errors) and ``by_class``: one row per
+        predicted class with its answers, how many were flagged, and the accuracy of
+        the flagged and the unflagged ones (``None`` where there are none).
     """
     from ensemble.review import FALLBACK_THRESHOLD, review_summary, row_thresholds
 
@@ -387,8 +389,22 @@ def review_on_run(predictions: pd.DataFrame, metrics: dict[str, Any],
     thresholds = row_thresholds(known, metrics, record, classification_dir, source)
     probs = known[cols[1:]].to_numpy(dtype=np.float64)
     y = np.array([CLASS_NAMES.index(c) for c in known["label"]])
-    summary = review_summary(probs.max(axis=1), probs.argmax(axis=1) == y, thresholds)
+    pred, top = probs.argmax(axis=1), probs.max(axis=1)
+    right = pred == y
+    summary = review_summary(top, right, thresholds)
     summary["measured"] = bool((thresholds != FALLBACK_THRESHOLD).any())
+    flagged = top < thresholds
+
+    def accuracy(mask: np.ndarray) -> float | None:
+        return float(right[mask].mean()) if mask.any() else None
+
+    summary["by_class"] = [
+        {"predicted class": name, "answers": int((pred == k).sum()),
+         "flagged": int((flagged & (pred == k)).sum()),
+         "accuracy flagged": accuracy(flagged & (pred == k)),
+         "accuracy unflagged": accuracy(~flagged & (pred == k))}
+        for k, name in enumerate(CLASS_NAMES)
+    ]
     return summary
 
 

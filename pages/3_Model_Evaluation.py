@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts, components, paths
@@ -118,6 +119,11 @@ st.dataframe(selective, hide_index=True, width="stretch",
                             for c in selective.columns if c != "model"})
 if flagged:
     st.caption(review_caption(flagged, cache.review_record() or {}))
+    st.dataframe(pd.DataFrame(flagged["by_class"]), hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("accuracy flagged", "accuracy unflagged")})
+    st.caption("By the class the ensemble answered: how many of its answers the flag sends "
+               "for review, and how often the flagged and the other answers were right.")
 else:
     st.caption("No review-flag record (`artifacts/classification/review.json`, "
                "`python -m ensemble.review fit`): the pipeline warns below a fixed 0.6.")

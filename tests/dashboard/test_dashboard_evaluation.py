@@ -414,6 +414,13 @@ def test_review_on_run_compares_each_row_with_its_meta_learners_threshold(tmp_pa
     got = ev.review_on_run(df, {"tta": "hflip"}, record, root, tmp_path / "p.csv")
     assert got["measured"] and got["threshold"] == [0.85]
     assert (got["n_flagged"], got["errors_flagged"], got["n_errors"]) == (3, 2, 2)
+    by_class = {r["predicted class"]: r for r in got["by_class"]}
+    # answers: glioma x4 (0.99 right, 0.80 wrong, 0.70 right, 0.55 wrong), meningioma, notumor
+    assert by_class["glioma"]["answers"] == 4 and by_class["glioma"]["flagged"] == 3
+    assert by_class["glioma"]["accuracy flagged"] == pytest.approx(1 / 3)
+    assert by_class["glioma"]["accuracy unflagged"] == 1.0
+    assert by_class["pituitary"] == {"predicted class": "pituitary", "answers": 0, "flagged": 0,
+                                     "accuracy flagged": None, "accuracy unflagged": None}
     record["meta_learners"]["meta"]["passes_rule"] = False  # the fixed limit instead
     got = ev.review_on_run(df, {"tta": "hflip"}, record, root, tmp_path / "p.csv")
     assert not got["measured"] and got["threshold"] == [FALLBACK_THRESHOLD]

@@ -199,3 +199,6 @@ def test_review_section_scores_the_recorded_flag_on_the_run(make_app, dashboard_
     n_flagged = int((top < threshold).sum())
     assert f"{n_flagged} of {len(predictions)} answers flagged" in caption
     assert "`meta` " in caption and "AUROC 0.900" in caption and "; used" in caption
+    by_class = next(d.value for d in at.dataframe if "predicted class" in d.value.columns)
+    assert by_class["flagged"].sum() == n_flagged and by_class["answers"].sum() == len(
+        predictions)
