@@ -36,16 +36,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from neurostack import CLASS_NAMES
 from neurostack.artifacts import CONFIG_FILE, read_json, sha256_file, write_json
 from neurostack.cli import fit_score_parser, report_errors
 from neurostack.errors import ArtifactError
 from neurostack.formatting import format_optional
+
+if TYPE_CHECKING:  # pandas is imported where used: the pipeline reads this module at start-up
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,8 @@ def review_summary(confidence: np.ndarray, correct: np.ndarray,
 def review_sweep(confidence: np.ndarray, correct: np.ndarray,
                  grid: Sequence[float] = GRID) -> pd.DataFrame:
     """:func:`review_summary` at every threshold of ``grid``, one row each."""
+    import pandas as pd
+
     return pd.DataFrame([review_summary(confidence, correct, t) for t in grid])
 
 
@@ -156,6 +160,8 @@ def _probabilities(df: pd.DataFrame, source: Path) -> tuple[np.ndarray, np.ndarr
     unknown = sorted(set(df["label"]) - set(CLASS_NAMES))
     if unknown:
         raise ValueError(f"{source}: unknown labels {unknown}; expected {list(CLASS_NAMES)}")
+    import pandas as pd
+
     probs = df[columns[1:]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():
@@ -172,6 +178,8 @@ def _evaluation(csv: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file} not found (written next to predictions.csv)")
     try:
+        import pandas as pd
+
         df = pd.read_csv(csv)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {csv} ({exc})") from None

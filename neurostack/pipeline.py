@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.review import ensemble_entries, review_warning
+from ensemble.review import FALLBACK_THRESHOLD, ensemble_entries, review_warning
 from neurostack import CLASS_NAMES, __version__
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.formatting import format_probability, format_probability_floor
@@ -35,9 +35,9 @@ from neurostack.preprocess import CropBox, almost_blank, crop, find_brain_box, r
 from neurostack.render import colourfulness, mask_image, overlay_mask
 
 NO_TUMOR = "notumor"
-LOW_CONFIDENCE = 0.6
+LOW_CONFIDENCE = FALLBACK_THRESHOLD
 """Fixed "low confidence" limit, used only where ``ensemble.review`` has no measured
-threshold for the meta-learner that answered (equals ``ensemble.review.FALLBACK_THRESHOLD``)."""
+threshold for the meta-learner that answered."""
 COLOUR_LIMIT = 8.0
 """Mean channel difference above which an image is flagged as not a greyscale MRI."""
 SPACING_SOURCES = ("dicom", "user", "assumed", "none")
