@@ -215,3 +215,40 @@ def test_caption_names_each_meta_learner_and_the_run() -> None:
     assert "`meta_single_crop` 0.97" in text and "not used (failed the rule), the fixed 0.6" \
         in text
     assert "(threshold(s) 0.6, 0.95): 3 of 6 answers flagged; 2 of 2 errors caught" in text
+
+
+def test_broken_records_are_refused_with_what_is_wrong(tmp_path: Path, capsys) -> None:
+    labels = pd.DataFrame({"path": ["a.jpg", "b.jpg"], "label": ["glioma", "notumor"]})
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1]])
+    good = _with_final(labels, probs)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    good.to_csv(bare / "predictions.csv", index=False)  # no metrics.json beside it
+    with pytest.raises(FileNotFoundError, match="metrics.json not found"):
+        review.fit([bare / "predictions.csv"], tmp_path)
+    bad = good.astype({"ensemble_glioma": object})
+    bad.loc[1, "ensemble_glioma"] = "n/a"
+    with pytest.raises(ValueError, match="1 row\\(s\\) with a missing or non-numeric probability, "
+                                         "first in row 3 \\('b.jpg'\\)"):
+        review._probabilities(bad, Path("p.csv"))
+    with pytest.raises(ValueError, match="unknown labels \\['tumour'\\]"):
+        review._probabilities(good.assign(label=["glioma", "tumour"]), Path("p.csv"))
+    with pytest.raises(ValueError, match="lacks columns \\['ensemble_pituitary'\\]"):
+        review._probabilities(good.drop(columns="ensemble_pituitary"), Path("p.csv"))
+    # the command line says what is wrong and exits 2; no record is written
+    assert review.main(["fit", str(bare / "predictions.csv"), "--artifacts", str(tmp_path)]) == 2
+    assert "metrics.json not found" in capsys.readouterr().err
+    assert not (tmp_path / review.RECORD_FILE).exists()
+    assert review.main(["score", str(bare / "predictions.csv"), "--artifacts",
+                        str(tmp_path)]) == 2
+    assert "run fit first" in capsys.readouterr().err
+
+
+def test_importing_the_module_does_not_load_pandas() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, ensemble.review, neurostack.pipeline; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "False"
