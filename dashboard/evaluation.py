@@ -373,12 +373,11 @@ def review_on_run(predictions: pd.DataFrame, metrics: dict[str, Any],
     without the ensemble's columns or labels.
 
     Returns:
-        :func:`ensemble.review.review_summary` plus ``measured`` (whether any row's
-        threshold was measured against errors) and ``by_class``: one row per
+        :func:`ensemble.review.review_summary` plus ``by_class``: one row per
         predicted class with its answers, how many were flagged, and the accuracy of
         the flagged and the unflagged ones (``None`` where there are none).
     """
-    from ensemble.review import FALLBACK_THRESHOLD, review_summary, row_thresholds
+    from ensemble.review import review_summary, row_thresholds
 
     cols = ["label", *(f"ensemble_{c}" for c in CLASS_NAMES)]
     if record is None or any(c not in predictions.columns for c in cols):
@@ -392,7 +391,6 @@ def review_on_run(predictions: pd.DataFrame, metrics: dict[str, Any],
     pred, top = probs.argmax(axis=1), probs.max(axis=1)
     right = pred == y
     summary = review_summary(top, right, thresholds)
-    summary["measured"] = bool((thresholds != FALLBACK_THRESHOLD).any())
     flagged = top < thresholds
 
     def accuracy(mask: np.ndarray) -> float | None:

@@ -102,7 +102,7 @@ class CaseResult:
     """The recorded flag threshold when the segmenter has a record for its weights."""
     review_flagged: bool = False
     """The ensemble's top probability is below ``review_threshold``: double-check the answer."""
-    review_threshold: float = 0.6
+    review_threshold: float = LOW_CONFIDENCE
     """The threshold of the meta-learner that answered, chosen on its out-of-fold
     validation outputs (``ensemble.review``), or the fixed :data:`LOW_CONFIDENCE`."""
     review_measured: bool = False

@@ -23,7 +23,7 @@ from dashboard.evaluation import (
 from ensemble.intensity import REFERENCE_FOLDER, describe_reference
 from ensemble.quality import REFERENCE_FOLDER as QUALITY_FOLDER
 from ensemble.quality import describe_reference as describe_quality
-from ensemble.review import review_caption
+from ensemble.review import FALLBACK_THRESHOLD, review_caption
 from ensemble.shortcut import SHORTCUT_RECORD
 from ensemble.shortcut import describe as describe_shortcut
 from neurostack.errors import ArtifactError
@@ -126,7 +126,8 @@ if flagged:
                "for review, and how often the flagged and the other answers were right.")
 else:
     st.caption("No review-flag record (`artifacts/classification/review.json`, "
-               "`python -m ensemble.review fit`): the pipeline warns below a fixed 0.6.")
+               "`python -m ensemble.review fit`): the pipeline warns below a fixed "
+               f"{FALLBACK_THRESHOLD}.")
 if in_sample is not None:
     st.caption("On this run the ensemble's curve is in-sample (its meta-learner was fitted "
                "here); the flag's threshold was chosen on out-of-fold outputs instead.")

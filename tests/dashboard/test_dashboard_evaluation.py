@@ -412,7 +412,7 @@ def test_review_on_run_compares_each_row_with_its_meta_learners_threshold(tmp_pa
                                          "validation": {}}}}
     df = _hand_made_ensemble()
     got = ev.review_on_run(df, {"tta": "hflip"}, record, root, tmp_path / "p.csv")
-    assert got["measured"] and got["threshold"] == [0.85]
+    assert got["threshold"] == [0.85]
     assert (got["n_flagged"], got["errors_flagged"], got["n_errors"]) == (3, 2, 2)
     by_class = {r["predicted class"]: r for r in got["by_class"]}
     # answers: glioma x4 (0.99 right, 0.80 wrong, 0.70 right, 0.55 wrong), meningioma, notumor
@@ -423,7 +423,7 @@ def test_review_on_run_compares_each_row_with_its_meta_learners_threshold(tmp_pa
                                      "accuracy flagged": None, "accuracy unflagged": None}
     record["meta_learners"]["meta"]["passes_rule"] = False  # the fixed limit instead
     got = ev.review_on_run(df, {"tta": "hflip"}, record, root, tmp_path / "p.csv")
-    assert not got["measured"] and got["threshold"] == [FALLBACK_THRESHOLD]
+    assert got["threshold"] == [FALLBACK_THRESHOLD]
     assert got["n_flagged"] == 1
     assert ev.review_on_run(df, {"tta": "hflip"}, None, root, tmp_path / "p.csv") is None
     assert ev.review_on_run(df.drop(columns="label"), {}, record, root, tmp_path) is None
