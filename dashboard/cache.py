@@ -29,7 +29,9 @@ _CACHE_TTL_S = 3600
 # -------------------------------------------------------------------- models
 @st.cache_resource(show_spinner="Loading the models (once per server process)…")
 def _pipeline_for(artifacts_dir: str) -> Pipeline:
-    return load_pipeline(artifacts_dir, strict=False)
+    # The analysis (single slices and batches, which use ``pipeline.limits``) obeys
+    # the same limits as the upload preview.
+    return load_pipeline(artifacts_dir, strict=False, limits=input_limits())
 
 
 @st.cache_resource(show_spinner="Preparing the other classification mode (once per server "
@@ -59,8 +61,9 @@ def input_limits() -> InputLimits:
     """Return the upload limits, taken from the app's configuration.
 
     The byte limit is Streamlit's ``server.maxUploadSize`` (``.streamlit/config.toml``,
-    in MB); the pixel limit is ``NEUROSTACK_MAX_PIXELS`` when set. The library
-    (``neurostack.imaging.load_image``) enforces both.
+    in MB); the pixel limit is ``NEUROSTACK_MAX_PIXELS`` when set. The shared
+    pipeline is loaded with these limits, so ``neurostack.imaging.load_image``
+    enforces both for the preview, the analysis and batch runs alike.
     """
     import os
 

@@ -7,7 +7,6 @@ import pytest
 
 from neurostack.imaging import InputLimits
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = ("neurostack", "ensemble", "segmentation", "morphology")
@@ -15,6 +14,9 @@ PURE_DASHBOARD = ("paths.py", "evaluation.py", "charts.py")
 
 
 def _config() -> dict:
+    # Only the two configuration tests need a TOML reader (standard from Python 3.11);
+    # the rest of this file must also run on 3.10.
+    tomllib = pytest.importorskip("tomllib")
     return tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
 
 
@@ -75,3 +77,25 @@ def test_figshare_assumption_caveat_known_answers():
     assert figshare_assumption_caveat((512, 512, 3)) is None
     assert figshare_assumption_caveat(None) is None
     assert "256×512 px" in figshare_assumption_caveat((512, 256))
+
+
+def test_the_shared_pipeline_obeys_the_dashboard_pixel_limit(monkeypatch):
+    """The analysis, not only the upload preview, uses ``NEUROSTACK_MAX_PIXELS``."""
+    from dashboard import cache
+
+    seen: dict = {}
+
+    def fake_load(artifacts_dir, **kwargs):
+        seen.update(kwargs, artifacts_dir=artifacts_dir)
+        return object()
+
+    monkeypatch.setattr(cache, "load_pipeline", fake_load)
+    monkeypatch.setenv("NEUROSTACK_MAX_PIXELS", "1234")
+    cache._pipeline_for.clear()
+    try:
+        cache._pipeline_for("some/artifacts")
+    finally:
+        cache._pipeline_for.clear()
+    assert seen["artifacts_dir"] == "some/artifacts"
+    assert seen["limits"] == cache.input_limits()
+    assert seen["limits"].max_pixels == 1234
