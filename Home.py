@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from dashboard import cache, components, paths
 from dashboard.evaluation import BASE_MODELS, model_label
 from ensemble.intensity import describe_reference
 from ensemble.quality import describe_reference as describe_quality
-from neurostack.artifacts import sha256_file
 
 components.page_setup("Home", ":material/neurology:")
 
@@ -80,11 +81,13 @@ if pipeline is not None:
     rows = []
     tiny = False
     for name, info in pipeline.model_info.items():
-        folder = paths.segmenter_dir() if name == "resunet" else paths.classifier_dir(name)
+        folder = Path(info["folder"]) if info.get("folder") else (
+            paths.segmenter_dir() if name == "resunet" else paths.classifier_dir(name))
         config = cache.json_record(folder / "config.json") or {}
         training = config.get("training") or {}
         tiny = tiny or bool(training.get("tiny_test_artifact") or config.get("tiny_test_artifact"))
-        role = {"meta": "meta-learner (stacking)", "resunet": "segmentation"}.get(
+        role = {"meta": "meta-learner (stacking)", "resunet": "segmentation",
+                "meta_single_crop": "meta-learner of the cascade's single-crop pass"}.get(
             name, "base classifier")
         test_key = "ensemble" if name == "meta" else name
         test = eval_models.get(test_key, {})
@@ -95,7 +98,10 @@ if pipeline is not None:
             "input size": info.get("input_size"),
             "runs in": {"litert": "LiteRT (XNNPACK)", "tensorflow": "TensorFlow"}.get(
                 info.get("runtime", "tensorflow"))
-            + (", bfloat16" if info.get("precision") == "bfloat16" else ""),
+            + (", bfloat16" if info.get("precision") == "bfloat16" else "")
+            + (f" (single crops: {info['precision_single_crop']})"
+               if info.get("precision_single_crop", info.get("precision")) != info.get("precision")
+               else ""),
             "weights sha256": components.sha_prefix(info.get("sha256")),
             "checksum": "verified at load",
             "test accuracy": test.get("accuracy"),
@@ -130,17 +136,11 @@ if pipeline is not None:
     components.missing_artifacts(pipeline)
     if st.button("Re-check checksums now", key="home_recheck",
                  help="Hash every weight file on disk again"):
-        checks = []
-        for name in pipeline.model_info:
-            folder = paths.segmenter_dir() if name == "resunet" else paths.classifier_dir(name)
-            config = cache.json_record(folder / "config.json") or {}
-            weights = folder / config.get("weights_file", "weights.npz")
-            if not weights.is_file():
-                status = "weight file missing"
-            else:
-                status = ("matches" if sha256_file(weights) == config.get("weights_sha256")
-                          else "MISMATCH — restart after restoring the artifact")
-            checks.append({"model": model_label(name), "status": status})
+        checks = [{"model": model_label(row["model"]),
+                   "status": ("MISMATCH — restart after restoring the artifact"
+                              if row["status"] == "MISMATCH" else row["status"]),
+                   "file": row["weights_file"]}
+                  for row in pipeline.verify_weights()]
         st.dataframe(checks, hide_index=True)
 
 # ----------------------------------------------------------------- metrics

@@ -28,6 +28,7 @@ import numpy as np
 
 from ensemble.review import FALLBACK_THRESHOLD, ensemble_entries, review_warning
 from neurostack import CLASS_NAMES, __version__
+from neurostack.artifacts import WEIGHTS_FILE, sha256_file
 from neurostack.errors import ArtifactError, InputImageError
 from neurostack.formatting import format_probability, format_probability_floor
 from neurostack.imaging import InputLimits, LoadedImage, load_image
@@ -249,24 +250,61 @@ class Pipeline:
     # ------------------------------------------------------------------ info
     @property
     def model_info(self) -> dict[str, dict[str, Any]]:
-        """Name -> ``{"sha256", "folder", "input_size"}`` for every loaded model.
+        """Name -> ``{"sha256", "folder", "weights_file", ...}`` for every loaded model.
 
-        Classifiers also carry their inference ``precision`` and ``runtime``.
+        Classifiers also carry ``input_size`` and their inference ``precision`` and
+        ``runtime``; in the cascade, ``precision_single_crop`` is the precision of
+        the single-crop pass, and ``meta_single_crop`` (the meta-learner that answers
+        for the slices the first pass is sure of) is listed beside ``meta``.
         """
-        info = {
-            name: {"sha256": clf.config["weights_sha256"], "folder": str(clf.folder),
-                   "input_size": clf.input_size,
-                   "precision": getattr(clf, "precision", "float32"),
-                   "runtime": getattr(clf, "runtime", "tensorflow")}
-            for name, clf in self.ensemble.members.items()
-        }
+        def entry(model: Any) -> dict[str, Any]:
+            config = model.config
+            folder = getattr(model, "folder", None)
+            weights = (str(Path(folder) / config.get("weights_file", WEIGHTS_FILE))
+                       if folder is not None else None)
+            return {"sha256": config["weights_sha256"],
+                    "folder": str(folder) if folder is not None else None,
+                    "weights_file": weights}
+
+        first = getattr(self.ensemble, "first", None)
+        info: dict[str, dict[str, Any]] = {}
+        for name, clf in self.ensemble.members.items():
+            info[name] = entry(clf) | {
+                "input_size": clf.input_size,
+                "precision": getattr(clf, "precision", "float32"),
+                "runtime": getattr(clf, "runtime", "tensorflow"),
+            }
+            if first is not None and name in first.members:
+                info[name]["precision_single_crop"] = getattr(
+                    first.members[name], "precision", "float32")
         if self.ensemble.meta is not None:
-            info["meta"] = {"sha256": self.ensemble.meta.config["weights_sha256"],
-                            "folder": str(self.ensemble.meta.folder)}
+            info["meta"] = entry(self.ensemble.meta)
+        if first is not None and first.meta is not None:
+            info["meta_single_crop"] = entry(first.meta)
         if self.segmenter is not None:
-            info["resunet"] = {"sha256": self.segmenter.config["weights_sha256"],
-                               "input_size": self.segmenter.input_size}
+            info["resunet"] = entry(self.segmenter) | {"input_size": self.segmenter.input_size}
         return info
+
+    def verify_weights(self) -> list[dict[str, str]]:
+        """Hash every loaded model's weight file on disk again.
+
+        Returns:
+            One row per model of :attr:`model_info`: ``model``, ``weights_file`` and
+            ``status``, which is ``"matches"`` when the file still has the SHA-256
+            the model was loaded with, ``"weight file missing"``, ``"MISMATCH"``, or
+            ``"unknown file"`` for a model built without a folder.
+        """
+        rows = []
+        for name, info in self.model_info.items():
+            path = info.get("weights_file")
+            if path is None:
+                status = "unknown file"
+            elif not Path(path).is_file():
+                status = "weight file missing"
+            else:
+                status = "matches" if sha256_file(path) == info["sha256"] else "MISMATCH"
+            rows.append({"model": name, "weights_file": str(path), "status": status})
+        return rows
 
     def warm_up(self) -> None:
         """Run every compiled model once on a blank input.

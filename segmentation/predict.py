@@ -77,6 +77,7 @@ class Segmenter:
             uses ``config["postprocess"]`` (``"none"`` when absent).
         confidence_record: The outline-confidence flag fitted for these weights
             (:func:`segmentation.confidence.read_record`), or ``None``.
+        folder: The artifact folder the model was loaded from, or ``None``.
     """
 
     def __init__(
@@ -87,11 +88,13 @@ class Segmenter:
         tta: str | None = None,
         postprocess: str | None = None,
         confidence_record: dict[str, Any] | None = None,
+        folder: str | Path | None = None,
     ) -> None:
         import tensorflow as tf
 
         self.model = model
         self.config = config
+        self.folder = Path(folder) if folder is not None else None
         self.input_size = int(config["input_size"])
         self.default_threshold = float(config.get("threshold", 0.5))
         self.tta = str(config.get("test_time_augmentation", "none") if tta is None else tta)
@@ -292,4 +295,5 @@ def load_segmenter(
         )
     load_weights_compact(model, weights)
     record = read_confidence_record(folder, config["weights_sha256"])
-    return Segmenter(model, config, tta=tta, postprocess=postprocess, confidence_record=record)
+    return Segmenter(model, config, tta=tta, postprocess=postprocess, confidence_record=record,
+                     folder=folder)

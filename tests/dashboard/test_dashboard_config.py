@@ -7,7 +7,6 @@ import pytest
 
 from neurostack.imaging import InputLimits
 
-
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = ("neurostack", "ensemble", "segmentation", "morphology")
 PURE_DASHBOARD = ("paths.py", "evaluation.py", "charts.py")

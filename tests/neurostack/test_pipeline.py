@@ -729,3 +729,68 @@ def test_outline_confidence_and_its_recorded_flag(tiny_pipeline, tiny_artifacts,
     (seg_dir / "outline_confidence.json").write_text(json.dumps({**record,
                                                                  "weights_sha256": "0" * 64}))
     assert load_pipeline(root, strict=True).segmenter.confidence_record is None
+
+
+def _fake_model(folder: Path, payload: bytes, **extra):
+    """A stand-in for a loaded model: its folder holds ``weights.npz`` with ``payload``."""
+    from types import SimpleNamespace
+
+    from neurostack.artifacts import sha256_file
+
+    folder.mkdir(parents=True)
+    (folder / "weights.npz").write_bytes(payload)
+    config = {"weights_sha256": sha256_file(folder / "weights.npz")}
+    return SimpleNamespace(config=config, folder=folder, **extra)
+
+
+def test_model_info_of_a_cascade_names_both_meta_learners_and_both_precisions(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from neurostack.pipeline import Pipeline
+
+    def clf(name, precision):
+        return _fake_model(tmp_path / precision / name, name.encode(), input_size=224,
+                           precision=precision, runtime="tensorflow")
+
+    first = SimpleNamespace(members={"vgg19": clf("vgg19", "float32")},
+                            meta=_fake_model(tmp_path / "cls" / "meta_single_crop", b"m1"))
+    second = SimpleNamespace(members={"vgg19": clf("vgg19", "bfloat16")},
+                             meta=_fake_model(tmp_path / "cls" / "meta", b"m2"))
+    cascade = SimpleNamespace(first=first, second=second, members=second.members,
+                              meta=second.meta)
+    info = Pipeline(cascade, None).model_info
+    assert set(info) == {"vgg19", "meta", "meta_single_crop"}
+    assert info["vgg19"]["precision"] == "bfloat16"
+    assert info["vgg19"]["precision_single_crop"] == "float32"
+    assert info["meta_single_crop"]["folder"] == str(tmp_path / "cls" / "meta_single_crop")
+    assert info["meta_single_crop"]["sha256"] != info["meta"]["sha256"]
+    single = Pipeline(second, None).model_info
+    assert set(single) == {"vgg19", "meta"} and "precision_single_crop" not in single["vgg19"]
+
+
+def test_verify_weights_hashes_the_files_the_models_were_loaded_from(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from neurostack.pipeline import Pipeline
+
+    members = {n: _fake_model(tmp_path / n, n.encode(), input_size=224)
+               for n in ("xception", "vgg19")}
+    meta = _fake_model(tmp_path / "meta", b"meta")
+    segmenter = _fake_model(tmp_path / "resunet", b"seg", input_size=192)
+    pipe = Pipeline(SimpleNamespace(members=members, meta=meta), segmenter)
+    assert {r["model"]: r["status"] for r in pipe.verify_weights()} == dict.fromkeys(
+        ("xception", "vgg19", "meta", "resunet"), "matches")
+    (tmp_path / "vgg19" / "weights.npz").write_bytes(b"changed")
+    (tmp_path / "resunet" / "weights.npz").unlink()
+    rows = {r["model"]: r for r in pipe.verify_weights()}
+    assert rows["vgg19"]["status"] == "MISMATCH"
+    assert rows["resunet"]["status"] == "weight file missing"
+    assert rows["resunet"]["weights_file"] == str(tmp_path / "resunet" / "weights.npz")
+    assert rows["xception"]["status"] == rows["meta"]["status"] == "matches"
+
+
+def test_the_loaded_pipeline_knows_every_weight_file(tiny_pipeline) -> None:
+    rows = tiny_pipeline.verify_weights()
+    assert {r["model"] for r in rows} == set(tiny_pipeline.model_info)
+    assert "resunet" in {r["model"] for r in rows}
+    assert all(r["status"] == "matches" for r in rows), rows
