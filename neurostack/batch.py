@@ -34,6 +34,7 @@ import sys
 import time
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,9 +63,11 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"} | set(DICOM_SUFFIXES)
+    {".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".bmp", ".gif", ".webp",
+     ".ppm", ".pgm", ".pbm", ".pnm"} | set(DICOM_SUFFIXES)
 )
-"""File suffixes collected from folders (besides extension-less DICOM files and ZIPs)."""
+"""File suffixes collected from folders and ZIP archives (besides extension-less DICOM
+files and ZIPs): every format :func:`neurostack.imaging.load_image` reads."""
 DEFAULT_CHUNK = 8
 """Slices per batched analysis call in :func:`run_batch` (see ``benchmarks/README.md``)."""
 
@@ -211,7 +214,7 @@ def _wanted_file(path: Path) -> bool:
     return suffix == "" and _sniff_dicom(path)
 
 
-def collect_inputs(paths: list[Path]) -> list[Path]:
+def collect_inputs(paths: list[Path], ignored: list[Path] | None = None) -> list[Path]:
     """Expand files and folders into the sorted, de-duplicated list of inputs.
 
     Files given explicitly are always kept. Folders are searched recursively
@@ -220,10 +223,16 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
     DICOM files (recognised by content). Duplicates (same real path) are
     dropped; the result is sorted by path.
 
+    Args:
+        paths: Files and folders.
+        ignored: When given, receives the (not hidden) files found in the folders
+            that are not inputs, sorted, so that a caller can say what was left out.
+
     Raises:
         InputImageError: If a path does not exist.
     """
     found: dict[str, Path] = {}
+    left_out: list[Path] = []
 
     def add(path: Path) -> None:
         found.setdefault(os.path.realpath(path), path)
@@ -235,12 +244,18 @@ def collect_inputs(paths: list[Path]) -> list[Path]:
                 dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
                 for name in files:
                     candidate = Path(root) / name
-                    if not _is_hidden(name) and candidate.is_file() and _wanted_file(candidate):
+                    if _is_hidden(name) or not candidate.is_file():
+                        continue
+                    if _wanted_file(candidate):
                         add(candidate)
+                    elif ignored is not None:
+                        left_out.append(candidate)
         elif path.is_file():
             add(path)
         else:
             raise InputImageError(f"Input not found: {path}")
+    if ignored is not None:
+        ignored.extend(sorted(left_out, key=str))
     return sorted(found.values(), key=str)
 
 
@@ -1007,10 +1022,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--chunk-size must be >= 1; received {args.chunk_size}")
         if args.threshold is not None:
             _check_options(args.threshold, spacing, "user" if spacing else None)
-        paths = collect_inputs([Path(p) for p in args.inputs])
+        ignored: list[Path] = []
+        paths = collect_inputs([Path(p) for p in args.inputs], ignored=ignored)
     except (InputImageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if ignored:  # by suffix only: file names may identify patients
+        kinds = Counter(p.suffix.lower() or "no extension" for p in ignored)
+        print(f"note: {len(ignored)} file(s) in the folders are not images this tool reads "
+              "and were left out (" + ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items()))
+              + ")", file=sys.stderr)
     if not paths:
         print("error: no image files found in the inputs", file=sys.stderr)
         return 1

@@ -54,7 +54,7 @@ with st.sidebar:
     else:
         upload = st.file_uploader(
             "MRI slice", key="ce_upload",
-            help=f"PNG, JPEG, TIFF, BMP or DICOM (also without extension); "
+            help=f"PNG, JPEG, TIFF, BMP, GIF, WebP, PPM/PGM or DICOM (also without extension); "
                  f"at most {limits.max_bytes // (1024 * 1024)} MB.",
         )
         if upload is not None:

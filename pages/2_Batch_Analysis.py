@@ -35,7 +35,7 @@ components.missing_artifacts(pipeline)
 limits = cache.input_limits()
 
 uploads = st.file_uploader(
-    "Images (PNG, JPEG, TIFF, BMP, DICOM) and/or ZIP archives of images",
+    "Images (PNG, JPEG, TIFF, BMP, GIF, WebP, PPM/PGM, DICOM) and/or ZIP archives of images",
     accept_multiple_files=True, key="ba_files",
     help=f"Each file at most {limits.max_bytes // (1024 * 1024)} MB; ZIP archives are "
          "expanded (folders inside are kept in the item name).",

@@ -171,19 +171,25 @@ def test_collect_inputs_recurses_filters_sorts_and_dedupes(tmp_path: Path) -> No
     (root / ".hidden_dir").mkdir()
     png = slice_png(1)
     for rel in ("b/deep/z.png", "a.JPG", "b/c.tiff", "b/d.bmp", "e.jpeg", "f.tif", "g.dcm",
-                "__MACOSX/x.png", ".hidden_dir/y.png", ".hidden.png", "notes.txt", "README"):
+                "__MACOSX/x.png", ".hidden_dir/y.png", ".hidden.png", "notes.txt", "README",
+                "h.gif", "i.webp", "j.pgm"):
         (root / rel).write_bytes(png)
     (root / "scan0001").write_bytes(make_dicom(np.zeros((40, 40), np.uint8)))
     (root / "pack.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
     odd = tmp_path / "explicit.weird"
     odd.write_bytes(b"x")
 
-    found = collect_inputs([root, root / "a.JPG", odd, root / "b" / ".." / "e.jpeg"])
+    ignored: list[Path] = []
+    found = collect_inputs([root, root / "a.JPG", odd, root / "b" / ".." / "e.jpeg"],
+                           ignored=ignored)
     names = [p.relative_to(tmp_path).as_posix() for p in found]
+    # every format the image loader reads is collected; what is left out is listed
+    assert [p.name for p in ignored] == ["README", "notes.txt"]
     assert names == sorted(names, key=lambda s: str(tmp_path / s))
     assert set(names) == {
         "in/a.JPG", "in/b/c.tiff", "in/b/d.bmp", "in/b/deep/z.png", "in/e.jpeg", "in/f.tif",
         "in/g.dcm", "in/scan0001", "in/pack.zip", "explicit.weird",
+        "in/h.gif", "in/i.webp", "in/j.pgm",
     }
     with pytest.raises(InputImageError, match="not found"):
         collect_inputs([tmp_path / "missing"])
@@ -689,8 +695,12 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "skipped 10 already done" in capsys.readouterr().out
 
     anon = tmp_path / "anon.csv"
+    (tmp_path / "in" / "patient_notes.txt").write_text("x")
     assert nb.main([str(tmp_path / "in"), "--out", str(anon), "--anonymise-names"]) == 0
     assert b"slice_" not in anon.read_bytes()
+    err = capsys.readouterr().err  # the left-out file is counted by suffix, never named
+    assert "1 file(s) in the folders are not images" in err and ".txt: 1" in err
+    assert "patient_notes" not in err
 
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
