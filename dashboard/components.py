@@ -13,6 +13,7 @@ from dashboard import cache, paths
 from morphology import format_record
 from neurostack import __version__
 from neurostack.errors import ArtifactError
+from neurostack.formatting import csv_bytes
 from neurostack.pipeline import CaseResult, Pipeline
 from neurostack.report import format_value
 
@@ -164,7 +165,7 @@ def morphology_frame(record: dict[str, Any]) -> pd.DataFrame:
 def record_downloads(result: CaseResult) -> tuple[bytes, bytes]:
     """``(CSV bytes, JSON bytes)`` of the case's identifier-free record."""
     record = result.to_record()
-    csv = pd.DataFrame([record]).to_csv(index=False).encode()
+    csv = csv_bytes(pd.DataFrame([record]))
     js = json.dumps(record, indent=2, default=str).encode()
     return csv, js
 

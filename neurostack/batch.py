@@ -46,6 +46,7 @@ import pandas as pd
 from morphology.measure import FEATURE_UNITS
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
+from neurostack.formatting import spreadsheet_safe
 from neurostack.imaging import (
     DICOM_SUFFIXES,
     InputLimits,
@@ -371,9 +372,12 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> byt
 
 # --------------------------------------------------------------------------- CSV files
 def _clean(text: str) -> str:
-    """One-line, UTF-8 encodable text (CSV records are exactly one line each)."""
+    """One-line, UTF-8 encodable text that a spreadsheet shows as text.
+
+    CSV records are exactly one line each; see :func:`neurostack.formatting.spreadsheet_safe`.
+    """
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text.replace("\r", " ").replace("\n", " ")
+    return spreadsheet_safe(text.replace("\r", " ").replace("\n", " "))
 
 
 def _fmt(value: Any) -> str:

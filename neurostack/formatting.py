@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _checked(p: float, decimals: int, lowest: int, highest: int) -> float:
@@ -73,3 +77,33 @@ def format_optional(x: object, decimals: int = 3) -> str:
     if x is None:
         return "—"
     return f"{x:.{decimals}f}" if isinstance(x, float) else str(x)
+
+
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a CSV cell as a formula."""
+
+
+def spreadsheet_safe(text: str) -> str:
+    """Return ``text`` so that a spreadsheet opening the CSV shows it as text.
+
+    A cell starting with one of :data:`FORMULA_TRIGGERS` (a file named
+    ``=HYPERLINK(...).png``, say) is prefixed with an apostrophe, the usual
+    defence against CSV formula injection; other text is returned unchanged.
+    Numbers are never passed here, so ``-0.5`` in a numeric column stays a number.
+    """
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """UTF-8 CSV of ``frame`` (no index) with every text cell :func:`spreadsheet_safe`."""
+    def safe(value: object) -> object:
+        return spreadsheet_safe(value) if isinstance(value, str) else value
+
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    text_columns = [c for c in frame.columns
+                    if is_object_dtype(frame[c]) or is_string_dtype(frame[c])]
+    out = frame.copy()
+    for column in text_columns:
+        out[column] = out[column].map(safe)
+    return out.to_csv(index=False).encode()

@@ -12,6 +12,7 @@ from neurostack.batch import (
     count_review_flagged,
     to_check,
 )
+from neurostack.formatting import csv_bytes
 
 components.page_setup("Batch Analysis", ":material/stacks:")
 st.title(":material/stacks: Batch Analysis")
@@ -192,9 +193,9 @@ if len(rows):
         ch2.info("No tumour areas: no image was segmented.")
 
 d1, d2 = st.columns(2)
-d1.download_button("Download results CSV", rows.to_csv(index=False).encode(),
+d1.download_button("Download results CSV", csv_bytes(rows),
                    "neurostack_batch_results.csv", "text/csv", disabled=not len(rows),
                    key="ba_dl_rows", on_click="ignore")
-d2.download_button("Download failures CSV", failures.to_csv(index=False).encode(),
+d2.download_button("Download failures CSV", csv_bytes(failures),
                    "neurostack_batch_failures.csv", "text/csv", disabled=not len(failures),
                    key="ba_dl_failures", on_click="ignore")

@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import cache, charts, components
 from neurostack import CLASS_NAMES
+from neurostack.formatting import csv_bytes
 
 ORDER_COLUMNS = ["created_utc", "confidence", "predicted_class", "area_cm2", "area_px",
                  "max_feret_cm", "max_feret_px", "circularity", "solidity", "id"]
@@ -69,7 +70,7 @@ st.markdown(f"**{len(df)}** of {total} case(s) match the filters.")
 lead = [c for c in LEAD_COLUMNS if c in df.columns]
 st.dataframe(df, hide_index=True, width="stretch",
              column_order=[*lead, *[c for c in df.columns if c not in lead]])
-st.download_button("Download the filtered table (CSV)", df.to_csv(index=False).encode(),
+st.download_button("Download the filtered table (CSV)", csv_bytes(df),
                    "neurostack_cases.csv", "text/csv", disabled=df.empty, key="cf_download",
                    on_click="ignore")
 

@@ -492,6 +492,21 @@ def test_rename_keeps_file_names_out_of_the_csv(tmp_path: Path) -> None:
     assert anonymise_name("x") != anonymise_name("x", "secret")
 
 
+def test_formula_like_names_are_defused_in_the_csv_and_resume_still_matches(
+        tmp_path: Path) -> None:
+    items = [("=HYPERLINK(1).png", slice_png(1)), ("-cut.png", slice_png(2)[:60]),
+             ("plain.png", slice_png(3))]  # as uploaded: bare file names
+    out, fails = tmp_path / "r.csv", tmp_path / "f.csv"
+    res = run_batch(FakePipeline(), items, out_csv=out, failures_csv=fails)
+    assert sorted(res.rows["item"]) == ["'=HYPERLINK(1).png", "plain.png"]
+    assert res.failures["item"].tolist() == ["'-cut.png"]
+    text = out.read_bytes() + fails.read_bytes()
+    assert b"\n=HYPERLINK" not in text and b"\n-cut" not in text
+    again = FakePipeline()
+    run_batch(again, items, out_csv=out, failures_csv=fails, resume=True)
+    assert again.calls == 0
+
+
 # --------------------------------------------------------------------------- resume
 def test_resume_repairs_truncated_line_and_skips_done_items(tmp_path: Path) -> None:
     good, bad = make_slices(tmp_path / "in", 12, every=6)

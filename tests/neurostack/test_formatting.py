@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neurostack.formatting import format_probability, format_probability_floor
+from neurostack.formatting import (
+    csv_bytes,
+    format_probability,
+    format_probability_floor,
+    spreadsheet_safe,
+)
 
 
 @pytest.mark.parametrize(("p", "decimals", "text"), [
@@ -44,3 +49,26 @@ def test_format_optional_dashes_missing_figures_and_keeps_counts() -> None:
     assert format_optional(None) == "—"
     assert format_optional(0.81234) == "0.812" and format_optional(0.81234, 2) == "0.81"
     assert format_optional(27) == "27" and format_optional("x") == "x"
+
+
+@pytest.mark.parametrize(("text", "safe"), [
+    ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1.png", "'+1.png"),
+    ("-scan.png", "'-scan.png"), ("@cmd", "'@cmd"), ("\tx", "'\tx"),
+    ("scan=1.png", "scan=1.png"), ("", ""), ("'=already", "'=already"),
+])
+def test_spreadsheet_safe_defuses_formula_cells_only(text, safe) -> None:
+    assert spreadsheet_safe(text) == safe
+
+
+def test_csv_bytes_defuses_text_cells_and_keeps_numbers() -> None:
+    import io
+
+    import pandas as pd
+
+    frame = pd.DataFrame({"item": ["=1+1.png", "ok.png"], "area_cm2": [-0.5, 1.25],
+                          "note": [None, "@x"]})
+    back = pd.read_csv(io.BytesIO(csv_bytes(frame)))
+    assert back["item"].tolist() == ["'=1+1.png", "ok.png"]
+    assert back["area_cm2"].tolist() == [-0.5, 1.25]
+    assert back["note"].isna().tolist() == [True, False] and back["note"][1] == "'@x"
+    assert frame["item"][0] == "=1+1.png"  # the caller's frame is not changed
