@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from ensemble.registry import get_backbone
 from neurostack import CLASS_NAMES
@@ -49,14 +50,11 @@ def build_classifier(
             backbone is built).
     """
     spec = get_backbone(backbone)
-    if input_size is not None and (isinstance(input_size, bool)
-                                   or int(input_size) != input_size):
+    if input_size is not None and not _is_whole(input_size):
         raise ValueError(f"input_size must be a whole number of pixels; received {input_size!r}")
-    if len(head_dropout) != 2 or not all(0.0 <= float(r) < 1.0 for r in head_dropout):
-        raise ValueError(
-            f"head_dropout must be two rates in [0, 1); received {tuple(head_dropout)!r}"
-        )
-    if isinstance(head_units, bool) or int(head_units) != head_units or head_units < 1:
+    if not _are_rates(head_dropout, 2):
+        raise ValueError(f"head_dropout must be two rates in [0, 1); received {head_dropout!r}")
+    if not _is_whole(head_units) or head_units < 1:
         raise ValueError(f"head_units must be a positive integer; received {head_units!r}")
     size = spec.native_size if input_size is None else int(input_size)
     if size < spec.min_size:
@@ -77,11 +75,27 @@ def build_classifier(
         log.warning(IMAGENET_UNAVAILABLE.format(name=spec.name, error=type(exc).__name__))
         base = ctor(weights=None, **kwargs)
     x = keras.layers.Flatten(name="flatten")(base.output)
-    x = keras.layers.Dropout(head_dropout[0], name="head_dropout_1")(x)
-    x = keras.layers.Dense(head_units, activation="relu", name="head_dense")(x)
-    x = keras.layers.Dropout(head_dropout[1], name="head_dropout_2")(x)
+    x = keras.layers.Dropout(float(head_dropout[0]), name="head_dropout_1")(x)
+    x = keras.layers.Dense(int(head_units), activation="relu", name="head_dense")(x)
+    x = keras.layers.Dropout(float(head_dropout[1]), name="head_dropout_2")(x)
     out = keras.layers.Dense(N_CLASSES, activation="softmax", dtype="float32", name="probs")(x)
     return keras.Model(base.input, out, name=spec.name)
+
+
+def _is_whole(value: object) -> bool:
+    """Tell whether ``value`` is an int or integral float / NumPy number (not a bool or str)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return bool(np.isfinite(value)) and int(value) == value
+
+
+def _are_rates(values: object, n: int) -> bool:
+    """Tell whether ``values`` is a sequence of ``n`` numbers in ``[0, 1)``."""
+    try:
+        rates = [float(v) for v in values]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return False
+    return len(rates) == n and all(0.0 <= r < 1.0 for r in rates)
 
 
 def build_meta_learner(n_models: int = 4, n_classes: int = N_CLASSES) -> keras.Model:
@@ -93,11 +107,16 @@ def build_meta_learner(n_models: int = 4, n_classes: int = N_CLASSES) -> keras.M
 
     Returns:
         ``keras.Model`` mapping ``(B, n_models * n_classes)`` to ``(B, n_classes)``.
+
+    Raises:
+        ValueError: Unless ``n_models`` is a whole number >= 1 and ``n_classes`` >= 2.
     """
-    if n_models < 1 or n_classes < 2:
+    if not (_is_whole(n_models) and _is_whole(n_classes)) or n_models < 1 or n_classes < 2:
         raise ValueError(
-            f"n_models must be >= 1 and n_classes >= 2; received {n_models} and {n_classes}"
+            "n_models must be a whole number >= 1 and n_classes one >= 2; "
+            f"received {n_models!r} and {n_classes!r}"
         )
+    n_models, n_classes = int(n_models), int(n_classes)
     inp = keras.Input((n_models * n_classes,), name="base_probabilities")
     x = keras.layers.Dense(64, activation="relu", name="meta_dense_64")(inp)
     x = keras.layers.Dense(32, activation="relu", name="meta_dense_32")(x)

@@ -74,7 +74,7 @@ def get_backbone(name: str) -> Backbone:
     Raises:
         ValueError: Naming the allowed and the received value.
     """
-    key = name.lower()
+    key = name.lower() if isinstance(name, str) else None
     if key not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}; received {name!r}")
     return BACKBONES[key]

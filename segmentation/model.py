@@ -38,6 +38,7 @@ artifact's ``architecture`` is either the keyword arguments of
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -272,9 +273,11 @@ def build_segmenter(architecture: Mapping[str, Any]) -> keras.Model:
         The uncompiled ``keras.Model``.
 
     Raises:
-        ValueError: If an option is invalid (see the two builders).
-        TypeError: If ``architecture`` has keys neither builder accepts.
+        ValueError: If an option is invalid (see the two builders) or a key is one
+            neither builder accepts (the message names the allowed keys).
     """
+    if not isinstance(architecture, Mapping):
+        raise ValueError(f"architecture must be a mapping; received {architecture!r}")
     if "members" in architecture:
         extra = set(architecture) - {"members", "combine"}
         if extra:
@@ -284,5 +287,11 @@ def build_segmenter(architecture: Mapping[str, Any]) -> keras.Model:
             )
         return build_resunet_ensemble(
             architecture["members"], combine=str(architecture.get("combine", "mean"))
+        )
+    allowed = set(inspect.signature(build_resunet).parameters)
+    unknown = set(architecture) - allowed
+    if unknown:
+        raise ValueError(
+            f"architecture keys must be among {sorted(allowed)}; received unknown {sorted(unknown)}"
         )
     return build_resunet(**architecture)

@@ -124,6 +124,11 @@ def test_too_small_input_size(name: str) -> None:
         ({"head_dropout": (0.3,)}, r"two rates in \[0, 1\); received \(0.3,\)"),
         ({"head_units": 0}, "positive integer; received 0"),
         ({"head_units": 12.5}, "positive integer; received 12.5"),
+        ({"input_size": "abc"}, "whole number of pixels; received 'abc'"),
+        ({"input_size": "224"}, "whole number of pixels; received '224'"),
+        ({"head_dropout": 0.3}, r"two rates in \[0, 1\); received 0.3"),
+        ({"head_dropout": ("a", 0.2)}, r"two rates in \[0, 1\); received \('a', 0.2\)"),
+        ({"head_units": "128"}, "positive integer; received '128'"),
     ],
 )
 def test_builder_options_are_validated_before_building(monkeypatch, options, message) -> None:
@@ -134,9 +139,10 @@ def test_builder_options_are_validated_before_building(monkeypatch, options, mes
     assert not built  # refused before any backbone was constructed
 
 
-def test_unknown_backbone_in_builder() -> None:
-    with pytest.raises(ValueError, match="backbone must be one of"):
-        build_classifier("foo")
+@pytest.mark.parametrize("name", ["foo", None, 3])
+def test_unknown_backbone_in_builder(name) -> None:
+    with pytest.raises(ValueError, match=f"backbone must be one of .*; received {name!r}"):
+        build_classifier(name)
 
 
 def test_missing_weights_file(tmp_path) -> None:
@@ -194,10 +200,14 @@ def test_meta_learner_shapes() -> None:
     assert proba.shape == (5, 4)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
     assert build_meta_learner(2, 3).input_shape == (None, 6)
-    with pytest.raises(ValueError, match="n_models must be >= 1"):
+    with pytest.raises(ValueError, match="n_models must be a whole number >= 1.*received 0 and 4"):
         build_meta_learner(0)
-    with pytest.raises(ValueError, match="n_classes >= 2"):
+    with pytest.raises(ValueError, match="n_classes one >= 2; received 4 and 1"):
         build_meta_learner(4, 1)
+    for bad in (2.5, "4", None, True):
+        with pytest.raises(ValueError, match=f"received {bad!r} and 4"):
+            build_meta_learner(bad)
+    assert build_meta_learner(np.int64(2), 3.0).input_shape == (None, 6)
 
 
 def test_set_batchnorm_momentum_changes_every_bn_layer(small_classifiers) -> None:

@@ -152,5 +152,10 @@ def test_ensemble_builder_validates_its_options(float32_policy):
         build_resunet_ensemble([one, {**one, "name": "x"}])
     with pytest.raises(ValueError, match=r"extra \['input_size'\]"):
         build_segmenter({"members": [one, one], "input_size": 32})
+    with pytest.raises(ValueError, match=r"keys must be among \[.*'base_filters'.*\]; "
+                                         r"received unknown \['filters'\]"):
+        build_segmenter({**one, "filters": 8})
+    with pytest.raises(ValueError, match="must be a mapping; received 'resunet'"):
+        build_segmenter("resunet")
     assert build_segmenter(one).name == "resunet"
     assert build_segmenter({"members": [one, one]}).name == "resunet_ensemble"
