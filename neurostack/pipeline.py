@@ -115,6 +115,12 @@ class CaseResult:
     ``noise_limit``, ``detail_limit``, ``noisy``, ``smooth``. ``None`` without a
     reference."""
 
+    @property
+    def mask_empty(self) -> bool:
+        """The slice was segmented but no pixel reached the mask threshold."""
+        return bool(self.segmented and self.morphology
+                    and self.morphology.get("n_components") == 0)
+
     def to_record(self) -> dict[str, Any]:
         """Flat, identifier-free record for CSV export and the case database."""
         rec: dict[str, Any] = {

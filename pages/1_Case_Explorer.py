@@ -233,11 +233,12 @@ with left:
     st.caption(f"Final decision: {result.method}.")
 with right:
     st.markdown("**Measurements**")
-    if result.morphology:
+    if result.mask_empty:
+        st.caption(f"The mask is empty at threshold {result.threshold:g}: nothing to measure. "
+                   "Lower the threshold to see fainter regions.")
+    elif result.morphology:
         st.caption(spacing_sentence(result.spacing_cm, result.spacing_source))
         st.table(components.morphology_frame(result.morphology).set_index("feature"))
-    elif result.segmented:
-        st.caption("The mask is empty at this threshold.")
     else:
         st.caption("No measurements: the slice was not segmented.")
 

@@ -207,6 +207,8 @@ def test_empty_outline_says_why_and_gives_the_highest_probability(
                         lambda crops: _fake_prediction([0.9, 0.05, 0.03, 0.02]))
     res = tiny_pipeline.analyse(png_slice, threshold=above)
     assert res.segmented and not res.mask.any() and res.morphology["area_px"] == 0
+    assert res.mask_empty
+    assert not tiny_pipeline.analyse(png_slice, threshold=prob.max() / 2).mask_empty
     highest = f"{np.floor(prob.max() * 1000) / 1000:.3f}"
     expected = (f"segmentation found no tumour pixels at threshold {above:g} "
                 f"(highest tumour probability on this slice: {highest}), although the "
