@@ -51,8 +51,8 @@ FEATURE_UNITS: dict[str, str] = {
     "solidity": "1",
     "extent": "1",
     "orientation_deg": "deg",
-    "centroid_row": "px",
-    "centroid_col": "px",
+    "centroid_row_px": "px",
+    "centroid_col_px": "px",
     "n_components": "count",
     "mean_intensity": "a.u.",
     "std_intensity": "a.u.",
@@ -62,6 +62,12 @@ FEATURE_UNITS: dict[str, str] = {
 }
 """Unit of every key :func:`measure` can return, for display tables."""
 
+RENAMED_FEATURES: dict[str, str] = {
+    "centroid_row": "centroid_row_px",
+    "centroid_col": "centroid_col_px",
+}
+"""Earlier key -> current key, for records written before a key gained its unit."""
+
 _LENGTHS = ("equivalent_diameter", "major_axis", "minor_axis", "max_feret")
 _SHARED = (
     "circularity",
@@ -69,8 +75,8 @@ _SHARED = (
     "solidity",
     "extent",
     "orientation_deg",
-    "centroid_row",
-    "centroid_col",
+    "centroid_row_px",
+    "centroid_col_px",
     "n_components",
     "mean_intensity",
     "std_intensity",
@@ -93,8 +99,8 @@ def measure(
     equivalent_diameter_px, major_axis_px, minor_axis_px, max_feret_px``), the
     shared keys and ``spacing_source="none"``; no key ends in ``_cm``/``_cm2``
     (the spacing keys are omitted too). Shared keys: ``circularity,
-    eccentricity, solidity, extent, orientation_deg, centroid_row,
-    centroid_col, n_components, mean_intensity, std_intensity``.
+    eccentricity, solidity, extent, orientation_deg, centroid_row_px,
+    centroid_col_px, n_components, mean_intensity, std_intensity``.
 
     Definitions and policies:
 
@@ -236,8 +242,8 @@ def _shape_values(binary: np.ndarray, row_cm: float, col_cm: float) -> dict[str,
         "solidity": float(props.solidity),
         "extent": n_pixels / (width_px * height_px),
         "orientation_deg": orientation,
-        "centroid_row": float(rows.mean()),
-        "centroid_col": float(cols.mean()),
+        "centroid_row_px": float(rows.mean()),
+        "centroid_col_px": float(cols.mean()),
         "n_components": int(label(binary, connectivity=2).max()),
     }
 

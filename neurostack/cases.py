@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from morphology.measure import FEATURE_UNITS
+from morphology.measure import FEATURE_UNITS, RENAMED_FEATURES
 from neurostack import CLASS_NAMES, __version__
 from neurostack.pipeline import CaseResult
 
@@ -193,7 +193,7 @@ def _to_row(result: CaseResult | Mapping[str, Any]) -> dict[str, Any]:
             rec.setdefault("row_spacing_cm", result.spacing_cm[0])
             rec.setdefault("col_spacing_cm", result.spacing_cm[1])
     elif isinstance(result, Mapping):
-        rec = dict(result)
+        rec = {RENAMED_FEATURES.get(k, k): v for k, v in result.items()}
         per_model = {}
         for key, value in rec.items():
             if key.startswith("ensemble_"):
@@ -448,7 +448,8 @@ class CaseStore:
         extra: list[dict[str, Any]] = []
         for row in rows:
             morph_text, model_text = row["morphology_json"], row["per_model_json"]
-            flat = dict(json.loads(morph_text)) if morph_text else {}
+            flat = {RENAMED_FEATURES.get(k, k): v
+                    for k, v in (json.loads(morph_text) if morph_text else {}).items()}
             for model, probs in (json.loads(model_text) if model_text else {}).items():
                 flat.update({f"{model}_{c}": p for c, p in probs.items()})
             extra.append(flat)

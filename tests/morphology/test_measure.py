@@ -62,7 +62,7 @@ def test_rectangle_isotropic_known_answers():
     assert rec["max_feret_cm"] == pytest.approx(math.hypot(3.0, 2.0), rel=1e-12)
     assert rec["orientation_deg"] == pytest.approx(0.0, abs=1e-9)
     assert rec["equivalent_diameter_cm"] == pytest.approx(math.sqrt(4 * 6.0 / math.pi))
-    assert (rec["centroid_row"], rec["centroid_col"]) == (3 + 19.5, 3 + 29.5)
+    assert (rec["centroid_row_px"], rec["centroid_col_px"]) == (3 + 19.5, 3 + 29.5)
     assert rec["n_components"] == 1
     assert (rec["area_px"], rec["width_px"], rec["height_px"]) == (2400, 60, 40)
     assert rec["spacing_source"] == "dicom"

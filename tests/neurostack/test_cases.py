@@ -310,3 +310,21 @@ def test_a_version_2_database_gains_the_review_columns_and_the_filter_works(
     assert df.at[flagged, "review_threshold"] == pytest.approx(0.95)
     assert kept["id"].tolist() == [old_id, clear]  # unknown and unflagged stay
     assert both["id"].tolist() == [clear]
+
+
+def test_centroids_stored_under_their_earlier_names_read_back_with_units(
+        store: CaseStore) -> None:
+    """Rows and records written before ``centroid_row`` became ``centroid_row_px``."""
+    import sqlalchemy as sa
+
+    old = fake_record("old") | {"centroid_row": 12.5, "centroid_col": 40.0}
+    first = store.add(old)
+    new = store.add(fake_record("new") | {"centroid_row_px": 3.0, "centroid_col_px": 4.0})
+    with store.engine.begin() as conn:  # a row as the earlier version stored it
+        conn.execute(sa.text("UPDATE cases SET morphology_json = :m WHERE id = :i"),
+                     {"m": '{"area_px": 42, "centroid_row": 7.5, "centroid_col": 8.5}',
+                      "i": new})
+    df = store.to_frame(order_by="id", descending=False).set_index("id")
+    assert "centroid_row" not in df.columns and "centroid_col" not in df.columns
+    assert (df.loc[first, "centroid_row_px"], df.loc[first, "centroid_col_px"]) == (12.5, 40.0)
+    assert (df.loc[new, "centroid_row_px"], df.loc[new, "centroid_col_px"]) == (7.5, 8.5)
