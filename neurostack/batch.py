@@ -37,6 +37,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -294,63 +295,83 @@ def read_zip(
         InputImageError: For an unreadable or unsafe archive; the message says why.
     """
     member_limit = InputLimits().max_bytes if max_member_bytes is None else max_member_bytes
+    with _open_zip(data) as zf:
+        out: list[tuple[str, bytes | InputImageError]] = []
+        total = 0
+        for info in _checked_members(zf, max_members, max_total_bytes, member_limit):
+            body = _member_body(zf, info, member_limit, max_total_bytes - total)
+            if not isinstance(body, InputImageError):
+                total += len(body)
+            out.append((info.filename, body))
+    return out
+
+
+def _open_zip(source: bytes | Path) -> zipfile.ZipFile:
+    """Open an archive held in memory or on disk; an unreadable one is an InputImageError."""
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
+        return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
     except zipfile.BadZipFile as exc:
         raise InputImageError(f"Not a valid ZIP archive ({exc})") from None
     except (OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise InputImageError(f"The ZIP archive is corrupt ({type(exc).__name__}: {exc})") from None
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > max_members:
+
+
+def _checked_members(zf: zipfile.ZipFile, max_members: int, max_total_bytes: int,
+                     member_limit: int) -> list[zipfile.ZipInfo]:
+    """List the archive's files to read, after the archive-wide checks of :func:`read_zip`."""
+    infos = zf.infolist()
+    if len(infos) > max_members:
+        raise InputImageError(
+            f"The ZIP archive has {len(infos):,} entries; the limit is {max_members:,}"
+        )
+    chosen: list[zipfile.ZipInfo] = []
+    declared = 0
+    for k, info in enumerate(infos, start=1):
+        if not _member_name_ok(info.filename):
             raise InputImageError(
-                f"The ZIP archive has {len(infos):,} entries; the limit is {max_members:,}"
+                f"The ZIP archive contains an unsafe member name (entry {k} of {len(infos)}: "
+                "absolute path or '..'); refused"
             )
-        chosen: list[zipfile.ZipInfo] = []
-        declared = 0
-        for k, info in enumerate(infos, start=1):
-            if not _member_name_ok(info.filename):
-                raise InputImageError(
-                    f"The ZIP archive contains an unsafe member name (entry {k} of {len(infos)}: "
-                    "absolute path or '..'); refused"
-                )
-            parts = info.filename.replace("\\", "/").split("/")
-            if info.is_dir() or any(_is_hidden(p) for p in parts if p):
-                continue
-            if info.flag_bits & 0x1:
-                raise InputImageError("The ZIP archive is encrypted; refused")
-            if info.file_size <= member_limit:
-                declared += info.file_size
-            if declared > max_total_bytes:
-                raise InputImageError(
-                    f"The ZIP archive declares more than {max_total_bytes / 1e6:.0f} MB "
-                    "uncompressed; refused as a possible zip bomb"
-                )
-            chosen.append(info)
-        out: list[tuple[str, bytes | InputImageError]] = []
-        total = 0
-        for info in chosen:
-            if info.file_size > member_limit:
-                out.append((info.filename, InputImageError(
-                    f"This ZIP member declares {info.file_size / 1e6:.1f} MB uncompressed; "
-                    f"the limit is {member_limit / 1e6:.0f} MB per file"
-                )))
-                continue
-            try:
-                body = _read_member(zf, info, min(member_limit, max_total_bytes - total))
-            except InputImageError:
-                raise
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
-                    NotImplementedError) as exc:
-                # zipfile's messages quote member names: only the type is kept.
-                out.append((info.filename, InputImageError(
-                    f"This ZIP member is corrupt ({type(exc).__name__}: its data fail the "
-                    "checksum or do not decompress); the archive's other files were read"
-                )))
-                continue
-            total += len(body)
-            out.append((info.filename, body))
-    return out
+        parts = info.filename.replace("\\", "/").split("/")
+        if info.is_dir() or any(_is_hidden(p) for p in parts if p):
+            continue
+        if info.flag_bits & 0x1:
+            raise InputImageError("The ZIP archive is encrypted; refused")
+        if info.file_size <= member_limit:
+            declared += info.file_size
+        if declared > max_total_bytes:
+            raise InputImageError(
+                f"The ZIP archive declares more than {max_total_bytes / 1e6:.0f} MB "
+                "uncompressed; refused as a possible zip bomb"
+            )
+        chosen.append(info)
+    return chosen
+
+
+def _member_body(zf: zipfile.ZipFile, info: zipfile.ZipInfo, member_limit: int,
+                 budget: int) -> bytes | InputImageError:
+    """One member's bytes, or the InputImageError that says why it cannot be read.
+
+    Raises:
+        InputImageError: When the member decompresses to more than it declared or
+            than ``budget`` (a possible zip bomb).
+    """
+    if info.file_size > member_limit:
+        return InputImageError(
+            f"This ZIP member declares {info.file_size / 1e6:.1f} MB uncompressed; "
+            f"the limit is {member_limit / 1e6:.0f} MB per file"
+        )
+    try:
+        return _read_member(zf, info, min(member_limit, budget))
+    except InputImageError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+            NotImplementedError) as exc:
+        # zipfile's messages quote member names: only the type is kept.
+        return InputImageError(
+            f"This ZIP member is corrupt ({type(exc).__name__}: its data fail the "
+            "checksum or do not decompress); the archive's other files were read"
+        )
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes:
@@ -542,9 +563,55 @@ class BatchResult:
 class _Unit:
     name: str  # original name (suffix used for decoding)
     out_name: str  # name written to the CSV
-    source: Path | bytes | None = None
+    source: Path | bytes | _ZipMember | None = None
     error: InputImageError | None = None
     sha: str = ""
+
+
+class _Archive:
+    """A ZIP archive whose members are decompressed one at a time, when analysed.
+
+    The archive stays where it is (on disk, or the caller's bytes); only its
+    directory is read up front, so a batch of large archives never holds more than
+    one decompressed member in memory.
+    """
+
+    def __init__(self, source: bytes | Path) -> None:
+        self.source = source
+        self._zf: zipfile.ZipFile | None = None
+
+    def zip(self) -> zipfile.ZipFile:
+        if self._zf is None:
+            self._zf = _open_zip(self.source)
+        return self._zf
+
+    def read(self, name: str, max_bytes: int) -> bytes:
+        """One member's bytes; raise its :class:`InputImageError` when it cannot be read."""
+        zf = self.zip()
+        body = _member_body(zf, zf.getinfo(name), max_bytes, max_bytes)
+        if isinstance(body, InputImageError):
+            raise body
+        return body
+
+    def head(self, name: str, n: int = 1024) -> bytes | InputImageError:
+        """Read the first ``n`` bytes of a member (to recognise extension-less DICOM files)."""
+        try:
+            with self.zip().open(name) as fh:
+                return fh.read(n)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+                NotImplementedError):
+            return InputImageError("This ZIP member is corrupt")
+
+    def close(self) -> None:
+        if self._zf is not None:
+            self._zf.close()
+            self._zf = None
+
+
+@dataclass
+class _ZipMember:
+    archive: _Archive
+    name: str
 
 
 @dataclass
@@ -559,7 +626,9 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_source(source: Path | bytes, max_bytes: int) -> bytes:
+def _read_source(source: Path | bytes | _ZipMember, max_bytes: int) -> bytes:
+    if isinstance(source, _ZipMember):
+        return source.archive.read(source.name, max_bytes)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     else:
@@ -589,10 +658,15 @@ def _is_zip(name: str, source: Path | bytes) -> bool:
     return False
 
 
-def _member_wanted(name: str, data: bytes | InputImageError) -> bool:
+def _member_wanted(name: str, data: bytes | InputImageError | Callable[[], bytes | InputImageError]
+                   ) -> bool:
     suffix = Path(name).suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix == ZIP_SUFFIX:
         return True
+    if suffix:
+        return False
+    if callable(data):
+        data = data()
     if isinstance(data, InputImageError):  # unreadable: an extension-less file is reported
         return suffix == ""
     head = data[:1024]
@@ -601,8 +675,16 @@ def _member_wanted(name: str, data: bytes | InputImageError) -> bool:
 
 
 def _expand(items: Iterable[tuple[str, Path | bytes]], rename: Callable[[str], str] | None,
-            max_zip_bytes: int) -> list[_Unit]:
-    """Turn items into units, expanding ZIP archives into their members."""
+            max_zip_bytes: int, archives: list[_Archive] | None = None) -> list[_Unit]:
+    """Turn items into units, listing ZIP archives' members (read later, one at a time).
+
+    Args:
+        items: ``(name, path or bytes)`` pairs.
+        rename: Maps names before they are written.
+        max_zip_bytes: Limit on an archive's file size and on its members' declared total.
+        archives: When given, receives every opened :class:`_Archive`, to be closed
+            once the batch is done.
+    """
     def out_name(name: str) -> str:
         return _clean(rename(name)) if rename is not None else _clean(name)
 
@@ -612,30 +694,52 @@ def _expand(items: Iterable[tuple[str, Path | bytes]], rename: Callable[[str], s
         if not _is_zip(name, source):
             units.append(_Unit(name, out_name(name), source))
             continue
+        sha = ""
         try:
-            data = _read_source(source, max_zip_bytes)
-        except InputImageError as exc:
-            units.append(_Unit(name, out_name(name), error=exc))
-            continue
-        sha = _sha(data)
-        try:
-            members = read_zip(data, max_total_bytes=max_zip_bytes)
-            members = [(m, b) for m, b in members if _member_wanted(m, b)]
+            sha = _archive_sha(source, max_zip_bytes)
+            archive = _Archive(source if isinstance(source, (Path, bytes)) else bytes(source))
+            if archives is not None:
+                archives.append(archive)
+            infos = _checked_members(archive.zip(), MAX_ZIP_MEMBERS, max_zip_bytes,
+                                     InputLimits().max_bytes)
+            members = [i.filename for i in infos
+                       if _member_wanted(i.filename, partial(archive.head, i.filename))]
             if not members:
                 raise InputImageError("The ZIP archive contains no image files")
         except InputImageError as exc:
             units.append(_Unit(name, out_name(name), error=exc, sha=sha))
             continue
-        for member, body in sorted(members, key=lambda mb: mb[0]):
+        for member in sorted(members):
             full = f"{name}/{member}"
-            if isinstance(body, InputImageError):  # unreadable member: the archive's hash
-                units.append(_Unit(full, out_name(full), error=body, sha=sha))
-            elif Path(member).suffix.lower() == ZIP_SUFFIX:
+            if Path(member).suffix.lower() == ZIP_SUFFIX:
                 err = InputImageError("Nested ZIP archives are not expanded")
-                units.append(_Unit(full, out_name(full), error=err, sha=_sha(body)))
+                units.append(_Unit(full, out_name(full), error=err, sha=sha))
             else:
-                units.append(_Unit(full, out_name(full), body))
+                # the archive's hash until the member is read (an unreadable member keeps it)
+                units.append(_Unit(full, out_name(full), _ZipMember(archive, member), sha=sha))
     return units
+
+
+def _archive_sha(source: Path | bytes, max_bytes: int) -> str:
+    """SHA-256 of an archive, read from disk in chunks; refuse one above ``max_bytes``."""
+    if not isinstance(source, Path):
+        if len(source) > max_bytes:
+            raise InputImageError(f"File is larger than the limit of {max_bytes / 1e6:.0f} MB")
+        return _sha(bytes(source))
+    try:
+        size = source.stat().st_size
+        if size > max_bytes:
+            raise InputImageError(f"File is {size / 1e6:.1f} MB; the limit is "
+                                  f"{max_bytes / 1e6:.0f} MB")
+        digest = hashlib.sha256()
+        with source.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except FileNotFoundError:
+        raise InputImageError("File not found") from None
+    except OSError as exc:
+        raise InputImageError(f"Could not read the file ({type(exc).__name__})") from None
 
 
 def _check_options(threshold: float | None, spacing_cm: tuple[float, float] | None,
@@ -746,9 +850,11 @@ def run_batch(
     """Analyse many slices; never stop on a bad one.
 
     Each item is ``(name, path or bytes)``. ZIP archives (``.zip`` name or ZIP
-    signature) are expanded with :func:`read_zip` into items named
-    ``<archive name>/<member>``; one unreadable member is a failure of its own
-    (its ``file_sha256`` is the archive's) and the others are analysed. Every
+    signature) are expanded into items named ``<archive name>/<member>``, with the
+    safety checks of :func:`read_zip`; each member is decompressed only when its
+    turn comes, so memory holds one member at a time whatever the archives' size.
+    One unreadable member is a failure of its own (its ``file_sha256`` is the
+    archive's) and the others are analysed. Every
     item is read and hashed (SHA-256 of the file bytes) and decoded with
     :func:`~neurostack.imaging.load_image`; every
     ``chunk_size`` decoded slices go to ``pipeline.analyse_many`` together (one
@@ -805,13 +911,13 @@ def run_batch(
 
         options["postprocess"] = check_postprocess(postprocess)
     limits = getattr(pipeline, "limits", None) or InputLimits()
-    units = _expand(items, rename, MAX_ZIP_TOTAL_BYTES)
-    total = len(units)
-
+    archives: list[_Archive] = []  # closed when the batch is done
     state = _State()
-    out = _Appender(Path(out_csv), lock=True) if out_csv is not None else None
-    fails = None
+    out = fails = None
     try:
+        units = _expand(items, rename, MAX_ZIP_TOTAL_BYTES, archives)
+        total = len(units)
+        out = _Appender(Path(out_csv), lock=True) if out_csv is not None else None
         if out is not None:
             if resume:
                 state.header, rows, state.repaired = _read_table(out.fh, out.path, KEY_COLUMNS)
@@ -839,6 +945,8 @@ def run_batch(
         for appender in (out, fails):
             if appender is not None:
                 appender.close()
+        for archive in archives:
+            archive.close()
 
 
 def _check_same_method(rows: list[dict[str, str]], pipeline: Any, path: Path) -> None:
@@ -922,8 +1030,11 @@ def _run(pipeline: Any, units: list[_Unit], total: int, state: _State, out: _App
         img = None
         try:
             if unit.error is None:
-                data = _read_source(unit.source, limits.max_bytes)
-                unit.sha = _sha(data)
+                try:
+                    data = _read_source(unit.source, limits.max_bytes)
+                    unit.sha = _sha(data)
+                except InputImageError as exc:  # e.g. a ZIP member, read only now
+                    unit.error = exc
             key = (unit.out_name, unit.sha)
             batch_keys.add(key)
             if key in state.done or key in seen:

@@ -337,6 +337,26 @@ def test_run_batch_expands_zips_and_records_bad_archives(tmp_path: Path) -> None
     assert len(csv_lines(out)) == 1 + 5 and len(csv_lines(fails)) == 1 + 5
 
 
+def test_zip_members_are_decompressed_one_at_a_time(tmp_path: Path) -> None:
+    """Two archives of 24 MB of members on disk: never more than a few MB in memory."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    items: list[tuple[str, Path | bytes]] = []
+    for a in range(2):
+        members = {f"m{i:02d}.png": rng.bytes(1_000_000) for i in range(12)}  # undecodable
+        (tmp_path / f"a{a}.zip").write_bytes(_zip(members, zipfile.ZIP_STORED))
+        items.append((f"a{a}.zip", tmp_path / f"a{a}.zip"))
+    tracemalloc.start()
+    try:
+        res = run_batch(FakePipeline(), items)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(res.failures) == 24 and res.failures["file_sha256"].str.len().eq(64).all()
+    assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB while reading 24 MB of members"
+
+
 # --------------------------------------------------------------------------- one batch
 def test_batch_of_200_with_10_percent_corrupt_files(tmp_path: Path) -> None:
     good, bad = make_slices(tmp_path / "in", 200)
