@@ -638,7 +638,7 @@ def _read_source(source: Path | bytes | _ZipMember, max_bytes: int) -> bytes:
                 raise InputImageError(f"File is {size / 1e6:.1f} MB; the limit is "
                                       f"{max_bytes / 1e6:.0f} MB")
             with Path(source).open("rb") as fh:
-                data = fh.read(max_bytes + 1)
+                data = fh.read(min(size, max_bytes) + 1)  # not a max_bytes buffer per file
         except FileNotFoundError:
             raise InputImageError("File not found") from None
         except (OSError, ValueError) as exc:
