@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import cache, components, paths
+from dashboard import cache, components, paths, tables
 from dashboard.evaluation import BASE_MODELS, model_label
 from ensemble.intensity import describe_reference
 from ensemble.quality import describe_reference as describe_quality
@@ -102,7 +102,7 @@ if pipeline is not None:
             + (f" (single crops: {info['precision_single_crop']})"
                if info.get("precision_single_crop", info.get("precision")) != info.get("precision")
                else ""),
-            "weights sha256": components.sha_prefix(info.get("sha256")),
+            "weights sha256": tables.sha_prefix(info.get("sha256")),
             "checksum": "verified at load",
             "test accuracy": test.get("accuracy"),
             "test macro F1": test.get("macro_f1"),

@@ -1,8 +1,10 @@
-"""Small render helpers shared by the pages."""
+"""Small render helpers shared by the pages (Streamlit widgets).
+
+The tables the pages show are built by :mod:`dashboard.tables` (plain Python).
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,12 +12,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, paths
-from morphology import format_record
 from neurostack import __version__
 from neurostack.errors import ArtifactError
-from neurostack.formatting import csv_bytes
-from neurostack.pipeline import CaseResult, Pipeline
-from neurostack.report import format_value
+from neurostack.pipeline import Pipeline
 
 DISCLAIMER = (
     "**Research tool — not a diagnostic device.** NeuroStack's predictions, masks and "
@@ -102,11 +101,6 @@ def number_table(frame: pd.DataFrame, three: Sequence[str] = (), one: Sequence[s
     st.dataframe(frame, hide_index=True, width="stretch", column_config=config)
 
 
-def sha_prefix(sha: str | None, n: int = 12) -> str:
-    """First ``n`` hex digits of a checksum (``—`` when unknown)."""
-    return sha[:n] if sha else "—"
-
-
 # ------------------------------------------------------------------- spacing
 def spacing_controls(
     key: str, dicom_spacing_cm: tuple[float, float] | None = None, *, stacked: bool = False,
@@ -152,38 +146,3 @@ def spacing_controls(
     else:
         st.caption("No spacing entered: measurements will be in pixel units.")
     return None, None
-
-
-# ---------------------------------------------------------------- results
-def morphology_frame(record: dict[str, Any]) -> pd.DataFrame:
-    """Morphology record as a ``feature / value / unit`` table."""
-    rows = [{"feature": name, "value": format_value(value), "unit": unit}
-            for name, value, unit in format_record(record)]
-    return pd.DataFrame(rows, columns=["feature", "value", "unit"])
-
-
-def record_downloads(result: CaseResult) -> tuple[bytes, bytes]:
-    """``(CSV bytes, JSON bytes)`` of the case's identifier-free record."""
-    record = result.to_record()
-    csv = csv_bytes(pd.DataFrame([record]))
-    js = json.dumps(record, indent=2, default=str).encode()
-    return csv, js
-
-
-def timings_frame(result: CaseResult) -> pd.DataFrame:
-    """Stage timings in milliseconds."""
-    return pd.DataFrame([{"stage": k, "milliseconds": round(v * 1000, 1)}
-                         for k, v in result.timings_s.items()])
-
-
-def versions_frame(models: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Model name, SHA-256 prefix and input size of every model used."""
-    return pd.DataFrame([{"model": k, "weights sha256": sha_prefix(v.get("sha256")),
-                          "input size": v.get("input_size")}
-                         for k, v in models.items()])
-
-
-def model_votes(result: CaseResult) -> dict[str, str]:
-    """Each base model's top class."""
-    return {name: max(probs, key=probs.__getitem__) for name, probs in result.per_model.items()}
-

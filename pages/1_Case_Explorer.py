@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import cache, charts, components, paths
+from dashboard import cache, charts, components, paths, tables
 from dashboard.evaluation import model_label
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
@@ -163,7 +163,7 @@ else:
     m4.metric("Tumour area", "—" if area is None else f"{area:.2f} cm²")
 
 if not result.models_agree:
-    votes = ", ".join(f"{model_label(m)} → {c}" for m, c in components.model_votes(result).items())
+    votes = ", ".join(f"{model_label(m)} → {c}" for m, c in tables.model_votes(result).items())
     st.warning(f"**Base models disagree:** {votes}. Treat this prediction with extra care.",
                icon=":material/warning:")
 for warning in result.warnings:
@@ -238,7 +238,7 @@ with right:
                    "Lower the threshold to see fainter regions.")
     elif result.morphology:
         st.caption(spacing_sentence(result.spacing_cm, result.spacing_source))
-        st.table(components.morphology_frame(result.morphology).set_index("feature"))
+        st.table(tables.morphology_frame(result.morphology).set_index("feature"))
     else:
         st.caption("No measurements: the slice was not segmented.")
 
@@ -261,7 +261,7 @@ with st.expander("Grad-CAM heatmaps per base model",
 
 st.markdown("**Downloads**")
 stem = f"neurostack_{result.image_sha256[:12]}"
-csv_bytes, json_bytes = components.record_downloads(result)
+csv_bytes, json_bytes = tables.record_downloads(result)
 report = case_report_html(result, display=display, overlay=shown).encode()
 d1, d2, d3, d4, d5 = st.columns(5)
 d1.download_button("Overlay PNG", encode_png(shown) if result.segmented else b"",
@@ -299,5 +299,5 @@ with st.container(border=True):
 
 with st.expander("Stage timings and model versions"):
     t1, t2 = st.columns(2)
-    t1.dataframe(components.timings_frame(result), hide_index=True, width="stretch")
-    t2.dataframe(components.versions_frame(result.models), hide_index=True, width="stretch")
+    t1.dataframe(tables.timings_frame(result), hide_index=True, width="stretch")
+    t2.dataframe(tables.versions_frame(result.models), hide_index=True, width="stretch")

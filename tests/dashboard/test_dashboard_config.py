@@ -9,7 +9,7 @@ from neurostack.imaging import InputLimits
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = ("neurostack", "ensemble", "segmentation", "morphology")
-PURE_DASHBOARD = ("paths.py", "evaluation.py", "charts.py")
+PURE_DASHBOARD = ("paths.py", "evaluation.py", "charts.py", "tables.py")
 
 
 def _config() -> dict:
