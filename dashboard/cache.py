@@ -202,6 +202,12 @@ def json_record(path: Path) -> dict[str, Any] | None:
     return _json(str(path), _mtime(path))
 
 
+def shipped_weights(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Map each model to the SHA-256 in its shipped folder's config (``None`` if missing)."""
+    return {name: (json_record(paths.classifier_dir(name) / "config.json") or {})
+            .get("weights_sha256") for name in names}
+
+
 @st.cache_data(show_spinner="Computing curves from the stored predictions…")
 def _evaluations(path: str, mtime: float) -> list[ev.ModelEvaluation]:
     df = ev.read_predictions(Path(path))

@@ -793,3 +793,20 @@ def stale_weights(record: dict[str, Any], current: dict[str, str | None]) -> lis
     made_with = record.get("weights_sha256") or {}
     return sorted(name for name, sha in current.items()
                   if sha is not None and name in made_with and made_with[name] != sha)
+
+
+def record_disagrees(record: dict[str, Any], name: str, accuracy: float,
+                     tolerance: float = 1e-6) -> bool:
+    """Whether a run's ``metrics.json`` states another accuracy for ``name`` than recomputed.
+
+    Args:
+        record: The run's ``metrics.json`` (``models`` -> name -> ``accuracy``).
+        name: Model name.
+        accuracy: Accuracy recomputed from the run's ``predictions.csv``.
+        tolerance: Largest difference that still agrees.
+
+    Returns:
+        ``False`` when the record has no accuracy for ``name``.
+    """
+    stored = (record.get("models") or {}).get(name) or {}
+    return "accuracy" in stored and abs(float(stored["accuracy"]) - accuracy) > tolerance

@@ -13,6 +13,7 @@ from dashboard.evaluation import (
     meta_in_sample,
     model_label,
     paired_comparison,
+    record_disagrees,
     report_table,
     risk_coverage_long,
     robustness_table,
@@ -157,9 +158,7 @@ for tab, ev in zip(tabs, evals, strict=True):
                          column_config={c: st.column_config.NumberColumn(format="%.3f")
                                         for c in ("precision", "recall", "F1", "ROC AUC",
                                                   "average precision")})
-            stored = (record.get("models") or {}).get(ev.name)
-            if stored and abs(stored.get("accuracy", ev.metrics["accuracy"])
-                              - ev.metrics["accuracy"]) > 1e-6:
+            if record_disagrees(record, ev.name, ev.metrics["accuracy"]):
                 st.warning("metrics.json disagrees with predictions.csv for this model; "
                            "the page shows values recomputed from predictions.csv.")
         components.chart(charts.reliability_figure(ev), f"me_rel_{ev.name}", c6)
@@ -171,9 +170,7 @@ if robust is None:
             f"`{paths.robustness_dir()}/summary.csv` from `python -m ensemble.robustness …`.")
 else:
     rec = cache.json_record(paths.robustness_dir() / "metrics.json") or {}
-    shipped = {name: (cache.json_record(paths.classifier_dir(name) / "config.json") or {})
-               .get("weights_sha256") for name in (*BASE_MODELS, "meta")}
-    changed = stale_weights(rec, shipped)
+    changed = stale_weights(rec, cache.shipped_weights((*BASE_MODELS, "meta")))
     if changed:
         st.warning("This robustness run was made with other weights than those shipped now ("
                    + ", ".join(model_label(m) for m in changed) + "); rerun "

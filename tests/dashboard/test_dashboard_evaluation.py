@@ -427,3 +427,14 @@ def test_review_on_run_compares_each_row_with_its_meta_learners_threshold(tmp_pa
     assert got["n_flagged"] == 1
     assert ev.review_on_run(df, {"tta": "hflip"}, None, root, tmp_path / "p.csv") is None
     assert ev.review_on_run(df.drop(columns="label"), {}, record, root, tmp_path) is None
+
+
+def test_record_disagrees_only_when_it_states_another_accuracy() -> None:
+    from dashboard.evaluation import record_disagrees
+
+    record = {"models": {"vgg19": {"accuracy": 0.87}, "xception": {"macro_f1": 0.9}}}
+    assert not record_disagrees(record, "vgg19", 0.87)
+    assert not record_disagrees(record, "vgg19", 0.87 + 1e-9)
+    assert record_disagrees(record, "vgg19", 0.8711)
+    assert not record_disagrees(record, "xception", 0.5)  # no accuracy stated
+    assert not record_disagrees(record, "resnet50", 0.5) and not record_disagrees({}, "x", 0.5)
