@@ -846,6 +846,7 @@ def run_batch(
     rename: Callable[[str], str] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     postprocess: str | None = None,
+    override_file_spacing: bool = False,
 ) -> BatchResult:
     """Analyse many slices; never stop on a bad one.
 
@@ -876,8 +877,9 @@ def run_batch(
             failures are retried.
         threshold: Tumour-mask probability threshold, in (0, 1); ``None`` leaves it
             to the pipeline (the segmenter's operating point).
-        spacing_cm: ``(row, col)`` pixel spacing in cm for every image (DICOM's own
-            spacing is used when ``None``).
+        spacing_cm: ``(row, col)`` pixel spacing in cm for the images without one of
+            their own (DICOM's Pixel Spacing is kept unless ``override_file_spacing``);
+            ``None``: DICOM spacing where there is one, pixel units elsewhere.
         spacing_source: ``"user"`` (default with a spacing) or ``"assumed"``.
         force_segmentation: Segment even "notumor" predictions.
         progress: Called as ``progress(done, total, item_name)`` for each item, in
@@ -886,6 +888,9 @@ def run_batch(
         chunk_size: Slices analysed per batched call (1 = one at a time). Rows are
             written when their chunk is done, so an interrupted run redoes at most
             one chunk on ``resume``.
+        override_file_spacing: Apply ``spacing_cm`` to DICOM files too, replacing
+            their own Pixel Spacing (an entered or assumed value never replaces a
+            measured one otherwise).
         postprocess: Mask post-processing (``"none"`` or ``"largest_component"``);
             ``None`` keeps the segmenter's own operating point. A removal is noted
             in the row's ``warnings``.
@@ -903,7 +908,8 @@ def run_batch(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1; received {chunk_size!r}")
     options = {"spacing_cm": spacing, "spacing_source": s_source,
-               "force_segmentation": force_segmentation}
+               "force_segmentation": force_segmentation,
+               _OVERRIDE: bool(override_file_spacing)}
     if threshold is not None:
         options["threshold"] = float(threshold)
     if postprocess is not None:
@@ -965,12 +971,34 @@ def _check_same_method(rows: list[dict[str, str]], pipeline: Any, path: Path) ->
         )
 
 
+_OVERRIDE = "_override_file_spacing"
+"""Key of the batch option that lets ``spacing_cm`` replace a file's own spacing."""
+
+
 def _analyse_chunk(pipeline: Any, images: list[LoadedImage], options: dict[str, Any]
                    ) -> list[Any]:
-    """``pipeline.analyse_many`` when it exists, else ``analyse`` per image; errors as values."""
+    """``pipeline.analyse_many`` when it exists, else ``analyse`` per image; errors as values.
+
+    Unless the options say to override it, an image with its own pixel spacing (DICOM)
+    is analysed with that spacing, not the batch's ``spacing_cm``.
+    """
+    options = dict(options)
+    override = options.pop(_OVERRIDE, False)
+    if options.get("spacing_cm") is not None and not override:
+        own = [i for i, img in enumerate(images) if img.spacing_cm is not None]
+        if own:
+            keep = options | {"spacing_cm": None, "spacing_source": None}
+            rest = [i for i in range(len(images)) if i not in set(own)]
+            out: list[Any] = [None] * len(images)
+            for group, opts in ((own, keep), (rest, options)):
+                if group:
+                    for i, result in zip(group, _analyse_chunk(
+                            pipeline, [images[i] for i in group], opts), strict=True):
+                        out[i] = result
+            return out
     if hasattr(pipeline, "analyse_many"):
         return list(pipeline.analyse_many(images, **options))
-    out: list[Any] = []
+    out = []
     for img in images:
         try:
             out.append(pipeline.analyse(img, **options))
@@ -1101,7 +1129,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK,
                    help=f"slices per batched network call (default {DEFAULT_CHUNK})")
     p.add_argument("--spacing-mm", type=float, nargs=2, metavar=("ROW", "COL"), default=None,
-                   help="pixel spacing in mm for every image (DICOM spacing is used otherwise)")
+                   help="pixel spacing in mm for the images without their own (DICOM files "
+                        "keep their Pixel Spacing unless --override-dicom-spacing)")
+    p.add_argument("--override-dicom-spacing", action="store_true",
+                   help="apply --spacing-mm to DICOM files too")
     p.add_argument("--force-segmentation", action="store_true",
                    help="segment even when the ensemble predicts no tumour")
     p.add_argument("--tta", choices=["none", "hflip", "cascade"], default=None,
@@ -1189,6 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
                 spacing_source="user" if spacing else None,
                 force_segmentation=args.force_segmentation, progress=progress, rename=rename,
                 chunk_size=args.chunk_size, postprocess=args.postprocess,
+                override_file_spacing=args.override_dicom_spacing,
             )
         except (ValueError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -97,6 +97,41 @@ class LoadedImage:
         return (int(self.gray.shape[0]), int(self.gray.shape[1]))
 
 
+def default_window(image: LoadedImage) -> tuple[float, float] | None:
+    """Return the window a slice is displayed with: the file's own, else its full range.
+
+    Returns:
+        ``(centre, width)``, or ``None`` for an 8-bit image (no ``raw`` values).
+    """
+    if image.raw is None:
+        return None
+    meta = image.metadata
+    lo, hi = float(np.min(image.raw)), float(np.max(image.raw))
+    centre = meta.get("window_center")
+    width = meta.get("window_width")
+    return (float(centre) if centre is not None else (lo + hi) / 2,
+            float(width) if width is not None else max(hi - lo, 1.0))
+
+
+def rewindow(image: LoadedImage, center: float, width: float) -> np.ndarray:
+    """Render a DICOM slice's ``raw`` values at another window, as its display was made.
+
+    The file's VOI LUT function and MONOCHROME1 inversion are kept, so the file's own
+    window (:func:`default_window`) reproduces ``image.gray``; for a file displayed
+    through a VOI LUT table, that window (its full range) is a linear approximation.
+
+    Raises:
+        ValueError: For an 8-bit image (nothing to re-window) or a window
+            :func:`window_to_uint8` refuses.
+    """
+    if image.raw is None:
+        raise ValueError("only slices with raw values (DICOM) can be re-windowed")
+    meta = image.metadata
+    function = meta.get("voi_lut_function") or "LINEAR"
+    return window_to_uint8(image.raw, center, width, function=function,
+                           invert=bool(meta.get("inverted")))
+
+
 def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     """Scale a numeric array linearly from its finite min..max to 0..255 uint8.
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ensemble.review import FALLBACK_THRESHOLD, ensemble_entries, review_warning
+from morphology.spacing import figshare_assumption_caveat
 from neurostack import CLASS_NAMES, __version__
 from neurostack.artifacts import WEIGHTS_FILE, sha256_file
 from neurostack.errors import ArtifactError, InputImageError
@@ -631,6 +632,10 @@ class Pipeline:
             seg.mask, spacing_cm=result.spacing_cm, image=prep.img.gray,
             spacing_source=result.spacing_source if result.spacing_cm else None,
         )
+        if result.spacing_source == "assumed" and seg.mask.any():
+            caveat = figshare_assumption_caveat(prep.img.shape)
+            if caveat:
+                result.warnings.append("assumed pixel spacing: " + caveat)
         prep.t["morphology"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         result.overlay = overlay_mask(prep.img.display, seg.mask)

@@ -10,7 +10,7 @@ from dashboard.evaluation import model_label
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
 from neurostack.formatting import format_probability, format_probability_floor
-from neurostack.imaging import window_to_uint8
+from neurostack.imaging import default_window, rewindow
 from neurostack.render import encode_png, heatmap_overlay, overlay_mask
 from neurostack.report import (
     case_report_html,
@@ -103,19 +103,19 @@ with st.sidebar:
         st.header("Display window")
         lo, hi = float(np.min(image.raw)), float(np.max(image.raw))
         if hi - lo >= 2:
-            meta = image.metadata
-            centre0 = meta.get("window_center") or (lo + hi) / 2
-            width0 = meta.get("window_width") or (hi - lo)
             span = hi - lo
+            centre0, width0 = default_window(image)
+            centre0 = float(np.clip(centre0, lo - span / 2, hi + span / 2))
+            width0 = float(np.clip(width0, 1.0, 2.0 * span))
             view_key = f"{cache.digest(data)}_{frame}"
-            centre = st.slider("Level (window centre)", lo - span / 2, hi + span / 2,
-                               float(np.clip(centre0, lo - span / 2, hi + span / 2)),
+            centre = st.slider("Level (window centre)", lo - span / 2, hi + span / 2, centre0,
                                key=f"ce_level_{view_key}")
-            width = st.slider("Window width", 1.0, 2.0 * span,
-                              float(np.clip(width0, 1.0, 2.0 * span)), key=f"ce_width_{view_key}")
-            display = window_to_uint8(image.raw, centre, width)
-            st.caption("Changes the display only; the models always see the file's own "
-                       "window.")
+            width = st.slider("Window width", 1.0, 2.0 * span, width0,
+                              key=f"ce_width_{view_key}")
+            if (centre, width) != (centre0, width0):  # the file's own rendering until moved
+                display = rewindow(image, centre, width)
+            st.caption("Changes the display only (the file's VOI function and inversion "
+                       "are kept); the models always see the file's own window.")
 
 input_key = f"{cache.digest(data)}:{frame}"
 

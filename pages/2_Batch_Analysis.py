@@ -73,7 +73,13 @@ with st.expander("Options", expanded=True):
                  "page; the rows' `method` column says which mode made them.")
     with o2:
         spacing_cm, spacing_source = components.spacing_controls("ba_spacing")
-        st.caption("DICOM files use their own Pixel Spacing unless a spacing is set here.")
+        override = st.checkbox(
+            "Apply it to DICOM files too", key="ba_spacing_override",
+            disabled=spacing_cm is None,
+            help="Off: DICOM files keep their own Pixel Spacing and the value above is used "
+                 "for the other images only. On: it replaces the DICOM spacing as well.")
+        st.caption("DICOM files use their own Pixel Spacing unless told otherwise; each row's "
+                   "`spacing_source` says where its centimetres come from.")
 
 run = st.button("Run batch", type="primary", key="ba_run", disabled=not uploads)
 
@@ -89,6 +95,7 @@ if run and uploads:
         result = run_batch(
             chosen, items, threshold=threshold, spacing_cm=spacing_cm,
             spacing_source=spacing_source, force_segmentation=force, progress=_progress,
+            override_file_spacing=override,
             postprocess="largest_component" if largest_only else "none",
             rename=anonymise_name if anonymise else None,
         )

@@ -481,10 +481,13 @@ def test_stable_header_with_cm_and_px_rows_and_no_identifiers(tmp_path: Path) ->
     for value in IDENTIFIERS.values():
         assert value.encode() not in text
 
-    user = run_batch(FakePipeline(), items_of(folder), spacing_cm=(0.1, 0.1))
+    user = run_batch(FakePipeline(), items_of(folder), spacing_cm=(0.1, 0.1),
+                     override_file_spacing=True)
     assert user.rows["spacing_source"].tolist() == ["user"] * 4
     assert user.rows["row_spacing_cm"].tolist() == [0.1] * 4
     assert list(user.rows.columns) == HEADER
+    kept = run_batch(FakePipeline(), items_of(folder), spacing_cm=(0.1, 0.1))  # DICOM's own
+    assert kept.rows["spacing_source"].tolist() == ["dicom", "user", "user", "dicom"]
     with pytest.raises(ValueError, match="threshold"):
         run_batch(FakePipeline(), [], threshold=1.0)
     with pytest.raises(ValueError, match="spacing"):
@@ -525,6 +528,28 @@ def test_formula_like_names_are_defused_in_the_csv_and_resume_still_matches(
     again = FakePipeline()
     run_batch(again, items, out_csv=out, failures_csv=fails, resume=True)
     assert again.calls == 0
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_a_batch_spacing_never_replaces_a_dicom_files_own_unless_asked(
+        tmp_path: Path, override: bool) -> None:
+    bright = np.zeros((48, 48), np.uint8)
+    bright[10:20, 10:30] = 250  # a "tumour" for the fake pipeline
+    items = [("a.png", slice_png(1)), ("b.dcm", make_dicom(bright, spacing=(0.5, 0.5))),
+             ("c.png", slice_png(3)), ("d.dcm", make_dicom(bright, spacing=(0.8, 0.8)))]
+    res = run_batch(FakePipeline(), items, spacing_cm=(0.1, 0.1), spacing_source="assumed",
+                    override_file_spacing=override, chunk_size=4)
+    rows = res.rows.set_index("item")
+    assert list(res.rows["item"]) == ["a.png", "b.dcm", "c.png", "d.dcm"]  # order kept
+    assert rows.loc["a.png", "spacing_source"] == rows.loc["c.png", "spacing_source"] == "assumed"
+    assert rows.loc["a.png", "row_spacing_cm"] == 0.1
+    if override:
+        assert rows.loc["b.dcm", "spacing_source"] == "assumed"
+        assert rows.loc["b.dcm", "row_spacing_cm"] == rows.loc["d.dcm", "row_spacing_cm"] == 0.1
+    else:
+        assert rows.loc["b.dcm", "spacing_source"] == rows.loc["d.dcm", "spacing_source"] == "dicom"
+        assert (rows.loc["b.dcm", "row_spacing_cm"], rows.loc["d.dcm", "row_spacing_cm"]) == (
+            0.05, 0.08)
 
 
 # --------------------------------------------------------------------------- resume

@@ -433,3 +433,37 @@ def test_identifying_tags_returns_identifiers_only_on_request() -> None:
     assert identifying_tags(make_dicom(G, preamble=False))["PatientID"] == "PID-8675309"
     with pytest.raises(InputImageError, match="Not a valid DICOM file"):
         identifying_tags(raster_bytes(Image.fromarray(G), "PNG"))
+
+
+@pytest.mark.parametrize(("photometric", "extra"), [
+    ("MONOCHROME1", {}), ("MONOCHROME2", {"VOILUTFunction": "SIGMOID"}),
+    ("MONOCHROME1", {"VOILUTFunction": "SIGMOID"}),
+])
+def test_rewindow_at_the_files_window_reproduces_its_display(photometric, extra) -> None:
+    from neurostack.imaging import default_window, rewindow
+
+    stored = (np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 3).astype(np.uint16)
+    out = load_image(make_dicom(stored, window=(2000.0, 1500.0), photometric=photometric,
+                                extra=extra))
+    assert default_window(out) == (2000.0, 1500.0)
+    np.testing.assert_array_equal(rewindow(out, *default_window(out)), out.gray)
+    wider = rewindow(out, 2000.0, 4000.0)  # a wider window: less contrast, same direction
+    if photometric == "MONOCHROME1":  # inverted: the largest value is the darkest
+        assert wider[-1, -1] < wider[0, 0] and out.gray[-1, -1] < out.gray[0, 0]
+    else:
+        assert wider[-1, -1] > wider[0, 0]
+
+
+def test_default_window_without_one_in_the_file_is_the_full_range() -> None:
+    from neurostack.imaging import default_window, rewindow
+
+    stored = np.zeros((40, 40), np.uint16)
+    stored[0, :3] = [100, 300, 500]
+    out = load_image(make_dicom(stored))
+    assert default_window(out) == (250.0, 500.0)  # min 0, max 500
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(buf, "PNG")
+    png = load_image(buf.getvalue())
+    assert default_window(png) is None
+    with pytest.raises(ValueError, match="only slices with raw values"):
+        rewindow(png, 10, 10)

@@ -796,3 +796,20 @@ def test_the_loaded_pipeline_knows_every_weight_file(tiny_pipeline) -> None:
     assert {r["model"] for r in rows} == set(tiny_pipeline.model_info)
     assert "resunet" in {r["model"] for r in rows}
     assert all(r["status"] == "matches" for r in rows), rows
+
+
+def test_an_assumed_spacing_on_a_resized_slice_is_warned_in_the_result(
+        tiny_pipeline, png_slice) -> None:
+    prob = tiny_pipeline.segmenter.predict(load_image(png_slice).gray).probability
+    low = float(prob.max()) / 2  # some pixels are outlined
+    shape = load_image(png_slice).shape
+    assert shape[:2] != (512, 512)
+    res = tiny_pipeline.analyse(png_slice, spacing_cm=(0.049, 0.049), spacing_source="assumed",
+                                threshold=low, force_segmentation=True)
+    assert res.mask.any() and res.spacing_source == "assumed"
+    caveat = [w for w in res.warnings if w.startswith("assumed pixel spacing: ")]
+    assert len(caveat) == 1 and f"{shape[1]}×{shape[0]} px" in caveat[0]
+    measured = tiny_pipeline.analyse(png_slice, spacing_cm=(0.049, 0.049),
+                                     spacing_source="user", threshold=low,
+                                     force_segmentation=True)
+    assert not [w for w in measured.warnings if w.startswith("assumed pixel spacing")]
