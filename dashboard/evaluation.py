@@ -705,7 +705,8 @@ def robustness_table(summary: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         Columns ``condition`` (e.g. ``"blur 2"``, ``"none"`` for the clean slices),
-        one accuracy column per model (display names, ensemble last),
+        one accuracy column per model (display names, ensemble last), the
+        ensemble's 95 % Wilson interval (``<ensemble label>, 95% low`` / ``high``),
         ``final answer changed`` (fraction of slices whose ensemble class differs
         from the clean one) and, when recorded, the ensemble's exact McNemar p-value
         against the clean slices; the clean row first, then the worst ensemble
@@ -717,6 +718,11 @@ def robustness_table(summary: pd.DataFrame) -> pd.DataFrame:
     wide = wide[models].rename(columns=model_label)
     if ENSEMBLE in set(summary["model"]):
         changed = summary[summary["model"] == ENSEMBLE].set_index(["corruption", "severity"])
+        bounds = [wilson_interval(round(a * n), int(n))
+                  for a, n in zip(changed["accuracy"], changed["n"], strict=True)]
+        label = model_label(ENSEMBLE)
+        wide[f"{label}, 95% low"] = pd.Series([b[0] for b in bounds], index=changed.index)
+        wide[f"{label}, 95% high"] = pd.Series([b[1] for b in bounds], index=changed.index)
         wide["final answer changed"] = changed["changed"]
         if "p_vs_clean" in changed.columns:
             wide["p vs clean (McNemar)"] = changed["p_vs_clean"]

@@ -110,9 +110,16 @@ if run and uploads:
             stored = cache.get_case_store().add_many(result.rows.to_dict("records"))
         except ImportError as exc:
             components.not_available("The case registry", "neurostack.cases", exc)
+    spacing_text = ("the files' own (DICOM) or none" if spacing_cm is None else
+                    f"{spacing_cm[0] * 10:.4g} × {spacing_cm[1] * 10:.4g} mm ({spacing_source}"
+                    + (", also for DICOM files)" if override else ", files without their own)"))
     st.session_state["ba_result"] = {
         "rows": result.rows, "failures": result.failures, "elapsed_s": result.elapsed_s,
         "stored": stored, "anonymised": anonymise,
+        "settings": f"mask threshold {threshold:g}; "
+                    f"{'largest component only' if largest_only else 'every component'}; "
+                    f"{'every image segmented' if force else 'tumour predictions segmented'}; "
+                    f"mode {MODE_LABELS.get(mode, mode)}; spacing {spacing_text}",
     }
 
 outcome = st.session_state.get("ba_result")
@@ -127,6 +134,8 @@ m2.metric("Failed", len(failures))
 m3.metric("Tumour predicted", int(rows["tumor_found"].fillna(False).astype(bool).sum())
           if len(rows) else 0)
 m4.metric("Time", f"{outcome['elapsed_s']:.1f} s")
+if outcome.get("settings"):
+    st.caption(f"Settings of this run: {outcome['settings']}.")
 if len(rows) and "method" in rows.columns:
     st.caption("Classified by: " + "; ".join(sorted(rows["method"].dropna().astype(str).unique())))
 if outcome["stored"]:
@@ -191,18 +200,33 @@ if len(rows):
                  column_config={"n": st.column_config.NumberColumn("#")})
     ch1, ch2 = st.columns(2)
     components.chart(charts.class_counts(rows["predicted_class"]), "ba_counts", ch1)
+    segmented = int(rows["area_px"].notna().sum()) if "area_px" in rows.columns else 0
     for col, unit in (("area_cm2", "cm²"), ("area_px", "px²")):
         if col in rows.columns and rows[col].notna().any():
             areas = charts.area_histogram(rows[col], unit, rows["predicted_class"])
             components.chart(areas, "ba_area", ch2)
+            plotted = int(rows[col].notna().sum())
+            sources = sorted(rows.loc[rows[col].notna(), "spacing_source"].dropna().unique())
+            ch2.caption(f"{plotted} of {segmented} measured slice(s) plotted"
+                        + (" (the others have no pixel spacing, so only pixel areas)"
+                           if plotted < segmented else "")
+                        + (f"; spacing from: {', '.join(sources)}" if unit == "cm²" else "")
+                        + ".")
             break
     else:
         ch2.info("No tumour areas: no image was segmented.")
+else:
+    shown = rows
 
-d1, d2 = st.columns(2)
-d1.download_button("Download results CSV", csv_bytes(rows),
+d1, d2, d3 = st.columns(3)
+d1.download_button(f"Download results CSV (all {len(rows)})", csv_bytes(rows),
                    "neurostack_batch_results.csv", "text/csv", disabled=not len(rows),
                    key="ba_dl_rows", on_click="ignore")
-d2.download_button("Download failures CSV", csv_bytes(failures),
+d2.download_button(f"Download the shown rows ({len(shown)})", csv_bytes(shown),
+                   "neurostack_batch_shown.csv", "text/csv",
+                   disabled=not len(shown) or len(shown) == len(rows),
+                   key="ba_dl_shown", on_click="ignore",
+                   help="The table as filtered above ('Only the slices to check').")
+d3.download_button("Download failures CSV", csv_bytes(failures),
                    "neurostack_batch_failures.csv", "text/csv", disabled=not len(failures),
                    key="ba_dl_failures", on_click="ignore")

@@ -180,8 +180,8 @@ else:
         f"The same {n} test slices ({rec.get('settings', {}).get('per_class', '?')} per class, "
         "sampled once) classified unchanged (severity 0) and under simulated scanner and "
         "site differences at two severities, through the full pipeline. With this many "
-        "slices an accuracy is uncertain by about ±0.05; the change in predictions is "
-        "paired and more telling.")
+        "slices an accuracy is uncertain (the ensemble's 95 % Wilson interval is in the "
+        "table); the change in predictions is paired and more telling.")
     components.chart(charts.robustness_figure(robust), "me_robust")
     shift_table = robustness_table(robust)
     st.dataframe(shift_table, hide_index=True, width="stretch",

@@ -259,8 +259,12 @@ def test_robustness_table_is_clean_first_then_worst_first(tmp_path):
     table = ev.robustness_table(summary)
     assert list(table["condition"]) == ["none", "blur 2", "blur 1", "rotation 1"]
     assert list(table.columns) == ["condition", "ResNet50", "Meta-learner (ensemble)",
-                                   "final answer changed"]
+                                   "Meta-learner (ensemble), 95% low",
+                                   "Meta-learner (ensemble), 95% high", "final answer changed"]
     assert table.loc[1, "ResNet50"] == 0.5 and table.loc[1, "final answer changed"] == 0.35
+    # 12 of 20 right: Wilson 95 % interval 0.387-0.781 (worked by hand)
+    assert table.loc[1, "Meta-learner (ensemble), 95% low"] == pytest.approx(0.3866, abs=1e-4)
+    assert table.loc[1, "Meta-learner (ensemble), 95% high"] == pytest.approx(0.7812, abs=1e-4)
     assert ev.read_robustness_summary(tmp_path / "absent.csv") is None
     (tmp_path / "bad.csv").write_text("corruption,accuracy\nblur,0.5\n")
     assert ev.read_robustness_summary(tmp_path / "bad.csv") is None

@@ -35,7 +35,12 @@ def test_batch_reports_corrupt_file_and_finishes_the_rest(make_app):
     assert failures["error"].str.len().gt(10).all()
     assert sorted(results["item"]) == sorted([a[0], b[0]])
     assert len(at.get("plotly_chart")) == 2  # class counts + area distribution
-    assert len(at.get("download_button")) == 2
+    assert len(at.get("download_button")) == 3  # all rows, the shown rows, failures
+    settings = next(c.value for c in at.caption if c.value.startswith("Settings of this run"))
+    assert "mask threshold" in settings and "spacing the files' own (DICOM) or none" in settings
+    segmented = int(results["area_px"].notna().sum())
+    assert any(c.value.startswith(f"{segmented} of {segmented} measured slice(s) plotted")
+               for c in at.caption)
 
 
 def sorted_second():
