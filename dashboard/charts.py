@@ -55,7 +55,7 @@ def probability_bars(
                 hovertemplate="%{x}: %{y:.3f}<extra>" + ensemble_label + "</extra>")
     fig.update_layout(barmode="group", yaxis={"range": [0, 1.08], "title": "probability"},
                       legend={"orientation": "h", "y": -0.15})
-    return _finish(fig, "Class probabilities: base models vs meta-learner", height=400)
+    return _finish(fig, f"Class probabilities: base models vs {ensemble_label}", height=400)
 
 
 # ---------------------------------------------------------------- evaluation

@@ -79,6 +79,19 @@ def format_optional(x: object, decimals: int = 3) -> str:
     return f"{x:.{decimals}f}" if isinstance(x, float) else str(x)
 
 
+MEAN_LABEL = "Mean of the base models"
+"""Name of the final answer when no meta-learner is loaded (``Ensemble.method`` says so)."""
+
+
+def final_answer_label(method: str, stacked_label: str = "Meta-learner (ensemble)") -> str:
+    """Name the final answer by how it was formed (``CaseResult.method``).
+
+    ``stacked_label`` when a meta-learner gave it, :data:`MEAN_LABEL` when the
+    pipeline fell back to the mean of the base models (no meta-learner loaded).
+    """
+    return MEAN_LABEL if "meta-learner not available" in method else stacked_label
+
+
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 """First characters that make a spreadsheet read a CSV cell as a formula."""
 

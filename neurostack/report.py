@@ -26,7 +26,7 @@ import numpy as np
 
 from morphology import format_record
 from neurostack import CLASS_NAMES, MODEL_LABELS, __version__
-from neurostack.formatting import format_probability
+from neurostack.formatting import final_answer_label, format_probability
 from neurostack.pipeline import CaseResult
 from neurostack.render import encode_png
 
@@ -253,6 +253,7 @@ def case_report_html(
         ValueError: If an image is not uint8 (H, W) / (H, W, 3).
     """
     labels = dict(MODEL_LABELS if model_labels is None else model_labels)
+    labels["ensemble"] = final_answer_label(result.method, labels.get("ensemble", "ensemble"))
     when = (generated_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
     classes = tuple(c for c in CLASS_NAMES if c in result.ensemble) or tuple(result.ensemble)
     parts: list[str] = [

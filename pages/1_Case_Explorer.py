@@ -9,7 +9,7 @@ from dashboard import cache, charts, components, paths, tables
 from dashboard.evaluation import model_label
 from neurostack import CLASS_NAMES
 from neurostack.errors import InputImageError
-from neurostack.formatting import format_probability, format_probability_floor
+from neurostack.formatting import final_answer_label, format_probability, format_probability_floor
 from neurostack.imaging import default_window, rewindow
 from neurostack.render import encode_png, heatmap_overlay, overlay_mask
 from neurostack.report import (
@@ -228,7 +228,8 @@ if result.segmented and result.probability is not None:
 left, right = st.columns([1, 1])
 with left:
     probs = charts.probability_bars(result.per_model, result.ensemble,
-                                    ensemble_label=model_label("ensemble"))
+                                    ensemble_label=final_answer_label(result.method,
+                                                                     model_label("ensemble")))
     components.chart(probs, "ce_probs")
     st.caption(f"Final decision: {result.method}.")
 with right:

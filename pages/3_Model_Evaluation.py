@@ -101,8 +101,13 @@ if len(paired):
     st.dataframe(paired, hide_index=True, width="stretch", column_config={
         "accuracy difference": st.column_config.NumberColumn(format="%+.4f"),
         "McNemar p": st.column_config.NumberColumn(format="%.3g")})
-    st.caption("Two-sided exact McNemar test on the discordant images; p ≥ 0.05 means the "
-               "difference is within what chance alone would often produce.")
+    st.caption(f"Two-sided exact McNemar test on the discordant images, one per base model "
+               f"({len(paired)} tests, not corrected for multiple comparisons); p ≥ 0.05 means "
+               "the difference is within what chance alone would often produce.")
+    if in_sample is not None:
+        st.warning("On this run the meta-learner was fitted on these very slices, so its side "
+                   "of every comparison is in-sample and flattered; only the test runs "
+                   "compare it fairly.", icon=":material/warning:")
 
 st.subheader("Which answers to review")
 try:

@@ -7,6 +7,7 @@ import pytest
 
 from neurostack.formatting import (
     csv_bytes,
+    final_answer_label,
     format_probability,
     format_probability_floor,
     spreadsheet_safe,
@@ -72,3 +73,11 @@ def test_csv_bytes_defuses_text_cells_and_keeps_numbers() -> None:
     assert back["area_cm2"].tolist() == [-0.5, 1.25]
     assert back["note"].isna().tolist() == [True, False] and back["note"][1] == "'@x"
     assert frame["item"][0] == "=1+1.png"  # the caller's frame is not changed
+
+
+def test_final_answer_label_follows_how_the_answer_was_formed() -> None:
+    stacked = "meta-learner (stacking); each base model averaged over the slice and its mirror"
+    assert final_answer_label(stacked) == "Meta-learner (ensemble)"
+    assert final_answer_label(stacked, "Meta") == "Meta"
+    fallback = "mean of 3 base model(s); meta-learner not available"
+    assert final_answer_label(fallback, "Meta") == "Mean of the base models"

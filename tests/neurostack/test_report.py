@@ -120,6 +120,14 @@ def test_default_model_labels() -> None:
     assert "ResNet50 0.200 0.600" in text and "Meta-learner (ensemble) 0.810" in text
 
 
+def test_without_a_meta_learner_the_final_row_is_named_the_mean() -> None:
+    res = _result()
+    res.method = "mean of 2 base model(s); meta-learner not available"
+    text = re.sub(r"\s+", " ", " ".join(_parse(case_report_html(res)).text))
+    assert "Mean of the base models 0.810" in text and "Meta-learner (ensemble)" not in text
+    assert "The final class is the Mean of the base models row" in text
+
+
 def test_embedded_images_round_trip() -> None:
     res = _result()
     display = np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1))
