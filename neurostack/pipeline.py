@@ -110,6 +110,10 @@ class CaseResult:
     review_measured: bool = False
     """Whether ``review_threshold`` was measured against errors (``review.json``) or is
     the fixed fallback."""
+    frame_index: int | None = None
+    """0-based frame analysed in a multi-frame file; ``None`` for a single-frame image."""
+    n_frames: int = 1
+    """Frames in the file."""
     quality: dict[str, Any] | None = None
     """Noise and fine-detail check of the slice as given against the training slices
     (``ensemble.quality``): ``noise_sigma``, ``detail_level`` (grey levels),
@@ -171,6 +175,9 @@ class CaseResult:
         else:
             rec["spacing_source"] = self.spacing_source
         rec["spacing_source"] = self.spacing_source
+        if self.frame_index is not None:  # multi-frame files only (kept in extra_json)
+            rec["frame"] = self.frame_index + 1
+            rec["n_frames"] = self.n_frames
         rec["model_versions"] = ";".join(
             f"{k}:{v['sha256'][:12]}" for k, v in sorted(self.models.items())
         )
@@ -572,6 +579,7 @@ class Pipeline:
         return CaseResult(
             image_sha256=hashlib.sha256(np.ascontiguousarray(img.gray).tobytes()).hexdigest(),
             shape=img.shape, per_model=per_model,
+            frame_index=img.frame_index if img.n_frames > 1 else None, n_frames=img.n_frames,
             ensemble=dict(zip(CLASS_NAMES, map(float, probs), strict=True)),
             predicted_class=predicted, confidence=float(probs[k]), method=pred.method,
             models_agree=len(votes) == 1, warnings=warnings,

@@ -232,6 +232,7 @@ def case_report_html(
     model_labels: Mapping[str, str] | None = None,
     generated_at: datetime | None = None,
     title: str = "NeuroStack case report",
+    display_note: str | None = None,
 ) -> str:
     """Render one analysed slice as a self-contained, printable HTML document.
 
@@ -245,6 +246,8 @@ def case_report_html(
             :data:`neurostack.MODEL_LABELS`; names without a label are shown as they are.
         generated_at: Time stamp printed in the header (UTC now when ``None``).
         title: Document title and heading.
+        display_note: How ``display`` was rendered (e.g. the window chosen on screen),
+            printed under it so the printed image can be reproduced.
 
     Returns:
         The HTML document as text (UTF-8 when encoded).
@@ -279,6 +282,8 @@ def case_report_html(
          quality_sentence(result.quality).removeprefix("Noise and detail check: ")],
         ["Tumour found", "yes" if result.tumor_found else "no"],
         ["Segmented", "yes" if result.segmented else "no"],
+        *([["Frame", f"{result.frame_index + 1} of {result.n_frames}"]]
+          if result.frame_index is not None else []),
     ]
     if result.segmented:
         summary.append(["Outline confidence", outline_sentence(result)
@@ -290,7 +295,8 @@ def case_report_html(
 
     figures = []
     if display is not None:
-        figures.append(_figure(np.asarray(display), "Original"))
+        figures.append(_figure(np.asarray(display), "Original" + (
+            f" ({display_note})" if display_note else "")))
     shown = overlay if overlay is not None else result.overlay
     if result.segmented and shown is not None:
         figures.append(_figure(np.asarray(shown), "Tumour overlay (green)"))

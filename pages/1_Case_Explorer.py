@@ -99,6 +99,7 @@ with st.sidebar:
                                                                  image_shape=image.gray.shape)
 
     display = image.display
+    display_note = None
     if image.raw is not None:
         st.header("Display window")
         lo, hi = float(np.min(image.raw)), float(np.max(image.raw))
@@ -114,6 +115,7 @@ with st.sidebar:
                               key=f"ce_width_{view_key}")
             if (centre, width) != (centre0, width0):  # the file's own rendering until moved
                 display = rewindow(image, centre, width)
+                display_note = f"display window centre {centre:.4g}, width {width:.4g}"
             st.caption("Changes the display only (the file's VOI function and inversion "
                        "are kept); the models always see the file's own window.")
 
@@ -263,7 +265,8 @@ with st.expander("Grad-CAM heatmaps per base model",
 st.markdown("**Downloads**")
 stem = f"neurostack_{result.image_sha256[:12]}"
 csv_bytes, json_bytes = tables.record_downloads(result)
-report = case_report_html(result, display=display, overlay=shown).encode()
+report = case_report_html(result, display=display, overlay=shown,
+                          display_note=display_note).encode()
 d1, d2, d3, d4, d5 = st.columns(5)
 d1.download_button("Overlay PNG", encode_png(shown) if result.segmented else b"",
                    f"{stem}_overlay.png", "image/png", disabled=not result.segmented,

@@ -813,3 +813,15 @@ def test_an_assumed_spacing_on_a_resized_slice_is_warned_in_the_result(
                                      spacing_source="user", threshold=low,
                                      force_segmentation=True)
     assert not [w for w in measured.warnings if w.startswith("assumed pixel spacing")]
+
+
+def test_the_frame_of_a_multi_frame_file_is_recorded(tiny_pipeline, make_slice) -> None:
+    frames = np.stack([make_slice("glioma", np.random.default_rng(k), (96, 96))
+                       for k in range(3)])
+    data = make_dicom(frames)
+    res = tiny_pipeline.analyse(data, frame=2)  # 0-based, the last frame
+    assert (res.frame_index, res.n_frames) == (2, 3)
+    rec = res.to_record()
+    assert (rec["frame"], rec["n_frames"]) == (3, 3)
+    single = tiny_pipeline.analyse(make_dicom(frames[0]))
+    assert single.frame_index is None and "frame" not in single.to_record()

@@ -335,3 +335,15 @@ def test_review_sentence_says_whether_and_why() -> None:
     doc = case_report_html(flagged, generated_at=WHEN)
     text = re.sub(r"\s+", " ", " ".join(_parse(doc).text))
     assert "the top probability 0.81 is below 0.95" in text
+
+
+def test_report_names_the_frame_and_the_display_window() -> None:
+    res = _result()
+    res.frame_index, res.n_frames = 4, 9
+    gray = np.zeros((30, 40), np.uint8)
+    doc = case_report_html(res, display=gray, display_note="display window centre 40, width 80")
+    text = re.sub(r"\s+", " ", " ".join(_parse(doc).text))
+    assert "Frame 5 of 9" in text
+    assert "Original (display window centre 40, width 80)" in text
+    plain = re.sub(r"\s+", " ", " ".join(_parse(case_report_html(_result(), display=gray)).text))
+    assert "Frame" not in plain and "Original" in plain and "display window" not in plain
