@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import cache, components, paths, tables
-from dashboard.evaluation import BASE_MODELS, model_label
+from dashboard.evaluation import BASE_MODELS, evaluation_provenance, model_label
 from ensemble.intensity import describe_reference
 from ensemble.quality import describe_reference as describe_quality
 
@@ -117,6 +117,15 @@ if pipeline is not None:
         "epochs": st.column_config.NumberColumn(
             help="Training epochs over every run the shipped weights continued"),
     })
+    if cls_metrics:
+        stale, _ = evaluation_provenance(cls_metrics, cache.shipped_weights())
+        if stale:
+            st.warning(f"The test figures (run `{cls_runs[0]}`) were measured with other weights "
+                       "than those shipped now (" + ", ".join(model_label(m) for m in stale)
+                       + "); rerun `python -m ensemble.evaluate`.", icon=":material/history:")
+        else:
+            st.caption(f"Test figures from run `{cls_runs[0]}`, measured with the shipped "
+                       "weights (SHA-256 recorded in the run).")
     note = getattr(pipeline.ensemble, "precision_note", "")
     st.caption(f"Final decision: {pipeline.ensemble.method}. Each weight file's SHA-256 is "
                "checked against its config.json before the model is built."

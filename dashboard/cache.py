@@ -202,10 +202,15 @@ def json_record(path: Path) -> dict[str, Any] | None:
     return _json(str(path), _mtime(path))
 
 
-def shipped_weights(names: tuple[str, ...]) -> dict[str, str | None]:
+def shipped_weights(names: tuple[str, ...] = ("xception", "inceptionv3", "resnet50", "vgg19",
+                                              "meta", "meta_single_crop", "resunet")
+                    ) -> dict[str, str | None]:
     """Map each model to the SHA-256 in its shipped folder's config (``None`` if missing)."""
-    return {name: (json_record(paths.classifier_dir(name) / "config.json") or {})
-            .get("weights_sha256") for name in names}
+    def folder(name: str) -> Path:
+        return paths.segmenter_dir() if name == "resunet" else paths.classifier_dir(name)
+
+    return {name: (json_record(folder(name) / "config.json") or {}).get("weights_sha256")
+            for name in names}
 
 
 @st.cache_data(show_spinner="Computing curves from the stored predictions…")

@@ -816,3 +816,45 @@ def record_disagrees(record: dict[str, Any], name: str, accuracy: float,
     """
     stored = (record.get("models") or {}).get(name) or {}
     return "accuracy" in stored and abs(float(stored["accuracy"]) - accuracy) > tolerance
+
+
+META_FOLDERS = ("meta", "meta_single_crop")
+
+
+def evaluation_provenance(record: dict[str, Any], shipped: dict[str, str | None]
+                          ) -> tuple[list[str], str | None]:
+    """Check an evaluation record against the shipped weights.
+
+    Args:
+        record: A classification run's ``metrics.json`` (``artifacts``: model ->
+            SHA-256 of the weights used, ``reused``: members taken from an earlier
+            run) or a segmentation run's (``artifact.weights_sha256``).
+        shipped: Model -> SHA-256 of the shipped weights (``resunet`` for the
+            segmenter; ``meta`` and ``meta_single_crop`` both count for a run's
+            ``meta``, which is the meta-learner of that run's mode).
+
+    Returns:
+        ``(stale, reused_note)``: the sorted models whose recorded weights are not the
+        shipped ones (models without a recorded or shipped SHA are not judged), and a
+        sentence naming the members whose probabilities were reused, or ``None``.
+    """
+    made_with = record.get("artifacts")
+    made_with = dict(made_with) if isinstance(made_with, dict) else {}
+    artifact = record.get("artifact")
+    if isinstance(artifact, dict) and artifact.get("weights_sha256"):
+        made_with["resunet"] = artifact["weights_sha256"]
+    metas = {shipped.get(m) for m in META_FOLDERS} - {None}
+    stale = []
+    for name, sha in made_with.items():
+        if name in META_FOLDERS:
+            if metas and sha not in metas:
+                stale.append(name)
+        elif shipped.get(name) is not None and sha != shipped[name]:
+            stale.append(name)
+    reused = record.get("reused")
+    note = None
+    if isinstance(reused, dict) and reused.get("members"):
+        note = ("The probabilities of " + ", ".join(model_label(m) for m in reused["members"])
+                + " were taken from an earlier run with the same weights (SHA-256 checked) and "
+                "the final answers recomputed.")
+    return sorted(stale), note

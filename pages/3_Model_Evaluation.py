@@ -10,6 +10,7 @@ from dashboard.evaluation import (
     BASE_MODELS,
     ENSEMBLE,
     comparison_table,
+    evaluation_provenance,
     meta_in_sample,
     model_label,
     paired_comparison,
@@ -65,6 +66,14 @@ if record.get("n_failed"):
 if record.get("ensemble_method"):
     facts.append(f"ensemble: {record['ensemble_method']}")
 st.markdown(" · ".join(facts))
+stale, reused_note = evaluation_provenance(record, cache.shipped_weights())
+if stale:
+    st.warning("This run was made with other weights than those shipped now ("
+               + ", ".join(model_label(m) for m in stale) + "): its numbers do not describe "
+               "the models the dashboard runs. Rerun `python -m ensemble.evaluate`.",
+               icon=":material/history:")
+if reused_note:
+    st.caption(reused_note)
 
 in_sample = None
 for meta_dir in paths.meta_dirs():  # the default meta-learner and the single-crop one

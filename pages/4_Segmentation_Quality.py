@@ -10,6 +10,7 @@ from dashboard.evaluation import (
     SERIES_FOUND_COLUMN,
     SERIES_MISSED_COLUMN,
     browser_cases,
+    evaluation_provenance,
     operating_point_chosen_on,
     seg_robustness_long,
     seg_summary,
@@ -43,6 +44,10 @@ except (OSError, ValueError) as exc:
     st.error(f"The per-image scores of run {run} could not be read: {exc}")
     st.stop()
 record = cache.json_record(paths.segmentation_eval_dir() / run / "metrics.json") or {}
+if evaluation_provenance(record, cache.shipped_weights(("resunet",)))[0]:
+    st.warning("This run was made with other segmenter weights than those shipped now: its "
+               "scores do not describe the model the dashboard runs. Rerun "
+               "`python -m segmentation.evaluate`.", icon=":material/history:")
 
 k1, k2, k3, k4 = st.columns(4)
 k1.metric("Images", record.get("n_images", len(scores)))

@@ -442,3 +442,22 @@ def test_record_disagrees_only_when_it_states_another_accuracy() -> None:
     assert record_disagrees(record, "vgg19", 0.8711)
     assert not record_disagrees(record, "xception", 0.5)  # no accuracy stated
     assert not record_disagrees(record, "resnet50", 0.5) and not record_disagrees({}, "x", 0.5)
+
+
+def test_evaluation_provenance_names_stale_models_and_reused_members() -> None:
+    from dashboard.evaluation import evaluation_provenance
+
+    shipped = {"xception": "x1", "vgg19": "v1", "meta": "m1", "meta_single_crop": "s1",
+               "resunet": "r1"}
+    record = {"artifacts": {"xception": "x1", "vgg19": "v0", "meta": "s1"},
+              "reused": {"from": "/somewhere", "members": ["xception"]}}
+    stale, note = evaluation_provenance(record, shipped)
+    assert stale == ["vgg19"]  # the single-crop meta-learner is a shipped one
+    assert note.startswith("The probabilities of Xception were taken from an earlier run")
+    assert evaluation_provenance({"artifacts": {"meta": "old"}}, shipped) == (["meta"], None)
+    seg = {"artifact": {"weights_sha256": "r0"}}
+    assert evaluation_provenance(seg, shipped) == (["resunet"], None)
+    assert evaluation_provenance({"artifact": {"weights_sha256": "r1"}}, shipped) == ([], None)
+    # nothing recorded or nothing shipped: not judged
+    assert evaluation_provenance({}, shipped) == ([], None)
+    assert evaluation_provenance(record | {"reused": None}, {}) == ([], None)

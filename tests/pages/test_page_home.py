@@ -18,6 +18,8 @@ def test_home_shows_purpose_models_metrics_and_links(make_app):
     # no recorded bfloat16 check for the tiny artifacts: float32 everywhere, and why
     assert not models["runs in"].str.contains("bfloat16").any()
     assert any("Base classifiers' precision: float32: " in c.value for c in at.caption)
+    assert any(c.value == "Test figures from run `test`, measured with the shipped weights "
+                          "(SHA-256 recorded in the run)." for c in at.caption)
     labels = {m.label for m in at.metric}
     assert {"Accuracy", "Macro F1", "Macro ROC AUC", "Mean Dice"} <= labels
     check = next(c.value for c in at.caption if c.value.startswith("**Input check.**"))

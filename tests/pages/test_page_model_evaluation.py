@@ -202,3 +202,28 @@ def test_review_section_scores_the_recorded_flag_on_the_run(make_app, dashboard_
     by_class = next(d.value for d in at.dataframe if "predicted class" in d.value.columns)
     assert by_class["flagged"].sum() == n_flagged and by_class["answers"].sum() == len(
         predictions)
+
+
+def test_a_run_made_with_other_weights_is_flagged(make_app, dashboard_artifacts, tmp_path,
+                                                 monkeypatch):
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts / "evaluation", root / "evaluation")
+    (root / "classification").symlink_to(dashboard_artifacts / "classification",
+                                         target_is_directory=True)
+    metrics = root / "evaluation" / "classification" / "test" / "metrics.json"
+    record = json.loads(metrics.read_text())
+    record["artifacts"]["xception"] = "0" * 64
+    record["reused"] = {"from": "elsewhere", "members": ["vgg19"]}
+    metrics.write_text(json.dumps(record))
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    warning = next(w.value for w in at.warning if "other weights than those shipped" in w.value)
+    assert "(Xception)" in warning
+    assert any(c.value.startswith("The probabilities of VGG19 were taken from an earlier run")
+               for c in at.caption)
+
+
+def test_a_run_made_with_the_shipped_weights_is_not_flagged(make_app):
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not any("other weights than those shipped" in w.value for w in at.warning)
