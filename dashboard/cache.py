@@ -252,9 +252,9 @@ def _training_log(path: str, mtime: float) -> pd.DataFrame | None:
     return ev.read_training_log(Path(path))
 
 
-def training_log(folder: Path) -> pd.DataFrame | None:
-    """``training_log.csv`` of an artifact folder, or ``None``."""
-    path = folder / "training_log.csv"
+def training_log(folder: Path, name: str = "training_log.csv") -> pd.DataFrame | None:
+    """Read a per-epoch log of an artifact folder (``training_log.csv`` by default)."""
+    path = folder / name
     return _training_log(str(path), _mtime(path))
 
 

@@ -858,3 +858,40 @@ def evaluation_provenance(record: dict[str, Any], shipped: dict[str, str | None]
                 + " were taken from an earlier run with the same weights (SHA-256 checked) and "
                 "the final answers recomputed.")
     return sorted(stale), note
+
+
+def after_training(config: dict[str, Any] | None) -> list[str]:
+    """Say what was done to a classifier after its logged training, from its config.
+
+    Args:
+        config: The model folder's ``config.json``.
+
+    Returns:
+        One sentence per recorded step (batch-norm statistics re-estimated at the
+        native size; classification head refitted), with the validation accuracy
+        before and after each; empty when neither was done.
+    """
+    training = (config or {}).get("training") or {}
+    out = []
+    recal = training.get("batchnorm_recalibration")
+    if isinstance(recal, dict):
+        out.append(
+            f"Batch-norm statistics re-estimated at {recal.get('input_size', '?')} px on "
+            f"{recal.get('images', '?')} training images ({recal.get('source', '')}): "
+            f"validation accuracy {_fmt3(recal.get('val_accuracy_before'))} -> "
+            f"{_fmt3(recal.get('val_accuracy_after'))}.")
+    refit = training.get("head_refit")
+    if isinstance(refit, dict):
+        where = f" from layer {refit['from_layer']}" if refit.get("from_layer") else ""
+        out.append(
+            f"Classification head refitted{where} on {refit.get('n_train', '?')} training "
+            f"slices with {refit.get('n_holdout', '?')} held out (best epoch "
+            f"{refit.get('best_epoch', '?')}, hold-out accuracy "
+            f"{_fmt3(refit.get('holdout_accuracy'))}): validation accuracy "
+            f"{_fmt3(refit.get('val_accuracy_shipped_head'))} -> "
+            f"{_fmt3(refit.get('val_accuracy_refitted_head'))}; the curve below is its log.")
+    return out
+
+
+def _fmt3(x: object) -> str:
+    return f"{float(x):.3f}" if isinstance(x, (int, float)) else "?"

@@ -9,6 +9,7 @@ from dashboard import cache, charts, components, paths
 from dashboard.evaluation import (
     BASE_MODELS,
     ENSEMBLE,
+    after_training,
     comparison_table,
     evaluation_provenance,
     meta_in_sample,
@@ -257,6 +258,22 @@ else:
             phases = training_phases(log)
             if phases:
                 st.caption("Phases: " + "; ".join(phases) + ". Dotted lines mark phase changes.")
+            folder = paths.classifier_dir(name)
+            steps = after_training(cache.json_record(folder / "config.json"))
+            if steps:
+                st.markdown("**After this training** (the shipped weights include these "
+                            "steps, so the curves above end below the shipped accuracy):")
+                st.markdown("\n".join(f"- {step}" for step in steps))
+            refit_log = cache.training_log(folder, "head_refit_log.csv")
+            if steps and refit_log is not None:
+                components.chart(charts.training_curves(
+                    refit_log, f"Head refit — {model_label(name)}",
+                    [("Accuracy", "train_accuracy", "holdout_accuracy"),
+                     ("Loss", "train_loss", "holdout_loss")]), f"me_refit_{name}")
+                st.caption("Validation curve here: the refit's own hold-out of training "
+                           "slices; the validation split chose whether to keep it.")
+    st.caption("How every shipped model was chosen, session by session: "
+               "`docs/results_history.md` in the repository.")
 missing = [model_label(k) for k, v in logs.items() if v is None and k in BASE_MODELS]
 if missing and available:
     st.caption("No training log for: " + ", ".join(missing) + ".")

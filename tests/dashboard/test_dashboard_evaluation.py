@@ -461,3 +461,22 @@ def test_evaluation_provenance_names_stale_models_and_reused_members() -> None:
     # nothing recorded or nothing shipped: not judged
     assert evaluation_provenance({}, shipped) == ([], None)
     assert evaluation_provenance(record | {"reused": None}, {}) == ([], None)
+
+
+def test_after_training_describes_recalibration_and_head_refit() -> None:
+    from dashboard.evaluation import after_training
+
+    config = {"training": {
+        "batchnorm_recalibration": {"images": 1024, "input_size": 299, "source": "train split",
+                                    "val_accuracy_before": 0.8019, "val_accuracy_after": 0.831},
+        "head_refit": {"n_train": 3386, "n_holdout": 612, "best_epoch": 26,
+                       "holdout_accuracy": 0.89542, "val_accuracy_shipped_head": 0.831,
+                       "val_accuracy_refitted_head": 0.8566, "from_layer": "flatten"}}}
+    recal, refit = after_training(config)
+    assert recal == ("Batch-norm statistics re-estimated at 299 px on 1024 training images "
+                     "(train split): validation accuracy 0.802 -> 0.831.")
+    assert refit.startswith("Classification head refitted from layer flatten on 3386 training "
+                            "slices with 612 held out (best epoch 26, hold-out accuracy 0.895)")
+    assert "validation accuracy 0.831 -> 0.857" in refit
+    assert after_training({"training": {"head_refit": None}}) == []
+    assert after_training(None) == []

@@ -227,3 +227,26 @@ def test_a_run_made_with_other_weights_is_flagged(make_app, dashboard_artifacts,
 def test_a_run_made_with_the_shipped_weights_is_not_flagged(make_app):
     at = make_app("pages/3_Model_Evaluation.py").run()
     assert not any("other weights than those shipped" in w.value for w in at.warning)
+
+
+def test_steps_after_the_logged_training_are_shown_with_the_refit_log(
+        make_app, dashboard_artifacts, tmp_path, monkeypatch):
+    root = tmp_path / "art"
+    shutil.copytree(dashboard_artifacts, root, symlinks=True)
+    folder = root / "classification" / "vgg19"
+    config = json.loads((folder / "config.json").read_text())
+    config.setdefault("training", {})["head_refit"] = {
+        "n_train": 30, "n_holdout": 6, "best_epoch": 1, "holdout_accuracy": 0.5,
+        "val_accuracy_shipped_head": 0.25, "val_accuracy_refitted_head": 0.375}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "head_refit_log.csv").write_text(
+        "epoch,train_loss,train_accuracy,holdout_loss,holdout_accuracy\n"
+        "0,,,1.4,0.25\n1,1.2,0.4,1.3,0.5\n")
+    monkeypatch.setenv("NEUROSTACK_ARTIFACTS", str(root))
+    at = make_app("pages/3_Model_Evaluation.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    text = " ".join(m.value for m in at.markdown)
+    assert "**After this training**" in text
+    assert "validation accuracy 0.250 -> 0.375" in text
+    assert any(c.value.startswith("Validation curve here: the refit's own hold-out")
+               for c in at.caption)
