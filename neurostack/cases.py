@@ -37,14 +37,21 @@ from morphology.measure import FEATURE_UNITS, RENAMED_FEATURES
 from neurostack import CLASS_NAMES, __version__
 from neurostack.pipeline import CaseResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the ``cases`` table layout written by this module (2: outline confidence;
-3: the classification's review flag)."""
+3: the classification's review flag; 4: the input and noise checks, the cascade's
+escalation and the frame of a multi-frame file)."""
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE cases ADD COLUMN outline_confidence FLOAT",
         "ALTER TABLE cases ADD COLUMN outline_flagged BOOLEAN"),
     3: ("ALTER TABLE cases ADD COLUMN review_flagged BOOLEAN",
         "ALTER TABLE cases ADD COLUMN review_threshold FLOAT"),
+    4: tuple(f"ALTER TABLE cases ADD COLUMN {name} {kind}" for name, kind in (
+        ("intensity_atypicality", "FLOAT"), ("relative_gamma", "FLOAT"),
+        ("intensity_corrected", "BOOLEAN"), ("uncorrected_class", "VARCHAR(32)"),
+        ("uncorrected_confidence", "FLOAT"), ("quality_flags", "VARCHAR(64)"),
+        ("noise_sigma_grey", "FLOAT"), ("detail_level_grey", "FLOAT"),
+        ("escalated", "BOOLEAN"), ("frame", "INTEGER"), ("n_frames", "INTEGER"))),
 }
 """SQL that brings a database of version ``v - 1`` to version ``v`` (run in order)."""
 
@@ -81,6 +88,17 @@ cases_table = sa.Table(
     sa.Column("outline_confidence", sa.Float),
     sa.Column("outline_flagged", sa.Boolean),
     sa.Column("warnings", sa.Text),
+    sa.Column("intensity_atypicality", sa.Float),
+    sa.Column("relative_gamma", sa.Float),
+    sa.Column("intensity_corrected", sa.Boolean),
+    sa.Column("uncorrected_class", sa.String(32)),
+    sa.Column("uncorrected_confidence", sa.Float),
+    sa.Column("quality_flags", sa.String(64)),
+    sa.Column("noise_sigma_grey", sa.Float),
+    sa.Column("detail_level_grey", sa.Float),
+    sa.Column("escalated", sa.Boolean),
+    sa.Column("frame", sa.Integer),
+    sa.Column("n_frames", sa.Integer),
     sa.Column("height_px_image", sa.Integer),
     sa.Column("width_px_image", sa.Integer),
     sa.Column("spacing_source", sa.String(16)),
@@ -103,9 +121,13 @@ meta_table = sa.Table(
 
 _T = TypeVar("_T")
 _FLOATS = ("confidence", "mask_threshold", "row_spacing_cm", "col_spacing_cm",
-           "outline_confidence", "review_threshold")
-_BOOLS = ("models_agree", "tumor_found", "segmented", "outline_flagged", "review_flagged")
-_TEXTS = ("method", "warnings", "spacing_source", "model_versions")
+           "outline_confidence", "review_threshold", "intensity_atypicality", "relative_gamma",
+           "uncorrected_confidence", "noise_sigma_grey", "detail_level_grey")
+_BOOLS = ("models_agree", "tumor_found", "segmented", "outline_flagged", "review_flagged",
+          "intensity_corrected", "escalated")
+_TEXTS = ("method", "warnings", "spacing_source", "model_versions", "uncorrected_class",
+          "quality_flags")
+_INTS = ("frame", "n_frames")
 
 
 def default_url(data_dir: Path | None = None) -> str:
@@ -194,6 +216,15 @@ def _to_row(result: CaseResult | Mapping[str, Any]) -> dict[str, Any]:
             rec.setdefault("col_spacing_cm", result.spacing_cm[1])
     elif isinstance(result, Mapping):
         rec = {RENAMED_FEATURES.get(k, k): v for k, v in result.items()}
+        extra = rec.get("extra_json")  # a batch row keeps keys outside its header here
+        if isinstance(extra, str) and extra.strip():
+            try:
+                more = json.loads(extra)
+            except ValueError:
+                more = None
+            if isinstance(more, dict):
+                rec = {**{k: v for k, v in more.items() if k in _INTS + _BOOLS + _TEXTS
+                          + _FLOATS}, **rec}
         per_model = {}
         for key, value in rec.items():
             if key.startswith("ensemble_"):
@@ -234,6 +265,8 @@ def _to_row(result: CaseResult | Mapping[str, Any]) -> dict[str, Any]:
     row["segmented"] = bool(row["segmented"])
     for key in _TEXTS:
         row[key] = None if _missing(rec.get(key)) else str(rec[key])
+    for key in _INTS:
+        row[key] = _clean_int(rec.get(key))
     for c in CLASS_NAMES:
         row[f"ensemble_{c}"] = _clean_float(rec.get(f"ensemble_{c}"))
     for f in FEATURE_COLUMNS:

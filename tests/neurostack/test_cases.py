@@ -259,17 +259,50 @@ def test_dicom_identifiers_never_reach_the_database_or_the_csv(tmp_path: Path) -
     assert json.loads(json.dumps(record))  # the record itself is plain JSON
 
 
+V4_COLUMNS = ("intensity_atypicality", "relative_gamma", "intensity_corrected",
+              "uncorrected_class", "uncorrected_confidence", "quality_flags", "noise_sigma_grey",
+              "detail_level_grey", "escalated", "frame", "n_frames")
+
+
+def test_a_version_3_database_gains_the_check_columns_and_keeps_its_cases(
+        tmp_path: Path) -> None:
+    path = tmp_path / "cases.sqlite"
+    with CaseStore(data_dir=tmp_path) as fresh:
+        old_id = fresh.add(fake_record("old"))
+    with sqlite3.connect(path) as raw:  # the layout of schema version 3
+        for column in V4_COLUMNS:
+            raw.execute(f"ALTER TABLE cases DROP COLUMN {column}")
+        raw.execute("UPDATE neurostack_meta SET value = '3' WHERE key = 'schema_version'")
+    checked = {**fake_record("checked"), "intensity_atypicality": 3.5, "relative_gamma": 1.8,
+               "intensity_corrected": "True", "uncorrected_class": "notumor",
+               "uncorrected_confidence": 0.7, "quality_flags": "noisy",
+               "noise_sigma_grey": 12.5, "detail_level_grey": 3.25, "escalated": True,
+               "extra_json": '{"frame": 3, "n_frames": 9, "PatientName": "x"}'}
+    with CaseStore(data_dir=tmp_path) as store:
+        assert store.schema_version == 4
+        new_id = store.add(checked)
+        df = store.to_frame(order_by="id", descending=False).set_index("id")
+    assert df.loc[old_id, list(V4_COLUMNS)].isna().all()
+    row = df.loc[new_id]
+    assert (row["intensity_atypicality"], row["relative_gamma"]) == (3.5, 1.8)
+    assert bool(row["intensity_corrected"]) and bool(row["escalated"])
+    assert (row["uncorrected_class"], row["quality_flags"]) == ("notumor", "noisy")
+    assert (row["noise_sigma_grey"], row["detail_level_grey"]) == (12.5, 3.25)
+    assert (row["frame"], row["n_frames"]) == (3, 9)  # from the batch row's extra_json
+    assert "PatientName" not in df.columns
+
+
 def test_a_version_1_database_is_migrated_and_keeps_its_cases(tmp_path: Path) -> None:
     path = tmp_path / "cases.sqlite"
     with CaseStore(data_dir=tmp_path) as fresh:
         old_id = fresh.add(fake_record("old"))
     with sqlite3.connect(path) as raw:  # the layout of schema version 1
         for column in ("outline_confidence", "outline_flagged", "review_flagged",
-                       "review_threshold"):
+                       "review_threshold", *V4_COLUMNS):
             raw.execute(f"ALTER TABLE cases DROP COLUMN {column}")
         raw.execute("UPDATE neurostack_meta SET value = '1' WHERE key = 'schema_version'")
     with CaseStore(data_dir=tmp_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION == 4
         new_id = store.add({**fake_record("new"), "outline_confidence": 0.61,
                             "outline_flagged": True})
         df = store.to_frame(order_by="id", descending=False).set_index("id")
@@ -278,7 +311,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_cases(tmp_path: Path) ->
     assert df.at[new_id, "outline_confidence"] == pytest.approx(0.61)
     assert bool(df.at[new_id, "outline_flagged"]) is True
     with CaseStore(data_dir=tmp_path) as again:  # reopening a migrated database is a no-op
-        assert again.schema_version == 3 and again.count() == 2
+        assert again.schema_version == 4 and again.count() == 2
         clear = again.add({**fake_record("clear"), "outline_confidence": 0.9,
                            "outline_flagged": False})
         kept = again.to_frame(order_by="id", descending=False, hide_uncertain_outlines=True)
@@ -292,11 +325,11 @@ def test_a_version_2_database_gains_the_review_columns_and_the_filter_works(
     with CaseStore(data_dir=tmp_path) as fresh:
         old_id = fresh.add({**fake_record("old"), "outline_flagged": True})
     with sqlite3.connect(path) as raw:  # the layout of schema version 2
-        raw.execute("ALTER TABLE cases DROP COLUMN review_flagged")
-        raw.execute("ALTER TABLE cases DROP COLUMN review_threshold")
+        for column in ("review_flagged", "review_threshold", *V4_COLUMNS):
+            raw.execute(f"ALTER TABLE cases DROP COLUMN {column}")
         raw.execute("UPDATE neurostack_meta SET value = '2' WHERE key = 'schema_version'")
     with CaseStore(data_dir=tmp_path) as store:
-        assert store.schema_version == 3
+        assert store.schema_version == 4
         flagged = store.add({**fake_record("review"), "review_flagged": True,
                              "review_threshold": 0.95})
         clear = store.add({**fake_record("clear"), "review_flagged": False,
