@@ -37,9 +37,34 @@ PAGES: list[tuple[str, str, str, str]] = [
 ]
 
 
+PERSISTENT_PREFIXES = ("ce_", "ba_", "cf_", "me_", "sq_")
+"""Pages whose settings survive a visit to another page (see :func:`keep_page_settings`)."""
+_NOT_KEPT = ("_upload", "_files", "_dl_", "_download", "_run", "_analyse", "_save",
+             "_button", "_segment_anyway", "me_correction_", "me_quality_flags",
+             "sq_case", "cf_x", "cf_y", "cf_colour", "cf_box")
+"""Keys that are not kept: buttons, uploads, downloads and tables (Streamlit refuses
+to set them) and selections whose options depend on the data shown."""
+
+
+def keep_page_settings() -> None:
+    """Keep every page's settings when the user visits another page and comes back.
+
+    With a ``pages/`` folder Streamlit deletes a widget's value once a run does not
+    draw it; assigning each kept key to itself at the top of every page turns it
+    into plain session state that survives (Streamlit's documented way to interrupt
+    the widget clean-up). Keys are those of :data:`PERSISTENT_PREFIXES`, except
+    buttons, uploads, downloads and data-dependent selections (:data:`_NOT_KEPT`).
+    """
+    for key in list(st.session_state.keys()):
+        if (isinstance(key, str) and key.startswith(PERSISTENT_PREFIXES)
+                and not any(part in key for part in _NOT_KEPT)):
+            st.session_state[key] = st.session_state[key]
+
+
 def page_setup(title: str, icon: str) -> None:
-    """Page config and the sidebar notice every page shows."""
+    """Page config, the sidebar notice every page shows, and the kept page settings."""
     st.set_page_config(page_title=f"{title} · NeuroStack", page_icon=icon, layout="wide")
+    keep_page_settings()
     with st.sidebar:
         st.caption(f"NeuroStack {__version__} · research use only, not a diagnostic device")
 

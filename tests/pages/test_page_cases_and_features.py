@@ -50,3 +50,22 @@ def test_hide_flagged_answers_and_outlines(make_app, app_env):
     assert sorted(at.dataframe[0].value["image_sha256"]) == ["b" * 64, "c" * 64]
     at.checkbox(key="cf_hide_uncertain").check().run()
     assert list(at.dataframe[0].value["image_sha256"]) == ["c" * 64]
+
+
+def test_the_filters_survive_a_visit_to_another_page(make_app, app_env):
+    store = CaseStore(data_dir=app_env)
+    store.add({"image_sha256": "a" * 64, "predicted_class": "glioma", "confidence": 0.9,
+               "tumor_found": True, "segmented": True, "area_px": 42,
+               "spacing_source": "none"})
+    store.close()
+    at = make_app("Home.py").run()  # the main script, as `streamlit run Home.py`
+    at.switch_page("pages/5_Cases_and_Features.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    at.slider(key="cf_min_conf").set_value(0.5).run()
+    at.checkbox(key="cf_tumour").check().run()
+    at.switch_page("Home.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    at.switch_page("pages/5_Cases_and_Features.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.slider(key="cf_min_conf").value == 0.5
+    assert at.checkbox(key="cf_tumour").value is True
